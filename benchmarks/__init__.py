@@ -1,0 +1,1 @@
+"""Benchmarks: speed, memory and quality targets, each measured against a baseline in the same run."""
