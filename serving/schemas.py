@@ -1,0 +1,140 @@
+"""Typed request and response models of the HTTP API (../shared/CONTRACT.md "HTTP API").
+
+Every limit a client can hit lives here, so OpenAPI (`/docs.json`) documents it and pydantic turns
+a violation into a 400 that names the field: `k` is capped, every list is capped, ids are bounded
+strings, and unknown fields are an error (a typo such as `"userid"` must not silently become an
+anonymous request).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Caps. A block on a page or in an e-mail never needs more than 100 items; a cart beyond 100
+# lines is a bot. The batch endpoint serves the e-mail renderer, which pages through its users.
+K_MAX = 100
+K_DEFAULT = 10
+MAX_ITEM_IDS = 100
+MAX_BATCH_USERS = 500
+MAX_EVENTS = 1000
+MAX_ID_LENGTH = 128
+# Request bodies above this are refused before they are parsed (serving.app.BodyLimitMiddleware).
+# 1000 events of ~300 bytes fit comfortably.
+MAX_BODY_BYTES = 1 << 20
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, description="a user or item id")]
+K = Annotated[int, Field(ge=1, le=K_MAX, description=f"number of items wanted, 1..{K_MAX}")]
+
+
+class _Strict(BaseModel):
+    """Unknown fields are refused: a misspelt field is the client's bug, and silently ignoring it
+    would serve a wrong answer."""
+
+    # hide_input_in_errors: a validation error is logged by BentoML; the offending value may be a
+    # customer id, which must never reach the logs.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class RequestContext(_Strict):
+    """Where and for whom the block is shown; every field is optional."""
+
+    channel: Literal["web", "email"] | None = Field(None, description="where the block is shown")
+    page_category: Annotated[str, Field(max_length=256)] | None = Field(
+        None, description="category path of the page, e.g. pets/cats/litter-boxes"
+    )
+    current_item: Id | None = Field(None, description="the item on the item page")
+    cart: list[Id] = Field(default_factory=list, max_length=MAX_ITEM_IDS, description="item ids in the cart")
+    size: Annotated[str, Field(max_length=32)] | None = Field(None, description="the customer's size")
+    gender: Literal["women", "men", "unisex"] | None = Field(None, description="gender preference")
+    max_price: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="only items up to this price (cheaper alternatives)"
+    )
+
+
+class RecommendRequest(_Strict):
+    user_id: Id
+    k: K = K_DEFAULT
+    context: RequestContext = Field(default_factory=RequestContext)
+
+
+class BoughtTogetherRequest(_Strict):
+    item_ids: list[Id] = Field(min_length=1, max_length=MAX_ITEM_IDS, description="one item or a whole cart")
+    k: K = K_DEFAULT
+    user_id: Id | None = None
+    context: RequestContext = Field(default_factory=RequestContext)
+
+
+class SimilarItemsRequest(_Strict):
+    item_id: Id
+    k: K = K_DEFAULT
+    user_id: Id | None = None
+    context: RequestContext = Field(default_factory=RequestContext)
+
+
+class PopularRequest(_Strict):
+    k: K = K_DEFAULT
+    segment: Literal["new", "active", "vip", "at_risk", "lapsed"] | None = None
+    category: Annotated[str, Field(max_length=256)] | None = None
+    context: RequestContext = Field(default_factory=RequestContext)
+
+
+class RecommendBatchRequest(_Strict):
+    user_ids: list[Id] = Field(min_length=1, max_length=MAX_BATCH_USERS)
+    k: K = K_DEFAULT
+    context: RequestContext = Field(default_factory=RequestContext)
+
+
+class Event(_Strict):
+    """One real-time event, the same columns as the raw `events` table."""
+
+    user_id: Id
+    item_id: Id
+    event_type: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z_]+$")] = Field(
+        description="view, add_to_cart, remove_from_cart, purchase (other types are kept with weight 0)"
+    )
+    timestamp: datetime | None = Field(None, description="UTC; default: when the service receives it")
+    quantity: Annotated[int, Field(ge=1, le=10_000)] = 1
+    price: Annotated[float, Field(ge=0)] | None = None
+    order_id: Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None = None
+    session_id: Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None = None
+    size: Annotated[str, Field(max_length=32)] | None = None
+
+
+class EventsRequest(_Strict):
+    events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class ForgetRequest(_Strict):
+    user_id: Id
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    score: float = Field(description="higher is better; comparable within one block only")
+    reason: str = Field(description="why this item is shown, readable by a marketer")
+
+
+class RecommendResponse(BaseModel):
+    items: list[ItemOut]
+    model_version: str = Field(description="registry version (or bundle id) that produced the block")
+    variant: Literal["champion", "challenger", "control"]
+    recommendation_id: str = Field(description="id of this impression, for click/conversion attribution")
+
+
+class UserBlock(RecommendResponse):
+    user_id: str
+
+
+class RecommendBatchResponse(BaseModel):
+    results: list[UserBlock] = Field(description="one block per requested user, in request order")
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="events recorded in the online store")
+
+
+class ForgetResponse(BaseModel):
+    forgotten: bool

@@ -1,0 +1,332 @@
+"""The shoprec HTTP service (BentoML 1.4): a thin layer over `serving.pipeline.Engine`.
+
+    bentoml serve serving.service:ShopRec          # or: shoprec serve --data DIR
+
+Each endpoint validates its typed request (serving/schemas.py), picks the A/B variant for the
+user, asks the engine of that variant, and answers `{items, model_version, variant,
+recommendation_id}`; every block served is written to the impression log for attribution. Business
+rules (filters, fallbacks, reasons, the online store) live in serving.pipeline and are tested
+without a server; model loading and the champion hot-swap live in serving.loader; auth, body
+limits and the /readyz detail in serving.app. Configuration is the environment (serving.loader).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from serving.app import GuardMiddleware
+from serving.loader import ModelHolder, Models, ServeConfig, default_engine_factory, make_source
+from serving.schemas import (
+    MAX_BODY_BYTES,
+    BoughtTogetherRequest,
+    EventsRequest,
+    EventsResponse,
+    ForgetRequest,
+    ForgetResponse,
+    ItemOut,
+    PopularRequest,
+    RecommendBatchRequest,
+    RecommendBatchResponse,
+    RecommendRequest,
+    RecommendResponse,
+    RequestContext,
+    SimilarItemsRequest,
+    UserBlock,
+)
+
+logger = logging.getLogger("shoprec.serving")
+
+# The one live service instance of this worker process: the guard middleware asks it for the API
+# key and the readiness detail (BentoML builds the middleware before it creates the instance).
+_LIVE: dict[str, Any] = {}
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value not in ("0", "false", "no", "off")
+
+
+def _api_key() -> str | None:
+    svc = _LIVE.get("service")
+    return svc.config.api_key if svc is not None else None
+
+
+def _ready_detail() -> dict[str, Any]:
+    svc = _LIVE.get("service")
+    if svc is None:
+        return {"ready": False, "error": "service not started"}
+    return svc.ready_detail()
+
+
+class BadRequest(ValueError):
+    """Input that passed the schema but is still wrong (e.g. an event type the store refuses)."""
+
+
+def _finite(x: float) -> float:
+    # JSON has no infinity; a -inf padding score must never reach a client.
+    x = float(x)
+    return x if math.isfinite(x) else 0.0
+
+
+def _items(recs: Any) -> list[ItemOut]:
+    """serving.pipeline.Rec records -> response items."""
+    return [ItemOut(item_id=str(r.item_id), score=_finite(r.score), reason=str(r.reason)) for r in recs]
+
+
+def _bad_request(ctx: bentoml.Context, message: str, status: int = 400) -> JSONResponse:
+    ctx.response.status_code = status
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@bentoml.service(
+    name="shoprec",
+    # One worker by default: the engine holds the model and item tables in memory, and the swap
+    # happens per process. SHOPREC_WORKERS raises it on machines with more cores.
+    workers=int(os.environ.get("SHOPREC_WORKERS", "1")),
+    traffic={"timeout": 30},
+    logging={
+        "access": {
+            # The access log carries method, path, status, sizes and latency, never the body, so
+            # no customer id reaches it. SHOPREC_ACCESS_LOG=0 turns it off (benchmarks).
+            "enabled": _env_flag("SHOPREC_ACCESS_LOG", True),
+            "request_content_length": True,
+            "request_content_type": False,
+            "response_content_length": True,
+            "response_content_type": False,
+        }
+    },
+)
+class ShopRec:
+    """Recommendations for the web shop and the e-mail renderer (CONTRACT.md "HTTP API")."""
+
+    def __init__(self, config: ServeConfig | None = None, engine_factory: Callable[..., Any] | None = None) -> None:
+        from serving.ab import ImpressionLog
+        from serving.store import make_store
+
+        self.config = config if config is not None else ServeConfig.from_env()
+        self.store = make_store(self.config.redis_url)
+        factory = engine_factory if engine_factory is not None else default_engine_factory(self.store)
+        self.holder = ModelHolder(make_source(self.config), factory, self.config.poll_seconds)
+        self.holder.load()
+        self.impressions = ImpressionLog(self._impression_path())
+        self.holder.start_polling()
+        self.started_at = time.time()
+        # Everything loaded so far (model, item tables, imports) lives as long as the process:
+        # freezing it keeps the cyclic GC from re-scanning it on every collection, which otherwise
+        # shows up as multi-millisecond pauses in the tail latency.
+        gc.collect()
+        gc.freeze()
+        _LIVE["service"] = self
+        models = self.holder.models
+        logger.info("shoprec service ready: champion %s", models.champion_version if models else None)
+
+    def _impression_path(self) -> Any:
+        if self.config.data is not None:
+            from features.workspace import Workspace
+
+            return Workspace.at(self.config.data).serving_dir / "impressions.jsonl"
+        return None
+
+    # -- lifecycle and probes ---------------------------------------------------------------------
+    def __is_ready__(self) -> bool:
+        return self.holder.models is not None
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self.holder.stop()
+        self.impressions.close() if hasattr(self.impressions, "close") else None
+        if _LIVE.get("service") is self:
+            _LIVE.pop("service", None)
+
+    def ready_detail(self) -> dict[str, Any]:
+        """What /readyz says beside its status: versions, store state, hot-swap bookkeeping."""
+        models = self.holder.models
+        detail: dict[str, Any] = {
+            "ready": models is not None,
+            "model_version": models.champion_version if models else None,
+            "challenger_version": models.challenger_version if models else None,
+            "variants": dict(self.config.shares),
+            "store": self.store.health(),
+            "swaps": self.holder.swaps,
+            "last_error": self.holder.last_error,
+            "write_endpoints": "enabled" if self.config.api_key else "disabled (no SHOPREC_API_KEY)",
+        }
+        if models is not None:
+            try:
+                detail["engine"] = models.champion.health()
+            except Exception as e:  # the probe reports, it does not fail
+                detail["engine"] = {"error": f"{type(e).__name__}: {e}"}
+        return detail
+
+    # -- A/B routing ------------------------------------------------------------------------------
+    def _variant(self, models: Models, user_id: str | None) -> str:
+        """The user's variant: a deterministic hash with the configured shares. Anonymous requests
+        and a challenger share without a challenger model go to the champion."""
+        if user_id is None or len(self.config.shares) == 1:
+            return next(iter(self.config.shares)) if user_id is not None else "champion"
+        from serving.ab import assign
+
+        variant = assign(user_id, dict(self.config.shares), self.config.ab_salt)
+        if variant == "challenger" and models.challenger is None:
+            return "champion"
+        return variant
+
+    @staticmethod
+    def _engine(models: Models, variant: str) -> tuple[Any, str]:
+        if variant == "challenger" and models.challenger is not None:
+            return models.challenger, str(models.challenger_version)
+        return models.champion, models.champion_version
+
+    def _context(self, rc: RequestContext | None) -> Any:
+        """The request's context as serving.pipeline.Context (fields the engine does not know are
+        left out rather than failing the request)."""
+        from serving.pipeline import Context
+
+        values = (rc or RequestContext()).model_dump(exclude_none=True)
+        if "cart" in values:
+            values["cart"] = tuple(values["cart"])
+        known = {f.name for f in dataclasses.fields(Context)}
+        return Context(**{k: v for k, v in values.items() if k in known})
+
+    def _respond(self, endpoint: str, user_id: str | None, variant: str, version: str, recs: Any) -> RecommendResponse:
+        rid = uuid.uuid4().hex
+        items = _items(recs)
+        try:
+            self.impressions.log(
+                recommendation_id=rid,
+                endpoint=endpoint,
+                user_id=user_id,
+                variant=variant,
+                model_version=version,
+                item_ids=[i.item_id for i in items],
+            )
+        except Exception:  # attribution is best effort; the customer still gets the block
+            logger.warning("impression log write failed", exc_info=True)
+        return RecommendResponse(items=items, model_version=version, variant=variant, recommendation_id=rid)
+
+    # -- read endpoints ---------------------------------------------------------------------------
+    @bentoml.api(route="/recommend", input_spec=RecommendRequest, output_spec=RecommendResponse)
+    def recommend(self, user_id: str, k: int, context: RequestContext, ctx: bentoml.Context) -> RecommendResponse:
+        """Personal recommendations for one customer in a context (page, cart, channel, size)."""
+        models = self.holder.models
+        variant = self._variant(models, user_id)
+        engine, version = self._engine(models, variant)
+        cx = self._context(context)
+        try:
+            if variant == "control":
+                recs = engine.popular(k, None, context.page_category if context else None, cx)
+            else:
+                recs = engine.recommend(user_id, k, cx)
+        except BadRequest as e:
+            return _bad_request(ctx, str(e))
+        return self._respond("recommend", user_id, variant, version, recs)
+
+    @bentoml.api(route="/bought_together", input_spec=BoughtTogetherRequest, output_spec=RecommendResponse)
+    def bought_together(
+        self, item_ids: list[str], k: int, user_id: str | None, context: RequestContext, ctx: bentoml.Context
+    ) -> RecommendResponse:
+        """Complements of one item or of a whole cart (never the items themselves)."""
+        models = self.holder.models
+        variant = self._variant(models, user_id)
+        engine, version = self._engine(models, variant)
+        cx = self._context(context)
+        if variant == "control":
+            recs = engine.popular(k, None, context.page_category if context else None, cx)
+        else:
+            recs = engine.bought_together(list(item_ids), k, user_id, cx)
+        return self._respond("bought_together", user_id, variant, version, recs)
+
+    @bentoml.api(route="/similar_items", input_spec=SimilarItemsRequest, output_spec=RecommendResponse)
+    def similar_items(
+        self, item_id: str, k: int, user_id: str | None, context: RequestContext, ctx: bentoml.Context
+    ) -> RecommendResponse:
+        """Items like this one (context.max_price: cheaper alternatives)."""
+        models = self.holder.models
+        variant = self._variant(models, user_id)
+        engine, version = self._engine(models, variant)
+        cx = self._context(context)
+        if variant == "control":
+            recs = engine.popular(k, None, context.page_category if context else None, cx)
+        else:
+            recs = engine.similar_items(item_id, k, user_id, cx)
+        return self._respond("similar_items", user_id, variant, version, recs)
+
+    @bentoml.api(route="/popular", input_spec=PopularRequest, output_spec=RecommendResponse)
+    def popular(
+        self, k: int, segment: str | None, category: str | None, context: RequestContext, ctx: bentoml.Context
+    ) -> RecommendResponse:
+        """Popular items, overall or for a customer segment and/or category (non-personal)."""
+        models = self.holder.models
+        engine, version = models.champion, models.champion_version
+        recs = engine.popular(k, segment, category, self._context(context))
+        return self._respond("popular", None, "champion", version, recs)
+
+    @bentoml.api(route="/recommend_batch", input_spec=RecommendBatchRequest, output_spec=RecommendBatchResponse)
+    def recommend_batch(
+        self, user_ids: list[str], k: int, context: RequestContext, ctx: bentoml.Context
+    ) -> RecommendBatchResponse:
+        """One block per user, in request order (the e-mail renderer's call)."""
+        models = self.holder.models
+        cx = self._context(context)
+        groups: dict[str, list[int]] = {}
+        for i, uid in enumerate(user_ids):
+            groups.setdefault(self._variant(models, uid), []).append(i)
+        blocks: list[UserBlock | None] = [None] * len(user_ids)
+        for variant, rows in groups.items():
+            engine, version = self._engine(models, variant)
+            if variant == "control":
+                shared = engine.popular(k, None, context.page_category if context else None, cx)
+                answers = [shared] * len(rows)
+            else:
+                answers = engine.recommend_batch([user_ids[i] for i in rows], k, cx)
+            for i, recs in zip(rows, answers, strict=True):
+                block = self._respond("recommend_batch", user_ids[i], variant, version, recs)
+                blocks[i] = UserBlock(user_id=user_ids[i], **block.model_dump())
+        return RecommendBatchResponse(results=[b for b in blocks if b is not None])
+
+    # -- write endpoints (the guard middleware checks the API key before these run) ---------------
+    @bentoml.api(route="/events", input_spec=EventsRequest, output_spec=EventsResponse)
+    def events(self, events: list[Any], ctx: bentoml.Context) -> EventsResponse:
+        """Real-time events; a purchase is excluded from the very next answer. Needs the API key."""
+        rows = []
+        for e in events:
+            row = e.model_dump(exclude_none=True, exclude={"order_id", "session_id"})
+            if "timestamp" in row:
+                ts = row["timestamp"]
+                row["timestamp"] = (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+            rows.append(row)
+        models = self.holder.models
+        try:
+            accepted = models.champion.record_events(rows)
+        except ValueError as e:  # the pipeline's own validation (e.g. an unknown event type)
+            return _bad_request(ctx, f"bad event: {e}")
+        return EventsResponse(accepted=int(accepted))
+
+    @bentoml.api(route="/forget", input_spec=ForgetRequest, output_spec=ForgetResponse)
+    def forget(self, user_id: str, ctx: bentoml.Context) -> ForgetResponse:
+        """Erase one customer from the online store (and the running engines). Needs the API key.
+        The raw tables and features are erased by `shoprec forget --data DIR`."""
+        models = self.holder.models
+        models.champion.forget(user_id)
+        if models.challenger is not None:
+            models.challenger.forget(user_id)
+        logger.info("forgot one customer on request")  # never the id itself
+        return ForgetResponse(forgotten=True)
+
+
+ShopRec.add_asgi_middleware(
+    GuardMiddleware, api_key=_api_key, ready_detail=_ready_detail, max_body_bytes=MAX_BODY_BYTES
+)
+
