@@ -5,6 +5,9 @@ Commands import their stage lazily, so `shoprec data generate` never pays for im
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from features.cli import data_app, features_app
@@ -19,6 +22,152 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 register_training(app)
+
+
+
+# -- serving commands: `serve`, `forget`, `demo-curls` (heavy imports inside each command) ----------
+
+
+def _serve_env(data: Path | None, bundle: Path | None, poll_seconds: float | None, access_log: bool) -> dict[str, str]:
+    """The environment `bentoml serve` passes to the service workers (serving.loader reads it)."""
+    import os
+
+    env = dict(os.environ)
+    if data is not None:
+        env["SHOPREC_DATA"] = str(data.expanduser().resolve())
+    if bundle is not None:
+        env["SHOPREC_BUNDLE"] = str(bundle.expanduser().resolve())
+    if poll_seconds is not None:
+        env["SHOPREC_POLL_SECONDS"] = str(poll_seconds)
+    env["SHOPREC_ACCESS_LOG"] = "1" if access_log else "0"
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")  # no usage reporting from a shop's server
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, "1")  # one request = one core's worth of BLAS; workers scale out
+    return env
+
+
+@app.command("serve")
+def serve_cmd(
+    data: Annotated[Path | None, typer.Option(help="Workspace; its MLflow registry's champion is served.")] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 to accept remote clients).")] = "127.0.0.1",
+    bundle: Annotated[
+        Path | None, typer.Option(help="Serve this local bundle directory instead of the registry.")
+    ] = None,
+    poll_seconds: Annotated[
+        float | None, typer.Option(help="How often to look for a newly promoted champion (0 = never).")
+    ] = None,
+    access_log: Annotated[bool, typer.Option(help="BentoML access log (never contains customer ids).")] = True,
+) -> None:
+    """Serve the champion over HTTP with BentoML (see CONTRACT.md "HTTP API").
+
+    Configuration also comes from the environment: MLFLOW_TRACKING_URI, REDIS_URL,
+    SHOPREC_API_KEY (enables /events and /forget), SHOPREC_AB_SHARES, SHOPREC_WORKERS.
+    """
+    import subprocess
+    import sys
+
+    from serving.loader import ConfigError, ServeConfig, make_source
+
+    if data is None and bundle is None:
+        typer.echo("error: give --data DIR (a workspace with a promoted champion) or --bundle DIR", err=True)
+        raise typer.Exit(2)
+    env = _serve_env(data, bundle, poll_seconds, access_log)
+    # Fail here, in one readable line, rather than in a worker's traceback.
+    try:
+        source = make_source(ServeConfig.from_env(env))
+        if source.version("champion") is None:
+            raise ConfigError(f"no `champion` in the registry of {data}: run `shoprec promote --data {data}` first")
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    bentoml = Path(sys.executable).with_name("bentoml")
+    cmd = [str(bentoml), "serve", "serving.service:ShopRec", "--host", host, "--port", str(port)]
+    cmd += ["--working-dir", str(Path(__file__).resolve().parent.parent)]
+    typer.echo(f"serving on http://{host}:{port} (OpenAPI at /docs.json); Ctrl-C stops", err=True)
+    try:
+        raise typer.Exit(subprocess.call(cmd, env=env))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command("forget")
+def forget_cmd(
+    data: Annotated[Path, typer.Option(help="Workspace holding the customer's data.")],
+    user: Annotated[str, typer.Option(help="The customer id to erase.")],
+) -> None:
+    """Erase one customer everywhere: raw tables, features and (with REDIS_URL) the online store.
+
+    Models trained afterwards never see the customer. Prints one JSON summary line (no id in it).
+    """
+    import json
+    import os
+
+    from features.privacy import forget_user
+    from features.workspace import Workspace
+
+    ws = Workspace.at(data)
+    if not ws.root.is_dir():
+        typer.echo(f"error: workspace {ws.root} does not exist", err=True)
+        raise typer.Exit(2)
+    summary: dict[str, object] = {"workspace": forget_user(ws, user)}
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url:
+        from serving.store import make_store
+
+        summary["online_store"] = "erased" if make_store(redis_url).forget(user) else "unreachable"
+    else:
+        summary["online_store"] = "in-process (erased with the running service's POST /forget)"
+    typer.echo(json.dumps(summary, default=str))
+
+
+@app.command("demo-curls")
+def demo_curls_cmd(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port the service listens on.")] = 3000,
+    host: Annotated[str, typer.Option(help="Host the service listens on.")] = "127.0.0.1",
+    data: Annotated[Path | None, typer.Option(help="Workspace to take real user and item ids from.")] = None,
+) -> None:
+    """Print example curl calls for every endpoint (real ids from the workspace with --data)."""
+    import json
+    import shlex
+
+    from serving.schemas import example_requests
+
+    user_id, item_id, other_item_id, category = _demo_ids(data)
+    base = f"http://{host}:{port}"
+    lines = ["# shoprec HTTP API examples (OpenAPI: " + base + "/docs.json)"]
+    for route, body in example_requests(user_id, item_id, other_item_id, category).items():
+        auth = ' -H "Authorization: Bearer $SHOPREC_API_KEY"' if route in ("/events", "/forget") else ""
+        payload = shlex.quote(json.dumps(body))
+        lines.append(f"curl -s -X POST {base}{route} -H 'Content-Type: application/json'{auth} -d {payload}")
+    lines.append(f"curl -s {base}/readyz")
+    typer.echo("\n".join(lines))
+
+
+def _demo_ids(data: Path | None) -> tuple[str, str, str, str | None]:
+    """(a customer with purchases, a popular item, another item, that item's category) from the
+    workspace's features, or placeholders when there is no workspace."""
+    placeholders = ("u1", "i1", "i2", None)
+    if data is None:
+        return placeholders
+    import pandas as pd
+
+    from features.workspace import Workspace
+
+    ws = Workspace.at(data)
+    try:
+        profiles = pd.read_parquet(ws.feature("profiles"), columns=["user_id", "n_purchases"])
+        items = pd.read_parquet(ws.feature("items"))
+        stats = pd.read_parquet(ws.feature("item_stats"), columns=["item_idx", "n_users"])
+    except (OSError, ValueError, KeyError):
+        return placeholders
+    if profiles.empty or len(items) < 2:
+        return placeholders
+    user_id = str(profiles.sort_values("n_purchases", ascending=False)["user_id"].iloc[0])
+    top = items.merge(stats, on="item_idx").sort_values("n_users", ascending=False)
+    first, second = top.iloc[0], top.iloc[1]
+    category = first.get("category") if "category" in top.columns else None
+    return user_id, str(first["item_id"]), str(second["item_id"]), (str(category) if pd.notna(category) else None)
 
 
 if __name__ == "__main__":

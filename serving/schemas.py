@@ -138,3 +138,32 @@ class EventsResponse(BaseModel):
 
 class ForgetResponse(BaseModel):
     forgotten: bool
+
+
+def example_requests(user_id: str, item_id: str, other_item_id: str, category: str | None) -> dict[str, dict]:
+    """One valid example body per endpoint (for `shoprec demo-curls` and the README), every one of
+    which passes its request model."""
+    ctx: dict = {"channel": "web"}
+    if category:
+        ctx["page_category"] = category
+    examples: dict[str, dict] = {
+        "/recommend": {"user_id": user_id, "k": 5, "context": ctx},
+        "/bought_together": {"item_ids": [item_id], "k": 5, "user_id": user_id},
+        "/similar_items": {"item_id": item_id, "k": 5, "context": {"max_price": 50.0}},
+        "/popular": {"k": 5, **({"category": category} if category else {})},
+        "/recommend_batch": {"user_ids": [user_id, "a-new-customer"], "k": 3, "context": {"channel": "email"}},
+        "/events": {"events": [{"user_id": user_id, "item_id": other_item_id, "event_type": "purchase"}]},
+        "/forget": {"user_id": "a-customer-to-erase"},
+    }
+    models = {
+        "/recommend": RecommendRequest,
+        "/bought_together": BoughtTogetherRequest,
+        "/similar_items": SimilarItemsRequest,
+        "/popular": PopularRequest,
+        "/recommend_batch": RecommendBatchRequest,
+        "/events": EventsRequest,
+        "/forget": ForgetRequest,
+    }
+    for route, body in examples.items():
+        models[route].model_validate(body)  # an example that does not validate is a bug here
+    return examples
