@@ -1,0 +1,189 @@
+"""Evaluation splits: `loo` (leave-last-out per user), `time` (global cut-off) and `random` (per user
+80/10/10), written under `features/splits/<name>/` (docs/workspace.md).
+
+Each split is defined by SQL over the build's working tables (`ev`, `tgt`, see features.transforms):
+a view `train_ev_<name>` of the training events, and the held-out target interactions. The training
+part's interaction matrix is decayed with the reference time = the end of the training part, so no
+feature of the training part is computed from the future.
+
+Leak-freedom (`loo`, `time`): for every user, every valid/test interaction is strictly later than every
+training event of that user, of any event type. Times are whole seconds; events tied at a cut time go
+to the held-out side together (an Instacart basket stays whole).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from features.config import FeatureConfig
+from features.errors import BuildError
+from features.transforms import interactions_sql, sequences_sql
+
+
+def _copy(con: duckdb.DuckDBPyConnection, sql: str, path: Path) -> None:
+    con.execute(f"COPY ({sql}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    return int(con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0])
+
+
+def define_loo(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Per user: last distinct target time -> test, the one before -> valid, everything earlier (every
+    event type) -> train. Users with fewer than 3 distinct target times keep all their events in train.
+    Creates `train_ev_loo`, `valid_loo`, `test_loo`; returns meta entries."""
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE loo_cut AS
+        WITH d AS (SELECT DISTINCT user_idx, ts FROM tgt),
+        r AS (SELECT user_idx, ts, row_number() OVER (PARTITION BY user_idx ORDER BY ts DESC) AS k FROM d)
+        SELECT user_idx, max(ts) FILTER (WHERE k = 1) AS t_test, max(ts) FILTER (WHERE k = 2) AS t_valid
+        FROM r WHERE k <= 3 GROUP BY user_idx HAVING count(*) >= 3""")
+    con.execute("""
+        CREATE OR REPLACE TEMP VIEW train_ev_loo AS
+        SELECT e.* FROM ev e LEFT JOIN loo_cut c USING (user_idx)
+        WHERE c.t_valid IS NULL OR e.ts < c.t_valid""")
+    for part, col in (("valid", "t_valid"), ("test", "t_test")):
+        con.execute(f"""
+            CREATE OR REPLACE TEMP VIEW {part}_loo AS
+            SELECT t.user_idx, t.item_idx, min(t.ts) AS ts
+            FROM tgt t JOIN loo_cut c ON t.user_idx = c.user_idx AND t.ts = c.{col}
+            GROUP BY t.user_idx, t.item_idx ORDER BY t.user_idx, t.item_idx""")
+    n_users = int(con.execute("SELECT count(*) FROM loo_cut").fetchone()[0])
+    return {"min_distinct_target_times": 3, "n_held_out_users": n_users}
+
+
+def define_time(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> dict[str, Any]:
+    """Global cut-off C (config.cutoff, else the `time_quantile` of all event times): target events at or
+    after C -> test; those in [V, C) -> valid, with V = C - (last time - C) (a validation window as long
+    as the test window, right before it); events before V -> train."""
+    t_min, t_max = con.execute("SELECT min(ts), max(ts) FROM ev").fetchone()
+    cut = config.cutoff_ts()
+    if cut is None:
+        cut = int(con.execute(f"SELECT quantile_disc(ts, {config.time_quantile!r}) FROM ev").fetchone()[0])
+    elif not t_min < cut <= t_max:
+        raise BuildError(
+            f"--cutoff {config.cutoff} lies outside the events' time range "
+            f"({_iso(t_min)} .. {_iso(t_max)}); choose a date inside it"
+        )
+    valid_cut = max(int(t_min), cut - (int(t_max) - cut))
+    con.execute(f"CREATE OR REPLACE TEMP VIEW train_ev_time AS SELECT * FROM ev WHERE ts < {valid_cut}")
+    for part, cond in (("valid", f"ts >= {valid_cut} AND ts < {cut}"), ("test", f"ts >= {cut}")):
+        con.execute(f"""
+            CREATE OR REPLACE TEMP VIEW {part}_time AS
+            SELECT user_idx, item_idx, min(ts) AS ts FROM tgt WHERE {cond}
+            GROUP BY user_idx, item_idx ORDER BY user_idx, item_idx""")
+    return {
+        "cutoff_ts": cut,
+        "cutoff": _iso(cut),
+        "valid_cutoff_ts": valid_cut,
+        "valid_cutoff": _iso(valid_cut),
+        "cutoff_source": "config" if config.cutoff else f"quantile {config.time_quantile}",
+    }
+
+
+def define_random(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> dict[str, Any]:
+    """Per user, the distinct target (user, item) pairs are shuffled by a seeded hash and split by
+    RecBole's rule: valid = floor(r_valid * n), test = floor(r_test * n), and a user with a fractional
+    share below one item still gets one (test first, then valid) while at least two stay in train.
+    A held-out pair leaves train entirely (all its events, views included), so train never shows
+    the answer."""
+    total = sum(config.random_ratios)
+    _, rv, rt = (r / total for r in config.random_ratios)
+    seed = int(config.seed)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE random_parts AS
+        WITH pairs AS (
+            SELECT user_idx, item_idx, max(ts) AS ts FROM tgt GROUP BY user_idx, item_idx
+        ), r AS (
+            SELECT *, row_number() OVER (PARTITION BY user_idx ORDER BY hash(user_idx, item_idx, {seed}), item_idx) AS k,
+                      count(*) OVER (PARTITION BY user_idx) AS n
+            FROM pairs
+        ), c AS (
+            SELECT DISTINCT user_idx, n,
+                   CAST(floor(round({rv!r} * n, 9)) AS BIGINT) AS nv0,
+                   CAST(floor(round({rt!r} * n, 9)) AS BIGINT) AS nt0
+            FROM r
+        ), c2 AS (
+            SELECT *, CAST(n - nv0 - nt0 > 1 AND {rt!r} * n > 0 AND {rt!r} * n < 1 AS INTEGER) AS add_t FROM c
+        ), c3 AS (
+            SELECT *, CAST(n - nv0 - nt0 - add_t > 1 AND {rv!r} * n > 0 AND {rv!r} * n < 1 AS INTEGER) AS add_v FROM c2
+        )
+        SELECT r.user_idx, r.item_idx, r.ts,
+               CASE WHEN r.k <= c3.nt0 + c3.add_t THEN 'test'
+                    WHEN r.k <= c3.nt0 + c3.add_t + c3.nv0 + c3.add_v THEN 'valid'
+                    ELSE 'train' END AS part
+        FROM r JOIN c3 USING (user_idx)""")
+    con.execute("""
+        CREATE OR REPLACE TEMP VIEW train_ev_random AS
+        SELECT e.* FROM ev e ANTI JOIN (SELECT user_idx, item_idx FROM random_parts WHERE part <> 'train') h
+        USING (user_idx, item_idx)""")
+    for part in ("valid", "test"):
+        con.execute(f"""
+            CREATE OR REPLACE TEMP VIEW {part}_random AS
+            SELECT user_idx, item_idx, ts FROM random_parts WHERE part = '{part}'
+            ORDER BY user_idx, item_idx""")
+    return {
+        "ratios": [r / total for r in config.random_ratios],
+        "seed": seed,
+        "unit": "distinct (user, item) target pair",
+    }
+
+
+def write_split(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    out_dir: Path,
+    config: FeatureConfig,
+    *,
+    target_types: list[str],
+    shape: tuple[int, int],
+) -> dict[str, Any]:
+    """Define split `name` and write train.parquet (COO, decayed at the end of the training part),
+    train_sequences.parquet, valid.parquet, test.parquet and meta.json into `out_dir`.
+    Returns the meta dict (kind, cut-offs, counts, target types)."""
+    if name == "loo":
+        meta = define_loo(con)
+    elif name == "time":
+        meta = define_time(con, config)
+    elif name == "random":
+        meta = define_random(con, config)
+    else:
+        raise BuildError(f"unknown split {name!r}; known: loo, time, random")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = f"train_ev_{name}"
+    ref = con.execute(f"SELECT max(ts) FROM {train}").fetchone()[0]
+    if ref is None:  # nothing in train (e.g. a cut-off before every event): an empty matrix, honestly
+        ref = con.execute("SELECT min(ts) FROM ev").fetchone()[0]
+    _copy(con, interactions_sql(train, int(ref), config.half_life_days), out_dir / "train.parquet")
+    _copy(con, sequences_sql(train), out_dir / "train_sequences.parquet")
+    counts: dict[str, int] = {
+        "train_events": _count(con, f"SELECT 1 FROM {train}"),
+        "train_nnz": _count(con, f"SELECT 1 FROM read_parquet('{out_dir / 'train.parquet'}')"),
+    }
+    for part in ("valid", "test"):
+        _copy(con, f"SELECT * FROM {part}_{name}", out_dir / f"{part}.parquet")
+        n, users = con.execute(
+            f"SELECT count(*), count(DISTINCT user_idx) FROM read_parquet('{out_dir / f'{part}.parquet'}')"
+        ).fetchone()
+        counts[f"{part}_rows"], counts[f"{part}_users"] = int(n), int(users)
+    meta = {
+        "kind": name,
+        **meta,
+        "reference_ts": int(ref),
+        "reference_time": _iso(int(ref)),
+        "shape": list(shape),
+        "target_event_types": target_types,
+        "counts": counts,
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def _iso(ts: int | float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(int(ts), tz=UTC).isoformat()

@@ -1,0 +1,255 @@
+"""The feature definitions, as SQL over tables.
+
+Each function returns one SELECT over the build's working tables, so the same definitions can move to
+another SQL engine (Spark SQL, Trino) when one machine is not enough. The working tables, created by
+`features.build` with DuckDB from the validated Parquet files, are:
+
+- `users(user_idx INT, user_id)` and `items(item_idx INT, item_id, category, gender, price, ...)`;
+- `ev(user_idx, item_idx, ts BIGINT epoch s, w DOUBLE event weight, rn BIGINT input row)`: every
+  accepted event;
+- `tgt(user_idx, item_idx, ts, quantity, price, size, bkey)`: the *target* events (purchases when the
+  data has any, else every positive-weight event), with `bkey` the basket key: the order id, else
+  the session id, else the user's day.
+
+Times are integer epoch seconds (UTC) throughout, so "tied" means "the same second" everywhere.
+Parameters that are numbers are formatted into the SQL by these functions (never user strings, which
+go through `sql_str`).
+"""
+
+from __future__ import annotations
+
+DAY_S = 86400
+
+
+def sql_str(value: str) -> str:
+    """A SQL string literal (single quotes doubled), for event type names from the config."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def weight_case(weights: dict[str, float], column: str = "event_type") -> str:
+    """CASE expression giving each event its configured weight; unlisted types weigh 0."""
+    if not weights:
+        return "0.0"
+    arms = " ".join(f"WHEN {sql_str(t)} THEN {float(w)!r}" for t, w in weights.items())
+    return f"CASE {column} {arms} ELSE 0.0 END"
+
+
+def decay(ref_ts: int, half_life_days: float, ts: str = "ts") -> str:
+    """0.5 ** (age_days / half_life): 1 at the reference time, 0.5 one half-life before it."""
+    return f"pow(0.5, ({int(ref_ts)} - {ts}) / {float(half_life_days) * DAY_S!r})"
+
+
+def interactions_sql(events: str, ref_ts: int, half_life_days: float) -> str:
+    """COO user x item matrix: value = sum over the pair's events of w * decay; pairs whose sum is not
+    positive (only zero-weight events, or negatives outweighing) are left out. Sorted by (user, item)
+    so a reader can build CSR without re-sorting."""
+    return f"""
+        SELECT user_idx, item_idx, CAST(SUM(w * {decay(ref_ts, half_life_days)}) AS FLOAT) AS value
+        FROM {events}
+        WHERE w <> 0
+        GROUP BY user_idx, item_idx
+        HAVING SUM(w * {decay(ref_ts, half_life_days)}) > 0
+        ORDER BY user_idx, item_idx"""
+
+
+def sequences_sql(events: str) -> str:
+    """One row per user: the items of every positive-weight event in time order (input order breaks
+    ties, so the sequence is deterministic) and their times."""
+    return f"""
+        SELECT user_idx,
+               list(item_idx ORDER BY ts, rn) AS item_idx,
+               list(ts ORDER BY ts, rn) AS ts
+        FROM {events}
+        WHERE w > 0
+        GROUP BY user_idx
+        ORDER BY user_idx"""
+
+
+def baskets_sql() -> str:
+    """Target events grouped into baskets by `bkey` (order, else session, else user-day). `ts` is the
+    basket's first event time; `item_idx` its distinct items, sorted. Ids are dense, in (user, time) order."""
+    return """
+        SELECT CAST(row_number() OVER (ORDER BY user_idx, min(ts), bkey) - 1 AS BIGINT) AS basket_id,
+               user_idx,
+               min(ts) AS ts,
+               list(DISTINCT item_idx ORDER BY item_idx) AS item_idx
+        FROM tgt
+        GROUP BY user_idx, bkey
+        ORDER BY basket_id"""
+
+
+def typical_gap_sql() -> str:
+    """Median time (s) between a customer's consecutive baskets, over all repeat customers: the data's
+    own purchase cycle, used to scale the lifecycle rules."""
+    return """
+        SELECT median(gap) FROM (
+            SELECT ts - lag(ts) OVER (PARTITION BY user_idx ORDER BY ts) AS gap FROM baskets
+        ) WHERE gap > 0"""
+
+
+def profiles_sql(
+    *,
+    ref_ts: int,
+    cycle_days: float,
+    has_money: bool,
+    gender_share: float,
+    gender_min_events: int,
+    has_customers: bool,
+) -> str:
+    """One row per user: activity counts, RFM and its 1-5 scores, lifecycle segment, gender affinity,
+    consent.
+
+    RFM is over target events: recency = days from the user's last target event (last event of any
+    kind for users who never bought) to the reference time; frequency = distinct baskets; monetary =
+    sum(quantity * price), the event price else the catalogue price else 0. Scores are quintiles of
+    the rank among buyers: 1 + floor(5 * percent_rank), capped at 5 (ties share a score; 5 = most
+    recent / most frequent / highest spend). Users without target events have null scores.
+
+    Segment, first matching rule, with C = `cycle_days` (the data's median gap between a customer's
+    baskets) so the rules scale with the shop:
+      new      first event within the last C days;
+      lapsed   recency > 4 C;
+      at_risk  recency > 2 C;
+      vip      f_score >= 4 and m_score = 5 (f_score = 5 when the data has no prices);
+      active   everyone else.
+    Gender affinity: weighted share of the user's positive events on women's vs men's items;
+    >= `gender_share` on one side names it, otherwise "unisex"; fewer than `gender_min_events`
+    gendered events -> null.
+    """
+    vip = "s.f_score >= 4 AND s.m_score = 5" if has_money else "s.f_score = 5"
+    consent = "coalesce(c.consent_personalisation, TRUE)" if has_customers else "TRUE"
+    customers_join = "LEFT JOIN customers c ON c.user_id = u.user_id" if has_customers else ""
+    cycle_s = float(cycle_days) * DAY_S
+    return f"""
+        WITH a AS (
+            SELECT user_idx, count(*) AS n_events, min(ts) AS first_ts, max(ts) AS last_ts
+            FROM ev GROUP BY user_idx
+        ), b AS (
+            SELECT t.user_idx, count(*) AS n_purchases, count(DISTINCT t.bkey) AS frequency,
+                   sum(t.quantity * coalesce(t.price, i.price, 0.0)) AS monetary, max(t.ts) AS last_buy
+            FROM tgt t JOIN items i USING (item_idx) GROUP BY t.user_idx
+        ), s AS (
+            SELECT user_idx,
+                   CAST(least(5, 1 + floor(5 * percent_rank() OVER (ORDER BY last_buy))) AS TINYINT) AS r_score,
+                   CAST(least(5, 1 + floor(5 * percent_rank() OVER (ORDER BY frequency))) AS TINYINT) AS f_score,
+                   CAST(least(5, 1 + floor(5 * percent_rank() OVER (ORDER BY monetary))) AS TINYINT) AS m_score
+            FROM b
+        ), g AS (
+            SELECT e.user_idx,
+                   coalesce(sum(e.w) FILTER (WHERE i.gender = 'women'), 0) AS wf,
+                   coalesce(sum(e.w) FILTER (WHERE i.gender = 'men'), 0) AS wm,
+                   count(*) AS ng
+            FROM ev e JOIN items i USING (item_idx)
+            WHERE e.w > 0 AND i.gender IN ('women', 'men')
+            GROUP BY e.user_idx
+        )
+        SELECT u.user_idx, u.user_id,
+               a.n_events, coalesce(b.n_purchases, 0) AS n_purchases, a.first_ts, a.last_ts,
+               ({int(ref_ts)} - coalesce(b.last_buy, a.last_ts)) / {float(DAY_S)!r} AS recency_days,
+               coalesce(b.frequency, 0) AS frequency, coalesce(b.monetary, 0.0) AS monetary,
+               s.r_score, s.f_score, s.m_score,
+               CASE
+                   WHEN a.first_ts >= {int(ref_ts)} - {cycle_s!r} THEN 'new'
+                   WHEN {int(ref_ts)} - coalesce(b.last_buy, a.last_ts) > 4 * {cycle_s!r} THEN 'lapsed'
+                   WHEN {int(ref_ts)} - coalesce(b.last_buy, a.last_ts) > 2 * {cycle_s!r} THEN 'at_risk'
+                   WHEN {vip} THEN 'vip'
+                   ELSE 'active'
+               END AS segment,
+               CASE
+                   WHEN coalesce(g.ng, 0) < {int(gender_min_events)} THEN NULL
+                   WHEN g.wf >= {float(gender_share)!r} * (g.wf + g.wm) THEN 'women'
+                   WHEN g.wm >= {float(gender_share)!r} * (g.wf + g.wm) THEN 'men'
+                   ELSE 'unisex'
+               END AS gender_affinity,
+               {consent} AS consent_personalisation
+        FROM users u
+        JOIN a USING (user_idx)
+        LEFT JOIN b USING (user_idx)
+        LEFT JOIN s USING (user_idx)
+        LEFT JOIN g USING (user_idx)
+        {customers_join}
+        ORDER BY u.user_idx"""
+
+
+def sizes_sql() -> str:
+    """Per user and garment type (the category path of the sized item), the size bought most often;
+    ties go to the most recently bought size, then the size name (deterministic)."""
+    return """
+        WITH c AS (
+            SELECT t.user_idx, i.category AS garment, t.size, count(*) AS n, max(t.ts) AS last
+            FROM tgt t JOIN items i USING (item_idx)
+            WHERE t.size IS NOT NULL AND t.size <> ''
+            GROUP BY t.user_idx, i.category, t.size
+        )
+        SELECT user_idx, garment, size, n FROM c
+        QUALIFY row_number() OVER (PARTITION BY user_idx, garment ORDER BY n DESC, last DESC, size) = 1
+        ORDER BY user_idx, garment"""
+
+
+def last_purchases_sql() -> str:
+    """Per (user, item) over target events: the item's category, the last time and how many times."""
+    return """
+        SELECT t.user_idx, t.item_idx, any_value(i.category) AS category,
+               max(t.ts) AS last_ts, count(*) AS n_purchases
+        FROM tgt t JOIN items i USING (item_idx)
+        GROUP BY t.user_idx, t.item_idx
+        ORDER BY t.user_idx, t.item_idx"""
+
+
+def item_stats_sql(*, ref_ts: int, half_life_days: float, window_s: int) -> str:
+    """One row per item (catalogue items without events included, with zeros).
+
+    popularity = sum of w * decay over all users (the item's column sum of the interaction matrix);
+    trend = (recent + 1) / (earlier / 3 + 1) where recent = weighted events in the last `window_s`
+    seconds and earlier = those in the 3x longer window before it: a smoothed ratio of event rates,
+    1 = flat, > 1 rising; pop_rank = 1 for the most popular item.
+    """
+    w = int(window_s)
+    return f"""
+        WITH e AS (
+            SELECT item_idx, count(DISTINCT user_idx) AS n_users, count(*) AS n_events,
+                   sum(CASE WHEN w > 0 THEN w * {decay(ref_ts, half_life_days)} ELSE 0 END) AS popularity,
+                   coalesce(sum(w) FILTER (WHERE w > 0 AND ts > {int(ref_ts) - w}), 0) AS recent,
+                   coalesce(sum(w) FILTER (WHERE w > 0 AND ts <= {int(ref_ts) - w}
+                                          AND ts > {int(ref_ts) - 4 * w}), 0) AS earlier
+            FROM ev GROUP BY item_idx
+        ), p AS (
+            SELECT item_idx, count(*) AS n_purchases FROM tgt GROUP BY item_idx
+        )
+        SELECT i.item_idx, i.category,
+               coalesce(e.n_users, 0) AS n_users, coalesce(e.n_events, 0) AS n_events,
+               coalesce(p.n_purchases, 0) AS n_purchases,
+               coalesce(e.popularity, 0.0) AS popularity,
+               (coalesce(e.recent, 0) + 1.0) / (coalesce(e.earlier, 0) / 3.0 + 1.0) AS trend,
+               CAST(row_number() OVER (ORDER BY coalesce(e.popularity, 0.0) DESC, i.item_idx) AS INTEGER) AS pop_rank
+        FROM items i LEFT JOIN e USING (item_idx) LEFT JOIN p USING (item_idx)
+        ORDER BY i.item_idx"""
+
+
+def category_rebuy_sql(*, min_rate: float, min_repeat_buyers: int) -> str:
+    """Per category: buyers, buyers who bought the same item again in a later basket, their share,
+    the median days between consecutive baskets holding the same item, and the re-buyable flag
+    (rebuy_rate >= `min_rate` and n_repeat_buyers >= `min_repeat_buyers`: global thresholds, the
+    rates themselves learned). Items without a category are pooled in one row with a null category."""
+    return f"""
+        WITH per AS (
+            SELECT t.user_idx, t.item_idx, i.category, t.bkey, min(t.ts) AS ts
+            FROM tgt t JOIN items i USING (item_idx)
+            GROUP BY t.user_idx, t.item_idx, i.category, t.bkey
+        ), g AS (
+            SELECT category, user_idx,
+                   ts - lag(ts) OVER (PARTITION BY user_idx, item_idx ORDER BY ts) AS gap
+            FROM per
+        ), agg AS (
+            SELECT category, count(DISTINCT user_idx) AS n_buyers,
+                   count(DISTINCT user_idx) FILTER (WHERE gap IS NOT NULL) AS n_repeat_buyers,
+                   median(gap) FILTER (WHERE gap IS NOT NULL) / {float(DAY_S)!r} AS median_interval_days
+            FROM g GROUP BY category
+        )
+        SELECT category, n_buyers, n_repeat_buyers,
+               n_repeat_buyers / n_buyers AS rebuy_rate,
+               median_interval_days,
+               (n_repeat_buyers / n_buyers >= {float(min_rate)!r}
+                AND n_repeat_buyers >= {int(min_repeat_buyers)}) AS rebuyable
+        FROM agg
+        ORDER BY category NULLS LAST"""
