@@ -583,10 +583,13 @@ _HOUR_W = np.array([2, 1, 0.5, 0.3, 0.3, 0.5, 1, 2, 3, 4, 4.5, 5, 5.5, 5, 4.5, 4
 _HOUR_CUM = np.cumsum(_HOUR_W / _HOUR_W.sum())
 
 
-def _session_starts(day: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Seconds since the window start for sessions on (float) days `day`: the day plus a time of day."""
+def _session_starts(day: np.ndarray, rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Seconds since the window start for sessions on (float) days `day`: the day plus a time of day,
+    kept inside the customer's active window [lo, hi) (days) so no event precedes the sign-up."""
     hour = np.minimum(np.searchsorted(_HOUR_CUM, rng.random(len(day)), side="right"), 23)
-    return np.floor(day) * 86_400.0 + hour * 3600.0 + rng.random(len(day)) * 3600.0
+    t = np.floor(day) * 86_400.0 + hour * 3600.0 + rng.random(len(day)) * 3600.0
+    # a session may run up to an hour: start it at the latest an hour before the window closes
+    return np.maximum(np.minimum(t, hi * 86_400.0 - 3600.0), lo * 86_400.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -677,7 +680,7 @@ def _browse(
     if S == 0:
         return
     s_day = dw.sample(people.active_from[s_user], people.active_until[s_user], rng)
-    s_start = _session_starts(s_day, rng)
+    s_start = _session_starts(s_day, rng, people.active_from[s_user], people.active_until[s_user])
 
     # department by the customer's preference, leaf by browse weight, fashion gender by affinity
     u = rng.random(S)
@@ -749,7 +752,7 @@ def _durables(
         if n == 0:
             continue
         day = dw.sample(people.active_from[buyers], people.active_until[buyers], rng)
-        start = _session_starts(day, rng)
+        start = _session_starts(day, rng, people.active_from[buyers], people.active_until[buyers])
         pool = cat.pool_of(durable)
         chosen = _draw_items(cat, np.full(n, pool), rng)
         n_browse = rng.integers(0, 4, n)  # other items of the kind viewed first
@@ -831,7 +834,7 @@ def _consumables(
         pool = cat.pool_of(leaf.path)
         fav = _draw_items(cat, np.full(n, pool), rng)
         item = np.where(rng.random(m) < p.p_favourite, fav[rows], _draw_items(cat, np.full(m, pool), rng))
-        start = _session_starts(day, rng)
+        start = _session_starts(day, rng, people.active_from[u], people.active_until[u])
         qty = np.where(rng.random(m) < 0.7, 1, 2)
         view = rng.random(m) < p.p_rebuy_view
         lines.add(u, start, np.arange(m), item, -1, qty, np.zeros(m), view, True, False, True)
@@ -853,7 +856,8 @@ def _projects(
     n = len(pu)
     if n == 0:
         return
-    start = _session_starts(dw.sample(people.active_from[pu], people.active_until[pu], rng), rng)
+    a, b = people.active_from[pu], people.active_until[pu]
+    start = _session_starts(dw.sample(a, b, rng), rng, a, b)
     sess, items, qty = [], [], []
     for leaf_path, prob in PROJECT_BASKET.items():
         has = np.flatnonzero(rng.random(n) < prob)
