@@ -341,7 +341,8 @@ def generate(
     start_us = end_us - days * _US_PER_DAY
     start_date = end - timedelta(days=days)
     root = np.random.SeedSequence(seed)
-    cat_ss, cust_ss, ev_ss = root.spawn(3)
+    # independent streams per part, so changing one part's draws leaves the others' bytes alone
+    cat_ss, cust_ss, ev_ss, title_ss, stock_ss = root.spawn(5)
 
     catalog = _make_catalog(items, days, p, np.random.default_rng(cat_ss))
     people = _make_customers(customers, days, p, np.random.default_rng(cust_ss))
@@ -349,9 +350,9 @@ def generate(
 
     counts = {
         "catalog": _write_catalog(
-            out / "catalog.parquet", catalog, start_us, np.random.default_rng(cat_ss.spawn(1)[0])
+            out / "catalog.parquet", catalog, start_us, np.random.default_rng(title_ss)
         ),
-        "stock": _write_stock(out / "stock.parquet", catalog, p, np.random.default_rng(cat_ss.spawn(2)[1])),
+        "stock": _write_stock(out / "stock.parquet", catalog, p, np.random.default_rng(stock_ss)),
         "customers": _write_customers(out / "customers.parquet", people, start_us),
     }
     counts["events"] = _write_events(
@@ -618,7 +619,20 @@ class _Lines:
     buy: list[np.ndarray] = dataclasses.field(default_factory=list)
     n_sessions: int = 0
 
-    def add(self, s_user, s_start, session, item, size, qty, offset, view, cart, removed, buy) -> None:
+    def add(
+        self,
+        s_user: np.ndarray,
+        s_start: np.ndarray,
+        session: np.ndarray,
+        item: np.ndarray,
+        size: np.ndarray | int,
+        qty: np.ndarray | int,
+        offset: np.ndarray,
+        view: np.ndarray | bool,
+        cart: np.ndarray | bool,
+        removed: np.ndarray | bool,
+        buy: np.ndarray | bool,
+    ) -> None:
         """Append sessions (arrays over sessions) and their lines (`session` indexes the new sessions)."""
         self.s_user.append(np.asarray(s_user, dtype=np.int64))
         self.s_start.append(np.asarray(s_start, dtype=np.float64))
@@ -1027,7 +1041,8 @@ def _write_events(
             total += table.num_rows
             session_base += int(ev["n_sessions"])
             order_base += int(ev["n_orders"])
-            assert ts_us.max() < end_us
+            if ts_us.max() >= end_us:  # an invariant of _chunk_events; a bug if it ever fires
+                raise RuntimeError("synthetic event at or after `end`")
     bar.close()
     return total
 
