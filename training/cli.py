@@ -1,9 +1,196 @@
-"""`shoprec train|tune|promote|recommend`: thin commands over training's stage functions."""
+"""`shoprec train|tune|promote|recommend`: thin commands over training's stage functions.
+
+Each command parses its flags, calls one stage function, and prints one JSON line last (stdout);
+progress and log lines go to stderr. Heavy imports (MLflow, Optuna, torch) happen inside the
+commands so `shoprec --help` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+DataOpt = Annotated[
+    Path, typer.Option("--data", help="Workspace directory (features built with `shoprec features build`).")
+]
+
+
+def _setup_logging() -> None:
+    """Log lines to stderr, so stdout keeps only the JSON result line."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_shoprec", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._shoprec = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    for name in ("training", "features", "serving"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _ws(data: Path):
+    from features.workspace import Workspace
+
+    if not data.exists():
+        raise _fail(f"workspace {data} does not exist")
+    return Workspace.at(data)
+
+
+def train_cmd(
+    data: DataOpt,
+    model: Annotated[
+        str, typer.Option(help="Model name: popular, als, bpr, itemknn, ease, sasrec, bought-together, ...")
+    ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override one config value of the model, key=value (repeatable)."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Evaluation split: loo, time or random.")] = "loo",
+    params_from_study: Annotated[
+        str | None, typer.Option(help="Start from the best params of this Optuna study (then --set on top).")
+    ] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL for --params-from-study.")] = None,
+    refit: Annotated[
+        bool, typer.Option(help="Refit on all data before registering (metrics stay from the split).")
+    ] = True,
+    register: Annotated[bool, typer.Option(help="Register a version of the model `shoprec`.")] = True,
+    exclude_seen: Annotated[
+        str, typer.Option(help="Past items in evaluation: learned, always or never.")
+    ] = "learned",
+) -> None:
+    """Fit one model, evaluate it (full ranking), log it to MLflow and register a version.
+
+    Prints one JSON line last: {"run_id", "model", "version", "metrics"}.
+    """
+    _setup_logging()
+    from training.train import TrainConfig, parse_sets, train
+    from training.tune import best_params
+
+    ws = _ws(data)
+    try:
+        params: dict = {}
+        if params_from_study:
+            study_model, params = best_params(ws, params_from_study, storage)
+            if study_model and study_model != model:
+                raise ValueError(f"study {params_from_study!r} tuned {study_model!r}, not {model!r}")
+            logging.getLogger("training").info("params from study %s: %s", params_from_study, params)
+        params.update(parse_sets(set_ or []))
+        config = TrainConfig(
+            model=model, params=params, split=split, refit=refit, register=register, exclude_seen=exclude_seen
+        )
+        result = train(ws, config)
+    except (ValueError, LookupError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(json.dumps(result.to_json(), default=float))
+
+
+def tune_cmd(
+    data: DataOpt,
+    model: Annotated[str, typer.Option(help="Model to tune.")],
+    trials: Annotated[int, typer.Option(min=1, help="Trials to run in this process.")] = 20,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage URL (default: SQLite optuna.db in the workspace; "
+            "postgresql://... to share the study between workers)."
+        ),
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default shoprec-<model>-<split>).")] = None,
+    split: Annotated[str, typer.Option(help="Split whose validation part is the objective.")] = "loo",
+    metric: Annotated[str, typer.Option(help="Objective on the validation part, maximised.")] = "ndcg@10",
+    seed: Annotated[
+        int | None, typer.Option(help="Sampler seed (leave unset when several workers share a study).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting trials after this many seconds.")
+    ] = None,
+) -> None:
+    """Optuna study over the model's search space; every trial is an MLflow run.
+
+    Prints one JSON line last: {"study", "best_value", "best_params", "n_trials", ...}.
+    """
+    _setup_logging()
+    from training.tune import TuneConfig, tune
+
+    ws = _ws(data)
+    try:
+        config = TuneConfig(
+            model=model,
+            trials=trials,
+            study=study,
+            storage=storage,
+            split=split,
+            metric=metric,
+            seed=seed,
+            timeout_s=timeout,
+        )
+        result = tune(ws, config)
+    except (ValueError, LookupError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(json.dumps(result.to_json(), default=str))
+
+
+def promote_cmd(
+    data: DataOpt,
+    metric: Annotated[str, typer.Option(help="Metric to compare on (higher is better).")] = "ndcg@10",
+    split: Annotated[str, typer.Option(help="Split the comparison is made on.")] = "loo",
+    min_delta: Annotated[float, typer.Option(help="Margin a challenger must beat the champion by.")] = 0.0,
+) -> None:
+    """Move the alias `champion` to the best version, only if it beats the current champion on the
+    same split and metric; `challenger` marks the runner-up. Prints the decision as JSON last."""
+    _setup_logging()
+    from training.promote import PromoteConfig, PromotionError, promote
+
+    ws = _ws(data)
+    try:
+        decision = promote(ws, PromoteConfig(metric=metric, split=split, min_delta=min_delta))
+    except (PromotionError, ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(decision.reason, err=True)
+    typer.echo(json.dumps(decision.to_json()))
+
+
+def recommend_cmd(
+    data: DataOpt,
+    users: Annotated[
+        Path, typer.Option(help="CSV/Parquet with a user_id column, or a text file, one id per line.")
+    ],
+    k: Annotated[int, typer.Option(min=1, max=1000, help="Items per user.")],
+    out: Annotated[Path, typer.Option(help="Output file, .csv or .parquet.")],
+    model_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow model URI or bundle directory (default models:/shoprec@champion)."),
+    ] = None,
+    exclude_seen: Annotated[
+        str, typer.Option(help="Past items: learned (re-buy policy), always or never.")
+    ] = "learned",
+) -> None:
+    """Batch recommendations (the e-mail renderer's feed): user_id, rank, item_id, score, reason.
+
+    Unknown customers, and customers without consent for personalisation, get popular items."""
+    _setup_logging()
+    from training.recommend import recommend
+
+    ws = _ws(data)
+    try:
+        summary = recommend(ws, users, k, out, model_uri=model_uri, exclude_seen=exclude_seen)
+    except (ValueError, LookupError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(json.dumps(summary))
 
 
 def register(app: typer.Typer) -> None:
     """Add training's commands to the root app."""
+    app.command("train")(train_cmd)
+    app.command("tune")(tune_cmd)
+    app.command("promote")(promote_cmd)
+    app.command("recommend")(recommend_cmd)

@@ -1,0 +1,245 @@
+"""`shoprec promote`: move the registry alias `champion` to the best version of `shoprec`, only when
+it beats the current champion on the same evaluation; `challenger` marks the runner-up (serving's
+A/B test uses it).
+
+"The same evaluation" means the same split, the same metric, the same re-buy exclusion rule and the
+same data snapshot (the validated tables' hash). Versions trained on another snapshot are not
+compared by their logged numbers: they are refitted with their own config on the current split's
+training part and evaluated again, so a champion is never kept (or beaten) on stale numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from features.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    metric: str = "ndcg@10"  # higher is better
+    split: str = "loo"
+    exclude_seen: str = "learned"
+    # A candidate must beat the champion by more than this (absolute) to take the alias: ties and
+    # noise-level differences keep the serving model stable.
+    min_delta: float = 0.0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PromoteConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown PromoteConfig key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+
+@dataclass
+class Scored:
+    """One registered version and its score on the current evaluation."""
+
+    version: str
+    model: str
+    run_id: str
+    score: float | None
+    fresh: bool  # score logged on the current snapshot/split, not re-evaluated
+
+
+@dataclass(frozen=True)
+class Decision:
+    promoted: bool
+    metric: str
+    split: str
+    champion: str | None  # the version holding `champion` after the decision
+    previous_champion: str | None
+    candidate: str | None  # the best version that competed
+    candidate_model: str | None
+    candidate_score: float | None
+    champion_score: float | None  # the previous champion's score on the same evaluation
+    challenger: str | None
+    reason: str
+    reevaluated: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class PromotionError(RuntimeError):
+    """Nothing can be promoted (no registered versions, or none with the metric)."""
+
+
+def promote(ws: Workspace, config: PromoteConfig | None = None) -> Decision:
+    """Decide and apply the `champion` / `challenger` aliases; log the decision as an MLflow run
+    in the `shoprec-promote` experiment. Returns the decision (printed by the CLI)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from training import tracking
+
+    config = config or PromoteConfig()
+    client = tracking.configure(ws)
+    snapshot = tracking.data_hash(ws)
+    key = tracking.to_mlflow_key(config.metric)
+
+    try:
+        versions = client.search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")
+    except MlflowException:
+        versions = []
+    scored: dict[str, Scored] = {}
+    for mv in versions:
+        run = client.get_run(mv.run_id)
+        tags = run.data.tags
+        if tags.get("task", "recommend") != "recommend":
+            continue  # complements models answer another question
+        fresh = (
+            tags.get("data_hash") == snapshot
+            and tags.get("split") == config.split
+            and tags.get("exclude_seen", config.exclude_seen) == config.exclude_seen
+            and key in run.data.metrics
+        )
+        score = float(run.data.metrics[key]) if fresh else None
+        scored[str(mv.version)] = Scored(str(mv.version), tags.get("model", "?"), mv.run_id, score, fresh)
+    if not scored:
+        raise PromotionError(
+            f"no registered version of {tracking.REGISTERED_MODEL!r} to promote: run `shoprec train` first"
+        )
+
+    try:
+        previous = str(
+            client.get_model_version_by_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION).version
+        )
+    except MlflowException:
+        previous = None
+    if previous is not None and previous not in scored:
+        previous = None  # the alias points at a complements version or a deleted one: treat as empty
+
+    reevaluated: list[str] = []
+
+    def score_of(v: str) -> float:
+        s = scored[v]
+        if s.score is None:
+            s.score = _reevaluate(ws, client, s, config)
+            reevaluated.append(v)
+        return s.score
+
+    fresh = [s for s in scored.values() if s.fresh]
+    if fresh:
+        candidate = max(fresh, key=lambda s: (s.score, int(s.version)))
+    else:  # nothing evaluated on this snapshot: the newest version competes after re-evaluation
+        candidate = max(scored.values(), key=lambda s: int(s.version))
+    cand_score = score_of(candidate.version)
+    champ_score = score_of(previous) if previous is not None else None
+
+    if previous is None:
+        promoted, winner = True, candidate.version
+        reason = f"no champion yet: version {candidate.version} ({candidate.model}) takes it"
+    elif candidate.version == previous:
+        promoted, winner = False, previous
+        reason = f"version {previous} is the champion and still the best on {config.metric}"
+    elif cand_score > champ_score + config.min_delta:
+        promoted, winner = True, candidate.version
+        reason = (
+            f"version {candidate.version} ({candidate.model}) beats champion {previous} on "
+            f"{config.metric}: {cand_score:.4f} > {champ_score:.4f}"
+        )
+    else:
+        promoted, winner = False, previous
+        reason = (
+            f"version {candidate.version} ({candidate.model}) does not beat champion {previous} on "
+            f"{config.metric}: {cand_score:.4f} <= {champ_score:.4f}"
+        )
+
+    if promoted:
+        client.set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION, winner)
+    # Runner-up among the versions scored on this evaluation (never the champion itself).
+    others = [s for s in scored.values() if s.version != winner and s.score is not None]
+    challenger = max(others, key=lambda s: (s.score, int(s.version))).version if others else None
+    if challenger is not None:
+        client.set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHALLENGER, challenger)
+    else:
+        with contextlib.suppress(MlflowException):
+            client.delete_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHALLENGER)
+
+    decision = Decision(
+        promoted=promoted,
+        metric=config.metric,
+        split=config.split,
+        champion=winner,
+        previous_champion=previous,
+        candidate=candidate.version,
+        candidate_model=candidate.model,
+        candidate_score=cand_score,
+        champion_score=champ_score,
+        challenger=challenger,
+        reason=reason,
+        reevaluated=reevaluated,
+    )
+    log.info("promotion: %s", reason)
+    exp_id = tracking.experiment_id(client, tracking.PROMOTE_EXPERIMENT, ws)
+    with mlflow.start_run(experiment_id=exp_id, run_name="promote"):
+        mlflow.set_tags(
+            {
+                "decision": "promoted" if promoted else "kept",
+                "champion": winner,
+                "previous_champion": previous or "",
+                "candidate": candidate.version,
+                "challenger": challenger or "",
+                "data_hash": snapshot,
+                "split": config.split,
+            }
+        )
+        mlflow.log_params(
+            {
+                "metric": config.metric,
+                "split": config.split,
+                "exclude_seen": config.exclude_seen,
+                "min_delta": config.min_delta,
+            }
+        )
+        mlflow.log_metric("candidate_score", cand_score)
+        if champ_score is not None:
+            mlflow.log_metric("champion_score", champ_score)
+        mlflow.log_text(json.dumps(decision.to_json(), indent=2), "decision.json")
+    return decision
+
+
+def _reevaluate(ws: Workspace, client: MlflowClient, s: Scored, config: PromoteConfig) -> float:
+    """Refit version `s` with its own saved config on the current split's training part and
+    evaluate it the way fresh runs were evaluated; returns the metric."""
+    from training import tracking
+    from training.train import TrainConfig, fit_and_evaluate
+
+    bundle = tracking.load_bundle_dir(f"models:/{tracking.REGISTERED_MODEL}/{s.version}", ws)
+    meta = json.loads((bundle / "model" / "config.json").read_text())
+    log.info(
+        "re-evaluating version %s (%s) on the current %s split: its numbers come from another "
+        "data snapshot or evaluation",
+        s.version,
+        meta["model"],
+        config.split,
+    )
+    tc = TrainConfig(
+        model=meta["model"],
+        params=meta["config"],
+        split=config.split,
+        exclude_seen=config.exclude_seen,
+        register=False,
+        plots=False,
+    )
+    _, metrics, _, _ = fit_and_evaluate(ws, tc)
+    if config.metric not in metrics:
+        raise PromotionError(
+            f"metric {config.metric!r} not produced by evaluation; available: {sorted(metrics)}"
+        )
+    return float(metrics[config.metric])

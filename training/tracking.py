@@ -1,0 +1,205 @@
+"""MLflow tracking and the model registry: where runs go, what they carry, and how a registered
+serving bundle is fetched back (in any process, by alias).
+
+Where: `MLFLOW_TRACKING_URI` when set (e.g. a PostgreSQL-backed `mlflow server`), else SQLite
+`ws.mlflow_uri` with artifacts under `ws.mlflow_artifacts`. Nothing is configured at import time:
+every entry point calls `configure(ws)` (or passes a URI) per call.
+
+Metric names: shoprec says `ndcg@10`; MLflow refuses `@` in names, so runs store `ndcg_at_10`
+(`to_mlflow_key` / `from_mlflow_key` translate both ways, losslessly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # mlflow costs ~3 s to import; keep it out of `shoprec --help`
+    from mlflow import MlflowClient
+
+    from features.workspace import Workspace
+    from training.base import Recommender
+
+REGISTERED_MODEL = "shoprec"
+EXPERIMENT = "shoprec"
+TUNE_EXPERIMENT = "shoprec-tune"
+PROMOTE_EXPERIMENT = "shoprec-promote"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION}"
+
+log = logging.getLogger(__name__)
+
+
+def to_mlflow_key(name: str) -> str:
+    """`ndcg@10/new` -> `ndcg_at_10/new` (MLflow allows only [/\\w.\\- :] in metric names)."""
+    return name.replace("@", "_at_")
+
+
+def from_mlflow_key(key: str) -> str:
+    """Inverse of `to_mlflow_key`."""
+    return key.replace("_at_", "@")
+
+
+def tracking_uri(ws: Workspace | None) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else the workspace's SQLite store."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if ws is None:
+        raise ValueError("no MLFLOW_TRACKING_URI set and no workspace given: cannot locate the MLflow store")
+    return ws.mlflow_uri
+
+
+def quiet_mlflow() -> None:
+    """Silence MLflow's start-up chatter (alembic migrations, 'creating tables', progress bars,
+    git-not-found warnings) that reads like an error to a user; real errors still raise."""
+    for name in ("mlflow", "alembic", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    warnings.filterwarnings("ignore", module=r"mlflow(\..*)?")
+    warnings.filterwarnings("ignore", message=r".*pkg_resources.*")
+
+
+def configure(ws: Workspace | None) -> MlflowClient:
+    """Point MLflow (tracking and registry) at the store for `ws` and return a client.
+
+    With the default SQLite store the workspace directory is created and the `shoprec`
+    experiments get their artifact root under `ws.mlflow_artifacts` (not ./mlruns of the cwd)."""
+    quiet_mlflow()
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(ws)
+    if ws is not None and uri == ws.mlflow_uri:
+        ws.root.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(client: MlflowClient, name: str, ws: Workspace | None) -> str:
+    """The id of experiment `name`, created on first use (artifacts under the workspace when the
+    store is the workspace's own SQLite; a server chooses its own artifact root)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if ws is not None and tracking_uri(ws) == ws.mlflow_uri:
+        location = (ws.mlflow_artifacts / name).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another worker created it between our two calls
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def ensure_registered_model(client: MlflowClient, name: str = REGISTERED_MODEL) -> None:
+    """Create the registered model once; concurrent creators are fine."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(
+                name, description="shoprec serving bundles; alias `champion` is what serving loads."
+            )
+        except MlflowException:
+            client.get_registered_model(name)
+
+
+def data_hash(ws: Workspace) -> str:
+    """sha256 (first 16 hex) over the validated tables' bytes, in table-name order: two runs with
+    the same hash learned from the same data snapshot. Raises when features were never built."""
+    files = sorted(ws.validated_dir.glob("*.parquet")) if ws.validated_dir.exists() else []
+    if not files:
+        raise FileNotFoundError(
+            f"no validated tables under {ws.validated_dir}: run `shoprec features build --data {ws.root}` first"
+        )
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def code_version() -> str | None:
+    """The git commit of the shoprec source (with `-dirty` for uncommitted changes), or None."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def load_bundle_dir(
+    uri: str = DEFAULT_MODEL_URI, ws: Workspace | None = None, dst: str | Path | None = None
+) -> Path:
+    """Download the serving bundle behind `uri` (`models:/shoprec@champion`, `models:/shoprec/3`,
+    `runs:/<id>/bundle`, or a local directory) and return the local bundle directory."""
+    local = Path(uri).expanduser()
+    if "://" not in uri and not uri.startswith(("models:", "runs:")) and local.is_dir():
+        return local
+    configure(ws)
+    import mlflow
+
+    if dst is None:
+        dst = tempfile.mkdtemp(prefix="shoprec-bundle-")
+    try:
+        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except Exception as e:
+        raise LookupError(
+            f"cannot fetch {uri} from the MLflow store at {tracking_uri(ws)}: {e}. "
+            "Train a model (`shoprec train`) and promote it (`shoprec promote`) first, or pass --model-uri."
+        ) from e
+    if not (path / "bundle.json").exists() and (path / "bundle" / "bundle.json").exists():
+        path = path / "bundle"
+    return path
+
+
+def load_model(uri: str = DEFAULT_MODEL_URI, ws: Workspace | None = None) -> Recommender:
+    """The main model of the bundle behind `uri`, ready to score (any process, no workspace)."""
+    from training.base import Recommender
+
+    return Recommender.load(load_bundle_dir(uri, ws) / "model")
+
+
+def run_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
+    """A run's metrics in shoprec's naming (`ndcg@10`)."""
+    return {from_mlflow_key(k): float(v) for k, v in client.get_run(run_id).data.metrics.items()}
+
+
+def log_metrics(metrics: dict[str, Any], prefix: str = "") -> None:
+    """Log finite numeric metrics under MLflow-safe names (active run)."""
+    import math
+
+    import mlflow
+
+    clean = {
+        to_mlflow_key(prefix + k): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
+    }
+    if clean:
+        mlflow.log_metrics(clean)

@@ -1,0 +1,242 @@
+"""`shoprec train`: fit one model on a split's training part, evaluate it with full ranking, refit
+on all data for serving, and log it all as one MLflow run that registers a version of `shoprec`.
+
+A run carries: params = the model's config; metrics = the evaluation (MLflow names: `ndcg_at_10`);
+tags = model name, split, data snapshot hash, code version, task; artifacts = the serving bundle
+(`bundle/`) and plots (`plots/`). No customer id goes into params, tags or logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from features.workspace import Workspace
+    from training.base import Recommender, TrainData
+
+log = logging.getLogger(__name__)
+
+EXCLUDE_SEEN = ("learned", "always", "never")
+# Models that answer "what goes with this item", not "what for this user": they are evaluated on
+# hidden basket items and never compete for the `champion` alias.
+COMPLEMENT_MODELS = ("bought-together",)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What `shoprec train` does; the model's own hyper-parameters live in its ModelConfig."""
+
+    model: str
+    params: dict[str, Any] = field(default_factory=dict)  # overrides of the model's config (--set)
+    split: str = "loo"
+    # Refit on every interaction before the bundle is written: serving should know the latest
+    # purchases. Metrics always come from the split's fit; `refit=False` ships that fit instead.
+    refit: bool = True
+    register: bool = True  # create a version of the registered model `shoprec`
+    ks: tuple[int, ...] = (1, 5, 10, 20, 50)  # list lengths evaluated (the Recall@K curve)
+    exclude_seen: str = "learned"  # which past items may come back in evaluation
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.exclude_seen not in EXCLUDE_SEEN:
+            raise ValueError(f"exclude_seen must be one of {EXCLUDE_SEEN}, got {self.exclude_seen!r}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be positive list lengths, got {self.ks!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown TrainConfig key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    model: str
+    version: str | None  # registered version of `shoprec`, None when not registered
+    metrics: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "model": self.model, "version": self.version, "metrics": self.metrics}
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    """`["factors=64", "alpha=2"]` -> {"factors": "64", "alpha": "2"} (typed later by the model's
+    config, which rejects unknown keys)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def build_model(name: str, params: dict[str, Any]) -> Recommender:
+    """An unfitted model `name` with its config's defaults overridden by `params` (strict keys)."""
+    from training.models import MODEL_NAMES, get_model_class
+
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    klass = get_model_class(name)
+    return klass(klass.Config().with_overrides(dict(params)))
+
+
+def evaluate_model(model: Recommender, split: Any, config: TrainConfig, on: str = "test") -> dict[str, float]:
+    """Full-ranking evaluation of `model` on the split's `on` part (basket hiding for complements)."""
+    from training import evaluate as ev
+
+    if model.name in COMPLEMENT_MODELS:
+        return dict(ev.evaluate_baskets(model, split, on=on, ks=config.ks))
+    return dict(ev.evaluate(model, split, on=on, ks=config.ks, exclude_seen=config.exclude_seen))
+
+
+def fit_and_evaluate(
+    ws: Workspace, config: TrainConfig, *, callback: Any = None
+) -> tuple[Recommender, dict[str, float], TrainData, Any]:
+    """Fit `config.model` on the split's training part and evaluate it on the split's test part.
+
+    Returns (fitted model, metrics, the training TrainData, the Split)."""
+    from training.data import load_split
+
+    split = load_split(ws, config.split)
+    train_data = split.train  # the split's leak-free training part
+    model = build_model(config.model, config.params)
+    log.info(
+        "fitting %s on the %s split's training part (%d users x %d items)",
+        config.model,
+        config.split,
+        train_data.n_users,
+        train_data.n_items,
+    )
+    model.fit(train_data, callback=callback)
+    log.info("evaluating %s on the %s split (full ranking over the catalogue)", config.model, config.split)
+    metrics = evaluate_model(model, split, config)
+    return model, metrics, train_data, split
+
+
+def train(ws: Workspace, config: TrainConfig) -> TrainResult:
+    """Fit, evaluate, refit on all data, write the bundle and plots, log one MLflow run and
+    register a version of `shoprec`. See the module docstring for what the run carries."""
+    import mlflow
+
+    from training import tracking
+    from training.bundle import write_bundle
+    from training.data import load_train_data
+
+    client = tracking.configure(ws)
+    snapshot = tracking.data_hash(ws)
+    model, metrics, train_data, split = fit_and_evaluate(ws, config)
+
+    full = load_train_data(ws)
+    if config.refit:
+        log.info(
+            "refitting %s on all data (%d users) for serving; metrics above are from the %s split",
+            config.model,
+            full.n_users,
+            config.split,
+        )
+        serving_model = build_model(config.model, config.params).fit(full)
+    else:
+        log.info(
+            "refit skipped: the bundle ships the model fitted on the %s split's training part", config.split
+        )
+        serving_model = model
+
+    task = "complements" if config.model in COMPLEMENT_MODELS else "recommend"
+    tags = {
+        "model": config.model,
+        "split": config.split,
+        "data_hash": snapshot,
+        "code_version": tracking.code_version() or "unknown",
+        "task": task,
+        "refit": str(config.refit).lower(),
+        "exclude_seen": config.exclude_seen,
+    }
+    exp_id = tracking.experiment_id(client, tracking.EXPERIMENT, ws)
+    with (
+        tempfile.TemporaryDirectory(prefix="shoprec-train-") as tmp,
+        mlflow.start_run(experiment_id=exp_id, run_name=f"{config.model}-{config.split}") as run,
+    ):
+        run_id = run.info.run_id
+        mlflow.set_tags(tags)
+        mlflow.log_params({k: _param(v) for k, v in model.config.to_dict().items()})
+        tracking.log_metrics(metrics)
+        extra: dict[str, float] = {}
+        if config.plots:
+            extra = _plots(model, metrics, train_data, split, Path(tmp) / "plots", config)
+            tracking.log_metrics(extra)
+            mlflow.log_artifacts(str(Path(tmp) / "plots"), "plots")
+        bundle_dir = write_bundle(
+            serving_model, ws, Path(tmp) / "bundle", data=full, metrics=metrics, data_hash=snapshot
+        )
+        mlflow.log_artifacts(str(bundle_dir), "bundle")
+
+    version = None
+    if config.register:
+        tracking.ensure_registered_model(client)
+        mv = client.create_model_version(
+            tracking.REGISTERED_MODEL,
+            source=f"runs:/{run_id}/bundle",
+            run_id=run_id,
+            tags=tags,
+            description=f"{config.model} on the {config.split} split",
+        )
+        version = str(mv.version)
+        log.info("registered %s version %s (run %s)", tracking.REGISTERED_MODEL, version, run_id)
+    return TrainResult(run_id=run_id, model=config.model, version=version, metrics=metrics)
+
+
+def _param(value: Any) -> Any:
+    """MLflow params are strings of at most 6000 characters; long lists are cut with a marker."""
+    text = str(value)
+    return text if len(text) <= 500 else text[:480] + "...(cut)"
+
+
+def _plots(
+    model: Recommender,
+    metrics: dict[str, float],
+    train_data: TrainData,
+    split: Any,
+    out: Path,
+    config: TrainConfig,
+) -> dict[str, float]:
+    """Recall@K curve and the popularity plot into `out`; returns the popularity medians."""
+    from training import plots
+    from training.base import History
+
+    out.mkdir(parents=True, exist_ok=True)
+    plots.recall_curve(
+        metrics, out / "recall_at_k.png", title=f"{config.model}: ranking quality on {config.split}"
+    )
+    if config.model in COMPLEMENT_MODELS:
+        return {}
+    test = getattr(split, "test", None)
+    if test is None or len(test) == 0:
+        return {}
+    users = np.unique(np.asarray(test["user_idx"], dtype=np.int64))
+    users = users[users < train_data.n_users]
+    if users.size == 0:
+        return {}
+    history = History.of(train_data, users)
+    ids, _ = model.recommend(users, history, k=10, exclude=history.user_items)
+    popularity = np.asarray((train_data.user_items > 0).sum(axis=0)).ravel()
+    return plots.popularity_plot(
+        ids,
+        np.asarray(test["item_idx"]),
+        popularity,
+        out / "popularity.png",
+        title=f"{config.model}: popularity of top-10 vs bought",
+    )

@@ -1,0 +1,369 @@
+"""`shoprec tune`: an Optuna study per model over its search space, each trial an MLflow run.
+
+- Objective: the validation part of the split (never the test part, which `train` and `promote`
+  report), full ranking, default `ndcg@10`, maximised.
+- Pruning: iterative models call `fit(..., callback=cb)` once per step (ALS iteration, SASRec
+  epoch); the callback reports the validation metric (the model's own, or an evaluation every
+  `eval_every` steps) and MedianPruner stops trials that trail the median of earlier trials.
+- Storage: SQLite `ws.optuna_uri` by default; a PostgreSQL URL lets several workers (processes or
+  machines) share one study; each trial records which worker ran it.
+- Best params are kept with the study (`study.user_attrs["best_params"]`, and every trial's full
+  model config in its user attrs) so `shoprec train --params-from-study NAME` reuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+    from features.workspace import Workspace
+    from training.base import Recommender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One dimension of a search space. kind: int | float | categorical."""
+
+    name: str
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        if self.kind == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+        return trial.suggest_categorical(self.name, list(self.choices))
+
+
+# Search spaces per model. A model's config may name a knob differently, or not have it: only the
+# dimensions whose name is a field of the model's config are searched (and `search_space` says
+# which were left out), so a renamed field narrows the search instead of crashing every trial.
+SEARCH_SPACES: dict[str, tuple[Param, ...]] = {
+    "popular": (
+        Param("mode", "categorical", choices=("global", "category", "segment")),
+        Param("trending", "categorical", choices=(False, True)),
+    ),
+    "als": (
+        Param("factors", "int", 16, 256, log=True),
+        Param("regularization", "float", 1e-4, 1.0, log=True),
+        Param("alpha", "float", 0.5, 50.0, log=True),
+        Param("iterations", "int", 5, 30),
+        Param("binary", "categorical", choices=(False, True)),
+    ),
+    "bpr": (
+        Param("factors", "int", 16, 256, log=True),
+        Param("learning_rate", "float", 1e-3, 0.1, log=True),
+        Param("regularization", "float", 1e-5, 0.1, log=True),
+        Param("iterations", "int", 20, 200, log=True),
+    ),
+    "itemknn": (
+        Param("similarity", "categorical", choices=("cosine", "bm25", "tfidf")),
+        Param("neighbours", "int", 10, 400, log=True),
+        Param("bm25_k1", "float", 0.5, 2.0),
+        Param("bm25_b", "float", 0.3, 1.0),
+        Param("binary", "categorical", choices=(False, True)),
+    ),
+    "ease": (
+        Param("lambda_", "float", 1.0, 5000.0, log=True),
+        Param("binary", "categorical", choices=(False, True)),
+    ),
+    "sasrec": (
+        Param("dim", "categorical", choices=(32, 64, 128)),
+        Param("n_layers", "int", 1, 3),
+        Param("n_heads", "categorical", choices=(1, 2)),
+        Param("dropout", "float", 0.0, 0.5),
+        Param("lr", "float", 3e-4, 1e-2, log=True),
+        Param("weight_decay", "float", 1e-4, 0.1, log=True),
+        Param("max_len", "int", 20, 200, log=True),
+        Param("epochs", "int", 5, 60, log=True),
+    ),
+    "bought-together": (
+        Param("metric", "categorical", choices=("confidence", "lift")),
+        Param("min_count", "int", 1, 10),
+        Param("min_lift", "float", 0.5, 3.0),
+        Param("neighbours", "int", 10, 200, log=True),
+        Param("recent_items", "int", 1, 30, log=True),
+        Param("recency_decay", "float", 0.3, 1.0),
+    ),
+    "repeat-blend": (
+        Param("base", "categorical", choices=("itemknn", "als", "ease")),
+        Param("cf_weight", "float", 0.0, 1.0),
+        Param("recency_half_life", "float", 0.0, 50.0),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    model: str
+    trials: int = 20
+    study: str | None = None  # default: shoprec-<model>-<split>
+    storage: str | None = None  # default: ws.optuna_uri (SQLite); a PostgreSQL URL for several workers
+    split: str = "loo"
+    metric: str = "ndcg@10"  # on the split's validation part, maximised
+    exclude_seen: str = "learned"
+    seed: int | None = None  # sampler seed; None = different per worker (needed when sharing a study)
+    eval_every: int = 2  # steps between validation evaluations inside an iterative fit (pruning)
+    n_startup_trials: int = 3  # MedianPruner: never prune before this many trials completed
+    n_warmup_steps: int = 2  # MedianPruner: never prune a trial before this step
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise ValueError(f"trials must be >= 1, got {self.trials}")
+
+    @property
+    def study_name(self) -> str:
+        return self.study or f"shoprec-{self.model}-{self.split}"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TuneConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown TuneConfig key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    study: str
+    storage: str
+    model: str
+    metric: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    n_trials: int  # in the whole study (all workers)
+    n_complete: int
+    n_pruned: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def search_space(model: str) -> tuple[Param, ...]:
+    """The dimensions searched for `model`: SEARCH_SPACES filtered to its config's fields."""
+    from training.models import get_model_class
+
+    if model not in SEARCH_SPACES:
+        raise ValueError(f"no search space for model {model!r}; known: {', '.join(SEARCH_SPACES)}")
+    fields = {f.name for f in dataclasses.fields(get_model_class(model).Config)}
+    space = tuple(p for p in SEARCH_SPACES[model] if p.name in fields)
+    if not space:
+        raise ValueError(
+            f"none of the search dimensions for {model!r} ({', '.join(p.name for p in SEARCH_SPACES[model])}) "
+            f"is a field of its config ({', '.join(sorted(fields))})"
+        )
+    return space
+
+
+def storage_url(ws: Workspace, storage: str | None) -> str:
+    return storage or os.environ.get("OPTUNA_STORAGE") or ws.optuna_uri
+
+
+def worker_id() -> str:
+    """host:pid, recorded on every trial (which worker of a shared study ran it)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def tune(ws: Workspace, config: TuneConfig) -> TuneResult:
+    """Run `config.trials` trials of `config.model` in the (possibly shared) study; returns the
+    study's best so far (over every worker's trials)."""
+    import mlflow
+    import optuna
+
+    from training import tracking
+    from training.data import load_split
+    from training.train import TrainConfig, build_model, evaluate_model
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = search_space(config.model)
+    storage = storage_url(ws, config.storage)
+    if storage.startswith("sqlite:///"):
+        ws.root.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=config.study_name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=config.seed),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=config.n_startup_trials, n_warmup_steps=config.n_warmup_steps
+        ),
+    )
+    owner = study.user_attrs.get("model")
+    if owner is None:
+        study.set_user_attr("model", config.model)
+        study.set_user_attr("metric", config.metric)
+        study.set_user_attr("split", config.split)
+    elif owner != config.model:
+        raise ValueError(
+            f"study {config.study_name!r} tunes {owner!r}, not {config.model!r}: pick another --study"
+        )
+
+    client = tracking.configure(ws)
+    exp_id = tracking.experiment_id(client, tracking.TUNE_EXPERIMENT, ws)
+    snapshot = tracking.data_hash(ws)
+    code = tracking.code_version() or "unknown"
+    split = load_split(ws, config.split)
+    train_data = split.train  # the split's leak-free training part
+    me = worker_id()
+    k_metric = config.metric
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {p.name: p.suggest(trial) for p in space}
+        tc = TrainConfig(
+            model=config.model,
+            params=params,
+            split=config.split,
+            exclude_seen=config.exclude_seen,
+            register=False,
+            plots=False,
+        )
+        model = build_model(config.model, params)
+        if hasattr(model, "validation") and model.validation is None:
+            # SASRec scores itself after every epoch (early stopping); the same number drives pruning
+            model.validation = lambda m: evaluate_model(m, split, tc, on="valid")[k_metric]
+        trial.set_user_attr("config", _jsonable(model.config.to_dict()))
+        trial.set_user_attr("worker", me)
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"{config.study_name}-{trial.number}") as run:
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            mlflow.set_tags(
+                {
+                    "study": config.study_name,
+                    "trial": str(trial.number),
+                    "model": config.model,
+                    "split": config.split,
+                    "data_hash": snapshot,
+                    "code_version": code,
+                    "worker": me,
+                }
+            )
+            mlflow.log_params({k: str(v) for k, v in model.config.to_dict().items()})
+            callback = _pruning_callback(trial, model, split, tc, k_metric, config.eval_every)
+            try:
+                model.fit(train_data, callback=callback)
+            except optuna.TrialPruned:
+                mlflow.set_tag("state", "pruned")
+                raise
+            metrics = evaluate_model(model, split, tc, on="valid")
+            if k_metric not in metrics:
+                raise ValueError(f"metric {k_metric!r} not produced; available: {sorted(metrics)}")
+            tracking.log_metrics(metrics, prefix="valid/")
+            mlflow.set_tag("state", "complete")
+            return float(metrics[k_metric])
+
+    study.optimize(
+        objective,
+        n_trials=config.trials,
+        timeout=config.timeout_s,
+        show_progress_bar=True,
+        catch=(FloatingPointError,),
+    )
+    return _result(study, storage, config)
+
+
+def _pruning_callback(
+    trial: optuna.Trial, model: Recommender, split: Any, tc: Any, metric: str, eval_every: int
+) -> Callable[[int, dict[str, float] | None], None]:
+    """`callback(step, metrics)` for iterative fits: report the validation metric and prune.
+
+    Uses the model's own `metrics[metric]` when it reports one; otherwise evaluates the partly
+    trained model on the validation part every `eval_every` steps (skipped when the model cannot
+    score mid-fit)."""
+    import optuna
+
+    from training.train import evaluate_model
+
+    def callback(step: int, metrics: dict[str, float] | None = None) -> None:
+        metrics = metrics or {}
+        # the model's own validation score (SASRec's hook reports it as "valid")
+        value = metrics.get(metric, metrics.get("valid"))
+        if value is None and (step + 1) % max(eval_every, 1) == 0:
+            try:
+                value = evaluate_model(model, split, tc, on="valid").get(metric)
+            except Exception as e:  # the model cannot score mid-fit: no intermediate value
+                log.debug("no intermediate evaluation at step %d: %s", step, e)
+                value = None
+        if value is None:
+            return
+        trial.report(float(value), step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"step {step}: {metric}={value:.4f} below the median of earlier trials")
+
+    return callback
+
+
+def _result(study: optuna.Study, storage: str, config: TuneConfig) -> TuneResult:
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    best_value, best_params = None, {}
+    if complete:
+        best = study.best_trial
+        best_value = float(best.value)
+        best_params = dict(best.params)
+        study.set_user_attr("best_params", best_params)
+        study.set_user_attr("best_trial", best.number)
+    return TuneResult(
+        study=study.study_name,
+        storage=_redact(storage),
+        model=config.model,
+        metric=config.metric,
+        best_value=best_value,
+        best_params=best_params,
+        n_trials=len(trials),
+        n_complete=len(complete),
+        n_pruned=len(pruned),
+    )
+
+
+def best_params(ws: Workspace, study: str, storage: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(model name, best params) of a finished study, for `shoprec train --params-from-study`."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url(ws, storage)
+    try:
+        s = optuna.load_study(study_name=study, storage=url)
+    except KeyError:
+        raise LookupError(f"no study {study!r} in {_redact(url)}: run `shoprec tune` first") from None
+    model = s.user_attrs.get("model")
+    try:
+        best = s.best_trial
+    except ValueError:
+        raise LookupError(f"study {study!r} has no completed trial yet") from None
+    return model, dict(best.params)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a storage URL before it is printed."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
