@@ -1,0 +1,172 @@
+"""Evaluation splits: nothing leaks from the future (loo, time), held-out rows are the ones a hand
+count says, random proportions follow RecBole's rule, and every split is deterministic."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.config import FeatureConfig
+
+_spec = importlib.util.spec_from_file_location(
+    "_feature_build_helpers", Path(__file__).parent / "test_build.py"
+)
+_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_helpers)
+DAY, T0, build, write_events = _helpers.DAY, _helpers.T0, _helpers.build, _helpers.write_events
+
+
+def split(root: Path, name: str, part: str) -> pd.DataFrame:
+    return pd.read_parquet(root / "features" / "splits" / name / f"{part}.parquet")
+
+
+def random_shop(root: Path, seed: int = 0, n: int = 3000) -> None:
+    """Events with many ties: timestamps on a coarse hourly grid, baskets of several lines at one time."""
+    rng = np.random.default_rng(seed)
+    types = rng.choice(["view", "add_to_cart", "purchase", "remove_from_cart"], n, p=[0.5, 0.2, 0.25, 0.05])
+    write_events(
+        root,
+        [
+            {"user_id": f"u{u}", "item_id": f"i{i}", "event_type": str(t), "ts": T0 + int(h) * 3600}
+            for u, i, t, h in zip(
+                rng.integers(0, 60, n),
+                rng.integers(0, 50, n),
+                types,
+                rng.integers(0, 24 * 60, n),
+                strict=True,
+            )
+        ],
+    )
+
+
+def _assert_no_leak(root: Path, name: str) -> int:
+    """For every user: every valid/test time is strictly later than every training event time (any
+    type: the training events are rebuilt from the raw events minus nothing that is held out).
+    Returns how many held-out rows were checked."""
+    seq = split(root, name, "train_sequences")
+    last_train = {u: max(ts) for u, ts in zip(seq.user_idx, seq.ts, strict=True) if len(ts)}
+    held = pd.concat([split(root, name, "valid"), split(root, name, "test")])
+    assert len(held) > 0
+    for u, ts in zip(held.user_idx, held.ts, strict=True):
+        assert ts > last_train.get(u, -1), (name, u, ts, last_train.get(u))
+    # valid is strictly before test for each user too
+    v, t = split(root, name, "valid"), split(root, name, "test")
+    both = (
+        v.groupby("user_idx")
+        .ts.max()
+        .to_frame("v")
+        .join(t.groupby("user_idx").ts.min().to_frame("t"), how="inner")
+    )
+    assert (both.v < both.t).all()
+    return len(held)
+
+
+def test_loo_and_time_splits_leak_nothing(tmp_path: Path) -> None:
+    random_shop(tmp_path)
+    build(tmp_path)
+    assert _assert_no_leak(tmp_path, "loo") > 50
+    assert _assert_no_leak(tmp_path, "time") > 20
+    # the train matrices hold no event of a held-out time: every training sequence ends before it
+    meta = json.loads((tmp_path / "features" / "splits" / "time" / "meta.json").read_text())
+    assert meta["valid_cutoff_ts"] < meta["cutoff_ts"] and meta["target_event_types"] == ["purchase"]
+    seq = split(tmp_path, "time", "train_sequences")
+    assert max(max(ts) for ts in seq.ts) < meta["valid_cutoff_ts"]
+
+
+def test_loo_holds_out_the_last_tied_basket_whole(tmp_path: Path) -> None:
+    p = "purchase"
+    write_events(
+        tmp_path,
+        [
+            {"user_id": "a", "item_id": "x", "event_type": p, "ts": T0},
+            {"user_id": "a", "item_id": "y", "event_type": p, "ts": T0 + DAY},
+            {
+                "user_id": "a",
+                "item_id": "z",
+                "event_type": "view",
+                "ts": T0 + DAY + 5,
+            },  # after valid: not train
+            {"user_id": "a", "item_id": "z", "event_type": p, "ts": T0 + 2 * DAY},  # tied last basket
+            {"user_id": "a", "item_id": "w", "event_type": p, "ts": T0 + 2 * DAY},
+            {"user_id": "b", "item_id": "x", "event_type": p, "ts": T0},  # two distinct times: train only
+            {"user_id": "b", "item_id": "y", "event_type": p, "ts": T0 + DAY},
+        ],
+    )
+    build(tmp_path)
+    users = pd.read_parquet(tmp_path / "features" / "users.parquet").set_index("user_id")["user_idx"]
+    items = pd.read_parquet(tmp_path / "features" / "items.parquet").set_index("item_idx")["item_id"]
+    test, valid = split(tmp_path, "loo", "test"), split(tmp_path, "loo", "valid")
+    assert sorted(items[test.item_idx]) == ["w", "z"] and set(test.ts) == {T0 + 2 * DAY}
+    assert list(items[valid.item_idx]) == ["y"] and set(test.user_idx) == {users["a"]}
+    train = split(tmp_path, "loo", "train")
+    a_items = sorted(items[train[train.user_idx == users["a"]].item_idx])
+    b_items = sorted(items[train[train.user_idx == users["b"]].item_idx])
+    assert a_items == ["x"] and b_items == ["x", "y"]
+    # the loo training matrix is decayed at the end of the training part (b's last purchase, day 1)
+    meta = json.loads((tmp_path / "features" / "splits" / "loo" / "meta.json").read_text())
+    assert meta["reference_ts"] == T0 + DAY and meta["n_held_out_users"] == 1
+
+
+def test_time_split_honours_a_configured_cutoff(tmp_path: Path) -> None:
+    rows = [
+        {"user_id": "a", "item_id": f"i{d}", "event_type": "purchase", "ts": T0 + d * DAY} for d in range(10)
+    ]
+    write_events(tmp_path, rows)
+    cutoff = pd.Timestamp(T0 + 8 * DAY, unit="s", tz="UTC").strftime("%Y-%m-%d")  # midnight before day 8
+    build(tmp_path, FeatureConfig(cutoff=cutoff, threads=1))
+    # test window = day 8..9 (2 days) -> valid window = the 2 days before: days 6 and 7
+    assert sorted(split(tmp_path, "time", "test").ts) == [T0 + 8 * DAY, T0 + 9 * DAY]
+    assert sorted(split(tmp_path, "time", "valid").ts) == [T0 + 6 * DAY, T0 + 7 * DAY]
+    assert len(split(tmp_path, "time", "train")) == 6
+
+    from features.errors import BuildError
+
+    with pytest.raises(BuildError, match="outside the events' time range"):
+        build(tmp_path, FeatureConfig(cutoff="1999-01-01", threads=1))
+
+
+def test_random_split_proportions_follow_recbole(tmp_path: Path) -> None:
+    rows = []
+    for user, n in (("big", 100), ("ten", 10), ("three", 3), ("two", 2)):
+        rows += [
+            {"user_id": user, "item_id": f"i{k}", "event_type": "purchase", "ts": T0 + k} for k in range(n)
+        ]
+        rows += [
+            {"user_id": user, "item_id": f"i{k}", "event_type": "view", "ts": T0 + k - 1} for k in range(n)
+        ]
+    write_events(tmp_path, rows)
+    build(tmp_path)
+    users = pd.read_parquet(tmp_path / "features" / "users.parquet").set_index("user_idx")["user_id"]
+    counts = {}
+    for part in ("train", "valid", "test"):
+        counts[part] = split(tmp_path, "random", part).user_idx.map(users).value_counts().to_dict()
+    got = {
+        u: tuple(counts[p].get(u, 0) for p in ("train", "valid", "test"))
+        for u in ("big", "ten", "three", "two")
+    }
+    assert got == {"big": (80, 10, 10), "ten": (8, 1, 1), "three": (1, 1, 1), "two": (1, 0, 1)}
+    # a held-out pair leaves train entirely: its views do not give the answer away
+    train = split(tmp_path, "random", "train")
+    held = pd.concat([split(tmp_path, "random", "valid"), split(tmp_path, "random", "test")])
+    assert not set(zip(train.user_idx, train.item_idx, strict=True)) & set(
+        zip(held.user_idx, held.item_idx, strict=True)
+    )
+
+
+def test_splits_are_deterministic_and_seeded(tmp_path: Path) -> None:
+    random_shop(tmp_path, seed=3)
+    build(tmp_path)
+    first = {
+        (n, p): split(tmp_path, n, p) for n in ("loo", "time", "random") for p in ("train", "valid", "test")
+    }
+    build(tmp_path)
+    for key, df in first.items():
+        pd.testing.assert_frame_equal(split(tmp_path, *key), df)
+    build(tmp_path, FeatureConfig(seed=7, threads=1))
+    assert not split(tmp_path, "random", "test").equals(first[("random", "test")])
+    pd.testing.assert_frame_equal(split(tmp_path, "loo", "test"), first[("loo", "test")])
