@@ -1,0 +1,302 @@
+"""Context-aware business rules as plain functions over precomputed item arrays.
+
+Every rule here is a small pure function with a known right answer on a tiny shop
+(tests/test_filters.py). The pipeline (serving/pipeline.py) combines them per request:
+
+    allowed = stock_mask(...) & gender_mask(...) & ~excluded   (hard rules, one bool per item)
+    order   = score + page_tier(...) boost + session / re-buy boosts
+    block   = diversify(order, ...)                            (at most N per brand / leaf category)
+
+`Catalog` holds the arrays the rules need, built once at load (`build_catalog`), so a request
+does only vectorised numpy work and no pandas. The re-buy window itself is training's business
+rule (`training.policy.RebuyPolicy`); `rebuy_split` only turns its answer into "keep out" and
+"buy it again" sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+# Gender codes in Catalog.gender. Unknown and unisex items are allowed for everyone.
+UNISEX, WOMEN, MEN = 0, 1, 2
+_GENDER_CODES = {"women": WOMEN, "men": MEN, "unisex": UNISEX}
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Per-item arrays, index = item index (0..n-1).
+
+    item_ids:      (n,) object, the shop's ids; `index` maps id -> item index.
+    titles:        (n,) object, for reasons ("bought together with <title>"); falls back to the id.
+    categories:    (n,) object, the `/` path ('' when unknown).
+    leaf:          (n,) int32 code of the full category path (-1 unknown): the diversity unit.
+    brand:         (n,) int32 brand code (-1 unknown).
+    price:         (n,) float64 (nan unknown).
+    gender:        (n,) int8 UNISEX/WOMEN/MEN.
+    in_stock:      (n,) bool, any size in stock (True where the stock table says nothing).
+    sized:         (n,) bool, the item is sold in sizes.
+    size_stock:    size -> (n,) bool, in stock in that size (False for unsized items).
+    prefix_items:  category prefix ('pets', 'pets/cats', ...) -> sorted item indices under it.
+    popularity:    (n,) float64, learned popularity (decayed), 0 when unknown.
+    """
+
+    item_ids: np.ndarray
+    index: dict[str, int]
+    titles: np.ndarray
+    categories: np.ndarray
+    leaf: np.ndarray
+    brand: np.ndarray
+    price: np.ndarray
+    gender: np.ndarray
+    in_stock: np.ndarray
+    sized: np.ndarray
+    size_stock: dict[str, np.ndarray]
+    prefix_items: dict[str, np.ndarray]
+    popularity: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.item_ids)
+
+    def title(self, i: int) -> str:
+        return str(self.titles[i])
+
+    def idx(self, item_id: str | None) -> int | None:
+        """Item index of a shop id, or None when unknown (unknown ids are never an error)."""
+        if item_id is None:
+            return None
+        return self.index.get(str(item_id))
+
+
+def _col(items: pd.DataFrame, name: str) -> pd.Series:
+    if name in items.columns:
+        return items[name]
+    return pd.Series([None] * len(items), index=items.index, dtype=object)
+
+
+def _codes(values: pd.Series) -> np.ndarray:
+    filled = values.astype(object).where(values.notna() & (values.astype(str) != ""), None)
+    codes, _ = pd.factorize(filled, use_na_sentinel=True)
+    return codes.astype(np.int32)
+
+
+def build_catalog(items: pd.DataFrame, stock: pd.DataFrame | None = None) -> Catalog:
+    """Precompute the per-item arrays from the bundle's items (ordered by item_idx) and stock.
+
+    items: item_idx 0..n-1 in order, item_id, and optionally title, category, brand, price, gender,
+    popularity (else n_users, else 0). stock: item_id, size ('' unsized), quantity; None/empty
+    means no stock information (everything counts as available)."""
+    n = len(items)
+    item_ids = items["item_id"].astype(str).to_numpy(dtype=object)
+    index = {iid: i for i, iid in enumerate(item_ids)}
+    titles = _col(items, "title").astype(object)
+    titles = np.where(titles.isna() | (titles.astype(str) == ""), item_ids, titles.astype(str)).astype(object)
+    cats = _col(items, "category").astype(object)
+    cats = cats.where(cats.notna(), "").astype(str).str.strip("/").to_numpy(dtype=object)
+    price = pd.to_numeric(_col(items, "price"), errors="coerce").to_numpy(dtype=np.float64)
+    gender_raw = _col(items, "gender").astype(object).where(_col(items, "gender").notna(), "")
+    gender = np.array([_GENDER_CODES.get(str(g).lower(), UNISEX) for g in gender_raw], dtype=np.int8)
+    if "popularity" in items.columns:
+        popularity = pd.to_numeric(items["popularity"], errors="coerce").fillna(0).to_numpy(np.float64)
+    elif "n_users" in items.columns:
+        popularity = pd.to_numeric(items["n_users"], errors="coerce").fillna(0).to_numpy(np.float64)
+    else:
+        popularity = np.zeros(n)
+
+    prefix_lists: dict[str, list[int]] = {}
+    for i, c in enumerate(cats):
+        if not c:
+            continue
+        parts = c.split("/")
+        for d in range(1, len(parts) + 1):
+            prefix_lists.setdefault("/".join(parts[:d]), []).append(i)
+    prefix_items = {p: np.asarray(v, dtype=np.int64) for p, v in prefix_lists.items()}
+
+    in_stock = np.ones(n, dtype=bool)
+    sized = np.zeros(n, dtype=bool)
+    size_stock: dict[str, np.ndarray] = {}
+    if stock is not None and len(stock):
+        st = stock.copy()
+        st["idx"] = st["item_id"].astype(str).map(index)
+        st = st[st["idx"].notna()]
+        idx = st["idx"].to_numpy(dtype=np.int64)
+        qty = pd.to_numeric(st["quantity"], errors="coerce").fillna(0).to_numpy()
+        size = st["size"].astype(object).where(st["size"].notna(), "").astype(str).to_numpy()
+        listed = np.zeros(n, dtype=bool)
+        listed[idx] = True
+        any_qty = np.zeros(n, dtype=bool)
+        any_qty[idx[qty > 0]] = True
+        # Items the stock table lists are in stock only with quantity > 0; unlisted items are unknown.
+        in_stock = np.where(listed, any_qty, True)
+        has_size = size != ""
+        sized[idx[has_size]] = True
+        for s in np.unique(size[has_size]):
+            m = np.zeros(n, dtype=bool)
+            sel = has_size & (size == s) & (qty > 0)
+            m[idx[sel]] = True
+            size_stock[str(s)] = m
+
+    return Catalog(
+        item_ids=item_ids,
+        index=index,
+        titles=titles,
+        categories=cats,
+        leaf=_codes(pd.Series(cats)),
+        brand=_codes(_col(items, "brand").reset_index(drop=True)),
+        price=price,
+        gender=gender,
+        in_stock=in_stock,
+        sized=sized,
+        size_stock=size_stock,
+        prefix_items=prefix_items,
+        popularity=popularity,
+    )
+
+
+# -- hard rules: one bool per item, True = may be shown ---------------------------------------------
+def stock_mask(cat: Catalog, *, size: str | None = None, sizes_by_garment: dict[str, str] | None = None) -> np.ndarray:
+    """(n,) bool: in stock, and for sized items in stock in the customer's size.
+
+    `size` (the request's size preference) applies to every sized item. Otherwise
+    `sizes_by_garment` (garment category path -> learned size) applies to the sized items under each
+    garment path; sized items of other garments only need some size in stock."""
+    mask = cat.in_stock.copy()
+    if size:
+        in_size = cat.size_stock.get(size)
+        mask &= ~cat.sized if in_size is None else (~cat.sized | in_size)
+        return mask
+    for garment, s in (sizes_by_garment or {}).items():
+        under = cat.prefix_items.get(str(garment).strip("/"))
+        if under is None or not s:
+            continue
+        under = under[cat.sized[under]]
+        in_size = cat.size_stock.get(str(s))
+        mask[under] = False if in_size is None else in_size[under]
+    return mask
+
+
+def resolve_gender(context_gender: str | None, affinity: str | None) -> str | None:
+    """The gender a block is filtered for: the request's preference, else the learned affinity."""
+    for g in (context_gender, affinity):
+        if isinstance(g, str) and g.lower() in _GENDER_CODES:
+            return g.lower()
+    return None
+
+
+def gender_mask(cat: Catalog, gender: str | None) -> np.ndarray:
+    """(n,) bool: no men-only items for 'women', no women-only items for 'men'; unisex and unknown
+    items always pass; no preference (None/'unisex') lets everything pass."""
+    code = _GENDER_CODES.get((gender or "").lower(), UNISEX)
+    if code == WOMEN:
+        return cat.gender != MEN
+    if code == MEN:
+        return cat.gender != WOMEN
+    return np.ones(cat.n, dtype=bool)
+
+
+def price_mask(cat: Catalog, *, below: float | None = None, max_price: float | None = None) -> np.ndarray:
+    """(n,) bool: price strictly below `below` (the cheaper-alternatives option) and at most
+    `max_price`. Items with an unknown price fail any price condition (we cannot promise cheaper)."""
+    mask = np.ones(cat.n, dtype=bool)
+    if below is None and max_price is None:
+        return mask
+    with np.errstate(invalid="ignore"):
+        if below is not None:
+            mask &= cat.price < below
+        if max_price is not None:
+            mask &= cat.price <= max_price
+    return mask
+
+
+def rebuy_split(bought: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split a user's purchased item indices by the re-buy policy's answer.
+
+    bought: item indices the user purchased before; excluded: the indices the policy keeps out
+    (inside their re-buy window, or durables). Returns (keep_out, due): `due` are purchased items
+    whose window has passed; they come back with the reason "buy it again"."""
+    bought = np.unique(np.asarray(bought, dtype=np.int64))
+    excluded = np.asarray(excluded, dtype=np.int64)
+    out = np.isin(bought, excluded)
+    return bought[out], bought[~out]
+
+
+# -- ordering: page context ----------------------------------------------------------------------
+def page_tier(
+    cat: Catalog,
+    *,
+    page_category: str | None = None,
+    current_item: int | None = None,
+    complements: np.ndarray | None = None,
+) -> np.ndarray:
+    """(n,) float tier, added far above any score so tiered items come first.
+
+    On a category page the items under that category get tier 1. On an item page the items under
+    the current item's parent category get tier 1 (the litter-box page: cat things, not dog food)
+    and the current item's complements (bought together: the scoop) tier 2. The current item itself
+    is not tiered (the pipeline excludes it). Unknown categories tier nothing."""
+    tier = np.zeros(cat.n, dtype=np.float64)
+    if page_category:
+        under = cat.prefix_items.get(page_category.strip("/"))
+        if under is not None:
+            tier[under] = 1.0
+    if current_item is not None:
+        path = cat.categories[current_item]
+        parent = path.rsplit("/", 1)[0] if "/" in path else path
+        under = cat.prefix_items.get(parent) if parent else None
+        if under is not None:
+            tier[under] = np.maximum(tier[under], 1.0)
+        if complements is not None and len(complements):
+            tier[np.asarray(complements, dtype=np.int64)] = 2.0
+        tier[current_item] = 0.0
+    return tier
+
+
+# -- diversity -----------------------------------------------------------------------------------
+def diversify(
+    ordered: np.ndarray, cat: Catalog, k: int, *, max_per_brand: int = 3, max_per_category: int = 3
+) -> np.ndarray:
+    """Walk `ordered` (item indices, best first) and keep at most `max_per_brand` items per brand
+    and `max_per_category` per leaf category, until k are kept. Unknown brand/category is not
+    capped. Returns the kept indices in order (fewer than k when `ordered` runs out)."""
+    brand_n: dict[int, int] = {}
+    leaf_n: dict[int, int] = {}
+    kept: list[int] = []
+    brands = cat.brand[ordered].tolist()
+    leaves = cat.leaf[ordered].tolist()
+    for i, b, c in zip(ordered.tolist(), brands, leaves, strict=True):
+        if b >= 0 and brand_n.get(b, 0) >= max_per_brand:
+            continue
+        if c >= 0 and leaf_n.get(c, 0) >= max_per_category:
+            continue
+        kept.append(i)
+        if b >= 0:
+            brand_n[b] = brand_n.get(b, 0) + 1
+        if c >= 0:
+            leaf_n[c] = leaf_n.get(c, 0) + 1
+        if len(kept) == k:
+            break
+    return np.asarray(kept, dtype=np.int64)
+
+
+def content_neighbours(cat: Catalog, item: int) -> np.ndarray:
+    """(n,) float similarity of every item to `item` from catalogue data alone (for a new item
+    with no interactions): +1 per shared category level, +1 same brand, + price closeness in
+    (0, 1]. The item itself gets -inf."""
+    sim = np.zeros(cat.n, dtype=np.float64)
+    path = cat.categories[item]
+    if path:
+        parts = path.split("/")
+        for d in range(1, len(parts) + 1):
+            sim[cat.prefix_items["/".join(parts[:d])]] += 1.0
+    if cat.brand[item] >= 0:
+        sim[cat.brand == cat.brand[item]] += 1.0
+    p = cat.price[item]
+    if np.isfinite(p) and p > 0:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            closeness = np.exp(-np.abs(np.log(cat.price / p)))
+        sim += np.nan_to_num(closeness, nan=0.0)
+    sim[item] = -np.inf
+    return sim

@@ -1,0 +1,712 @@
+"""The serving pipeline: candidates -> filter -> rank -> explain, as one `Engine` over a bundle.
+
+`Engine.from_bundle(path)` loads a serving bundle (serving/bundle.py), precomputes every per-item
+array the rules need (serving/filters.py) and answers the calls the HTTP service exposes:
+
+- `recommend`: one customer's block. Personal scores from the model (one matrix-vector product),
+  hard rules as boolean masks (stock/size, gender, re-buy window, cart, the current item), page
+  context and real-time events as boosts, then at most N per brand / leaf category, then a reason
+  per item. Unknown user -> popular for the context and segment; no consent -> exactly
+  `popular(k, context=context)`.
+- `bought_together` (one item or a whole cart), `similar_items` (with cheaper alternatives),
+  `popular` (per segment / category), `recommend_batch` (the e-mail renderer's feed).
+- `record_events` / `forget` write to the online store (serving/store.py); `health` says whether
+  the store is reachable.
+
+Nothing here uses pandas per request: everything a request touches is a numpy array or a dict
+built at load. Every call returns at most k `Rec`s, and exactly k whenever k eligible items exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from serving import filters as F
+from serving.bundle import Bundle, load_bundle
+from serving.store import Event, InMemoryStore, OnlineStore, parse_event
+from training.base import History
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where the block is shown. `cart` holds item ids; `size`/`gender` are explicit preferences
+    (they win over learned ones); `max_price`/`cheaper` ask for cheaper alternatives."""
+
+    channel: str = "web"
+    page_category: str | None = None
+    current_item: str | None = None
+    cart: tuple[str, ...] = ()
+    size: str | None = None
+    gender: str | None = None
+    max_price: float | None = None
+    cheaper: bool = False
+
+
+@dataclass(frozen=True)
+class Rec:
+    """One recommended item: the shop's id, the ranking score (higher first) and a reason a
+    marketer can read."""
+
+    item_id: str
+    score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Tuning knobs of the pipeline; defaults work for a web shop. Unknown keys are an error."""
+
+    max_per_brand: int = 3  # diversity: at most this many items of one brand per block
+    max_per_category: int = 3  # ... and of one leaf category
+    overfetch: int = 4  # candidates ranked before diversity = k * overfetch (grown when short)
+    recent_events: int = 50  # newest online-store events read per request
+    session_views: int = 5  # distinct recent views whose neighbours are boosted
+    session_boost: float = 0.5  # boost (in normalised score units, top candidate = 1) for those
+    complement_boost: float = 0.5  # boost for complements of the cart / recent purchases
+    rebuy_boost: float = 0.3  # boost for purchased items whose re-buy window has passed
+    neighbours: int = 30  # neighbours fetched per item for boosts and bought-together
+    cache_items: int = 50_000  # per-item neighbour lists kept in memory
+    view_weight: float = 1.0  # weight of real-time events added to the history row
+    cart_weight: float = 2.0
+    purchase_weight: float = 4.0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EngineConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown EngineConfig key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        for name in ("max_per_brand", "max_per_category", "overfetch", "neighbours"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EngineConfig.{name} must be >= 1")
+
+
+class _User(NamedTuple):
+    fidx: int  # features user_idx (rows of user_items, sizes, last purchases); -1 unknown
+    midx: int  # the model's user index; -1 unknown to the model
+    segment: str | None
+    gender_affinity: str | None
+    consent: bool
+
+
+def _label(category: str) -> str:
+    """A category path as a marketer reads it: the leaf, words not slugs ('litter boxes')."""
+    leaf = category.strip("/").rsplit("/", 1)[-1]
+    return leaf.replace("-", " ").replace("_", " ") or "the shop"
+
+
+def _lru(fn: Callable[[int], Any], maxsize: int) -> Callable[[int], Any]:
+    """A small thread-tolerant LRU over int keys (functools.lru_cache would pin `self`)."""
+    cache: OrderedDict[int, Any] = OrderedDict()
+
+    def get(key: int) -> Any:
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        value = fn(key)
+        cache[key] = value
+        if len(cache) > maxsize:
+            cache.popitem(last=False)
+        return value
+
+    return get
+
+
+def _load_policy(bundle: Bundle) -> Any:
+    """training.policy.RebuyPolicy from the bundle's learned statistics; None when unavailable."""
+    try:
+        from training.policy import RebuyPolicy
+    except ImportError:
+        log.warning("training.policy.RebuyPolicy not available: every purchased item stays excluded")
+        return None
+    return RebuyPolicy.from_frame(bundle.category_rebuy)
+
+
+class Engine:
+    """Answers recommendation calls from one loaded bundle and an online store."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        store: OnlineStore | None = None,
+        model_version: str = "local",
+        config: EngineConfig | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.store: OnlineStore = store if store is not None else InMemoryStore()
+        self.model_version = model_version
+        self.config = config or EngineConfig()
+        self.model = bundle.model
+        self.complements = bundle.complements
+        cat = self.catalog = F.build_catalog(bundle.items, bundle.stock)
+        n = cat.n
+
+        # Model item index <-> bundle item index; identical in a bundle from one features build,
+        # but a mismatch must map, not silently shift every item.
+        self._model_pos, self._model_inv = self._align(self.model)
+        self._comp_pos, self._comp_inv = self._align(self.complements) if self.complements else (None, None)
+
+        # Users: features index from the profiles, model index from the model's own mapping.
+        model_idx = dict(zip(self.model.users["user_id"].astype(str), self.model.users["user_idx"].astype(int), strict=True))
+        prof = bundle.profiles
+        self._users: dict[str, _User] = {}
+        if len(prof):
+            seg = prof["segment"] if "segment" in prof else [None] * len(prof)
+            aff = prof["gender_affinity"] if "gender_affinity" in prof else [None] * len(prof)
+            consent = prof["consent_personalisation"] if "consent_personalisation" in prof else [None] * len(prof)
+            for uid, fidx, s, a, c in zip(prof["user_id"], prof["user_idx"], seg, aff, consent, strict=True):
+                given = True if c is None or c is np.nan or (isinstance(c, float) and np.isnan(c)) else bool(c)
+                self._users[uid] = _User(
+                    int(fidx), model_idx.get(uid, -1), s if isinstance(s, str) else None,
+                    a if isinstance(a, str) else None, given,
+                )  # fmt: skip
+        for uid, midx in model_idx.items():  # users the model knows but the profiles do not
+            if uid not in self._users:
+                self._users[uid] = _User(-1, midx, None, None, True)
+        self._forgotten: set[str] = set()
+
+        # Learned sizes per user: {features user_idx: {garment path: size}}.
+        self._sizes: dict[int, dict[str, str]] = {}
+        for u, g, s in zip(bundle.sizes["user_idx"], bundle.sizes["garment"], bundle.sizes["size"], strict=True):
+            self._sizes.setdefault(int(u), {})[str(g)] = str(s)
+
+        # Last purchases grouped by user as sorted arrays (a request slices with searchsorted).
+        lp = bundle.last_purchases
+        order = np.argsort(lp["user_idx"].to_numpy(), kind="stable")
+        self._lp_user = lp["user_idx"].to_numpy(dtype=np.int64)[order]
+        self._lp_item = lp["item_idx"].to_numpy(dtype=np.int64)[order]
+        self._lp_ts = lp["last_ts"].to_numpy(dtype=np.int64)[order] if len(lp) else np.zeros(0, np.int64)
+        lp_cat = lp["category"] if "category" in lp else self.catalog.categories[self._lp_item]
+        self._lp_cat = np.asarray(lp_cat, dtype=object)[order] if "category" in lp else lp_cat
+        self._policy = _load_policy(bundle)
+
+        # Popularity: learned (items.popularity), else interaction mass; per segment from the matrix.
+        ui = bundle.user_items
+        mass = np.asarray(ui.sum(axis=0)).ravel().astype(np.float64) if ui.shape[0] else np.zeros(n)
+        self._pop = cat.popularity if cat.popularity.any() else mass
+        self._item_nnz = np.diff(ui.tocsc().indptr) if ui.shape[0] else np.zeros(n, dtype=np.int64)
+        self._seg_pop: dict[str, np.ndarray] = {}
+        by_seg: dict[str, list[int]] = {}
+        for u in self._users.values():
+            if u.segment and 0 <= u.fidx < ui.shape[0]:
+                by_seg.setdefault(u.segment, []).append(u.fidx)
+        for s, rows in by_seg.items():
+            self._seg_pop[s] = np.asarray(ui[np.asarray(rows)].sum(axis=0)).ravel().astype(np.float64)
+
+        self._neighbours = _lru(self._compute_neighbours, self.config.cache_items)
+        self._complements_of = _lru(self._compute_complements, self.config.cache_items)
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_bundle(
+        cls,
+        path: Path,
+        *,
+        store: OnlineStore | None = None,
+        model_version: str = "local",
+        config: EngineConfig | None = None,
+    ) -> Engine:
+        """Load the bundle directory at `path` (docs/workspace.md) and precompute everything."""
+        return cls(load_bundle(path), store=store, model_version=model_version, config=config)
+
+    def _align(self, model: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(pos, inv): pos[bundle item] = model item (-1 absent), inv[model item] = bundle item;
+        (None, None) when the model's items are exactly the bundle's."""
+        ids = model.items.sort_values("item_idx")["item_id"].astype(str).to_numpy()
+        if len(ids) == self.catalog.n and np.array_equal(ids, self.catalog.item_ids.astype(str)):
+            return None, None
+        inv = np.array([self.catalog.index.get(i, -1) for i in ids], dtype=np.int64)
+        pos = np.full(self.catalog.n, -1, dtype=np.int64)
+        pos[inv[inv >= 0]] = np.nonzero(inv >= 0)[0]
+        return pos, inv
+
+    # -- public API --------------------------------------------------------------------------------
+    def recommend(self, user_id: str | None, k: int, context: Context = Context(), *, now: float | None = None) -> list[Rec]:
+        """The customer's block of k items for `context`. `now` (epoch s) is the time the re-buy
+        windows are measured against (default: the wall clock)."""
+        k = _check_k(k)
+        now = time.time() if now is None else float(now)
+        user = self._user(user_id)
+        if user is not None and not user.consent:
+            return self.popular(k, context=context)
+        events = self.store.recent(user_id, self.config.recent_events) if user_id else []
+        if user is None or user.midx < 0:
+            # Cold start: popular for the context and segment, still reacting to this session.
+            segment = user.segment if user is not None and user.segment else "new"
+            return self._popular_block(k, segment, None, context, user, events)
+        return self._personal_block(k, context, user, events, now)
+
+    def recommend_batch(self, user_ids: list[str], k: int, context: Context = Context()) -> dict[str, list[Rec]]:
+        """One block per user (the e-mail renderer's feed); duplicates answered once."""
+        k = _check_k(k)
+        now = time.time()
+        return {uid: self.recommend(uid, k, context, now=now) for uid in dict.fromkeys(user_ids)}
+
+    def bought_together(
+        self, item_ids: list[str], k: int, user_id: str | None = None, context: Context = Context()
+    ) -> list[Rec]:
+        """Complements of one item or of a whole cart (never the items themselves). Unknown ids
+        are skipped; with none known, popular for the context."""
+        k = _check_k(k)
+        cat = self.catalog
+        src = [i for i in dict.fromkeys(cat.idx(x) for x in item_ids) if i is not None]
+        user = self._user(user_id)
+        personal = user is not None and user.consent
+        cart = _known(cat, context.cart)
+        if not src:
+            return self.popular(k, context=context)
+        agg = np.zeros(cat.n)
+        best = np.zeros(cat.n)
+        source = np.full(cat.n, -1, dtype=np.int64)
+        for s in src:
+            ids, sc = self._complements_of(s)
+            if not len(ids):
+                continue
+            norm = sc / (sc.max() if sc.max() > 0 else 1.0)
+            agg[ids] += norm
+            better = norm > best[ids]
+            best[ids[better]] = norm[better]
+            source[ids[better]] = s
+        allowed = self._context_mask(context, user if personal else None)
+        allowed[src] = False
+        allowed[cart] = False
+        if personal:
+            allowed &= ~self._purchased_mask(user, [], time.time())[0]
+        primary = np.nonzero((agg > 0) & allowed)[0]
+        titles = cat.titles
+
+        def reason(i: int) -> str:
+            if source[i] >= 0:
+                return f"bought together with {titles[source[i]]}"
+            return f"popular in {_label(cat.categories[i])}"
+
+        # Complements first; popular items of the sources' categories fill a short block.
+        fill = self._fill_vector(src)
+        return self._rank(agg, allowed, k, primary=primary, fill=fill, reason=reason)
+
+    def similar_items(
+        self, item_id: str, k: int, user_id: str | None = None, context: Context = Context()
+    ) -> list[Rec]:
+        """Items like `item_id` (the model's similarity; for a new item without interactions, the
+        catalogue: category, brand, price). `context.cheaper` or `context.max_price` keeps only items
+        cheaper than the reference. Unknown item -> popular for the context."""
+        k = _check_k(k)
+        cat = self.catalog
+        i = cat.idx(item_id)
+        if i is None:
+            return self.popular(k, context=context)
+        user = self._user(user_id)
+        personal = user is not None and user.consent
+        allowed = self._context_mask(context, user if personal else None)
+        allowed[i] = False
+        allowed[_known(cat, context.cart)] = False
+        ref = cat.price[i]
+        cheaper = context.cheaper or context.max_price is not None
+        if cheaper:
+            # Only items strictly cheaper than the reference (when its price is known), within budget.
+            below = float(ref) if np.isfinite(ref) else None
+            allowed &= F.price_mask(cat, below=below, max_price=context.max_price)
+        ids, sc = self._neighbours(i)
+        primary = ids if self._item_nnz[i] > 0 else np.zeros(0, np.int64)
+        base = np.zeros(cat.n)
+        base[ids] = sc
+        fill = F.content_neighbours(cat, i)
+        title = cat.titles[i]
+        text = f"a cheaper alternative to {title}" if cheaper else f"similar to {title}"
+        return self._rank(base, allowed, k, primary=primary[allowed[primary]], fill=fill, reason=lambda _: text)
+
+    def popular(
+        self, k: int, segment: str | None = None, category: str | None = None, context: Context = Context()
+    ) -> list[Rec]:
+        """The non-personal answer: popular items (in `segment`, under `category`) for the context,
+        using only what the request itself says (size, gender, cart, page)."""
+        k = _check_k(k)
+        return self._popular_block(k, segment, category, context, None, [])
+
+    def record_events(self, events: list[dict]) -> int:
+        """Validate and store real-time events; returns how many were stored. Events of customers
+        without consent for personalisation are not stored. Raises ValueError naming the bad event."""
+        parsed: list[Event] = []
+        for n, raw in enumerate(events):
+            try:
+                parsed.append(parse_event(raw))
+            except ValueError as e:
+                raise ValueError(f"event {n}: {e}") from None
+        keep = []
+        for e in parsed:
+            u = self._users.get(e.user_id)
+            if e.user_id in self._forgotten or (u is not None and not u.consent):
+                continue
+            keep.append(e)
+        return self.store.add(keep) if keep else 0
+
+    def forget(self, user_id: str) -> None:
+        """Erase the customer from the online store and stop personalising for them in this
+        process (the bundle still holds their history until the next retrain, which excludes them)."""
+        self._forgotten.add(str(user_id))
+        if not self.store.forget(str(user_id)):
+            log.warning("forget: the online store was unreachable; the erasure must be retried")
+
+    def health(self) -> dict:
+        """Readiness detail: store state, catalogue and user counts, model and version."""
+        return {
+            "store": self.store.health(),
+            "items": self.catalog.n,
+            "users": len(self._users),
+            "model": getattr(self.model, "name", type(self.model).__name__),
+            "model_version": self.model_version,
+            "complements": self.complements is not None,
+            "rebuy_policy": self._policy is not None,
+        }
+
+    # -- blocks ------------------------------------------------------------------------------------
+    def _personal_block(self, k: int, context: Context, user: _User, events: list[Event], now: float) -> list[Rec]:
+        cat, cfg = self.catalog, self.config
+        fresh = [e for e in events if e.item_id in cat.index]
+        row, seq = self._history(user, fresh)
+        scores = self._model_scores(user.midx, row, seq)
+        allowed = self._context_mask(context, user)
+        out, due = self._purchased_mask(user, fresh, now)
+        allowed &= ~out
+        cur = cat.idx(context.current_item)
+        cart = _known(cat, context.cart)
+        allowed[cart] = False
+        if cur is not None:
+            allowed[cur] = False
+
+        boost = np.zeros(cat.n)
+        reasons: dict[int, str] = {}
+        # Complements of the cart, the current item and fresh purchases: "bought together with".
+        anchors = list(cart) + ([cur] if cur is not None else []) + [
+            cat.index[e.item_id] for e in fresh if e.event_type == "purchase"
+        ]
+        comp_of_current = self._add_complement_boost(anchors, boost, reasons)
+        self._add_session_boost(fresh, boost, reasons)
+        if len(due):
+            boost[due] += cfg.rebuy_boost
+            for i in due.tolist():
+                reasons[i] = "buy it again"
+        tier = F.page_tier(
+            cat, page_category=context.page_category, current_item=cur,
+            complements=comp_of_current,
+        )  # fmt: skip
+        # "because you viewed" for the neighbours of the last items in the history (no boost:
+        # the model has weighed them already), where nothing more specific applies.
+        for j in seq[-3:][::-1].tolist():
+            ids, _ = self._neighbours(int(j))
+            for i in ids[:10].tolist():
+                reasons.setdefault(i, f"because you viewed {cat.titles[j]}")
+
+        def reason(i: int) -> str:
+            return reasons.get(i) or f"picked for you in {_label(cat.categories[i])}"
+
+        return self._rank(scores, allowed, k, boost=boost, tier=tier, reason=reason)
+
+    def _popular_block(
+        self, k: int, segment: str | None, category: str | None, context: Context, user: _User | None, events: list[Event]
+    ) -> list[Rec]:
+        cat = self.catalog
+        base = self._seg_pop.get(segment, self._pop) if segment else self._pop
+        allowed = self._context_mask(context, user)
+        if category:
+            under = cat.prefix_items.get(category.strip("/"))
+            if under is not None:
+                only = np.zeros(cat.n, dtype=bool)
+                only[under] = True
+                allowed &= only
+        cur = cat.idx(context.current_item)
+        cart = _known(cat, context.cart)
+        allowed[cart] = False
+        if cur is not None:
+            allowed[cur] = False
+        boost = np.zeros(cat.n)
+        reasons: dict[int, str] = {}
+        fresh = [e for e in events if e.item_id in cat.index]
+        if fresh:
+            bought = [cat.index[e.item_id] for e in fresh if e.event_type == "purchase"]
+            allowed[bought] = False
+            self._add_complement_boost(bought, boost, reasons)
+            self._add_session_boost(fresh, boost, reasons)
+        anchors = list(cart) + ([cur] if cur is not None else [])
+        comp = self._add_complement_boost(anchors, boost, reasons)
+        tier = F.page_tier(cat, page_category=context.page_category, current_item=cur, complements=comp)
+
+        def reason(i: int) -> str:
+            return reasons.get(i) or f"popular in {_label(category or cat.categories[i])}"
+
+        return self._rank(base, allowed, k, boost=boost, tier=tier, reason=reason)
+
+    # -- ranking -----------------------------------------------------------------------------------
+    def _rank(
+        self,
+        base: np.ndarray,
+        allowed: np.ndarray,
+        k: int,
+        *,
+        reason: Callable[[int], str],
+        boost: np.ndarray | None = None,
+        tier: np.ndarray | None = None,
+        primary: np.ndarray | None = None,
+        fill: np.ndarray | None = None,
+    ) -> list[Rec]:
+        """Order the allowed items and cut a diverse block of k.
+
+        base (n,) scores are min-max normalised over the top candidates (so boosts, in those units,
+        mean the same for every model); `tier` adds whole steps above any score (page context);
+        `primary` items (e.g. complements) rank above all others, which are ordered by `fill`
+        (default: popularity). Candidates are over-fetched and grown until the block is full or
+        the allowed items run out."""
+        cfg = self.config
+        n_allowed = int(allowed.sum())
+        if n_allowed == 0:
+            return []
+        key = np.where(allowed, base, -np.inf).astype(np.float64)
+        finite = np.isfinite(key)
+        allowed = allowed & finite
+        n_allowed = int(allowed.sum())
+        if n_allowed == 0:
+            return []
+        c = min(n_allowed, max(k * cfg.overfetch, k + 10))
+        top = np.argpartition(-key, c - 1)[:c]
+        hi, lo = key[top].max(), key[top].min()
+        key = (key - lo) / (hi - lo) if hi > lo else np.where(allowed, 0.0, -np.inf)
+        if primary is not None:
+            # Primary items in [2, 3]; the rest ordered by `fill` squeezed into [0, 1].
+            rest = _squash(fill if fill is not None else self._pop)
+            key = np.where(allowed, rest, -np.inf)
+            key[primary] = 2.0 + np.where(np.isfinite(base[primary]), np.clip(_norm(base[primary]), 0, 1), 0)
+            key[~allowed] = -np.inf
+        if boost is not None:
+            key = key + boost
+        if tier is not None:
+            key = key + 10.0 * tier
+        while True:
+            top = np.argpartition(-key, c - 1)[:c] if c < key.size else np.arange(key.size)
+            top = top[np.argsort(-key[top], kind="stable")]
+            top = top[np.isfinite(key[top])]
+            kept = F.diversify(
+                top, self.catalog, k, max_per_brand=cfg.max_per_brand, max_per_category=cfg.max_per_category
+            )
+            if len(kept) >= k or c >= n_allowed:
+                break
+            c = min(n_allowed, c * 4)
+        ids = self.catalog.item_ids
+        return [Rec(str(ids[i]), float(key[i]), reason(int(i))) for i in kept.tolist()]
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def _user(self, user_id: str | None) -> _User | None:
+        if user_id is None or user_id in self._forgotten:
+            return None
+        return self._users.get(str(user_id))
+
+    def _context_mask(self, context: Context, user: _User | None) -> np.ndarray:
+        """Stock (in the customer's size) and gender, from the request, else the learned profile
+        (only for a consenting `user`)."""
+        sizes = self._sizes.get(user.fidx) if user is not None and not context.size else None
+        mask = F.stock_mask(self.catalog, size=context.size, sizes_by_garment=sizes)
+        gender = F.resolve_gender(context.gender, user.gender_affinity if user is not None else None)
+        if gender in ("women", "men"):
+            mask &= F.gender_mask(self.catalog, gender)
+        return mask
+
+    def _purchased_mask(self, user: _User, fresh: list[Event], now: float) -> tuple[np.ndarray, np.ndarray]:
+        """(keep_out (n,) bool, due item indices): past purchases inside their learned re-buy window
+        (RebuyPolicy) and every purchase in the online store (the very next answer)."""
+        out = np.zeros(self.catalog.n, dtype=bool)
+        due = np.zeros(0, dtype=np.int64)
+        if user.fidx >= 0 and len(self._lp_user):
+            lo, hi = np.searchsorted(self._lp_user, [user.fidx, user.fidx + 1])
+            if hi > lo:
+                bought = self._lp_item[lo:hi]
+                excluded = self._policy_excluded(user.fidx, lo, hi, now)
+                keep_out, due = F.rebuy_split(bought, excluded)
+                out[keep_out] = True
+        for e in fresh:
+            if e.event_type == "purchase":
+                out[self.catalog.index[e.item_id]] = True
+        due = due[~out[due]]
+        return out, due
+
+    def _policy_excluded(self, fidx: int, lo: int, hi: int, now: float) -> np.ndarray:
+        """Item indices the learned re-buy policy (training.policy.RebuyPolicy, shared with
+        evaluation) keeps out for this user at `now`; every purchase when no policy is available."""
+        bought = self._lp_item[lo:hi]
+        if self._policy is None:
+            return bought
+        rows = pd.DataFrame(
+            {"user_idx": self._lp_user[lo:hi], "item_idx": bought, "category": self._lp_cat[lo:hi], "last_ts": self._lp_ts[lo:hi]}
+        )
+        ex = self._policy.exclusions(np.array([fidx]), rows, now, self.catalog.n)
+        return ex.indices.astype(np.int64)
+
+    def _history(self, user: _User, fresh: list[Event]) -> tuple[sp.csr_matrix, np.ndarray]:
+        """The user's interaction row (1, n_model_items) and sequence, plus the online store's
+        newest events (so a model scoring from history reacts at once)."""
+        cfg = self.config
+        n_model = self.model.n_items
+        ui = self.bundle.user_items
+        if 0 <= user.fidx < ui.shape[0]:
+            row = ui[user.fidx]
+            if self._model_pos is not None:
+                r = row.tocoo()
+                cols = self._model_pos[r.col]
+                ok = cols >= 0
+                row = sp.csr_matrix((r.data[ok], (np.zeros(ok.sum(), int), cols[ok])), shape=(1, n_model))
+        else:
+            row = sp.csr_matrix((1, n_model), dtype=np.float32)
+        seq = self.bundle.sequences.get(user.fidx, np.zeros(0, dtype=np.int64))
+        if fresh:
+            weight = {"view": cfg.view_weight, "add_to_cart": cfg.cart_weight, "purchase": cfg.purchase_weight}
+            items = [self.catalog.index[e.item_id] for e in reversed(fresh) if weight.get(e.event_type)]
+            if items:
+                idx = np.asarray(items, dtype=np.int64)
+                if self._model_pos is not None:
+                    idx = self._model_pos[idx]
+                vals = [weight[e.event_type] for e in reversed(fresh) if weight.get(e.event_type)]
+                ok = idx >= 0
+                add = sp.csr_matrix(
+                    (np.asarray(vals, np.float32)[ok], (np.zeros(ok.sum(), int), idx[ok])), shape=(1, n_model)
+                )
+                row = row + add
+                seq = np.concatenate([seq, idx[ok]])
+        return sp.csr_matrix(row, dtype=np.float32), seq
+
+    def _model_scores(self, midx: int, row: sp.csr_matrix, seq: np.ndarray) -> np.ndarray:
+        """(n,) model scores in bundle item order; -inf for items the model does not know."""
+        s = np.asarray(self.model.score(np.array([midx], dtype=np.int64), History(row, [seq])), dtype=np.float64)[0]
+        if self._model_pos is None:
+            return s
+        out = np.full(self.catalog.n, -np.inf)
+        ok = self._model_pos >= 0
+        out[ok] = s[self._model_pos[ok]]
+        return out
+
+    def _compute_neighbours(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top neighbours of bundle item i, best first: the model's item similarity where it has one
+        and the item has interactions, else catalogue similarity (category, brand, price)."""
+        n = self.config.neighbours
+        if self._item_nnz[i] > 0:
+            got = _similar(self.model, i, n, self._model_pos, self._model_inv)
+            if got is not None and len(got[0]):
+                return got
+        sim = F.content_neighbours(self.catalog, i)
+        m = min(n, self.catalog.n - 1)
+        if m <= 0:
+            return np.zeros(0, np.int64), np.zeros(0)
+        top = np.argpartition(-sim, m - 1)[:m]
+        top = top[np.argsort(-sim[top], kind="stable")]
+        return top.astype(np.int64), sim[top]
+
+    def _compute_complements(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Bought-together items of bundle item i from the complements model (best first, scores
+        > 0); the main model's neighbours when there is no complements model."""
+        if self.complements is None:
+            ids, sc = self._neighbours(i)
+            return ids, np.maximum(sc - sc.min(), 1e-6) if len(sc) else sc
+        got = _similar(self.complements, i, self.config.neighbours, self._comp_pos, self._comp_inv)
+        if got is None:
+            return np.zeros(0, np.int64), np.zeros(0)
+        ids, sc = got
+        keep = sc > 0
+        return ids[keep], sc[keep]
+
+    def _add_complement_boost(self, anchors: list[int], boost: np.ndarray, reasons: dict[int, str]) -> np.ndarray:
+        """Boost complements of `anchors` (reason "bought together with <title>"); returns them."""
+        found: list[np.ndarray] = []
+        for a in dict.fromkeys(anchors):
+            ids, sc = self._complements_of(a)
+            if not len(ids):
+                continue
+            boost[ids] += self.config.complement_boost * _norm(sc)
+            for i in ids.tolist():
+                reasons.setdefault(i, f"bought together with {self.catalog.titles[a]}")
+            found.append(ids)
+        return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+
+    def _add_session_boost(self, fresh: list[Event], boost: np.ndarray, reasons: dict[int, str]) -> None:
+        """Boost neighbours of the newest distinct views (newest weighs most): session-aware."""
+        views = [self.catalog.index[e.item_id] for e in fresh if e.event_type in ("view", "add_to_cart")]
+        for rank, v in enumerate(list(dict.fromkeys(views))[: self.config.session_views]):
+            ids, sc = self._neighbours(v)
+            if not len(ids):
+                continue
+            boost[ids] += self.config.session_boost * _norm(sc) / (1 + rank)
+            for i in ids.tolist():
+                reasons.setdefault(i, f"because you viewed {self.catalog.titles[v]}")
+
+    def _fill_vector(self, src: list[int]) -> np.ndarray:
+        """Fallback order for a short complement block: popular, the sources' categories first."""
+        fill = _squash(self._pop)
+        for s in src:
+            path = self.catalog.categories[s]
+            parent = path.rsplit("/", 1)[0] if "/" in path else path
+            under = self.catalog.prefix_items.get(parent) if parent else None
+            if under is not None:
+                fill[under] += 1.0
+        return fill
+
+
+def _similar(model: Any, i: int, n: int, pos: np.ndarray | None, inv: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """model.similar_items for bundle item i, mapped back to bundle indices; None if unsupported."""
+    mi = i if pos is None else int(pos[i])
+    if mi < 0:
+        return None
+    try:
+        ids, sc = model.similar_items(np.array([mi], dtype=np.int64), n)
+    except NotImplementedError:
+        return None
+    ids, sc = np.asarray(ids[0], dtype=np.int64), np.asarray(sc[0], dtype=np.float64)
+    ok = (ids >= 0) & np.isfinite(sc)
+    ids, sc = ids[ok], sc[ok]
+    if inv is not None:
+        ids = inv[ids]
+        ok = ids >= 0
+        ids, sc = ids[ok], sc[ok]
+    ok = ids != i
+    return ids[ok], sc[ok]
+
+
+def _norm(x: np.ndarray) -> np.ndarray:
+    """Scale to (0, 1] by the maximum (min-max would zero the weakest neighbour)."""
+    if not len(x):
+        return x
+    m = np.max(np.abs(x))
+    return x / m if m > 0 else np.ones_like(x)
+
+
+def _squash(x: np.ndarray) -> np.ndarray:
+    """Monotone map of any scores into [0, 1)."""
+    x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, neginf=0.0, posinf=0.0)
+    lo, hi = x.min(), x.max()
+    return (x - lo) / (hi - lo) * 0.999 if hi > lo else np.zeros_like(x)
+
+
+def _known(cat: F.Catalog, ids: tuple[str, ...] | list[str]) -> list[int]:
+    return [i for i in (cat.idx(x) for x in ids) if i is not None]
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise ValueError(f"k must be an integer, got {k!r}")
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+    return int(k)
