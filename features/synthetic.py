@@ -917,11 +917,19 @@ def _chunk_events(
     # an item never appears before it was created: move such lines to the pool's first (old) item
     early = t_line < cat.created_day[item] * 86_400.0
     item[early] = cat.off[cat.pool[item[early]]]
-    s_end = np.zeros(len(s_user))
-    np.maximum.at(s_end, session, offset)
+    # one cart line per (session, item), the last one: two carted views of the same item (or two
+    # items moved to the same old item above) must not list an item twice in an order
+    c_idx = np.flatnonzero(cart)
+    srt = c_idx[np.lexsort((c_idx, item[c_idx], session[c_idx]))]
+    earlier = srt[:-1][(session[srt[:-1]] == session[srt[1:]]) & (item[srt[:-1]] == item[srt[1:]])]
+    cart[earlier] = removed[earlier] = buy[earlier] = False
     t_cart = t_line + 10.0 + rng.exponential(20.0, len(item))
     t_remove = t_cart + 20.0 + rng.exponential(60.0, len(item))
-    t_buy = s_start[session] + s_end[session] + 60.0 + rng.exponential(60.0, len(item))
+    # checkout comes after the session's last view, cart and removal
+    last = np.where(cart, np.where(removed, t_remove, t_cart), t_line)
+    s_end = np.full(len(s_user), -np.inf)
+    np.maximum.at(s_end, session, last)
+    t_buy = s_end[session] + 30.0 + rng.exponential(60.0, len(item))
     on_sale = rng.random(len(item)) < p.p_sale
 
     parts = [

@@ -115,6 +115,37 @@ def test_sizes_on_sized_items_only_and_no_event_before_item_or_customer_exists(
     assert (first >= cust.loc[first.index, "signup_date"]).all()
 
 
+def test_session_funnel_view_cart_purchase_and_abandoned_carts(shop: Path) -> None:
+    ev = pd.read_parquet(shop / "events.parquet")
+    counts = ev.event_type.value_counts()
+    assert counts["view"] > counts["add_to_cart"] > counts["purchase"] > counts["remove_from_cart"] > 0
+    # every purchase line was carted earlier in the same session, and no order lists an item twice
+    buys = ev[ev.event_type == "purchase"]
+    carts = ev[ev.event_type == "add_to_cart"]
+    first_cart = carts.groupby(["session_id", "item_id"]).timestamp.min().rename("cart_ts")
+    joined = buys.join(first_cart, on=["session_id", "item_id"])
+    assert joined.cart_ts.notna().all() and (joined.cart_ts < joined.timestamp).all()
+    assert not buys.duplicated(["order_id", "item_id"]).any()
+    assert buys.groupby("order_id").session_id.nunique().max() == 1
+    # a removed item is not bought in that session
+    removed = ev[ev.event_type == "remove_from_cart"][["session_id", "item_id"]]
+    assert removed.merge(buys, on=["session_id", "item_id"]).empty
+    # abandoned carts: sessions with an add_to_cart and no purchase. Browsing abandons 1 - p_buy of
+    # its cart sessions (all of them on durable/consumable leaves), missions never abandon: so the
+    # overall share lies well inside (0.25 (1 - p_buy), 1 - p_buy / 2)
+    cart_sessions = set(carts.session_id)
+    abandoned = len(cart_sessions - set(buys.session_id)) / len(cart_sessions)
+    assert 0.25 * (1 - P.p_buy) <= abandoned <= 1 - P.p_buy / 2
+
+
+def test_vips_buy_a_lot_more(purchases: pd.DataFrame, traits: pd.DataFrame) -> None:
+    per_user = purchases.groupby("user_id").size().reindex(traits.index, fill_value=0)
+    vip = traits.vip
+    assert vip.sum() >= 5
+    # vip_activity x the sessions and higher cart/buy rates; missions (same for all) dilute it
+    assert per_user[vip].mean() >= 0.5 * P.vip_activity * per_user[~vip].mean()
+
+
 def test_events_per_customer_in_the_target_range(shop: Path) -> None:
     # issue 2: roughly 50-100 events per customer at the default rates
     n = pq.read_metadata(shop / "events.parquet").num_rows
