@@ -1,0 +1,212 @@
+"""A/B testing and attribution: variant assignment, recommendation ids, the impression log, a report.
+
+- `assign(user_id, shares, salt)`: deterministic by hash, so a customer sees the same variant on
+  every replica and every day (until the salt changes, which starts a new experiment).
+  Variants are e.g. champion / challenger / control (= popular); shares are validated.
+- `new_recommendation_id()`: the id every response carries; clicks and purchases that quote it
+  are attributed to that block.
+- `ImpressionLog`: JSON lines (recommendation_id, variant, model_version, hashed user id, items,
+  timestamp). The raw customer id never reaches the file (GDPR): only a salted hash.
+- `report(impressions, events)`: click-through and conversion per variant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+DEFAULT_SHARES: dict[str, float] = {"champion": 0.8, "challenger": 0.1, "control": 0.1}
+DEFAULT_SALT = "shoprec-ab-1"
+
+
+def validate_shares(shares: dict[str, float]) -> dict[str, float]:
+    """Check variant shares: non-empty names, finite shares >= 0 that sum to 1 (±1e-6).
+    Returns them as floats; raises ValueError saying what is wrong."""
+    if not shares:
+        raise ValueError("A/B shares are empty: give at least one variant, e.g. {'champion': 1.0}")
+    out: dict[str, float] = {}
+    for name, share in shares.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"A/B variant names must be non-empty strings, got {name!r}")
+        try:
+            value = float(share)
+        except (TypeError, ValueError):
+            raise ValueError(f"A/B share of {name!r} must be a number, got {share!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"A/B share of {name!r} must be a finite number >= 0, got {share!r}")
+        out[name] = value
+    total = sum(out.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"A/B shares must sum to 1, got {total:g} ({out})")
+    return out
+
+
+def parse_shares(text: str) -> dict[str, float]:
+    """'champion=0.8,challenger=0.1,control=0.1' (an environment variable) -> validated shares."""
+    shares: dict[str, float] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"A/B shares: expected name=share, got {part.strip()!r}")
+        try:
+            shares[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"A/B shares: {value.strip()!r} is not a number (in {part.strip()!r})") from None
+    return validate_shares(shares)
+
+
+def _unit(user_id: str, salt: str) -> float:
+    """A uniform number in [0, 1) from the salted hash of the user id (SHA-256: stable across
+    processes and Python versions, unlike hash())."""
+    digest = hashlib.sha256(f"{salt}\x00{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign(user_id: str, shares: dict[str, float], salt: str = DEFAULT_SALT) -> str:
+    """The variant of `user_id`: the hash's position in the cumulative shares, in the order given.
+    Deterministic for (user_id, shares, salt); validates `shares`."""
+    shares = validate_shares(shares)
+    u = _unit(str(user_id), salt)
+    acc = 0.0
+    last = None
+    for name, share in shares.items():
+        if share <= 0:
+            continue
+        acc += share
+        last = name
+        if u < acc:
+            return name
+    return last  # rounding: u just below 1.0 with shares summing to 1 - 1e-7
+
+
+def hash_user(user_id: str, salt: str = DEFAULT_SALT) -> str:
+    """The pseudonymous user id written to logs: salted SHA-256, 16 hex characters."""
+    return hashlib.sha256(f"{salt}\x00user\x00{user_id}".encode()).hexdigest()[:16]
+
+
+def new_recommendation_id() -> str:
+    """A unique id for one answered block (random UUID4, 32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+class ImpressionLog:
+    """Appends one JSON line per answered block to `path` (thread-safe; flushed per line so a crash
+    loses at most the line being written). Fields: recommendation_id, variant, model_version,
+    user (salted hash, never the raw id), items (ids in shown order), ts (epoch s), and optionally
+    endpoint."""
+
+    def __init__(self, path: str | Path, *, salt: str = DEFAULT_SALT) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.salt = salt
+        self._lock = threading.Lock()
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def log(
+        self,
+        recommendation_id: str,
+        variant: str,
+        model_version: str,
+        user_id: str | None,
+        items: list[str],
+        *,
+        timestamp: float | None = None,
+        endpoint: str | None = None,
+    ) -> dict[str, Any]:
+        """Write one impression; returns the record written."""
+        record: dict[str, Any] = {
+            "recommendation_id": recommendation_id,
+            "variant": variant,
+            "model_version": model_version,
+            "user": hash_user(user_id, self.salt) if user_id is not None else None,
+            "items": list(items),
+            "ts": time.time() if timestamp is None else float(timestamp),
+        }
+        if endpoint is not None:
+            record["endpoint"] = endpoint
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+        return record
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+    def __enter__(self) -> ImpressionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_impressions(path: str | Path) -> pd.DataFrame:
+    """The impression log as a frame (one row per block); empty frame when the file is absent."""
+    path = Path(path)
+    cols = ["recommendation_id", "variant", "model_version", "user", "items", "ts"]
+    if not path.exists():
+        return pd.DataFrame({c: [] for c in cols})
+    with path.open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return pd.DataFrame(rows, columns=[*cols, *sorted({k for r in rows for k in r} - set(cols))])
+
+
+def report(
+    impressions: pd.DataFrame,
+    events: pd.DataFrame,
+    *,
+    salt: str = DEFAULT_SALT,
+    window_s: float = 24 * 3600,
+) -> pd.DataFrame:
+    """Click-through and conversion per variant.
+
+    impressions: rows of the impression log (recommendation_id, variant, user, items, ts).
+    events: user_id, item_id, event_type, timestamp (epoch s or datetime), optionally
+      recommendation_id. An impression is *clicked* when a `view` (or `add_to_cart`) of one of its
+      items follows it and *converted* when a `purchase` of one of its items follows it, within
+      `window_s`: attributed by recommendation_id where events carry it, else by the same (hashed)
+      customer and item.
+    Returns one row per variant: impressions, clicks, conversions, ctr, conversion_rate.
+    """
+    out_cols = ["variant", "impressions", "clicks", "conversions", "ctr", "conversion_rate"]
+    if impressions.empty:
+        return pd.DataFrame({c: [] for c in out_cols})
+    imp = impressions[["recommendation_id", "variant", "user", "items", "ts"]].explode("items")
+    imp = imp.rename(columns={"items": "item_id"}).dropna(subset=["item_id"])
+    ev = events.copy()
+    ts = ev["timestamp"]
+    if not pd.api.types.is_numeric_dtype(ts):
+        ts = pd.to_datetime(ts, utc=True).astype("int64") / 1e9
+    ev["ts_event"] = ts.astype(float)
+    ev["kind"] = ev["event_type"].map({"view": "click", "add_to_cart": "click", "purchase": "conversion"})
+    ev = ev.dropna(subset=["kind"])
+    if "recommendation_id" in ev.columns and ev["recommendation_id"].notna().any():
+        m = imp.merge(ev.dropna(subset=["recommendation_id"]), on=["recommendation_id", "item_id"])
+    else:
+        ev["user"] = ev["user_id"].astype(str).map(lambda u: hash_user(u, salt))
+        m = imp.merge(ev, on=["user", "item_id"])
+    m = m[(m["ts_event"] >= m["ts"]) & (m["ts_event"] <= m["ts"] + window_s)]
+    clicked = set(m.loc[m["kind"] == "click", "recommendation_id"])
+    converted = set(m.loc[m["kind"] == "conversion", "recommendation_id"])
+    per = impressions[["recommendation_id", "variant"]].drop_duplicates("recommendation_id")
+    per = per.assign(
+        clicked=per["recommendation_id"].isin(clicked | converted),  # a purchase implies a click
+        converted=per["recommendation_id"].isin(converted),
+    )
+    g = per.groupby("variant", sort=True).agg(
+        impressions=("recommendation_id", "size"), clicks=("clicked", "sum"), conversions=("converted", "sum")
+    )
+    g["ctr"] = g["clicks"] / g["impressions"]
+    g["conversion_rate"] = g["conversions"] / g["impressions"]
+    return g.reset_index()[out_cols]

@@ -1,0 +1,127 @@
+"""A/B assignment, recommendation ids, the impression log and the per-variant report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from serving.ab import (
+    ImpressionLog,
+    assign,
+    hash_user,
+    new_recommendation_id,
+    parse_shares,
+    read_impressions,
+    report,
+    validate_shares,
+)
+
+SHARES = {"champion": 0.5, "challenger": 0.3, "control": 0.2}
+
+
+def test_assignment_is_deterministic_and_follows_the_shares() -> None:
+    users = [f"user-{i}" for i in range(20_000)]
+    first = [assign(u, SHARES, "exp-1") for u in users]
+    assert first == [assign(u, dict(SHARES), "exp-1") for u in users]  # same answer, every call
+    counts = pd.Series(first).value_counts(normalize=True)
+    for name, share in SHARES.items():
+        # 20k draws: the standard error of a share is < 0.004, so 0.02 is a loose, honest bound.
+        assert abs(counts[name] - share) < 0.02, (name, counts[name])
+
+
+def test_a_new_salt_reshuffles_users_and_zero_share_variants_get_nobody() -> None:
+    users = [f"user-{i}" for i in range(2000)]
+    a = [assign(u, SHARES, "exp-1") for u in users]
+    b = [assign(u, SHARES, "exp-2") for u in users]
+    assert 0.3 < sum(x != y for x, y in zip(a, b, strict=True)) / len(users) < 0.9
+    only = {"champion": 1.0, "challenger": 0.0}
+    assert {assign(u, only, "s") for u in users} == {"champion"}
+
+
+@pytest.mark.parametrize(
+    ("shares", "message"),
+    [
+        ({}, "empty"),
+        ({"champion": 0.5, "control": 0.4}, "sum to 1"),
+        ({"champion": 1.2, "control": -0.2}, ">= 0"),
+        ({"champion": "lots"}, "number"),
+        ({"": 1.0}, "non-empty"),
+    ],
+)
+def test_bad_shares_are_refused_with_a_message(shares: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_shares(shares)
+    with pytest.raises(ValueError, match=message):
+        assign("u1", shares, "s")
+
+
+def test_parse_shares_from_an_environment_string() -> None:
+    assert parse_shares("champion=0.9, control=0.1") == {"champion": 0.9, "control": 0.1}
+    with pytest.raises(ValueError, match="name=share"):
+        parse_shares("champion")
+    with pytest.raises(ValueError, match="not a number"):
+        parse_shares("champion=x")
+
+
+def test_recommendation_ids_are_unique_hex() -> None:
+    ids = {new_recommendation_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_impression_log_writes_json_lines_without_the_raw_user_id(tmp_path: Path) -> None:
+    path = tmp_path / "serving" / "impressions.jsonl"
+    with ImpressionLog(path, salt="s") as log:
+        log.log("r1", "champion", "v3", "alice@example.com", ["a", "b"], timestamp=100.0)
+        log.log("r2", "control", "v3", None, ["c"], timestamp=101.0)
+    text = path.read_text()
+    assert "alice@example.com" not in text  # GDPR: only the salted hash
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert lines[0] == {
+        "recommendation_id": "r1", "variant": "champion", "model_version": "v3",
+        "user": hash_user("alice@example.com", "s"), "items": ["a", "b"], "ts": 100.0,
+    }  # fmt: skip
+    assert lines[1]["user"] is None
+    frame = read_impressions(path)
+    assert list(frame["recommendation_id"]) == ["r1", "r2"]
+    assert hash_user("alice@example.com", "s") != hash_user("alice@example.com", "other-salt")
+
+
+def test_report_counts_clicks_and_conversions_per_variant(tmp_path: Path) -> None:
+    path = tmp_path / "imp.jsonl"
+    with ImpressionLog(path, salt="s") as log:
+        log.log("r1", "champion", "v1", "u1", ["a", "b"], timestamp=1000.0)  # clicked and bought
+        log.log("r2", "champion", "v1", "u2", ["a"], timestamp=1000.0)  # only clicked
+        log.log("r3", "control", "v1", "u3", ["c"], timestamp=1000.0)  # nothing (view before it)
+        log.log("r4", "control", "v1", "u4", ["d"], timestamp=1000.0)  # bought, too late
+    events = pd.DataFrame(
+        [
+            ("u1", "b", "view", 1010.0), ("u1", "b", "purchase", 1100.0),
+            ("u2", "a", "view", 1500.0), ("u2", "z", "purchase", 1600.0),  # z was not shown
+            ("u3", "c", "view", 900.0),
+            ("u4", "d", "purchase", 1000.0 + 2 * 86400),
+        ],
+        columns=["user_id", "item_id", "event_type", "timestamp"],
+    )  # fmt: skip
+    rep = report(read_impressions(path), events, salt="s").set_index("variant")
+    assert rep.loc["champion", "impressions"] == 2
+    assert rep.loc["champion", "clicks"] == 2 and rep.loc["champion", "conversions"] == 1
+    assert rep.loc["champion", "ctr"] == pytest.approx(1.0)
+    assert rep.loc["champion", "conversion_rate"] == pytest.approx(0.5)
+    assert rep.loc["control", "clicks"] == 0 and rep.loc["control", "conversions"] == 0
+
+
+def test_report_attributes_by_recommendation_id_when_events_carry_it() -> None:
+    imp = pd.DataFrame(
+        {"recommendation_id": ["r1", "r2"], "variant": ["champion", "challenger"], "user": ["h1", "h2"],
+         "items": [["a"], ["a"]], "ts": [0.0, 0.0]}
+    )  # fmt: skip
+    events = pd.DataFrame(
+        {"user_id": ["x"], "item_id": ["a"], "event_type": ["purchase"], "timestamp": [5.0], "recommendation_id": ["r2"]}
+    )
+    rep = report(imp, events).set_index("variant")
+    assert rep.loc["challenger", "conversions"] == 1
+    assert rep.loc["champion", "conversions"] == 0
