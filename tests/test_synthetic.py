@@ -82,6 +82,27 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path: Path) 
     assert counts_a["events"] == pq.read_metadata(a / "events.parquet").num_rows
 
 
+def test_chunked_generation_keeps_ids_unique_and_deterministic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the 1M-customer path writes many chunks; shrink the chunk to exercise it on 70 customers
+    import features.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "CHUNK_CUSTOMERS", 25)
+    kw = dict(customers=70, items=80, days=90, seed=5, end=END, progress=False)
+    generate(tmp_path / "a", **kw)
+    generate(tmp_path / "b", **kw)
+    assert (tmp_path / "a" / "events.parquet").read_bytes() == (
+        tmp_path / "b" / "events.parquet"
+    ).read_bytes()
+    assert pq.ParquetFile(tmp_path / "a" / "events.parquet").metadata.num_row_groups == 3
+    ev = pd.read_parquet(tmp_path / "a" / "events.parquet")
+    assert ev.groupby("session_id").user_id.nunique().max() == 1, "a session id is reused across chunks"
+    assert ev.dropna(subset=["order_id"]).groupby("order_id").session_id.nunique().max() == 1
+    assert ev.user_id.is_monotonic_increasing
+    assert (ev.groupby("user_id").timestamp.diff().dropna() >= pd.Timedelta(0)).all()
+
+
 def test_tables_have_the_contract_columns_and_values(shop: Path) -> None:
     assert pq.read_schema(shop / "events.parquet").remove_metadata().equals(EVENTS_SCHEMA)
     cols = {t: pq.read_schema(shop / f"{t}.parquet").names for t in TABLES}
