@@ -1,0 +1,124 @@
+"""Each serving rule (serving/filters.py) on a tiny shop whose right answer is known by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving import filters as F
+
+ITEMS = pd.DataFrame(
+    [
+        # item_id, title, category, brand, price, gender, popularity
+        ("lbox", "Litter box", "pets/cats/litter-boxes", "Kitty", 30.0, "unisex", 5.0),  # 0
+        ("scoop", "Litter scoop", "pets/cats/litter-accessories", "Kitty", 5.0, None, 9.0),  # 1
+        ("dogfood", "Dog food", "pets/dogs/food", "Woof", 20.0, "", 8.0),  # 2
+        ("dress", "Summer dress", "fashion/women/dresses", "Mode", 40.0, "women", 7.0),  # 3
+        ("shirt", "Oxford shirt", "fashion/men/shirts", "Mode", 35.0, "men", 6.0),  # 4
+        ("tee", None, "fashion/unisex/tshirts", "Mode", 15.0, "unisex", 4.0),  # 5
+        ("boots", "Boots", "fashion/women/shoes", "Stomp", None, "women", 3.0),  # 6
+        ("lbox2", "Litter box XL", "pets/cats/litter-boxes", None, 25.0, "unisex", 1.0),  # 7
+    ],
+    columns=["item_id", "title", "category", "brand", "price", "gender", "popularity"],
+)
+STOCK = pd.DataFrame(
+    [
+        ("dress", "S", 0), ("dress", "M", 2),
+        ("shirt", "M", 1), ("shirt", "L", 0),
+        ("tee", "S", 3), ("tee", "M", 0),
+        ("boots", "38", 0), ("boots", "39", 0),  # sold out in every size
+        ("dogfood", "", 0),  # unsized, sold out
+        ("scoop", "", 4),
+        ("ghost", "", 9),  # not in the catalogue: ignored
+    ],
+    columns=["item_id", "size", "quantity"],
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cat() -> F.Catalog:
+    return F.build_catalog(ITEMS.assign(item_idx=range(len(ITEMS))), STOCK)
+
+
+def where(mask: np.ndarray) -> set[str]:
+    return set(ITEMS["item_id"][np.asarray(mask)])
+
+
+def test_build_catalog_arrays(cat: F.Catalog) -> None:
+    assert cat.idx("dress") == 3 and cat.idx("nope") is None and cat.idx(None) is None
+    assert cat.title(5) == "tee"  # a missing title falls back to the id
+    assert list(cat.gender) == [F.UNISEX, F.UNISEX, F.UNISEX, F.WOMEN, F.MEN, F.UNISEX, F.WOMEN, F.UNISEX]
+    assert cat.brand[0] == cat.brand[1] and cat.brand[7] == -1
+    assert cat.leaf[0] == cat.leaf[7] != cat.leaf[1]
+    assert list(cat.prefix_items["pets/cats"]) == [0, 1, 7]
+    assert list(cat.prefix_items["fashion"]) == [3, 4, 5, 6]
+    assert where(cat.sized) == {"dress", "shirt", "tee", "boots"}
+
+
+def test_out_of_stock_items_never_pass(cat: F.Catalog) -> None:
+    # Unlisted items (lbox, lbox2) count as available; listed ones need quantity > 0 in some size.
+    assert where(F.stock_mask(cat)) == {"lbox", "scoop", "dress", "shirt", "tee", "lbox2"}
+
+
+def test_requested_size_wins_for_every_sized_item(cat: F.Catalog) -> None:
+    m = F.stock_mask(cat, size="M", sizes_by_garment={"fashion/women/dresses": "S"})
+    assert where(m) == {"lbox", "scoop", "dress", "shirt", "lbox2"}  # tee is sold out in M
+    assert where(F.stock_mask(cat, size="XXL")) == {"lbox", "scoop", "lbox2"}  # no sized item in XXL
+
+
+def test_learned_size_applies_per_garment_type(cat: F.Catalog) -> None:
+    # She wears S in dresses (sold out) and L in shirts (sold out); tees: no learned size, any size.
+    m = F.stock_mask(cat, sizes_by_garment={"fashion/women/dresses": "S", "fashion/men/shirts": "L"})
+    assert where(m) == {"lbox", "scoop", "tee", "lbox2"}
+    m = F.stock_mask(cat, sizes_by_garment={"fashion/women/dresses": "M"})
+    assert "dress" in where(m)
+
+
+def test_gender_rule(cat: F.Catalog) -> None:
+    everything = set(ITEMS["item_id"])
+    assert where(F.gender_mask(cat, "women")) == everything - {"shirt"}
+    assert where(F.gender_mask(cat, "men")) == everything - {"dress", "boots"}
+    assert where(F.gender_mask(cat, None)) == everything
+    assert where(F.gender_mask(cat, "unisex")) == everything
+    assert F.resolve_gender("men", "women") == "men"  # the request wins over the learned affinity
+    assert F.resolve_gender(None, "Women") == "women"
+    assert F.resolve_gender("", None) is None and F.resolve_gender("other", None) is None
+
+
+def test_price_rule_for_cheaper_alternatives(cat: F.Catalog) -> None:
+    assert where(F.price_mask(cat, below=30.0)) == {"scoop", "dogfood", "tee", "lbox2"}  # strictly cheaper
+    assert where(F.price_mask(cat, below=30.0, max_price=15.0)) == {"scoop", "tee"}
+    assert where(F.price_mask(cat)) == set(ITEMS["item_id"])  # no condition: boots' unknown price passes
+    assert "boots" not in where(F.price_mask(cat, max_price=1000.0))
+
+
+def test_rebuy_split_keeps_window_items_out_and_returns_due_ones() -> None:
+    keep_out, due = F.rebuy_split(np.array([4, 2, 9, 2]), excluded=np.array([9, 4]))
+    assert list(keep_out) == [4, 9] and list(due) == [2]
+
+
+def test_page_tier_category_page_and_item_page(cat: F.Catalog) -> None:
+    t = F.page_tier(cat, page_category="pets/cats/")
+    assert where(t == 1) == {"lbox", "scoop", "lbox2"} and where(t == 0) >= {"dogfood", "dress"}
+    # Litter-box item page: its complement (the scoop) first, then cat things, never dog food.
+    t = F.page_tier(cat, current_item=0, complements=np.array([1]))
+    assert t[1] == 2 and t[7] == 1 and t[0] == 0 and t[2] == 0
+    assert not F.page_tier(cat, page_category="no/such/category").any()
+
+
+def test_diversify_caps_brand_and_leaf_category(cat: F.Catalog) -> None:
+    order = np.array([3, 4, 5, 6, 0, 7, 1, 2])  # dress shirt tee (Mode x3) boots lbox lbox2 scoop dogfood
+    kept = F.diversify(order, cat, k=5, max_per_brand=2, max_per_category=1)
+    # tee: third Mode item -> skipped; lbox2: second litter box -> skipped; lbox2 has no brand.
+    assert list(ITEMS["item_id"][kept]) == ["dress", "shirt", "boots", "lbox", "scoop"]
+    # One per brand and leaf: lbox2 (no brand) still shares lbox's leaf; the order runs out at 4.
+    kept = F.diversify(order, cat, k=50, max_per_brand=1, max_per_category=1)
+    assert list(ITEMS["item_id"][kept]) == ["dress", "boots", "lbox", "dogfood"]
+
+
+def test_content_neighbours_of_a_new_item(cat: F.Catalog) -> None:
+    sim = F.content_neighbours(cat, 7)  # the new XL litter box (no brand, 25.0)
+    ranked = list(ITEMS["item_id"][np.argsort(-sim, kind="stable")])
+    assert ranked[0] == "lbox" and ranked[1] == "scoop"  # same leaf, then same parent category
+    assert ranked[-1] == "lbox2" and sim[7] == -np.inf
