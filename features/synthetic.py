@@ -221,6 +221,33 @@ class ShopParams:
         (11, 27, 0.8, 4.0),  # Black Friday: +80%, sd 4 days
     )
 
+    def __post_init__(self) -> None:
+        # a probability outside [0, 1] or a negative rate would silently skew the shop: refuse it
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name.startswith(("p_", "share_")) or f.name in (
+                "gender_loyal",
+                "sale_discount",
+                "cycle_jitter",
+            ):
+                if not 0.0 <= v <= 1.0:
+                    raise ValueError(f"ShopParams.{f.name} must be within [0, 1], got {v!r}")
+            elif isinstance(v, int | float) and v < 0:
+                raise ValueError(f"ShopParams.{f.name} must be >= 0, got {v!r}")
+        if self.share_women + self.share_men > 1.0:
+            raise ValueError("ShopParams.share_women + share_men must be <= 1")
+        if not 0.0 < self.views_geometric_p <= 1.0:
+            raise ValueError(
+                f"ShopParams.views_geometric_p must be within (0, 1], got {self.views_geometric_p!r}"
+            )
+        if len(self.weekday) != 7 or min(self.weekday) <= 0:
+            raise ValueError("ShopParams.weekday needs 7 positive multipliers (Monday..Sunday)")
+        unknown = [d for d, _ in self.durable_hazard if d not in DURABLE_ACCESSORIES]
+        if unknown:
+            raise ValueError(
+                f"ShopParams.durable_hazard names {unknown}, known durables: {list(DURABLE_ACCESSORIES)}"
+            )
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ShopParams:
         """Build from a dict; an unknown key is an error, never a silently ignored default."""

@@ -6,6 +6,7 @@ with a tolerance for sampling noise on a ~400-customer shop, never copied from a
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -361,10 +362,20 @@ def test_weekly_rhythm_and_summer_sale(events: pd.DataFrame) -> None:
     assert sale >= (1 + 0.3 * height) * around
 
 
+def test_params_json_round_trips_to_the_params_used(shop: Path) -> None:
+    meta = json.loads((shop / "truth" / "params.json").read_text())
+    assert ShopParams.from_dict(meta["params"]) == P
+    assert (meta["days"], meta["end"], meta["customers"]) == (DAYS, END.isoformat(), N_CUSTOMERS)
+
+
 def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown ShopParams key"):
         ShopParams.from_dict({"p_buy": 0.5, "p_bye": 0.1})
     assert ShopParams.from_dict({"p_buy": 0.5}).p_buy == 0.5
+    with pytest.raises(ValueError, match="p_buy must be within"):
+        ShopParams(p_buy=1.5)
+    with pytest.raises(ValueError, match="durable_hazard"):
+        ShopParams(durable_hazard=(("fashion/tops/t-shirts", 0.01),))
     with pytest.raises(ValueError, match="items must be"):
         generate(tmp_path, customers=10, items=5, progress=False)
     with pytest.raises(ValueError, match="days must be"):
