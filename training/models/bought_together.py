@@ -1,0 +1,150 @@
+"""`bought-together`: complements from baskets ("customers who bought this also bought").
+
+Co-occurrence counts C[i, j] = number of baskets holding both i and j. A pair is kept when it has
+enough support (C ≥ min_count) and is positively associated (lift ≥ min_lift, confidence ≥
+min_confidence), then scored by confidence P(j | i) or lift P(j | i) / P(j). Items with few kept
+pairs (the long tail) get neighbours from item-kNN cosine over the interaction matrix, always ranked
+below real co-occurrence neighbours. A customer's score = complements of their most recent items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from training.base import History, ModelConfig, Recommender, TrainData, topk
+
+
+@dataclass(frozen=True)
+class BoughtTogetherConfig(ModelConfig):
+    metric: str = "confidence"  # confidence | lift (lift favours rare pairs; confidence popular ones)
+    min_count: int = 2  # support threshold: baskets that must hold the pair
+    min_confidence: float = 0.0
+    min_lift: float = 1.0  # only pairs bought together more often than chance
+    neighbours: int = 50  # complements kept per item
+    fallback_neighbours: int = 20  # item-kNN cosine neighbours for items with few complements
+    recent_items: int = 10  # a customer's last N distinct items drive their recommendations
+    recency_decay: float = 0.8  # weight of the n-th most recent item = decay ** n
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("confidence", "lift"):
+            raise ValueError(f"bought-together metric must be confidence or lift, got {self.metric!r}")
+
+
+def row_topk_sparse(M: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep the k largest entries of every row of a CSR matrix (vectorised, no Python row loop)."""
+    M = sp.csr_matrix(M)
+    M.eliminate_zeros()
+    rows = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
+    order = np.lexsort((-M.data, rows))
+    rank = np.arange(len(order)) - M.indptr[rows[order]]
+    keep = order[rank < k]
+    return sp.csr_matrix((M.data[keep], (rows[keep], M.indices[keep])), shape=M.shape, dtype=np.float32)
+
+
+def _row_scale(M: sp.csr_matrix) -> sp.csr_matrix:
+    """Divide each row by its maximum, so values lie in (0, 1]."""
+    M = sp.csr_matrix(M, dtype=np.float32)
+    mx = np.asarray(M.max(axis=1).toarray()).ravel()
+    mx[mx <= 0] = 1.0
+    return sp.csr_matrix(sp.diags(1.0 / mx) @ M, dtype=np.float32)
+
+
+class BoughtTogether(Recommender):
+    name = "bought-together"
+    Config = BoughtTogetherConfig
+    config: BoughtTogetherConfig
+
+    def _fit(self, data: TrainData, *, callback: Any = None) -> None:
+        c = self.config
+        n_items = data.n_items
+        baskets = [np.unique(np.asarray(b, dtype=np.int64)) for b in data.baskets if len(b) > 0]
+        if baskets:
+            lens = np.array([len(b) for b in baskets])
+            Bm = sp.csr_matrix(
+                (np.ones(lens.sum(), np.float32), np.concatenate(baskets), np.r_[0, np.cumsum(lens)]),
+                shape=(len(baskets), n_items),
+            )
+        else:
+            Bm = sp.csr_matrix((0, n_items), dtype=np.float32)
+        n_baskets = max(Bm.shape[0], 1)
+        C = sp.csr_matrix(Bm.T @ Bm).tocoo()
+        count = np.asarray(Bm.sum(axis=0)).ravel()
+        off = C.row != C.col
+        i, j, cij = C.row[off], C.col[off], C.data[off].astype(np.float64)
+        conf = cij / count[i]
+        lift = conf * n_baskets / count[j]
+        ok = (cij >= c.min_count) & (conf >= c.min_confidence) & (lift >= c.min_lift)
+        val = (conf if c.metric == "confidence" else lift)[ok]
+        co = sp.csr_matrix((val.astype(np.float32), (i[ok], j[ok])), shape=(n_items, n_items))
+        co = row_topk_sparse(co, c.neighbours)
+        self.n_pairs_ = int(co.nnz)
+        # Real complements score in (1, 2]; fallback similarities in (0, 1], so they only fill in.
+        co_scaled = _row_scale(co)
+        co_scaled.data += 1.0
+        S = co_scaled
+        if c.fallback_neighbours > 0 and data.user_items.nnz:
+            from implicit.nearest_neighbours import CosineRecommender
+
+            knn = CosineRecommender(K=c.fallback_neighbours + 1)
+            X = sp.csr_matrix(data.user_items, dtype=np.float32, copy=True)
+            X.data[:] = 1.0
+            with threadpool_limits(1, "blas"):
+                knn.fit(X, show_progress=False)
+            cos = sp.csr_matrix(knn.similarity, dtype=np.float32)
+            cos.setdiag(0.0)
+            cos.eliminate_zeros()
+            pattern = co.copy()
+            pattern.data[:] = 1.0
+            cos = cos - cos.multiply(pattern)
+            cos.eliminate_zeros()
+            S = S + _row_scale(cos)
+        S = sp.csr_matrix(S, dtype=np.float32)
+        S.setdiag(0.0)
+        S.eliminate_zeros()
+        self.similarity_ = S
+
+    def _recent_weights(self, history: History) -> sp.csr_matrix:
+        """(n, n_items): the customer's last `recent_items` distinct items, decayed by recency."""
+        c = self.config
+        n = history.user_items.shape[0]
+        if not history.sequences:
+            X = sp.csr_matrix(history.user_items, dtype=np.float32, copy=True)
+            X.data[:] = 1.0
+            return X
+        rows, cols, vals = [], [], []
+        for r, seq in enumerate(history.sequences):
+            seen: dict[int, float] = {}
+            for item in np.asarray(seq, dtype=np.int64)[::-1]:
+                if int(item) not in seen:
+                    seen[int(item)] = c.recency_decay ** len(seen)
+                    if len(seen) >= c.recent_items:
+                        break
+            rows.extend([r] * len(seen))
+            cols.extend(seen.keys())
+            vals.extend(seen.values())
+        return sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(n, self.n_items))
+
+    def score(self, users: np.ndarray, history: History) -> np.ndarray:
+        return np.asarray((self._recent_weights(history) @ self.similarity_).toarray(), dtype=np.float32)
+
+    def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The complements of each item (co-occurrence first, then the cosine fallback)."""
+        items = np.asarray(items, dtype=np.int64)
+        s = self.similarity_[items].toarray()
+        s[s == 0] = -np.inf
+        s[np.arange(len(items)), items] = -np.inf
+        ids, scores = topk(s, k)
+        ids[~np.isfinite(scores)] = -1
+        return ids, scores
+
+    def _save_state(self, path: Path) -> None:
+        sp.save_npz(path / "complements.npz", self.similarity_)
+
+    def _load_state(self, path: Path) -> None:
+        self.similarity_ = sp.load_npz(path / "complements.npz").tocsr()

@@ -1,0 +1,105 @@
+"""`ease`: Steck's EASE^R, a closed-form item × item linear model (WWW 2019).
+
+B = I - P · diag(1 / diag(P)), P = (XᵀX + λI)⁻¹, then diag(B) = 0; scores = X · B. The item × item
+matrix is dense, so the catalogue size is capped (`max_items`): above it the model either refuses
+with an error (`on_too_large="error"`) or, saying so in a warning and in `fallback_`, fits EASE on
+the `max_items` most popular items only and ranks the rest below them (`on_too_large="top-items"`).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.base import History, ModelConfig, Recommender, TrainData, topk
+
+
+@dataclass(frozen=True)
+class EASEConfig(ModelConfig):
+    # L2 strength; on MovieLens-100K ~200–500 is best (benchmarks/bench_training.py sweeps it).
+    lambda_: float = 300.0
+    binary: bool = True  # EASE is defined on the 0/1 matrix; False uses the weighted confidences
+    # A dense float32 n × n matrix: 20 000 items = 1.6 GB, and the inverse needs about twice that.
+    max_items: int = 20_000
+    on_too_large: str = "error"  # error | top-items
+
+    def __post_init__(self) -> None:
+        if self.on_too_large not in ("error", "top-items"):
+            raise ValueError(f"ease on_too_large must be 'error' or 'top-items', got {self.on_too_large!r}")
+        if self.lambda_ <= 0:
+            raise ValueError("ease lambda_ must be > 0")
+
+
+class EASE(Recommender):
+    name = "ease"
+    Config = EASEConfig
+    config: EASEConfig
+
+    def _fit(self, data: TrainData, *, callback: Any = None) -> None:
+        c = self.config
+        X = self._x(data.user_items)
+        n_items = X.shape[1]
+        if n_items > c.max_items:
+            msg = (
+                f"ease: catalogue of {n_items} items exceeds max_items={c.max_items} "
+                f"(dense {n_items}×{n_items} float32 = {n_items**2 * 4 / 1e9:.1f} GB)"
+            )
+            if c.on_too_large == "error":
+                raise ValueError(msg + "; raise max_items, or set on_too_large=top-items, or use itemknn")
+            counts = np.bincount(X.tocsr().indices, minlength=n_items)
+            self.kept_ = np.sort(np.argsort(-counts, kind="stable")[: c.max_items])
+            self.fallback_ = f"fitted on the {c.max_items} most popular items only"
+            warnings.warn(msg + f"; {self.fallback_}, the rest ranked below them", stacklevel=2)
+        else:
+            self.kept_ = np.arange(n_items)
+            self.fallback_ = ""
+        Xk = X[:, self.kept_]
+        G = np.asarray((Xk.T @ Xk).toarray(), dtype=np.float64)
+        G[np.diag_indices_from(G)] += c.lambda_
+        P = np.linalg.inv(G)
+        B = P / (-np.diag(P))[None, :]
+        B[np.diag_indices_from(B)] = 0.0
+        self.B_ = B.astype(np.float32)
+
+    def _x(self, user_items: sp.csr_matrix) -> sp.csr_matrix:
+        X = sp.csr_matrix(user_items, dtype=np.float32, copy=True)
+        X.eliminate_zeros()
+        if self.config.binary:
+            X.data[:] = 1.0
+        return X
+
+    def score(self, users: np.ndarray, history: History) -> np.ndarray:
+        X = self._x(history.user_items)
+        if len(self.kept_) == self.n_items:
+            return np.asarray(X @ self.B_, dtype=np.float32)
+        s = np.full((X.shape[0], self.n_items), -1e9, dtype=np.float32)
+        s[:, self.kept_] = X[:, self.kept_] @ self.B_
+        return s
+
+    def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Items j with the largest weight B[i, j] (how much having i predicts j)."""
+        items = np.asarray(items, dtype=np.int64)
+        pos = np.searchsorted(self.kept_, items)
+        s = np.full((len(items), self.n_items), -np.inf, dtype=np.float32)
+        ok = (pos < len(self.kept_)) & (self.kept_[np.clip(pos, 0, len(self.kept_) - 1)] == items)
+        s[np.ix_(np.flatnonzero(ok), self.kept_)] = self.B_[pos[ok]]
+        s[np.arange(len(items)), items] = -np.inf
+        ids, scores = topk(s, k)
+        ids[~np.isfinite(scores)] = -1
+        return ids, scores
+
+    def _save_state(self, path: Path) -> None:
+        np.save(path / "ease_B.npy", self.B_)
+        np.save(path / "ease_kept.npy", self.kept_)
+        (path / "ease.json").write_text(json.dumps({"fallback": self.fallback_}))
+
+    def _load_state(self, path: Path) -> None:
+        self.B_ = np.load(path / "ease_B.npy")
+        self.kept_ = np.load(path / "ease_kept.npy")
+        self.fallback_ = json.loads((path / "ease.json").read_text())["fallback"]

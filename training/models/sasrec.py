@@ -1,0 +1,416 @@
+"""SASRec-style self-attentive sequential recommender (Kang & McAuley, 2018) in PyTorch.
+
+A small causal transformer reads a user's item sequence (oldest first) and predicts the next item
+at every position. Choices that make it train in minutes on a 2-core CPU and still rank well:
+
+- every position of each sequence is trained at once (one forward pass per window of `max_len`
+  items), not every prefix as a separate example (RecBole's way, ~200 s/epoch on MovieLens-100K);
+- cross-entropy over ALL items (full softmax, no sampled negatives): the scores it learns are the
+  ones full-catalogue ranking needs, and it converges in far fewer epochs than sampled BCE;
+- the output layer is the item-embedding table itself (weight tying): half the parameters, and the
+  same vectors give `similar_items`;
+- sequences longer than `max_len` are cut into consecutive windows, so no interaction is wasted;
+  windows are batched by length so little time goes into padding;
+- AdamW with a short linear warm-up and cosine decay over `epochs`.
+
+Item index i of the recommender is token i + 1 inside the network; token 0 is padding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from training.base import History, ModelConfig, Recommender, TrainData, topk
+
+# A validation hook scores the model as it stands (higher is better, e.g. NDCG@10 on held-out
+# users); `fit` calls it after every epoch for early stopping and passes it on to the callback.
+ValidationHook = Callable[["SASRec"], float]
+
+
+@dataclass(frozen=True)
+class SASRecConfig(ModelConfig):
+    """Hyper-parameters of `SASRec`. Defaults reach NDCG@10 > 0.10 on MovieLens-100K leave-one-out
+    within about two minutes of a 2-core CPU."""
+
+    max_len: int = 200  # items of history the model sees; longer sequences become several windows
+    dim: int = 64  # embedding and hidden size
+    n_layers: int = 2
+    n_heads: int = 1  # dim must be divisible by n_heads
+    dropout: float = 0.2  # on embeddings, attention and feed-forward; this data is small
+    lr: float = 3e-3  # peak learning rate after warm-up
+    weight_decay: float = 0.01  # AdamW (decoupled); not applied to norms, biases or positions
+    batch_size: int = 64  # windows per step
+    epochs: int = 40  # also the length of the cosine schedule
+    warmup_steps: int = 50
+    patience: int = 5  # epochs without a better validation score before stopping (0 = never stop)
+    min_epochs: int = 1  # never stop before this many epochs
+    seed: int = 0
+    device: str = "auto"  # "auto" = cuda when available, else cpu; or any torch device string
+    threads: int = 0  # torch CPU threads while fitting/scoring; 0 = all cores, at most 8
+    score_batch_size: int = 256  # sequences per forward pass when scoring
+    progress: bool = True  # tqdm bar over epochs
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads != 0:
+            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        for key in ("max_len", "dim", "n_layers", "n_heads", "batch_size", "epochs", "score_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.patience < 0 or self.warmup_steps < 0 or self.threads < 0 or self.min_epochs < 0:
+            raise ValueError("patience, warmup_steps, threads and min_epochs must be >= 0")
+
+
+# -- the network ---------------------------------------------------------------------------------
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block: causal self-attention, then a GELU feed-forward (4 × dim)."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim)
+        )
+        self.drop = nn.Dropout(dropout)
+        self.attn_dropout = dropout
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, dim); allowed: bool (B, 1, T, T), True where query t may attend to key s."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.n_heads, d // self.n_heads).unbind(2)
+        att = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=allowed,
+        )
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class _SASRecNet(nn.Module):
+    """Token + learned position embeddings → causal blocks → final norm. Output layer = the
+    item-embedding table (tied), so logits are `hidden @ item_emb[1:].T`."""
+
+    def __init__(self, n_items: int, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.item_emb = nn.Embedding(n_items + 1, cfg.dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(_Block(cfg.dim, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.scale = math.sqrt(cfg.dim)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: int64 (B, T), left-padded with 0 → hidden states (B, T, dim).
+
+        Positions count from each sequence's first real item, so a sequence gets the same
+        encoding whatever padding its batch needs (batch scores equal single-user scores)."""
+        real = tokens > 0
+        pos = (real.cumsum(dim=1) - 1).clamp(min=0)
+        x = self.item_emb(tokens) * self.scale + self.pos_emb(pos)
+        x = self.drop(x * real.unsqueeze(-1))
+        t = tokens.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
+        # Keys that are padding are never attended to; the diagonal stays allowed so a padding
+        # query still has one key (its output is ignored) and softmax never sees an empty row.
+        eye = torch.eye(t, dtype=torch.bool, device=tokens.device)
+        allowed = (causal & real.unsqueeze(1)) | eye
+        allowed = allowed.unsqueeze(1)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (..., dim) → scores over items (..., n_items); column i is item index i."""
+        return hidden @ self.item_emb.weight[1:].T
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → the GPU when torch sees one, else the CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but torch sees no CUDA GPU")
+    return device
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run with `n` torch CPU threads (0 = the cores there are, at most 8: more threads than
+    cores only make the BLAS threads fight), restoring the caller's setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n if n > 0 else max(1, min(8, os.cpu_count() or 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def make_windows(sequences: Sequence[np.ndarray], max_len: int) -> list[np.ndarray]:
+    """Cut each sequence of item indices into training windows of at most max_len + 1 items.
+
+    A window w trains inputs w[:-1] → targets w[1:]. Windows are taken from the end backwards and
+    overlap by one item, so every transition (a → next) is trained exactly once; sequences with
+    fewer than 2 items teach nothing and are skipped. Returns int64 arrays of item indices."""
+    windows: list[np.ndarray] = []
+    for seq in sequences:
+        seq = np.asarray(seq, dtype=np.int64)
+        end = len(seq)
+        while end >= 2:
+            start = max(0, end - max_len - 1)
+            windows.append(seq[start:end])
+            end = start + 1  # the next window's last item is this window's first input
+            if start == 0:
+                break
+    return windows
+
+
+def _left_pad(seqs: Sequence[np.ndarray], width: int) -> np.ndarray:
+    """Token matrix (len(seqs), width): item index + 1, right-aligned, 0 = padding."""
+    out = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        if len(s):
+            out[i, width - len(s) :] = np.asarray(s[-width:], dtype=np.int64) + 1
+    return out
+
+
+def _batches(windows: list[np.ndarray], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Group windows of similar length into batches (little padding), in random batch order.
+
+    Returns arrays of window indices. Sorting is by length with a random tie-break, so batch
+    contents change from epoch to epoch as well as their order."""
+    lengths = np.array([len(w) for w in windows])
+    order = np.lexsort((rng.random(len(windows)), lengths))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+# -- the recommender -----------------------------------------------------------------------------
+
+
+class SASRec(Recommender):
+    """Next-item transformer over each user's event sequence (`TrainData.sequences`).
+
+    `score` needs only `History.sequences`, so users unseen in training are scored too; an empty
+    sequence gets the training popularity of the items (log counts) instead."""
+
+    name: ClassVar[str] = "sasrec"
+    Config: ClassVar[type[ModelConfig]] = SASRecConfig
+
+    def __init__(
+        self, config: SASRecConfig | None = None, *, validation: ValidationHook | None = None
+    ) -> None:
+        """`validation(model) -> float` (higher is better), when given, runs after every epoch:
+        training stops after `patience` epochs without improvement and keeps the best weights."""
+        super().__init__(config)
+        self.config: SASRecConfig
+        self.validation = validation
+        self.net: _SASRecNet | None = None
+        self.popularity = np.zeros(0, dtype=np.float32)  # log(1 + training count) per item
+        self.history: list[dict[str, float]] = []  # per-epoch metrics of the last fit
+        self.device = torch.device("cpu")
+
+    # -- learning -------------------------------------------------------------------------------
+    def _fit(self, data: TrainData, *, callback: Any = None) -> None:
+        cfg = self.config
+        if not data.sequences:
+            raise ValueError("sasrec needs TrainData.sequences (per-user item indices in time order)")
+        if data.n_items < 1:
+            raise ValueError("sasrec needs at least one item")
+        flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in data.sequences])
+        counts = np.bincount(flat, minlength=data.n_items)[: data.n_items]
+        self.popularity = np.log1p(counts).astype(np.float32)
+        windows = make_windows(data.sequences, cfg.max_len)
+        if not windows:
+            raise ValueError("sasrec needs at least one user sequence with 2 or more items")
+
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        self.net = _SASRecNet(data.n_items, cfg).to(self.device)
+        # Decay only weight matrices and the item table; norms, biases and positions are left alone.
+        decay = [p for n, p in self.net.named_parameters() if p.dim() >= 2 and not n.startswith("pos_emb")]
+        no_decay = [p for n, p in self.net.named_parameters() if p.dim() < 2 or n.startswith("pos_emb")]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+        )
+        steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
+        total = steps_per_epoch * cfg.epochs
+        warm = min(cfg.warmup_steps, max(total - 1, 0))
+
+        def lr_at(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        self.history = []
+        best, best_state, bad_epochs = -math.inf, None, 0
+        bar = tqdm(range(cfg.epochs), desc="sasrec", unit="epoch", disable=not cfg.progress, leave=False)
+        with _torch_threads(cfg.threads):
+            for epoch in bar:
+                t0 = time.perf_counter()
+                loss = self._train_epoch(windows, _batches(windows, cfg.batch_size, rng), opt, sched)
+                metrics = {"train_loss": loss, "epoch_seconds": time.perf_counter() - t0}
+                if self.validation is not None:
+                    valid = float(self.validation(self))
+                    metrics["valid"] = valid
+                    if valid > best:
+                        best, bad_epochs = valid, 0
+                        best_state = copy.deepcopy(self.net.state_dict())
+                    else:
+                        bad_epochs += 1
+                self.history.append({"epoch": float(epoch), **metrics})
+                bar.set_postfix({k: round(v, 4) for k, v in metrics.items()})
+                if callback is not None:
+                    callback(step=epoch, metrics=metrics)  # may raise (Optuna pruning) to stop
+                if cfg.patience and bad_epochs >= cfg.patience and epoch + 1 >= cfg.min_epochs:
+                    break
+        bar.close()
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        self.net.eval()
+
+    def _train_epoch(
+        self,
+        windows: list[np.ndarray],
+        batches: list[np.ndarray],
+        opt: torch.optim.Optimizer,
+        sched: torch.optim.lr_scheduler.LRScheduler,
+    ) -> float:
+        """One pass over all windows; returns the mean cross-entropy per trained position."""
+        assert self.net is not None
+        self.net.train()
+        total, n = 0.0, 0
+        for idx in batches:
+            chunk = [windows[i] for i in idx]
+            width = max(len(w) for w in chunk)
+            tokens = torch.from_numpy(_left_pad(chunk, width)).to(self.device)
+            inputs, targets = tokens[:, :-1], tokens[:, 1:]
+            hidden = self.net(inputs)
+            # Only positions with a real target cost softmax work: (N, dim) @ (dim, n_items).
+            mask = targets > 0
+            logits = self.net.logits(hidden[mask])
+            loss = F.cross_entropy(logits, targets[mask] - 1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            count = int(mask.sum())
+            total += float(loss.detach()) * count
+            n += count
+        return total / max(n, 1)
+
+    # -- scoring --------------------------------------------------------------------------------
+    def score(self, users: np.ndarray, history: History) -> np.ndarray:
+        """Logits over all items for each row's next item: float32 (len(users), n_items).
+
+        Reads only `history.sequences[i]` (item indices, oldest first; the last `max_len` are
+        used), so `users` may be -1 for users unseen in training. Rows with an empty sequence get
+        the training popularity `log(1 + count)`."""
+        net = self._require_net()
+        n = len(np.asarray(users))
+        if len(history.sequences) != n:
+            raise ValueError(
+                f"sasrec scores from History.sequences: got {len(history.sequences)} sequences for {n} users"
+            )
+        out = np.empty((n, self.n_items), dtype=np.float32)
+        cfg = self.config
+        with _torch_threads(cfg.threads), torch.inference_mode():
+            for start in range(0, n, cfg.score_batch_size):
+                seqs = [
+                    np.asarray(s, dtype=np.int64)[-cfg.max_len :]
+                    for s in history.sequences[start : start + cfg.score_batch_size]
+                ]
+                for s in seqs:
+                    if len(s) and (s.min() < 0 or s.max() >= self.n_items):
+                        raise ValueError(f"sequence holds item indices outside [0, {self.n_items})")
+                width = max([len(s) for s in seqs] + [1])
+                tokens = torch.from_numpy(_left_pad(seqs, width)).to(self.device)
+                logits = net.logits(net(tokens)[:, -1, :]).float().cpu().numpy()
+                empty = np.array([len(s) == 0 for s in seqs])
+                logits[empty] = self.popularity
+                out[start : start + len(seqs)] = logits
+        return out
+
+    def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items by cosine similarity of their embeddings (the item itself excluded):
+        (ids, scores), each (len(items), k), -1 / -inf padded."""
+        net = self._require_net()
+        items = np.asarray(items, dtype=np.int64)
+        if len(items) and (items.min() < 0 or items.max() >= self.n_items):
+            raise ValueError(f"item indices must be in [0, {self.n_items})")
+        with torch.inference_mode():
+            emb = F.normalize(net.item_emb.weight[1:].float(), dim=1).cpu().numpy()
+        sims = emb[items] @ emb.T
+        sims[np.arange(len(items)), items] = -np.inf
+        k_eff = min(k, max(self.n_items - 1, 0))
+        ids = np.full((len(items), k), -1, dtype=np.int64)
+        scores = np.full((len(items), k), -np.inf, dtype=np.float32)
+        top_ids, top_scores = topk(sims, k_eff)
+        ids[:, :k_eff], scores[:, :k_eff] = top_ids, top_scores
+        return ids, scores
+
+    def _require_net(self) -> _SASRecNet:
+        if self.net is None:
+            raise RuntimeError("sasrec is not fitted: call fit() or load() first")
+        return self.net
+
+    # -- persistence ----------------------------------------------------------------------------
+    def _save_state(self, path: Path) -> None:
+        """weights.pt: the network's state dict (on the CPU); popularity.npy: the empty-history
+        fallback; history.json: per-epoch metrics of the fit."""
+        net = self._require_net()
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path / "weights.pt")
+        np.save(path / "popularity.npy", self.popularity)
+        (path / "history.json").write_text(json.dumps(self.history, indent=1))
+
+    def _load_state(self, path: Path) -> None:
+        """Rebuild the network from config.json and load the weights onto this machine's device
+        (a model trained on a GPU loads on a CPU-only machine)."""
+        wanted = self.config.device
+        if wanted != "auto" and torch.device(wanted).type == "cuda" and not torch.cuda.is_available():
+            wanted = "cpu"  # trained on a GPU, loaded where there is none
+        self.device = resolve_device(wanted)
+        state = torch.load(path / "weights.pt", map_location=self.device, weights_only=True)
+        self.net = _SASRecNet(self.n_items, self.config).to(self.device)
+        self.net.load_state_dict(state)
+        self.net.eval()
+        self.popularity = np.load(path / "popularity.npy")
+        hist = path / "history.json"
+        self.history = json.loads(hist.read_text()) if hist.exists() else []

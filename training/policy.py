@@ -1,0 +1,86 @@
+"""The learned re-buy rule: may an item a customer bought before be recommended again?
+
+One place for evaluation (`--exclude-seen learned`) and serving's purchase filter. Learned per
+category by the features build (`category_rebuy.parquet`): a category whose customers re-buy the
+same item (groceries, pet food) is *rebuyable*, and an item comes back once a fraction of the
+category's median re-buy interval has passed since the customer's last purchase; items of other
+categories (films, laptops) never come back. Categories the data never showed are not rebuyable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+_DAY = 86_400
+
+
+@dataclass(frozen=True)
+class RebuyPolicy:
+    """categories: category path -> window in days after which a bought item may come back
+    (only rebuyable categories are listed; absent = never comes back)."""
+
+    windows: tuple[tuple[str, float], ...] = ()
+    # Show a staple again after this fraction of the median re-buy interval: a little before
+    # the customer would run out, which is when a reminder helps.
+    window_fraction: float = 0.5
+
+    @classmethod
+    def from_frame(cls, category_rebuy: pd.DataFrame, *, window_fraction: float = 0.5) -> RebuyPolicy:
+        """From features' category_rebuy (category, rebuyable, median_interval_days, ...)."""
+        if category_rebuy is None or category_rebuy.empty:
+            return cls((), window_fraction)
+        missing = {"category", "rebuyable", "median_interval_days"} - set(category_rebuy.columns)
+        if missing:
+            raise ValueError(f"category_rebuy lacks column(s) {sorted(missing)}")
+        reb = category_rebuy[category_rebuy["rebuyable"].fillna(False).astype(bool)]
+        windows = tuple(
+            (str(cat), float(days) if pd.notna(days) else 0.0)
+            for cat, days in zip(reb["category"], reb["median_interval_days"], strict=True)
+        )
+        return cls(windows, window_fraction)
+
+    @property
+    def rebuyable(self) -> dict[str, float]:
+        """category -> median re-buy interval in days."""
+        return dict(self.windows)
+
+    def exclusions(
+        self,
+        users: np.ndarray,
+        last_purchases: pd.DataFrame,
+        now: int | float | np.ndarray,
+        n_items: int,
+    ) -> sp.csr_matrix:
+        """Exclusion CSR (len(users), n_items), 1 = must not be recommended to row i's customer.
+
+        users: training user indices (-1 = unknown: nothing excluded).
+        last_purchases: rows user_idx, item_idx, category, last_ts (epoch s) — features'
+          last_purchases.parquet or the same columns derived from a split's training part.
+        now: epoch seconds, one for all or one per row of `users`.
+        """
+        users = np.asarray(users, dtype=np.int64)
+        n = len(users)
+        now_arr = np.broadcast_to(np.asarray(now, dtype=np.float64), (n,))
+        if last_purchases is None or last_purchases.empty or n == 0:
+            return sp.csr_matrix((n, n_items), dtype=np.float32)
+        # row position of each user (a user may appear in several rows: each row gets the exclusions)
+        pos = pd.DataFrame({"user_idx": users, "row": np.arange(n)})
+        lp = last_purchases[["user_idx", "item_idx", "category", "last_ts"]].merge(pos, on="user_idx")
+        if lp.empty:
+            return sp.csr_matrix((n, n_items), dtype=np.float32)
+        window_days = lp["category"].astype("string").map(self.rebuyable)
+        rebuyable = window_days.notna().to_numpy()
+        waited = now_arr[lp["row"].to_numpy()] - lp["last_ts"].to_numpy(np.float64)
+        window_s = window_days.fillna(0.0).to_numpy(np.float64) * self.window_fraction * _DAY
+        excluded = ~rebuyable | (waited < window_s)
+        rows = lp["row"].to_numpy()[excluded]
+        cols = lp["item_idx"].to_numpy(np.int64)[excluded]
+        ok = cols < n_items
+        M = sp.csr_matrix((np.ones(ok.sum(), np.float32), (rows[ok], cols[ok])), shape=(n, n_items))
+        M.sum_duplicates()
+        M.data[:] = 1.0
+        return M
