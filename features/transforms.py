@@ -106,10 +106,11 @@ def profiles_sql(
     recent / most frequent / highest spend). Users without target events have null scores.
 
     Segment, first matching rule, with C = `cycle_days` (the data's median gap between a customer's
-    baskets) so the rules scale with the shop:
-      new      first event within the last C days;
-      lapsed   recency > 4 C;
-      at_risk  recency > 2 C;
+    baskets) so the rules scale with the shop, and "silent" = days since the user's last event of any
+    kind (a customer who browses every week but buys rarely has not lapsed):
+      new      first event within the last 4 C days (too new to judge by the rules below);
+      lapsed   silent > 4 C;
+      at_risk  silent > 2 C;
       vip      f_score >= 4 and m_score = 5 (f_score = 5 when the data has no prices);
       active   everyone else.
     Gender affinity: weighted share of the user's positive events on women's vs men's items;
@@ -149,9 +150,9 @@ def profiles_sql(
                coalesce(b.frequency, 0) AS frequency, coalesce(b.monetary, 0.0) AS monetary,
                s.r_score, s.f_score, s.m_score,
                CASE
-                   WHEN a.first_ts >= {int(ref_ts)} - {cycle_s!r} THEN 'new'
-                   WHEN {int(ref_ts)} - coalesce(b.last_buy, a.last_ts) > 4 * {cycle_s!r} THEN 'lapsed'
-                   WHEN {int(ref_ts)} - coalesce(b.last_buy, a.last_ts) > 2 * {cycle_s!r} THEN 'at_risk'
+                   WHEN a.first_ts >= {int(ref_ts)} - 4 * {cycle_s!r} THEN 'new'
+                   WHEN {int(ref_ts)} - a.last_ts > 4 * {cycle_s!r} THEN 'lapsed'
+                   WHEN {int(ref_ts)} - a.last_ts > 2 * {cycle_s!r} THEN 'at_risk'
                    WHEN {vip} THEN 'vip'
                    ELSE 'active'
                END AS segment,

@@ -166,7 +166,7 @@ def test_baskets_group_by_order_then_session_then_day(tmp_path: Path) -> None:
 
 
 def _population() -> list[dict]:
-    """Five buyers and one browser; every repeat buyer buys every 10 days, so the purchase cycle is 10
+    """Five buyers and one browser; repeat buyers mostly buy every 10 days, so the purchase cycle is 10
     days and the reference time is day 100. See test_rfm_and_segments for the expected answer."""
     rows = []
 
@@ -183,7 +183,7 @@ def _population() -> list[dict]:
             )
 
     buy("vip", [40, 50, 60, 70, 80, 90, 100], 100.0)
-    buy("active", [80, 90], 10.0)
+    buy("active", [30, 80, 90], 10.0)
     buy("at_risk", [50, 60, 70], 5.0)
     buy("lapsed", [10, 20], 1.0)
     rows.append({"user_id": "new", "item_id": "i2", "event_type": "view", "ts": T0 + 95 * DAY})
@@ -199,12 +199,13 @@ def test_rfm_scores_and_segments_on_a_known_population(tmp_path: Path) -> None:
     summary = build(tmp_path)
     assert summary["cycle_days"] == pytest.approx(10.0)
     p = named(tmp_path, "profiles").set_index("user")
-    # Quintiles of the rank among the 5 buyers: frequency 1,2,2,3,7; monetary 50,20,15,2,700;
-    # last purchase day 96,90,70,20,100.
+    # Quintiles of the rank among the 5 buyers (new, active, at_risk, lapsed, vip): frequency 1,3,3,2,7;
+    # monetary 50,30,15,2,700; last purchase day 96,90,70,20,100. Segments use C = 10 days: new = first
+    # seen within 40 days, lapsed = silent > 40 days, at_risk = silent > 20 days.
     expected = {
         "vip": (5, 5, 5, "vip"),
-        "active": (3, 2, 3, "active"),
-        "at_risk": (2, 4, 2, "at_risk"),
+        "active": (3, 3, 3, "active"),
+        "at_risk": (2, 3, 2, "at_risk"),
         "lapsed": (1, 2, 1, "lapsed"),
         "new": (4, 1, 4, "new"),
     }

@@ -76,3 +76,12 @@ def test_accessories_co_occur_with_their_durables_in_baskets(shop: Path) -> None
         p_acc_given_durable = sum(accessory in c for c in with_durable) / len(with_durable)
         lift = p_acc_given_durable / p_acc
         assert lift > 5, (durable, accessory, lift)
+
+
+def test_lapsed_segment_finds_the_planted_lapsers(shop: Path) -> None:
+    truth = pd.read_parquet(shop / "truth" / "customers.parquet", columns=["user_id", "lapsed"])
+    p = _f(shop, "profiles").merge(truth, on="user_id")
+    ours = p.segment == "lapsed"
+    recall = (ours & p.lapsed).sum() / p.lapsed.sum()
+    precision = (ours & p.lapsed).sum() / ours.sum()
+    assert recall >= 0.9 and precision >= 0.6, (recall, precision)
