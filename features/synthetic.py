@@ -300,6 +300,8 @@ class _Catalog:
 
 _LEAF_INDEX: dict[str, int] = {leaf.path: i for i, leaf in enumerate(LEAVES)}
 _GARMENTS: tuple[int, ...] = tuple(i for i, leaf in enumerate(LEAVES) if leaf.sized)
+_LEAF_SIZED = np.array([leaf.sized for leaf in LEAVES])
+_LEAF_BROWSE_BUYABLE = np.array([leaf.kind not in ("durable", "consumable") for leaf in LEAVES])
 
 
 @dataclass(frozen=True)
@@ -738,7 +740,7 @@ def _browse(
     pool_lookup = np.full((len(LEAVES), 4), -1, dtype=np.int64)  # column 3: unsized
     for k, (li, pg) in enumerate(zip(cat.pool_leaf, cat.pool_gender, strict=True)):
         pool_lookup[li, pg if pg >= 0 else 3] = k
-    sized = np.array([LEAVES[i].sized for i in leaf])
+    sized = _LEAF_SIZED[leaf]
     s_pool = np.where(sized, pool_lookup[leaf, g], pool_lookup[leaf, 3])
 
     vip = people.vip[s_user]
@@ -746,7 +748,8 @@ def _browse(
     has_cart = rng.random(S) < np.where(vip, p.p_cart_vip, p.p_cart)
     n_cart = has_cart * (1 + ((rng.random(S) < p.p_second_cart) & (nv >= 2)))
     s_removed = has_cart & (rng.random(S) < p.p_remove)
-    buyable = np.array([LEAVES[i].kind not in ("durable", "consumable") for i in range(len(LEAVES))])[leaf]
+    # durables and consumables are bought only in their missions, never while browsing
+    buyable = _LEAF_BROWSE_BUYABLE[leaf]
     s_buy = buyable & (rng.random(S) < np.where(vip, p.p_buy_vip, p.p_buy))
 
     L = int(nv.sum())
