@@ -411,10 +411,15 @@ class Engine:
         )  # fmt: skip
         # "because you viewed" for the neighbours of the last items in the history (no boost:
         # the model has weighed them already), where nothing more specific applies.
-        for j in seq[-3:][::-1].tolist():
-            ids, _ = self._neighbours(int(j))
-            for i in ids[:10].tolist():
-                reasons.setdefault(i, f"because you viewed {cat.titles[j]}")
+        # Each item is attributed to the history item it is most similar to.
+        best: dict[int, tuple[float, int]] = {}
+        for j in dict.fromkeys(seq[-3:][::-1].tolist()):
+            ids, sc = self._neighbours(int(j))
+            for i, v in zip(ids[:10].tolist(), _norm(sc[:10]).tolist(), strict=True):
+                if v > best.get(i, (-np.inf, -1))[0]:
+                    best[i] = (v, j)
+        for i, (_, j) in best.items():
+            reasons.setdefault(i, f"because you viewed {cat.titles[j]}")
 
         def reason(i: int) -> str:
             return reasons.get(i) or f"picked for you in {_label(cat.categories[i])}"

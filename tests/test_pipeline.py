@@ -52,7 +52,7 @@ IDX = {row[0]: i for i, row in enumerate(ITEMS)}
 
 # Baskets of the background customers (each basket is also that customer's history).
 GROUPS = {
-    "cat": [["lbox_a", "scoop", "catfood"], ["lbox_b", "scoop", "catfood"], ["catfood", "cattoy"]],
+    "cat": [["lbox_a", "scoop"], ["lbox_b", "scoop", "catfood"], ["catfood", "cattoy"]],
     "dog": [["dogfood", "leash"], ["dogfood", "dogtoy"]],
     "women": [["dress", "tee"]],
     "men": [["shirt", "tee"]],
@@ -168,3 +168,164 @@ def test_engine_loads_and_reports_health(engine: Engine) -> None:
     assert h["store"].startswith("memory ok")
     assert h["model"] == "itemknn" and h["model_version"] == "v7" and h["complements"] is True
     assert engine.model_version == "v7"
+
+
+def test_purchases_stay_out_for_their_window_and_staples_come_back_with_buy_it_again(engine: Engine) -> None:
+    # Alice bought cat food, a laptop and a litter box 40 days ago. Cat food is re-bought every
+    # ~30 days (window = half of that): due -> back, "buy it again". Laptops and litter boxes are
+    # not rebuyable categories: never back.
+    recs = engine.recommend("alice", 8, now=NOW)
+    by_id = {r.item_id: r for r in recs}
+    assert "catfood" in by_id and by_id["catfood"].reason == "buy it again"
+    assert "laptop" not in by_id and "lbox_a" not in by_id
+    # Five days after the purchase the cat food is inside its window: out.
+    soon = ids(engine.recommend("alice", 8, now=NOW - 35 * DAY))
+    assert "catfood" not in soon and "laptop" not in soon
+
+
+def test_stock_size_and_gender_rules_apply_to_the_block(engine: Engine) -> None:
+    everything = ids(engine.recommend("alice", 12, now=NOW))
+    assert "shirt" not in everything  # men-only, she shops women's (learned affinity)
+    assert "leash" not in everything  # sold out
+    assert "dress" not in everything  # her learned dress size S is sold out
+    with_m = ids(engine.recommend("alice", 12, Context(size="M"), now=NOW))
+    assert "dress" in with_m  # size M is in stock; the request's size wins
+    assert "tee" not in with_m  # the tee is sold out in M
+    assert "tee" in ids(engine.recommend("alice", 12, Context(size="S"), now=NOW))
+    carl = ids(engine.recommend("carl", 12, now=NOW))
+    assert "dress" not in carl and "leash" not in carl
+    # An explicit gender in the request beats the learned affinity.
+    assert "shirt" not in ids(engine.recommend("carl", 12, Context(gender="women"), now=NOW))
+
+
+def test_block_is_full_whenever_enough_items_are_eligible(engine: Engine) -> None:
+    # 13 items: alice loses laptop, lbox_a (purchased), leash (stock), dress (size), shirt (gender).
+    # With the diversity cap raised nothing else removes items, so exactly 8 remain.
+    loose = Engine(engine.bundle, config=EngineConfig(max_per_brand=10, max_per_category=10))
+    assert len(loose.recommend("alice", 8, now=NOW)) == 8
+    assert len(loose.recommend("alice", 20, now=NOW)) == 8  # k larger than what is eligible
+    # With the default cap (3 per brand) the Paws/Kitty/Mode/Woof brands still fill 8.
+    assert len(engine.recommend("alice", 8, now=NOW)) == 8
+
+
+def test_diversity_caps_brands_and_leaf_categories_per_block(engine: Engine) -> None:
+    strict = Engine(engine.bundle, config=EngineConfig(max_per_brand=1, max_per_category=1))
+    recs = strict.recommend("zed", 10)
+    brands = [ITEMS[IDX[r.item_id]][3] for r in recs]
+    leaves = [ITEMS[IDX[r.item_id]][2] for r in recs]
+    assert len(brands) == len(set(brands)) and len(leaves) == len(set(leaves))
+    assert len(recs) == 5  # one item of each of the five brands, then the order runs out
+
+
+def test_litter_box_page_shows_the_scoop_not_dog_food(engine: Engine) -> None:
+    for user in ("zed", "carl"):  # unknown user and a dog/men customer alike
+        recs = engine.recommend(user, 5, Context(current_item="lbox_a"), now=NOW)
+        got = ids(recs)
+        assert got[0] == "scoop", (user, got)
+        assert recs[0].reason == "bought together with Litter box Deluxe"
+        assert "lbox_a" not in got
+        cat_items = [i for i in got if ITEMS[IDX[i]][2].startswith("pets/cats")]
+        assert got[: len(cat_items)] == cat_items  # cat things before anything else
+        assert "dogfood" not in got[:3]
+
+
+def test_category_page_puts_that_part_of_the_tree_first_and_skips_the_cart(engine: Engine) -> None:
+    recs = engine.recommend("carl", 4, Context(page_category="pets/cats", cart=("scoop",)), now=NOW)
+    got = ids(recs)
+    assert all(ITEMS[IDX[i]][2].startswith("pets/cats") for i in got[:3])
+    assert "scoop" not in got
+
+
+def test_no_consent_gets_exactly_the_non_personal_answer_and_no_events_are_kept(engine: Engine) -> None:
+    for ctx in (Context(), Context(current_item="lbox_a"), Context(page_category="pets", size="M")):
+        assert engine.recommend("bob", 5, ctx, now=NOW) == engine.popular(5, context=ctx)
+    stored = engine.record_events([{"user_id": "bob", "item_id": "dogfood", "event_type": "view"}])
+    assert stored == 0 and engine.store.recent("bob") == []
+
+
+def test_unknown_user_gets_popular_for_context_and_segment(engine: Engine) -> None:
+    recs = engine.recommend("nobody-knows-me", 3)
+    assert recs == engine.popular(3, segment="new")
+    assert ids(recs)[0] == "dogfood"  # the most bought item of the shop (10 buyers)
+    assert recs[0].reason == "popular in food"
+    assert all(r.reason.startswith("popular in") for r in recs)
+    dog = engine.popular(3, category="pets/dogs")
+    assert set(ids(dog)) <= {"dogfood", "dogtoy"}  # leash is sold out
+    assert dog[0].reason == "popular in dogs"
+
+
+def test_a_purchase_event_is_excluded_from_the_very_next_answer(engine: Engine) -> None:
+    top = ids(engine.recommend("carl", 3, now=NOW))[0]
+    assert engine.record_events([{"user_id": "carl", "item_id": top, "event_type": "purchase", "timestamp": NOW}]) == 1
+    assert top not in ids(engine.recommend("carl", 10, now=NOW))
+    # Its complements are lifted and say why.
+    after = engine.recommend("carl", 10, now=NOW)
+    assert any(r.reason.startswith("bought together with") for r in after)
+
+
+def test_recent_views_rerank_the_next_answer(engine: Engine) -> None:
+    before = ids(engine.recommend("zed", 13))
+    engine.record_events([{"user_id": "zed", "item_id": "dogfood", "event_type": "view"}])
+    after = engine.recommend("zed", 13)
+    # Dog things move up; the reason names the viewed item.
+    assert ids(after).index("dogtoy") < before.index("dogtoy")
+    assert next(r for r in after if r.item_id == "dogtoy").reason == "because you viewed Dog food 5kg"
+
+
+def test_bought_together_for_an_item_and_for_a_cart(engine: Engine) -> None:
+    one = engine.bought_together(["lbox_a"], 2)
+    assert ids(one)[0] == "scoop" and one[0].reason == "bought together with Litter box Deluxe"
+    cart = engine.bought_together(["lbox_a", "catfood", "dogfood"], 5)
+    got = ids(cart)
+    assert not {"lbox_a", "catfood", "dogfood"} & set(got)  # never the cart items themselves
+    assert "scoop" in got and "dogtoy" in got  # complements of everything in it
+    assert "leash" not in got  # the dog food complement is sold out
+    assert len(got) == 5  # a short complement list is filled with popular items
+    # Unknown ids are not an error; with no known id the answer is popular.
+    assert engine.bought_together(["nope", "lbox_a"], 2) == one
+    assert engine.bought_together(["nope"], 3) == engine.popular(3)
+
+
+def test_similar_items_cheaper_alternatives_new_and_unknown_items(engine: Engine) -> None:
+    cheaper = engine.similar_items("lbox_a", 5, context=Context(cheaper=True))
+    prices = [ITEMS[IDX[r.item_id]][4] for r in cheaper]
+    assert len(cheaper) == 5 and max(prices) < 30.0
+    assert cheaper[0].reason == "a cheaper alternative to Litter box Deluxe"
+    budget = engine.similar_items("lbox_a", 5, context=Context(max_price=10.0))
+    assert budget and all(ITEMS[IDX[r.item_id]][4] <= 10.0 for r in budget)
+    # A new item without interactions: catalogue neighbours (same leaf and brand first).
+    new = engine.similar_items("lbox_new", 3)
+    assert ids(new)[0] == "lbox_a" and new[0].reason == "similar to Litter box Nova"
+    assert engine.similar_items("no-such-item", 3) == engine.popular(3)
+
+
+def test_forget_erases_the_store_and_stops_personalising(engine: Engine) -> None:
+    engine.record_events([{"user_id": "alice", "item_id": "tee", "event_type": "view"}])
+    assert engine.store.recent("alice")
+    engine.forget("alice")
+    assert engine.store.recent("alice") == []
+    assert engine.recommend("alice", 4, now=NOW) == engine.popular(4, segment="new")
+    assert engine.record_events([{"user_id": "alice", "item_id": "tee", "event_type": "view"}]) == 0
+
+
+def test_every_item_carries_a_readable_reason_and_batch_equals_single(engine: Engine) -> None:
+    users = ["alice", "bob", "carl", "zed", "cat0_0"]
+    batch = engine.recommend_batch(users, 5, Context(channel="email"))
+    assert list(batch) == users
+    for u in users:
+        assert batch[u] == engine.recommend(u, 5, Context(channel="email"))
+        assert all(r.reason and "<" not in r.reason for r in batch[u])
+        scores = [r.score for r in batch[u]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_bad_input_is_a_clear_error(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="k must be between 1"):
+        engine.recommend("alice", 0)
+    with pytest.raises(ValueError, match="k must be an integer"):
+        engine.popular("5")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="event 1: event_type"):
+        engine.record_events([{"user_id": "u", "item_id": "a", "event_type": "view"},
+                              {"user_id": "u", "item_id": "a", "event_type": "like"}])  # fmt: skip
+    with pytest.raises(ValueError, match="unknown EngineConfig key"):
+        EngineConfig.from_dict({"max_per_brnad": 2})
