@@ -52,6 +52,7 @@ class RequestContext(_Strict):
     max_price: Annotated[float, Field(ge=0)] | None = Field(
         None, description="only items up to this price (cheaper alternatives)"
     )
+    cheaper: bool = Field(False, description="similar items: only cheaper than the reference item")
 
 
 class RecommendRequest(_Strict):

@@ -70,6 +70,27 @@ def _ready_detail() -> dict[str, Any]:
     return svc.ready_detail()
 
 
+class _NoImpressionLog:
+    """Stand-in while serving.ab is not installed: impressions are not recorded (said in /readyz)."""
+
+    enabled = False
+
+    def log(self, **_: Any) -> None:
+        return None
+
+
+def _impression_log(path: Any) -> Any:
+    if path is None:
+        logger.warning("no workspace and no SHOPREC_IMPRESSIONS: impressions are not logged")
+        return _NoImpressionLog()
+    try:
+        from serving.ab import ImpressionLog
+    except ImportError:
+        logger.warning("serving.ab is missing: impressions are not logged")
+        return _NoImpressionLog()
+    return ImpressionLog(path)
+
+
 class BadRequest(ValueError):
     """Input that passed the schema but is still wrong (e.g. an event type the store refuses)."""
 
@@ -112,15 +133,24 @@ class ShopRec:
     """Recommendations for the web shop and the e-mail renderer (CONTRACT.md "HTTP API")."""
 
     def __init__(self, config: ServeConfig | None = None, engine_factory: Callable[..., Any] | None = None) -> None:
-        from serving.ab import ImpressionLog
         from serving.store import make_store
 
         self.config = config if config is not None else ServeConfig.from_env()
         self.store = make_store(self.config.redis_url)
-        factory = engine_factory if engine_factory is not None else default_engine_factory(self.store)
+        # Customers erased through POST /forget while this process runs: a model swapped in later
+        # may have been trained before the erasure, so every new engine is told again.
+        self._forgotten: set[str] = set()
+        build = engine_factory if engine_factory is not None else default_engine_factory(self.store)
+
+        def factory(path: Any, version: str) -> Any:
+            engine = build(path, version)
+            for user_id in list(self._forgotten):
+                engine.forget(user_id)
+            return engine
+
         self.holder = ModelHolder(make_source(self.config), factory, self.config.poll_seconds)
         self.holder.load()
-        self.impressions = ImpressionLog(self._impression_path())
+        self.impressions = _impression_log(self._impression_path())
         self.holder.start_polling()
         self.started_at = time.time()
         # Everything loaded so far (model, item tables, imports) lives as long as the process:
@@ -133,6 +163,8 @@ class ShopRec:
         logger.info("shoprec service ready: champion %s", models.champion_version if models else None)
 
     def _impression_path(self) -> Any:
+        if os.environ.get("SHOPREC_IMPRESSIONS"):
+            return os.environ["SHOPREC_IMPRESSIONS"]
         if self.config.data is not None:
             from features.workspace import Workspace
 
@@ -162,6 +194,7 @@ class ShopRec:
             "swaps": self.holder.swaps,
             "last_error": self.holder.last_error,
             "write_endpoints": "enabled" if self.config.api_key else "disabled (no SHOPREC_API_KEY)",
+            "impressions": "logged" if getattr(self.impressions, "enabled", True) else "not logged",
         }
         if models is not None:
             try:
@@ -210,7 +243,7 @@ class ShopRec:
                 user_id=user_id,
                 variant=variant,
                 model_version=version,
-                item_ids=[i.item_id for i in items],
+                items=[i.item_id for i in items],
             )
         except Exception:  # attribution is best effort; the customer still gets the block
             logger.warning("impression log write failed", exc_info=True)
@@ -290,7 +323,8 @@ class ShopRec:
                 shared = engine.popular(k, None, context.page_category if context else None, cx)
                 answers = [shared] * len(rows)
             else:
-                answers = engine.recommend_batch([user_ids[i] for i in rows], k, cx)
+                by_user = engine.recommend_batch([user_ids[i] for i in rows], k, cx)
+                answers = [by_user[user_ids[i]] for i in rows]
             for i, recs in zip(rows, answers, strict=True):
                 block = self._respond("recommend_batch", user_ids[i], variant, version, recs)
                 blocks[i] = UserBlock(user_id=user_ids[i], **block.model_dump())
@@ -318,6 +352,7 @@ class ShopRec:
     def forget(self, user_id: str, ctx: bentoml.Context) -> ForgetResponse:
         """Erase one customer from the online store (and the running engines). Needs the API key.
         The raw tables and features are erased by `shoprec forget --data DIR`."""
+        self._forgotten.add(user_id)
         models = self.holder.models
         models.champion.forget(user_id)
         if models.challenger is not None:
