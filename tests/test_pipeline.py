@@ -330,3 +330,41 @@ def test_bad_input_is_a_clear_error(engine: Engine) -> None:
                               {"user_id": "u", "item_id": "a", "event_type": "like"}])  # fmt: skip
     with pytest.raises(ValueError, match="unknown EngineConfig key"):
         EngineConfig.from_dict({"max_per_brnad": 2})
+
+
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_engine_keeps_answering_when_redis_is_gone(bundle_dir: Path) -> None:
+    from serving.store import RedisStore
+
+    engine = Engine.from_bundle(bundle_dir, store=RedisStore(f"redis://127.0.0.1:{_dead_port()}/0"))
+    recs = engine.recommend("carl", 4, now=NOW)
+    assert len(recs) == 4  # the answer without the newest events
+    assert engine.record_events([{"user_id": "carl", "item_id": "tee", "event_type": "purchase"}]) == 0
+    assert engine.health()["store"].startswith("redis unreachable")
+
+
+@pytest.mark.services
+def test_a_purchase_through_real_redis_changes_the_next_answer_on_another_replica(bundle_dir: Path) -> None:
+    import uuid
+
+    from serving.store import RedisStore
+
+    store = RedisStore("redis://127.0.0.1:6379/0", prefix=f"shoprec-test-{uuid.uuid4().hex[:12]}")
+    if not store.health().startswith("redis ok"):
+        pytest.skip(f"no Redis at 127.0.0.1:6379 ({store.health()})")
+    try:
+        a = Engine.from_bundle(bundle_dir, store=store)
+        b = Engine.from_bundle(bundle_dir, store=RedisStore(store.url, prefix=store.prefix))
+        top = ids(b.recommend("carl", 3, now=NOW))[0]
+        assert a.record_events([{"user_id": "carl", "item_id": top, "event_type": "purchase"}]) == 1
+        assert top not in ids(b.recommend("carl", 10, now=NOW))
+        assert a.health()["store"] == "redis ok"
+    finally:
+        store.forget("carl")
