@@ -409,20 +409,10 @@ class Engine:
             cat, page_category=context.page_category, current_item=cur,
             complements=comp_of_current,
         )  # fmt: skip
-        # "because you viewed" for the neighbours of the last items in the history (no boost:
-        # the model has weighed them already), where nothing more specific applies.
-        # Each item is attributed to the history item it is most similar to.
-        best: dict[int, tuple[float, int]] = {}
-        for j in dict.fromkeys(seq[-3:][::-1].tolist()):
-            ids, sc = self._neighbours(int(j))
-            for i, v in zip(ids[:10].tolist(), _norm(sc[:10]).tolist(), strict=True):
-                if v > best.get(i, (-np.inf, -1))[0]:
-                    best[i] = (v, j)
-        for i, (_, j) in best.items():
-            reasons.setdefault(i, f"because you viewed {cat.titles[j]}")
+        tail = list(dict.fromkeys(seq[-3:][::-1].tolist()))
 
         def reason(i: int) -> str:
-            return reasons.get(i) or f"picked for you in {_label(cat.categories[i])}"
+            return reasons.get(i) or _history_reason(cat, i, tail)
 
         return self._rank(scores, allowed, k, boost=boost, tier=tier, reason=reason)
 
@@ -564,8 +554,9 @@ class Engine:
         return ex.indices.astype(np.int64)
 
     def _history(self, user: _User, fresh: list[Event]) -> tuple[sp.csr_matrix, np.ndarray]:
-        """The user's interaction row (1, n_model_items) and sequence, plus the online store's
-        newest events (so a model scoring from history reacts at once)."""
+        """The user's interaction row (1, n_model_items, the model's item space) and sequence (bundle
+        item indices), plus the online store's newest events (so a model scoring from history
+        reacts at once)."""
         cfg = self.config
         n_model = self.model.n_items
         ui = self.bundle.user_items
@@ -592,11 +583,15 @@ class Engine:
                     (np.asarray(vals, np.float32)[ok], (np.zeros(ok.sum(), int), idx[ok])), shape=(1, n_model)
                 )
                 row = row + add
-                seq = np.concatenate([seq, idx[ok]])
+                seq = np.concatenate([seq, np.asarray(items, dtype=np.int64)])  # bundle item indices
         return sp.csr_matrix(row, dtype=np.float32), seq
 
     def _model_scores(self, midx: int, row: sp.csr_matrix, seq: np.ndarray) -> np.ndarray:
-        """(n,) model scores in bundle item order; -inf for items the model does not know."""
+        """(n,) model scores in bundle item order; -inf for items the model does not know.
+        `row` is in the model's item space, `seq` in the bundle's (mapped here)."""
+        if self._model_pos is not None and len(seq):
+            seq = self._model_pos[seq]
+            seq = seq[seq >= 0]
         s = np.asarray(self.model.score(np.array([midx], dtype=np.int64), History(row, [seq])), dtype=np.float64)[0]
         if self._model_pos is None:
             return s
@@ -688,6 +683,26 @@ def _similar(model: Any, i: int, n: int, pos: np.ndarray | None, inv: np.ndarray
         ids, sc = ids[ok], sc[ok]
     ok = ids != i
     return ids[ok], sc[ok]
+
+
+def _history_reason(cat: F.Catalog, i: int, tail: list[int]) -> str:
+    """Reason for a personal pick without a more specific one: "because you viewed <title>" of the
+    recent history item sharing the deepest part of the category tree with it (the most recent on
+    ties); computed for the k shown items only, so it costs nothing per catalogue item."""
+    parts = cat.categories[i].split("/") if cat.categories[i] else []
+    best, best_depth = None, 0
+    for j in tail:
+        other = cat.categories[j].split("/") if cat.categories[j] else []
+        depth = 0
+        for a, b in zip(parts, other, strict=False):
+            if a != b:
+                break
+            depth += 1
+        if depth > best_depth:
+            best, best_depth = j, depth
+    if best is not None:
+        return f"because you viewed {cat.titles[best]}"
+    return f"picked for you in {_label(cat.categories[i])}"
 
 
 def _norm(x: np.ndarray) -> np.ndarray:
