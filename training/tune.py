@@ -177,6 +177,27 @@ def storage_url(ws: Workspace, storage: str | None) -> str:
     return storage or os.environ.get("OPTUNA_STORAGE") or ws.optuna_uri
 
 
+def open_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for `url`. Workers that start together on a fresh database race to
+    create the schema (PostgreSQL then refuses the second CREATE TYPE): the loser waits and
+    retries, by which time the schema exists."""
+    import random
+    import time
+
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        except (IntegrityError, ProgrammingError, OperationalError) as e:
+            if attempt == attempts - 1:
+                raise
+            log.info("optuna storage not ready (%s), retrying", type(e).__name__)
+            time.sleep(0.5 * (attempt + 1) + random.random())
+    raise AssertionError("unreachable")
+
+
 def worker_id() -> str:
     """host:pid, recorded on every trial (which worker of a shared study ran it)."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -199,7 +220,7 @@ def tune(ws: Workspace, config: TuneConfig) -> TuneResult:
         ws.root.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=config.study_name,
-        storage=storage,
+        storage=open_storage(storage),
         direction="maximize",
         load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=config.seed),
@@ -343,7 +364,7 @@ def best_params(ws: Workspace, study: str, storage: str | None = None) -> tuple[
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage_url(ws, storage)
     try:
-        s = optuna.load_study(study_name=study, storage=url)
+        s = optuna.load_study(study_name=study, storage=open_storage(url))
     except KeyError:
         raise LookupError(f"no study {study!r} in {_redact(url)}: run `shoprec tune` first") from None
     model = s.user_attrs.get("model")
