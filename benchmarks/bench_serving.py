@@ -1,0 +1,320 @@
+"""Serving benchmark: the shoprec service under wrk, beside two minimal endpoints, in one run.
+
+    python -m benchmarks.run serving [--quick]
+
+For each synthetic shop (20k customers with 5k items, and with 100k items) a serving bundle is
+built once (features -> ALS -> bundle, cached under benchmarks/work/serving/), then each server is
+started alone with `bentoml serve` / uvicorn on a free loopback port and load-tested with wrk:
+
+- `shoprec`            the real service: every filter, fallback, A/B step and impression log;
+- `shoprec-nolog`      the same with BentoML's access log off (SHOPREC_ACCESS_LOG=0);
+- `minimal-bentoml`    a one-endpoint BentoML service: dot product over item factors + top-k;
+- `minimal-starlette`  the same scoring in a plain Starlette app under uvicorn.
+
+Per server and endpoint: throughput and p50/p99 at saturation (wrk, 8 connections), and p50/p99
+at a paced ~200 req/s (wrk's Lua `delay()`: 4 connections each waiting ~19 ms between requests).
+The speed figure is a ratio against the minimal BentoML service measured in the same run. Results:
+benchmarks/results/serving.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "benchmarks" / "work" / "serving"
+RESULTS = ROOT / "benchmarks" / "results"
+
+WRK_LUA = r"""
+-- POST JSON bodies read from $WRK_BODIES (one per line), round robin; pacing via $WRK_DELAY_MS.
+local bodies = {}
+local n = 0
+local delay_ms = tonumber(os.getenv("WRK_DELAY_MS") or "0")
+for line in io.lines(os.getenv("WRK_BODIES")) do bodies[#bodies + 1] = line end
+local headers = {["Content-Type"] = "application/json"}
+request = function()
+  n = n % #bodies + 1
+  return wrk.format("POST", nil, headers, bodies[n])
+end
+if delay_ms > 0 then
+  delay = function() return delay_ms end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"connect_errors":%d,"read_errors":%d,"write_errors":%d,' ..
+    '"status_errors":%d,"timeouts":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
+    latency.max, latency.mean))
+end
+"""
+
+# -- the two minimal endpoints (dot product + top-k only) ------------------------------------------
+
+
+def _load_factors() -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
+    data = np.load(os.environ["SHOPREC_BENCH_FACTORS"], allow_pickle=False)
+    users = {u: i for i, u in enumerate(data["user_ids"].tolist())}
+    return users, data["user_factors"], data["item_factors"], data["item_ids"]
+
+
+def _top_k(users: dict[str, int], uf: np.ndarray, itf: np.ndarray, ids: np.ndarray, user_id: str, k: int) -> list[dict]:
+    u = users.get(user_id, 0)
+    scores = itf @ uf[u]
+    top = np.argpartition(-scores, k)[:k]
+    top = top[np.argsort(-scores[top])]
+    return [{"item_id": str(ids[i]), "score": float(scores[i])} for i in top]
+
+
+def minimal_starlette_app() -> Any:
+    """uvicorn --factory benchmarks.bench_serving:minimal_starlette_app"""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    users, uf, itf, ids = _load_factors()
+
+    async def recommend(request: Request) -> JSONResponse:
+        body = await request.json()
+        return JSONResponse({"items": _top_k(users, uf, itf, ids, body["user_id"], int(body.get("k", 10)))})
+
+    return Starlette(routes=[Route("/recommend", recommend, methods=["POST"])])
+
+
+def _minimal_bentoml_service() -> Any:
+    import bentoml
+
+    @bentoml.service(name="minimal", workers=1, traffic={"timeout": 30})
+    class MinimalBento:
+        def __init__(self) -> None:
+            self.users, self.uf, self.itf, self.ids = _load_factors()
+
+        @bentoml.api(route="/recommend")
+        def recommend(self, user_id: str, k: int = 10) -> dict:
+            return {"items": _top_k(self.users, self.uf, self.itf, self.ids, user_id, k)}
+
+    return MinimalBento
+
+
+if os.environ.get("SHOPREC_BENCH_FACTORS"):  # only inside the benchmark's server process
+    MinimalBento = _minimal_bentoml_service()
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+def _run(cmd: list[str], **kw: Any) -> None:
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+
+
+def build_shop(name: str, customers: int, items: int, model: str = "als") -> Path:
+    """Synthetic shop -> features -> `model` -> bundle, cached under WORK/name; returns the bundle."""
+    ws_dir = WORK / name
+    bundle = ws_dir / f"bundle-{model}"
+    if (bundle / "bundle.json").exists():
+        return bundle
+    shoprec = str(Path(sys.executable).with_name("shoprec"))
+    if not (ws_dir / "events.parquet").exists():
+        _run([shoprec, "data", "generate", "--out", str(ws_dir), "--customers", str(customers), "--items", str(items)])
+    if not (ws_dir / "features" / "profiles.parquet").exists():
+        _run([shoprec, "features", "build", "--data", str(ws_dir)], stdout=subprocess.DEVNULL)
+    from features.workspace import Workspace
+    from training.bundle import write_bundle
+    from training.data import load_train_data
+    from training.models import get_model_class
+
+    ws = Workspace.at(ws_dir)
+    data = load_train_data(ws)
+    fitted = get_model_class(model)().fit(data)
+    write_bundle(fitted, ws, bundle, data=data)
+    return bundle
+
+
+def write_inputs(bundle: Path, out: Path, n: int = 2000, seed: int = 0) -> dict[str, Path]:
+    """Request bodies (real user and item ids of the bundle) and the minimal endpoints' factors."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    users = pd.read_parquet(bundle / "context" / "profiles.parquet", columns=["user_id"])["user_id"].astype(str)
+    items = pd.read_parquet(bundle / "context" / "items.parquet", columns=["item_id"])["item_id"].astype(str)
+    out.mkdir(parents=True, exist_ok=True)
+    picks = rng.choice(len(users), size=n)
+    rec = [json.dumps({"user_id": users.iloc[i], "k": 10, "context": {"channel": "web"}}) for i in picks]
+    # one in ten requests is a customer the model has never seen (the cold-start path)
+    rec = [r if j % 10 else json.dumps({"user_id": f"new-{j}", "k": 10}) for j, r in enumerate(rec)]
+    bt = [json.dumps({"item_ids": [items.iloc[i]], "k": 10}) for i in rng.choice(len(items), size=n)]
+    paths = {"recommend": out / "recommend.jsonl", "bought_together": out / "bought_together.jsonl"}
+    paths["recommend"].write_text("\n".join(rec) + "\n")
+    paths["bought_together"].write_text("\n".join(bt) + "\n")
+    dim = 64
+    np.savez(
+        out / "factors.npz",
+        user_ids=users.to_numpy(dtype=str),
+        item_ids=items.to_numpy(dtype=str),
+        user_factors=rng.standard_normal((len(users), dim), dtype=np.float32),
+        item_factors=rng.standard_normal((len(items), dim), dtype=np.float32),
+    )
+    paths["factors"] = out / "factors.npz"
+    (out / "load.lua").write_text(WRK_LUA)
+    paths["lua"] = out / "load.lua"
+    return paths
+
+
+# -- servers and load -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(kind: str, env: dict[str, str], timeout_s: float = 180.0) -> Iterator[str]:
+    """Start one server alone, wait until it answers, yield its URL, always kill its process group."""
+    import httpx
+
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent
+    if kind == "starlette":
+        cmd = [str(bin_dir / "uvicorn"), "--factory", "benchmarks.bench_serving:minimal_starlette_app"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+        probe = ("POST", "/recommend")
+    else:
+        target = "benchmarks.bench_serving:MinimalBento" if kind == "minimal-bentoml" else "serving.service:ShopRec"
+        cmd = [str(bin_dir / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+        probe = ("GET", "/readyz")
+    full = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **env}
+    log = (WORK / f"server-{kind}.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{kind} server exited with {proc.returncode}; see {log.name}")
+            try:
+                if probe[0] == "GET":
+                    ok = httpx.get(url + probe[1], timeout=2).status_code == 200
+                else:
+                    ok = httpx.post(url + probe[1], json={"user_id": "x", "k": 1}, timeout=2).status_code == 200
+                if ok:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{kind} not ready after {timeout_s} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        log.close()
+
+
+def wrk(url: str, bodies: Path, lua: Path, seconds: float, connections: int, delay_ms: float = 0) -> dict[str, Any]:
+    """One wrk run; returns requests/s, errors and latency percentiles in ms."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(lua), url]
+    env = {**os.environ, "WRK_BODIES": str(bodies), "WRK_DELAY_MS": str(delay_ms)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
+    m = re.search(r"WRKJSON (\{.*\})", out)
+    if not m:
+        raise RuntimeError(f"wrk printed no summary: {out[-500:]}")
+    raw = json.loads(m.group(1))
+    secs = raw["duration_us"] / 1e6
+    errors = sum(raw[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+    return {
+        "rps": round(raw["requests"] / secs, 1),
+        "requests": raw["requests"],
+        "errors": errors,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "p999_ms": raw["p999_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+    }
+
+
+def load_test(url: str, route: str, bodies: Path, lua: Path, seconds: float) -> dict[str, Any]:
+    """Warm-up, then saturation (8 connections) and paced (~200 req/s) runs on one route."""
+    if seconds > 1:
+        wrk(url + route, bodies, lua, max(1.0, seconds / 4), 4)  # warm caches and lazy imports
+    sat = wrk(url + route, bodies, lua, seconds, 8)
+    paced = wrk(url + route, bodies, lua, seconds, 4, delay_ms=19)
+    return {"saturation": sat, "paced_200": paced}
+
+
+def bench_shop(name: str, bundle: Path, seconds: float, servers: tuple[str, ...]) -> dict[str, Any]:
+    inputs = write_inputs(bundle, WORK / name / "load")
+    result: dict[str, Any] = {}
+    for kind in servers:
+        env = {"SHOPREC_BENCH_FACTORS": str(inputs["factors"])}
+        routes = ["/recommend"]
+        if kind.startswith("shoprec"):
+            env = {
+                "SHOPREC_BUNDLE": str(bundle),
+                "SHOPREC_POLL_SECONDS": "0",
+                "SHOPREC_IMPRESSIONS": str(WORK / name / "impressions.jsonl"),
+                "SHOPREC_ACCESS_LOG": "0" if kind == "shoprec-nolog" else "1",
+            }
+            routes.append("/bought_together")
+        with server("starlette" if kind == "minimal-starlette" else kind, env) as url:
+            for route in routes:
+                bodies = inputs[route.strip("/")]
+                result[f"{kind} {route}"] = load_test(url, route, bodies, inputs["lua"], seconds)
+                print(f"  {name} {kind} {route}: {json.dumps(result[f'{kind} {route}'])}", flush=True)
+    base = result.get("minimal-bentoml /recommend", {}).get("saturation", {}).get("rps")
+    if base:
+        for key, r in result.items():
+            r["saturation_vs_minimal_bentoml"] = round(r["saturation"]["rps"] / base, 2)
+    return result
+
+
+def main(quick: bool = False) -> dict:
+    """Build (or reuse) the shops, load-test every server, write benchmarks/results/serving.json."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed: `apt-get install -y wrk` (the Makefile's bench target does it)")
+    WORK.mkdir(parents=True, exist_ok=True)
+    if quick:
+        shops = [("quick", 500, 300)]
+        seconds = 1.0
+        servers: tuple[str, ...] = ("shoprec", "minimal-bentoml", "minimal-starlette")
+    else:
+        shops = [("shop5k", 20_000, 5_000), ("shop100k", 20_000, 100_000)]
+        seconds = 10.0
+        servers = ("shoprec", "shoprec-nolog", "minimal-bentoml", "minimal-starlette")
+    result: dict[str, Any] = {"quick": quick, "seconds_per_run": seconds, "cpus": os.cpu_count(), "shops": {}}
+    for name, customers, items in shops:
+        start = time.perf_counter()
+        bundle = build_shop(name, customers, items)
+        print(f"== {name}: bundle ready in {time.perf_counter() - start:.0f} s", flush=True)
+        result["shops"][name] = {"customers": customers, "items": items, **bench_shop(name, bundle, seconds, servers)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serving.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(quick="--quick" in sys.argv), indent=2))
