@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from serving import filters as F
@@ -81,6 +80,7 @@ class EngineConfig:
     rebuy_boost: float = 0.3  # boost for purchased items whose re-buy window has passed
     neighbours: int = 30  # neighbours fetched per item for boosts and bought-together
     cache_items: int = 50_000  # per-item neighbour lists kept in memory
+    warm_items: int = 512  # neighbour lists of the most popular items computed at load, in batches
     view_weight: float = 1.0  # weight of real-time events added to the history row
     cart_weight: float = 2.0
     purchase_weight: float = 4.0
@@ -117,16 +117,20 @@ def _lru(fn: Callable[[int], Any], maxsize: int) -> Callable[[int], Any]:
     """A small thread-tolerant LRU over int keys (functools.lru_cache would pin `self`)."""
     cache: OrderedDict[int, Any] = OrderedDict()
 
+    def put(key: int, value: Any) -> None:
+        cache[key] = value
+        if len(cache) > maxsize:
+            cache.popitem(last=False)
+
     def get(key: int) -> Any:
         hit = cache.get(key)
         if hit is not None:
             return hit
         value = fn(key)
-        cache[key] = value
-        if len(cache) > maxsize:
-            cache.popitem(last=False)
+        put(key, value)
         return value
 
+    get.put = put  # type: ignore[attr-defined]  # pre-filled at load by Engine._warm
     return get
 
 
@@ -195,9 +199,13 @@ class Engine:
         self._lp_user = lp["user_idx"].to_numpy(dtype=np.int64)[order]
         self._lp_item = lp["item_idx"].to_numpy(dtype=np.int64)[order]
         self._lp_ts = lp["last_ts"].to_numpy(dtype=np.int64)[order] if len(lp) else np.zeros(0, np.int64)
-        lp_cat = lp["category"] if "category" in lp else self.catalog.categories[self._lp_item]
-        self._lp_cat = np.asarray(lp_cat, dtype=object)[order] if "category" in lp else lp_cat
+        lp_cat = lp["category"].astype(object).to_numpy()[order] if "category" in lp else self.catalog.categories[self._lp_item]
         self._policy = _load_policy(bundle)
+        # When each past purchase may come back (epoch s; inf = never), from the learned policy.
+        self._lp_back = np.full(len(self._lp_item), np.inf)
+        if self._policy is not None and len(self._lp_item):
+            uniq, inverse = np.unique(np.asarray(lp_cat, dtype=str), return_inverse=True)
+            self._lp_back = self._lp_ts + F.policy_windows(self._policy, uniq.astype(object))[inverse]
 
         # Popularity: learned (items.popularity), else interaction mass; per segment from the matrix.
         ui = bundle.user_items
@@ -212,8 +220,10 @@ class Engine:
         for s, rows in by_seg.items():
             self._seg_pop[s] = np.asarray(ui[np.asarray(rows)].sum(axis=0)).ravel().astype(np.float64)
 
+        self._pop_squashed = _squash(self._pop)
         self._neighbours = _lru(self._compute_neighbours, self.config.cache_items)
         self._complements_of = _lru(self._compute_complements, self.config.cache_items)
+        self._warm()
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -238,6 +248,26 @@ class Engine:
         pos = np.full(self.catalog.n, -1, dtype=np.int64)
         pos[inv[inv >= 0]] = np.nonzero(inv >= 0)[0]
         return pos, inv
+
+    def _warm(self) -> None:
+        """Compute the neighbour and complement lists of the most popular items at load, in
+        batches: a model's similar_items costs about as much for 128 items as for one, and
+        requests mostly touch popular items, so cold-cache lookups leave the request path."""
+        n = min(self.config.warm_items, self.catalog.n)
+        if n <= 0:
+            return
+        hot = np.argsort(-self._pop, kind="stable")[:n]
+        hot = hot[self._item_nnz[hot] > 0]
+        for start in range(0, len(hot), 128):
+            chunk = hot[start : start + 128]
+            for i, got in zip(chunk.tolist(), _similar_batch(self.model, chunk, self.config.neighbours, self._model_pos, self._model_inv), strict=True):
+                if got is not None and len(got[0]):
+                    self._neighbours.put(i, got)
+            if self.complements is not None:
+                for i, got in zip(chunk.tolist(), _similar_batch(self.complements, chunk, self.config.neighbours, self._comp_pos, self._comp_inv), strict=True):
+                    if got is not None:
+                        keep = got[1] > 0
+                        self._complements_of.put(i, (got[0][keep], got[1][keep]))
 
     # -- public API --------------------------------------------------------------------------------
     def recommend(self, user_id: str | None, k: int, context: Context = Context(), *, now: float | None = None) -> list[Rec]:
@@ -329,10 +359,16 @@ class Engine:
         primary = ids if self._item_nnz[i] > 0 else np.zeros(0, np.int64)
         base = np.zeros(cat.n)
         base[ids] = sc
-        fill = F.content_neighbours(cat, i)
         title = cat.titles[i]
         text = f"a cheaper alternative to {title}" if cheaper else f"similar to {title}"
-        return self._rank(base, allowed, k, primary=primary[allowed[primary]], fill=fill, reason=lambda _: text)
+        primary = primary[allowed[primary]]
+        if len(primary) >= k:
+            recs = self._rank(base, allowed, k, primary=primary, reason=lambda _: text)
+            if len(recs) == k and recs[-1].score >= 2.0:  # the model's neighbours filled the block
+                return recs
+        # Short of neighbours (new item, strict price filter): fill by catalogue similarity.
+        fill = F.content_neighbours(cat, i)
+        return self._rank(base, allowed, k, primary=primary, fill=fill, reason=lambda _: text)
 
     def popular(
         self, k: int, segment: str | None = None, category: str | None = None, context: Context = Context()
@@ -471,41 +507,59 @@ class Engine:
         (default: popularity). Candidates are over-fetched and grown until the block is full or
         the allowed items run out."""
         cfg = self.config
-        n_allowed = int(allowed.sum())
-        if n_allowed == 0:
-            return []
-        key = np.where(allowed, base, -np.inf).astype(np.float64)
-        finite = np.isfinite(key)
-        allowed = allowed & finite
-        n_allowed = int(allowed.sum())
-        if n_allowed == 0:
-            return []
-        c = min(n_allowed, max(k * cfg.overfetch, k + 10))
-        top = np.argpartition(-key, c - 1)[:c]
-        hi, lo = key[top].max(), key[top].min()
-        key = (key - lo) / (hi - lo) if hi > lo else np.where(allowed, 0.0, -np.inf)
+        n = allowed.size
         if primary is not None:
-            # Primary items in [2, 3]; the rest ordered by `fill` squeezed into [0, 1].
-            rest = _squash(fill if fill is not None else self._pop)
-            key = np.where(allowed, rest, -np.inf)
-            key[primary] = 2.0 + np.where(np.isfinite(base[primary]), np.clip(_norm(base[primary]), 0, 1), 0)
-            key[~allowed] = -np.inf
+            # Primary items score in [2, 3]; all others follow in `fill` order, squeezed into [0, 1).
+            primary = np.unique(np.asarray(primary, dtype=np.int64))
+            primary = primary[allowed[primary]]
+            pri_key = 2.0 + np.clip(_norm(np.nan_to_num(base[primary], neginf=0.0)), 0, 1)
+            s = np.where(allowed, self._pop_squashed if fill is None else _squash(fill), -np.inf)
+        else:
+            s = np.where(allowed, base, -np.inf)
+        finite = np.isfinite(s)
+        n_allowed = int(np.count_nonzero(finite))
+        if n_allowed == 0:
+            return []
+        # Items that may jump the queue (boosted, tiered, primary): few, scored exactly. Every
+        # other item ranks by `s` alone, so the top c of `s` plus these hold the true top.
+        extra = [np.zeros(0, np.int64)]
         if boost is not None:
-            key = key + boost
+            extra.append(np.flatnonzero(boost))
         if tier is not None:
-            key = key + 10.0 * tier
+            extra.append(np.flatnonzero(tier))
+        if primary is not None:
+            extra.append(primary)
+        extra_idx = np.unique(np.concatenate(extra))
+        extra_idx = extra_idx[finite[extra_idx]]
+        c = min(n_allowed, max(k * cfg.overfetch, k + 10))
+        lo = hi = None
         while True:
-            top = np.argpartition(-key, c - 1)[:c] if c < key.size else np.arange(key.size)
-            top = top[np.argsort(-key[top], kind="stable")]
-            top = top[np.isfinite(key[top])]
+            top = np.argpartition(-s, c - 1)[:c] if c < n else np.arange(n)
+            top = top[finite[top]]
+            if lo is None:  # normalise by the first candidate set, the same for every growth step
+                hi, lo = float(s[top].max()), float(s[top].min())
+            cand = np.union1d(top, extra_idx)
+            key = s[cand]
+            if primary is None:
+                key = (key - lo) / (hi - lo) if hi > lo else np.zeros_like(key)
+            else:
+                pos = np.searchsorted(primary, cand).clip(0, max(len(primary) - 1, 0))
+                is_p = primary[pos] == cand if len(primary) else np.zeros(len(cand), bool)
+                key = np.where(is_p, pri_key[pos] if len(primary) else 0.0, key)
+            if boost is not None:
+                key = key + boost[cand]
+            if tier is not None:
+                key = key + 10.0 * tier[cand]
+            ordered = cand[np.argsort(-key, kind="stable")]
             kept = F.diversify(
-                top, self.catalog, k, max_per_brand=cfg.max_per_brand, max_per_category=cfg.max_per_category
+                ordered, self.catalog, k, max_per_brand=cfg.max_per_brand, max_per_category=cfg.max_per_category
             )
             if len(kept) >= k or c >= n_allowed:
                 break
             c = min(n_allowed, c * 4)
         ids = self.catalog.item_ids
-        return [Rec(str(ids[i]), float(key[i]), reason(int(i))) for i in kept.tolist()]
+        kept_key = key[np.searchsorted(cand, kept)]  # cand is sorted (union1d)
+        return [Rec(str(ids[i]), float(v), reason(i)) for i, v in zip(kept.tolist(), kept_key.tolist(), strict=True)]
 
     # -- pieces ------------------------------------------------------------------------------------
     def _user(self, user_id: str | None) -> _User | None:
@@ -532,7 +586,7 @@ class Engine:
             lo, hi = np.searchsorted(self._lp_user, [user.fidx, user.fidx + 1])
             if hi > lo:
                 bought = self._lp_item[lo:hi]
-                excluded = self._policy_excluded(user.fidx, lo, hi, now)
+                excluded = bought[now < self._lp_back[lo:hi]]  # inside the window (or never)
                 keep_out, due = F.rebuy_split(bought, excluded)
                 out[keep_out] = True
         for e in fresh:
@@ -540,18 +594,6 @@ class Engine:
                 out[self.catalog.index[e.item_id]] = True
         due = due[~out[due]]
         return out, due
-
-    def _policy_excluded(self, fidx: int, lo: int, hi: int, now: float) -> np.ndarray:
-        """Item indices the learned re-buy policy (training.policy.RebuyPolicy, shared with
-        evaluation) keeps out for this user at `now`; every purchase when no policy is available."""
-        bought = self._lp_item[lo:hi]
-        if self._policy is None:
-            return bought
-        rows = pd.DataFrame(
-            {"user_idx": self._lp_user[lo:hi], "item_idx": bought, "category": self._lp_cat[lo:hi], "last_ts": self._lp_ts[lo:hi]}
-        )
-        ex = self._policy.exclusions(np.array([fidx]), rows, now, self.catalog.n)
-        return ex.indices.astype(np.int64)
 
     def _history(self, user: _User, fresh: list[Event]) -> tuple[sp.csr_matrix, np.ndarray]:
         """The user's interaction row (1, n_model_items, the model's item space) and sequence (bundle
@@ -667,22 +709,36 @@ class Engine:
 
 def _similar(model: Any, i: int, n: int, pos: np.ndarray | None, inv: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
     """model.similar_items for bundle item i, mapped back to bundle indices; None if unsupported."""
-    mi = i if pos is None else int(pos[i])
-    if mi < 0:
-        return None
+    return _similar_batch(model, np.array([i]), n, pos, inv)[0]
+
+
+def _similar_batch(
+    model: Any, items: np.ndarray, n: int, pos: np.ndarray | None, inv: np.ndarray | None
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """model.similar_items for bundle items in one call: per item (ids, scores) in bundle indices,
+    best first, the item itself and padding removed; None where the model has no similarity or
+    does not know the item."""
+    items = np.asarray(items, dtype=np.int64)
+    mi = items if pos is None else pos[items]
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(items)
+    known = np.flatnonzero(mi >= 0)
+    if not len(known):
+        return out
     try:
-        ids, sc = model.similar_items(np.array([mi], dtype=np.int64), n)
+        ids_all, sc_all = model.similar_items(mi[known], n)
     except NotImplementedError:
-        return None
-    ids, sc = np.asarray(ids[0], dtype=np.int64), np.asarray(sc[0], dtype=np.float64)
-    ok = (ids >= 0) & np.isfinite(sc)
-    ids, sc = ids[ok], sc[ok]
-    if inv is not None:
-        ids = inv[ids]
-        ok = ids >= 0
+        return out
+    for row, j in enumerate(known.tolist()):
+        ids, sc = np.asarray(ids_all[row], dtype=np.int64), np.asarray(sc_all[row], dtype=np.float64)
+        ok = (ids >= 0) & np.isfinite(sc)
         ids, sc = ids[ok], sc[ok]
-    ok = ids != i
-    return ids[ok], sc[ok]
+        if inv is not None:
+            ids = inv[ids]
+            ok = ids >= 0
+            ids, sc = ids[ok], sc[ok]
+        ok = ids != items[j]
+        out[j] = (ids[ok], sc[ok])
+    return out
 
 
 def _history_reason(cat: F.Catalog, i: int, tail: list[int]) -> str:

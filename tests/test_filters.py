@@ -122,3 +122,48 @@ def test_content_neighbours_of_a_new_item(cat: F.Catalog) -> None:
     ranked = list(ITEMS["item_id"][np.argsort(-sim, kind="stable")])
     assert ranked[0] == "lbox" and ranked[1] == "scoop"  # same leaf, then same parent category
     assert ranked[-1] == "lbox2" and sim[7] == -np.inf
+
+
+def test_policy_windows_agree_with_the_shared_rebuy_policy() -> None:
+    from training.policy import RebuyPolicy
+
+    policy = RebuyPolicy.from_frame(
+        pd.DataFrame(
+            {"category": ["pets/cats/food", "electronics/laptops"], "rebuyable": [True, False],
+             "median_interval_days": [30.0, None]}
+        )
+    )  # fmt: skip
+    cats = np.array(["pets/cats/food", "electronics/laptops", "never/seen"], dtype=object)
+    w = F.policy_windows(policy, cats)
+    assert w[0] == pytest.approx(30 * 0.5 * 86_400) and np.isinf(w[1]) and np.isinf(w[2])
+    # Serving's per-request comparison (now < last_ts + window) equals the policy's own answer.
+    rng = np.random.default_rng(1)
+    n = 200
+    lp = pd.DataFrame(
+        {"user_idx": np.zeros(n, int), "item_idx": np.arange(n), "category": rng.choice(cats, n),
+         "last_ts": rng.integers(0, 40 * 86_400, n)}
+    )  # fmt: skip
+    now = 40 * 86_400
+    policy_out = set(policy.exclusions(np.array([0]), lp, now, n).indices)
+    lookup = dict(zip(cats, w, strict=True))
+    serving_out = {i for i, c, t in zip(lp.item_idx, lp.category, lp.last_ts, strict=True) if now < t + lookup[c]}
+    assert serving_out == policy_out
+
+
+class _ThreeDayPolicy:
+    """A policy without RebuyPolicy's fields: policy_windows must find its window by bisection."""
+
+    def exclusions(self, users, last_purchases, now, n_items):  # noqa: ANN001, ANN201
+        import scipy.sparse as sp
+
+        now = np.broadcast_to(np.asarray(now, float), (len(users),))
+        lp = last_purchases
+        waited = now[lp["user_idx"].to_numpy()] - lp["last_ts"].to_numpy()
+        out = (lp["category"].to_numpy() != "a") | (waited < 3 * 86_400)
+        rows = lp["user_idx"].to_numpy()[out]
+        return sp.csr_matrix((np.ones(len(rows)), (rows, np.zeros(len(rows), int))), shape=(len(users), n_items))
+
+
+def test_policy_windows_bisects_any_policy() -> None:
+    w = F.policy_windows(_ThreeDayPolicy(), np.array(["a", "b"], dtype=object))
+    assert w[0] == pytest.approx(3 * 86_400, abs=0.1) and np.isinf(w[1])
