@@ -177,7 +177,8 @@ class Recommender(ABC):
             s = np.asarray(self.score(users[rows], sub), dtype=np.float32)
             if exclude is not None:
                 ex = exclude[rows].tocoo()
-                s[ex.row, ex.col] = -np.inf
+                nz = ex.data != 0  # explicitly stored zeros are not exclusions
+                s[ex.row[nz], ex.col[nz]] = -np.inf
             top_ids, top_scores = topk(s, k_eff)
             ids[rows, :k_eff] = top_ids
             scores[rows, :k_eff] = top_scores
@@ -193,7 +194,9 @@ class Recommender(ABC):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / "config.json").write_text(
-            json.dumps({"model": self.name, "config": self.config.to_dict(), "n_items": self.n_items}, indent=2)
+            json.dumps(
+                {"model": self.name, "config": self.config.to_dict(), "n_items": self.n_items}, indent=2
+            )
         )
         self.users.to_parquet(path / "users.parquet", index=False)
         self.items.to_parquet(path / "items.parquet", index=False)
@@ -231,4 +234,6 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1).astype(np.int64), np.take_along_axis(part_scores, order, axis=1)
+    return np.take_along_axis(part, order, axis=1).astype(np.int64), np.take_along_axis(
+        part_scores, order, axis=1
+    )

@@ -9,6 +9,7 @@ below real co-occurrence neighbours. A customer's score = complements of their m
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,9 @@ class BoughtTogether(Recommender):
             knn = CosineRecommender(K=c.fallback_neighbours + 1)
             X = sp.csr_matrix(data.user_items, dtype=np.float32, copy=True)
             X.data[:] = 1.0
-            with threadpool_limits(1, "blas"):
+            with threadpool_limits(1, "blas"), warnings.catch_warnings():
+                # implicit's own normalize() hands itself a COO matrix under current scipy and warns about it
+                warnings.filterwarnings("ignore", message="Method expects CSR input")
                 knn.fit(X, show_progress=False)
             cos = sp.csr_matrix(knn.similarity, dtype=np.float32)
             cos.setdiag(0.0)

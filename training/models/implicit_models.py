@@ -114,22 +114,22 @@ class ALS(_FactorModel):
         from implicit.cpu.als import AlternatingLeastSquares
 
         c = self.config
-        model = AlternatingLeastSquares(
-            factors=c.factors,
-            regularization=c.regularization,
-            alpha=c.alpha,
-            iterations=c.iterations,
-            random_state=c.seed,
-            num_threads=c.num_threads,
-        )
         cb = None
         if callback is not None:
 
             def cb(iteration: int, elapsed: float, loss: float) -> None:
                 callback(iteration, {"elapsed_s": float(elapsed), "loss": float(loss)})
 
-        with threadpool_limits(1, "blas"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+        # implicit checks the BLAS pool when the model is built, so build it inside the limit too
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=c.factors,
+                regularization=c.regularization,
+                alpha=c.alpha,
+                iterations=c.iterations,
+                random_state=c.seed,
+                num_threads=c.num_threads,
+            )
             model.fit(_confidence(data.user_items, c.binary), show_progress=False, callback=cb)
         self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
@@ -161,24 +161,26 @@ class BPR(_FactorModel):
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         c = self.config
-        model = BayesianPersonalizedRanking(
-            factors=c.factors,
-            learning_rate=c.learning_rate,
-            regularization=c.regularization,
-            iterations=c.iterations,
-            random_state=c.seed,
-            num_threads=c.num_threads,
-        )
-        with threadpool_limits(1, "blas"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+        with threadpool_limits(1, "blas"):
+            model = BayesianPersonalizedRanking(
+                factors=c.factors,
+                learning_rate=c.learning_rate,
+                regularization=c.regularization,
+                iterations=c.iterations,
+                random_state=c.seed,
+                num_threads=c.num_threads,
+            )
             model.fit(_confidence(data.user_items, True), show_progress=False)
         self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
 
     def _fold_in(self, rows: sp.csr_matrix) -> np.ndarray:
+        # BPR optimises a ranking, not a reconstruction, so a least-squares fold-in fits it badly;
+        # the mean of the history's item vectors scores items like those (item-to-item), bias kept.
         rows = _confidence(rows, True)
-        x = _fold_in(self.item_factors_[:, :-1], rows, 1.0, max(self.config.regularization, 0.01))
-        return np.hstack([x, np.ones((x.shape[0], 1), np.float32)])
+        counts = np.maximum(np.diff(rows.indptr), 1)[:, None]
+        x = np.asarray(rows @ self.item_factors_[:, :-1]) / counts
+        return np.hstack([x, np.ones((x.shape[0], 1))]).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,9 @@ class ItemKNN(Recommender):
             )
         else:
             model = nn.TFIDFRecommender(K=c.neighbours + 1, num_threads=c.num_threads)
-        with threadpool_limits(1, "blas"):
+        with threadpool_limits(1, "blas"), warnings.catch_warnings():
+            # implicit's own normalize() hands itself a COO matrix under current scipy and warns about it
+            warnings.filterwarnings("ignore", message="Method expects CSR input")
             model.fit(_confidence(data.user_items, c.binary), show_progress=False)
         sim = sp.csr_matrix(model.similarity, dtype=np.float32)
         sim.setdiag(0.0)

@@ -1,0 +1,288 @@
+"""One contract test over every model (after implicit's tests): a tiny data set whose right answer is
+known, batch equals single-user, exclusions respected, save -> load in a fresh process gives the same
+ranking, relabelling ids does not change rankings; plus each model's own behaviour."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from training.base import History, Recommender, TrainData
+from training.models import MODEL_NAMES, get_model_class
+
+N_GROUPS, GROUP_ITEMS, USERS_PER_GROUP = 2, 6, 12
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small configs so each fit takes milliseconds; factor models need enough steps on 24 users.
+TINY: dict[str, dict] = {
+    "popular": {},
+    "als": {"factors": 2, "iterations": 30, "regularization": 0.1, "num_threads": 1},
+    "bpr": {"factors": 8, "iterations": 300, "learning_rate": 0.05, "num_threads": 1},
+    "itemknn": {"neighbours": 20, "num_threads": 1},
+    "ease": {"lambda_": 1.0},
+    "bought-together": {"min_count": 1},
+    "repeat-blend": {"base_params": "neighbours=20,num_threads=1"},
+    "sasrec": {"epochs": 10, "dim": 16, "max_len": 8, "patience": 0, "dropout": 0.0},
+}
+# Models whose ranking does not depend on a random start (relabelling must give identical lists).
+DETERMINISTIC = {"popular", "itemknn", "ease", "bought-together", "repeat-blend"}
+# Personal models that must find the held-out item of the customer's own group.
+KNOWN_ANSWER = {"als", "bpr", "itemknn", "ease", "bought-together", "repeat-blend"}
+
+
+def available_models() -> list[str]:
+    out = []
+    for name in MODEL_NAMES:
+        try:
+            get_model_class(name)
+        except ImportError:
+            continue
+        out.append(name)
+    return out
+
+
+MODELS = available_models()
+
+
+def group_data(
+    user_perm: np.ndarray | None = None, item_perm: np.ndarray | None = None
+) -> tuple[TrainData, np.ndarray]:
+    """Two disjoint groups of customers and items; each customer interacted with every item of the
+    own group except one (held out, rotating over customers). Returns the data and, per user, the
+    held-out item: the right first recommendation once seen items are excluded.
+    Permutations relabel user/item indices (new index = perm[old])."""
+    n_users, n_items = N_GROUPS * USERS_PER_GROUP, N_GROUPS * GROUP_ITEMS
+    up = np.arange(n_users) if user_perm is None else user_perm
+    ip = np.arange(n_items) if item_perm is None else item_perm
+    rows, cols, seqs, baskets = [], [], [[] for _ in range(n_users)], []
+    answer = np.empty(n_users, np.int64)
+    for u in range(n_users):
+        g = u // USERS_PER_GROUP
+        group_items = np.arange(g * GROUP_ITEMS, (g + 1) * GROUP_ITEMS)
+        held = group_items[u % GROUP_ITEMS]
+        answer[up[u]] = ip[held]
+        seen = [int(ip[i]) for i in group_items if i != held]
+        rows += [up[u]] * len(seen)
+        cols += seen
+        seqs[up[u]] = np.asarray(seen, np.int64)
+        baskets.append(np.asarray(seen, np.int64))
+    X = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
+    users = pd.DataFrame({"user_idx": np.arange(n_users), "user_id": [f"u{i}" for i in range(n_users)]})
+    items = pd.DataFrame({"item_idx": np.arange(n_items), "item_id": [f"i{i}" for i in range(n_items)]})
+    data = TrainData(X, users, items, sequences=seqs, baskets=baskets)
+    return data, answer
+
+
+def fit(name: str, data: TrainData) -> Recommender:
+    klass = get_model_class(name)
+    cfg = {k: v for k, v in TINY.get(name, {}).items() if k in {f for f in klass.Config.__dataclass_fields__}}
+    return klass(klass.Config.from_dict(cfg)).fit(data)
+
+
+def seen_matrix(data: TrainData) -> sp.csr_matrix:
+    M = data.user_items.copy()
+    M.data[:] = 1
+    return M
+
+
+@pytest.fixture(scope="module")
+def fitted() -> dict[str, tuple[Recommender, TrainData, np.ndarray]]:
+    data, answer = group_data()
+    return {name: (fit(name, data), data, answer) for name in MODELS}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_ANSWER & set(MODELS)))
+def test_known_answer_held_out_item_comes_first(name, fitted):
+    model, data, answer = fitted[name]
+    users = np.arange(data.n_users)
+    ids, _ = model.recommend(users, History.of(data, users), 1, exclude=seen_matrix(data))
+    assert (ids[:, 0] == answer).mean() >= 0.95, f"{name} top-1 {ids[:, 0]} vs {answer}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_batch_equals_single_user(name, fitted):
+    model, data, _ = fitted[name]
+    users = np.arange(data.n_users)
+    hist = History.of(data, users)
+    ids, scores = model.recommend(users, hist, 5, exclude=seen_matrix(data), batch_size=7)
+    for u in (0, 5, data.n_users - 1):
+        one_ids, one_scores = model.recommend(
+            np.array([u]), History.of(data, np.array([u])), 5, exclude=seen_matrix(data)[[u]]
+        )
+        np.testing.assert_allclose(one_scores[0], scores[u], rtol=1e-4, atol=1e-5)
+        assert set(one_ids[0][np.isfinite(one_scores[0])]) == set(ids[u][np.isfinite(scores[u])])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_exclusions_respected_and_padding(name, fitted):
+    model, data, _ = fitted[name]
+    users = np.arange(data.n_users)
+    rng = np.random.default_rng(0)
+    dense = (rng.random((data.n_users, data.n_items)) < 0.5).astype(np.float32)
+    dense[0, :] = 1  # user 0: everything excluded -> all padding
+    dense[1, :] = 1
+    dense[1, 3] = 0  # user 1: exactly one eligible item
+    ex = sp.csr_matrix(dense)
+    ex[2, 0] = 0  # an explicitly stored zero is not an exclusion
+    assert ex.nnz == dense.sum() + (dense[2, 0] == 0)
+    ids, scores = model.recommend(users, History.of(data, users), data.n_items, exclude=ex)
+    for u in users:
+        got = ids[u][ids[u] >= 0]
+        row = ex[u]
+        assert not set(got) & set(row.indices[row.data != 0]), f"user {u} got excluded items"
+        assert len(got) == len(set(got))
+    assert 0 in ids[2]  # the explicit zero left item 0 eligible for user 2 (k = all items)
+    assert (ids[0] == -1).all() and np.isneginf(scores[0]).all()
+    assert ids[1, 0] == 3 and (ids[1, 1:] == -1).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_load_in_fresh_process_same_ranking(name, fitted, tmp_path):
+    model, data, _ = fitted[name]
+    users = np.arange(data.n_users)
+    model.save(tmp_path / "model")
+    sp.save_npz(tmp_path / "hist.npz", data.user_items)
+    want, _ = model.recommend(users, History.of(data, users), 5, exclude=seen_matrix(data))
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, scipy.sparse as sp
+        from training.base import History, Recommender
+        m = Recommender.load({str(tmp_path / "model")!r})
+        X = sp.load_npz({str(tmp_path / "hist.npz")!r}).tocsr()
+        seqs = [X[u].indices.astype(np.int64) for u in range(X.shape[0])]
+        ex = X.copy(); ex.data[:] = 1
+        ids, _ = m.recommend(np.arange(X.shape[0]), History(X, seqs), 5, exclude=ex)
+        np.save({str(tmp_path / "ids.npy")!r}, ids)
+        """
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, env=env, timeout=120)
+    got = np.load(tmp_path / "ids.npy")
+    if name in {"bought-together", "repeat-blend", "sasrec"}:
+        # these read sequences; the subprocess rebuilt them from the matrix, so compare the top-1 set
+        assert (got[:, 0] == want[:, 0]).mean() >= 0.9
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_relabelling_ids_does_not_change_rankings(name, fitted):
+    model, data, answer = fitted[name]
+    rng = np.random.default_rng(1)
+    up, ip = rng.permutation(data.n_users), rng.permutation(data.n_items)
+    data2, answer2 = group_data(up, ip)
+    model2 = fit(name, data2)
+    users = np.arange(data.n_users)
+    ids, scores = model.recommend(users, History.of(data, users), 3, exclude=seen_matrix(data))
+    ids2, scores2 = model2.recommend(up, History.of(data2, up), 3, exclude=seen_matrix(data2)[up])
+    mapped = np.where(ids >= 0, ip[np.clip(ids, 0, None)], -1)
+    if name in DETERMINISTIC:
+        # the same scores rank by rank; items may only swap places within a tie
+        np.testing.assert_allclose(scores, scores2, rtol=1e-5, atol=1e-6)
+        for u in users:
+            above = scores[u] > scores[u, -1] + 1e-6
+            assert set(mapped[u][above]) == set(ids2[u][above])
+    elif name in KNOWN_ANSWER:
+        assert (ids2[:, 0] == answer2[up]).mean() >= 0.95
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_ANSWER & set(MODELS)))
+def test_unknown_user_is_scored_from_history(name, fitted):
+    """A customer the model never saw (-1) with group-1 items gets group-1 items."""
+    model, data, _ = fitted[name]
+    hist_items = np.array([GROUP_ITEMS, GROUP_ITEMS + 1, GROUP_ITEMS + 2])
+    X = sp.csr_matrix((np.ones(3, np.float32), ([0, 0, 0], hist_items)), shape=(1, data.n_items))
+    ids, _ = model.recommend(np.array([-1]), History(X, [hist_items]), 3, exclude=X)
+    assert (ids[0] >= GROUP_ITEMS).all(), ids
+
+
+def test_every_registered_name_resolves_and_unknown_is_an_error():
+    for name in MODELS:
+        assert get_model_class(name).name == name
+    with pytest.raises(ValueError, match="unknown model"):
+        get_model_class("nope")
+    with pytest.raises(ValueError, match="unknown config key"):
+        get_model_class("ease").Config.from_dict({"lamda": 3})
+
+
+def test_importing_training_models_does_not_import_torch():
+    code = "import sys, training.models, training.evaluate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+# -- model-specific behaviour ---------------------------------------------------------------------
+def test_popular_global_segment_and_category():
+    # item 0 bought by 3 users, item 1 by 2, item 2 by 1; segment "vip" users (3, 4) only buy item 2.
+    X = sp.csr_matrix(np.array([[1, 1, 0], [1, 1, 0], [1, 0, 0], [0, 0, 1], [0, 0, 1]], np.float32))
+    users = pd.DataFrame(
+        {
+            "user_idx": range(5),
+            "user_id": list("abcde"),
+            "segment": ["active", "active", "active", "vip", "vip"],
+        }
+    )
+    items = pd.DataFrame(
+        {"item_idx": range(3), "item_id": list("xyz"), "category": ["food/dry", "toys/balls", "toys/balls"]}
+    )
+    data = TrainData(X, users, items)
+    P = get_model_class("popular")
+    glob = P(P.Config(mode="global")).fit(data)
+    assert list(glob.popular_items(3)) == [0, 1, 2]
+    assert list(glob.popular_items(2, category="toys")) == [2, 1] or list(
+        glob.popular_items(2, category="toys")
+    ) == [1, 2]
+    assert (
+        list(glob.popular_items(1, category="toys"))[0] == 1
+    )  # 2 buyers vs 2 buyers? item 1 has 2, item 2 has 2
+    seg = P(P.Config(mode="segment")).fit(data)
+    ids, _ = seg.recommend(np.array([3, 0]), History.of(data, np.array([3, 0])), 1)
+    assert ids[:, 0].tolist() == [2, 0]
+    cat = P(P.Config(mode="category")).fit(data)
+    # user 3 only knows toys: toys first, then food
+    ids, _ = cat.recommend(np.array([3]), History.of(data, np.array([3])), 3)
+    assert set(ids[0, :2]) == {1, 2} and ids[0, 2] == 0
+    with pytest.raises(ValueError, match="mode"):
+        P.Config(mode="weekly")
+
+
+def test_ease_refuses_or_falls_back_when_catalogue_too_large():
+    data, answer = group_data()
+    E = get_model_class("ease")
+    with pytest.raises(ValueError, match="max_items"):
+        E(E.Config(max_items=5)).fit(data)
+    with pytest.warns(UserWarning, match="most popular"):
+        m = E(E.Config(max_items=8, on_too_large="top-items", lambda_=1.0)).fit(data)
+    assert m.fallback_ and len(m.kept_) == 8
+    s = m.score(np.arange(data.n_users), History.of(data, np.arange(data.n_users)))
+    dropped = np.setdiff1d(np.arange(data.n_items), m.kept_)
+    assert (s[:, dropped] < s[:, m.kept_].min(axis=1, keepdims=True)).all()
+
+
+def test_bought_together_support_threshold_and_fallback():
+    # baskets: (0,1) together 3 times, (0,2) once; item 3 never in a basket with others.
+    baskets = [np.array([0, 1])] * 3 + [np.array([0, 2]), np.array([3])]
+    X = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 1, 1]], np.float32))
+    users = pd.DataFrame({"user_idx": range(3), "user_id": list("abc")})
+    items = pd.DataFrame({"item_idx": range(4), "item_id": list("wxyz")})
+    data = TrainData(
+        X, users, items, sequences=[np.array([0, 1]), np.array([0, 2]), np.array([2, 3])], baskets=baskets
+    )
+    B = get_model_class("bought-together")
+    m = B(B.Config(min_count=2, min_lift=0.0)).fit(data)
+    ids, scores = m.similar_items(np.array([0, 3]), 3)
+    assert ids[0, 0] == 1  # the supported pair first
+    # (0, 2) lacks support: it may only come back through the cosine fallback, ranked below (0, 1)
+    assert scores[0, 0] > 1.0 and (scores[0, 1:][np.isfinite(scores[0, 1:])] <= 1.0).all()
+    assert ids[1, 0] == 2  # item 3 has no complements: its cosine neighbour (user c bought 2 and 3)
