@@ -99,7 +99,13 @@ def evaluate_model(model: Recommender, split: Any, config: TrainConfig, on: str 
     from training import evaluate as ev
 
     if model.name in COMPLEMENT_MODELS:
-        return dict(ev.evaluate_baskets(model, split, on=on, ks=config.ks))
+        try:
+            return dict(ev.evaluate_baskets(model, split, on=on, ks=config.ks))
+        except ValueError as e:
+            # A split without held-out baskets of 2+ items (single-item orders) cannot score
+            # complements; the model is still useful to serving, so it is logged unevaluated.
+            log.warning("%s not evaluated: %s", model.name, e)
+            return {}
     return dict(ev.evaluate(model, split, on=on, ks=config.ks, exclude_seen=config.exclude_seen))
 
 
