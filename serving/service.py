@@ -13,6 +13,7 @@ limits and the /readyz detail in serving.app. Configuration is the environment (
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import logging
 import math
@@ -89,6 +90,11 @@ def _impression_log(path: Any) -> Any:
         logger.warning("serving.ab is missing: impressions are not logged")
         return _NoImpressionLog()
     return ImpressionLog(path)
+
+
+@functools.cache
+def _context_fields(context_cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(context_cls))
 
 
 class BadRequest(ValueError):
@@ -230,8 +236,7 @@ class ShopRec:
         values = (rc or RequestContext()).model_dump(exclude_none=True)
         if "cart" in values:
             values["cart"] = tuple(values["cart"])
-        known = {f.name for f in dataclasses.fields(Context)}
-        return Context(**{k: v for k, v in values.items() if k in known})
+        return Context(**{k: v for k, v in values.items() if k in _context_fields(Context)})
 
     def _respond(self, endpoint: str, user_id: str | None, variant: str, version: str, recs: Any) -> RecommendResponse:
         rid = uuid.uuid4().hex
@@ -250,8 +255,13 @@ class ShopRec:
         return RecommendResponse(items=items, model_version=version, variant=variant, recommendation_id=rid)
 
     # -- read endpoints ---------------------------------------------------------------------------
+    # The single-block endpoints are `async def`: BentoML then runs them on the event loop instead of
+    # handing each request to a worker thread and back. A block costs ~1-2 ms of numpy work, less than
+    # the thread hop and the GIL ping-pong it causes under load (measured: benchmarks/bench_serving.py).
+    # recommend_batch (up to 500 users) and the write endpoints (Redis I/O) stay in the thread pool
+    # so they never hold up the loop.
     @bentoml.api(route="/recommend", input_spec=RecommendRequest, output_spec=RecommendResponse)
-    def recommend(self, user_id: str, k: int, context: RequestContext, ctx: bentoml.Context) -> RecommendResponse:
+    async def recommend(self, user_id: str, k: int, context: RequestContext, ctx: bentoml.Context) -> RecommendResponse:
         """Personal recommendations for one customer in a context (page, cart, channel, size)."""
         models = self.holder.models
         variant = self._variant(models, user_id)
@@ -267,7 +277,7 @@ class ShopRec:
         return self._respond("recommend", user_id, variant, version, recs)
 
     @bentoml.api(route="/bought_together", input_spec=BoughtTogetherRequest, output_spec=RecommendResponse)
-    def bought_together(
+    async def bought_together(
         self, item_ids: list[str], k: int, user_id: str | None, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendResponse:
         """Complements of one item or of a whole cart (never the items themselves)."""
@@ -282,7 +292,7 @@ class ShopRec:
         return self._respond("bought_together", user_id, variant, version, recs)
 
     @bentoml.api(route="/similar_items", input_spec=SimilarItemsRequest, output_spec=RecommendResponse)
-    def similar_items(
+    async def similar_items(
         self, item_id: str, k: int, user_id: str | None, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendResponse:
         """Items like this one (context.max_price: cheaper alternatives)."""
@@ -297,7 +307,7 @@ class ShopRec:
         return self._respond("similar_items", user_id, variant, version, recs)
 
     @bentoml.api(route="/popular", input_spec=PopularRequest, output_spec=RecommendResponse)
-    def popular(
+    async def popular(
         self, k: int, segment: str | None, category: str | None, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendResponse:
         """Popular items, overall or for a customer segment and/or category (non-personal)."""

@@ -8,6 +8,7 @@ real chain (features build -> popular model -> training.bundle.write_bundle).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -83,6 +84,11 @@ def service(bundle: Path):
     svc.holder.stop()
 
 
+def _run(coro):
+    """The single-block endpoints are async (they run on BentoML's event loop)."""
+    return asyncio.run(coro)
+
+
 def _ctx():
     import bentoml
 
@@ -92,7 +98,7 @@ def _ctx():
 def test_class_recommend_skips_what_the_user_bought(service) -> None:
     from serving.schemas import RequestContext
 
-    out = service.recommend("u2", 3, RequestContext(), _ctx())
+    out = _run(service.recommend("u2", 3, RequestContext(), _ctx()))
     ids = [i.item_id for i in out.items]
     assert len(ids) == 3
     assert not {"i0", "i1", "i2", "i3"} & set(ids), "u2 bought i0..i3; a lamp is not re-bought here"
@@ -103,18 +109,18 @@ def test_class_recommend_skips_what_the_user_bought(service) -> None:
 def test_class_unknown_user_gets_popular_items(service) -> None:
     from serving.schemas import RequestContext
 
-    out = service.recommend("never-seen", 2, RequestContext(), _ctx())
+    out = _run(service.recommend("never-seen", 2, RequestContext(), _ctx()))
     assert [i.item_id for i in out.items] == ["i0", "i1"]  # the two most bought items
 
 
 def test_class_purchase_event_changes_the_next_answer(service) -> None:
     from serving.schemas import Event, RequestContext
 
-    before = [i.item_id for i in service.recommend("u5", 3, RequestContext(), _ctx()).items]
+    before = [i.item_id for i in _run(service.recommend("u5", 3, RequestContext(), _ctx())).items]
     top = before[0]
     got = service.events([Event(user_id="u5", item_id=top, event_type="purchase")], _ctx())
     assert got.accepted == 1
-    after = [i.item_id for i in service.recommend("u5", 3, RequestContext(), _ctx()).items]
+    after = [i.item_id for i in _run(service.recommend("u5", 3, RequestContext(), _ctx())).items]
     assert top not in after and len(after) == 3
 
 
@@ -123,7 +129,7 @@ def test_class_batch_keeps_request_order_and_agrees_with_single(service) -> None
 
     out = service.recommend_batch(["u1", "nobody", "u1"], 2, RequestContext(), _ctx())
     assert [b.user_id for b in out.results] == ["u1", "nobody", "u1"]
-    single = service.recommend("u1", 2, RequestContext(), _ctx())
+    single = _run(service.recommend("u1", 2, RequestContext(), _ctx()))
     assert [i.item_id for i in out.results[0].items] == [i.item_id for i in single.items]
 
 
@@ -143,7 +149,7 @@ def test_class_hot_swap_keeps_answering(tmp_path: Path, bundle: Path) -> None:
     assert svc.holder.swaps == 1
     from serving.schemas import RequestContext
 
-    assert svc.recommend("u2", 2, RequestContext(), _ctx()).model_version.startswith("itemknn-")
+    assert _run(svc.recommend("u2", 2, RequestContext(), _ctx())).model_version.startswith("itemknn-")
     svc.holder.stop()
 
 
