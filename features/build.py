@@ -143,7 +143,9 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
         (out / "interactions.json").write_text(json.dumps(meta, indent=2))
 
     def sequences() -> None:
-        info["sequences"] = copy(sequences_sql("ev"), "sequences")
+        # Kept as a table: each split's training sequences are cut from it.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE seq_all AS {sequences_sql('ev')}")
+        info["sequences"] = copy("SELECT * FROM seq_all ORDER BY user_idx", "sequences")
 
     def baskets() -> None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE baskets AS {baskets_sql()}")

@@ -1,8 +1,9 @@
 """Evaluation splits: `loo` (leave-last-out per user), `time` (global cut-off) and `random` (per user
 80/10/10), written under `features/splits/<name>/` (docs/workspace.md).
 
-Each split is defined by SQL over the build's working tables (`ev`, `tgt`, see features.transforms):
-a view `train_ev_<name>` of the training events, and the held-out target interactions. The training
+Each split is defined by SQL over the build's working tables (`ev`, `tgt`, `seq_all` = the full
+sequences, see features.transforms): a view `train_ev_<name>` of the training events, `train_seq_<name>`
+of their sequences, and the held-out target interactions. The training
 part's interaction matrix is decayed with the reference time = the end of the training part, so no
 feature of the training part is computed from the future.
 
@@ -21,7 +22,7 @@ import duckdb
 
 from features.config import FeatureConfig
 from features.errors import BuildError
-from features.transforms import interactions_sql, sequences_sql
+from features.transforms import interactions_sql
 
 
 def _copy(con: duckdb.DuckDBPyConnection, sql: str, path: Path) -> None:
@@ -52,6 +53,15 @@ def define_loo(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             SELECT t.user_idx, t.item_idx, min(t.ts) AS ts
             FROM tgt t JOIN loo_cut c ON t.user_idx = c.user_idx AND t.ts = c.{col}
             GROUP BY t.user_idx, t.item_idx ORDER BY t.user_idx, t.item_idx""")
+    # Training sequences are prefixes of the full time-ordered sequences (`seq_all`): cutting a sorted
+    # list is far cheaper than re-aggregating and re-sorting every event per split.
+    con.execute("""
+        CREATE OR REPLACE TEMP VIEW train_seq_loo AS
+        SELECT user_idx, item_idx[1:n] AS item_idx, ts[1:n] AS ts FROM (
+            SELECT s.*, CASE WHEN c.t_valid IS NULL THEN length(s.ts)
+                             ELSE length(list_filter(s.ts, lambda x: x < c.t_valid)) END AS n
+            FROM seq_all s LEFT JOIN loo_cut c USING (user_idx)
+        ) WHERE n > 0 ORDER BY user_idx""")
     n_users = int(con.execute("SELECT count(*) FROM loo_cut").fetchone()[0])
     return {"min_distinct_target_times": 3, "n_held_out_users": n_users}
 
@@ -71,6 +81,11 @@ def define_time(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> dict[s
         )
     valid_cut = max(int(t_min), cut - (int(t_max) - cut))
     con.execute(f"CREATE OR REPLACE TEMP VIEW train_ev_time AS SELECT * FROM ev WHERE ts < {valid_cut}")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP VIEW train_seq_time AS
+        SELECT user_idx, item_idx[1:n] AS item_idx, ts[1:n] AS ts FROM (
+            SELECT *, length(list_filter(ts, lambda x: x < {valid_cut})) AS n FROM seq_all
+        ) WHERE n > 0 ORDER BY user_idx""")
     for part, cond in (("valid", f"ts >= {valid_cut} AND ts < {cut}"), ("test", f"ts >= {cut}")):
         con.execute(f"""
             CREATE OR REPLACE TEMP VIEW {part}_time AS
@@ -121,6 +136,17 @@ def define_random(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> dict
         CREATE OR REPLACE TEMP VIEW train_ev_random AS
         SELECT e.* FROM ev e ANTI JOIN (SELECT user_idx, item_idx FROM random_parts WHERE part <> 'train') h
         USING (user_idx, item_idx)""")
+    con.execute("""
+        CREATE OR REPLACE TEMP VIEW train_seq_random AS
+        WITH h AS (
+            SELECT user_idx, list(item_idx) AS hold FROM random_parts WHERE part <> 'train' GROUP BY user_idx
+        ), m AS (
+            SELECT s.user_idx, s.item_idx, s.ts,
+                   list_transform(s.item_idx, lambda x: NOT list_contains(coalesce(h.hold, []::INTEGER[]), x)) AS keep
+            FROM seq_all s LEFT JOIN h USING (user_idx)
+        )
+        SELECT user_idx, list_where(item_idx, keep) AS item_idx, list_where(ts, keep) AS ts FROM m
+        WHERE length(list_where(item_idx, keep)) > 0 ORDER BY user_idx""")
     for part in ("valid", "test"):
         con.execute(f"""
             CREATE OR REPLACE TEMP VIEW {part}_random AS
@@ -159,7 +185,7 @@ def write_split(
     if ref is None:  # nothing in train (e.g. a cut-off before every event): an empty matrix, honestly
         ref = con.execute("SELECT min(ts) FROM ev").fetchone()[0]
     _copy(con, interactions_sql(train, int(ref), config.half_life_days), out_dir / "train.parquet")
-    _copy(con, sequences_sql(train), out_dir / "train_sequences.parquet")
+    _copy(con, f"SELECT * FROM train_seq_{name}", out_dir / "train_sequences.parquet")
     counts: dict[str, int] = {
         "train_events": _count(con, f"SELECT 1 FROM {train}"),
         "train_nnz": _count(con, f"SELECT 1 FROM read_parquet('{out_dir / 'train.parquet'}')"),

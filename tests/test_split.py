@@ -170,3 +170,30 @@ def test_splits_are_deterministic_and_seeded(tmp_path: Path) -> None:
     build(tmp_path, FeatureConfig(seed=7, threads=1))
     assert not split(tmp_path, "random", "test").equals(first[("random", "test")])
     pd.testing.assert_frame_equal(split(tmp_path, "loo", "test"), first[("loo", "test")])
+
+
+def test_train_sequences_are_the_full_sequences_minus_the_held_out_part(tmp_path: Path) -> None:
+    random_shop(tmp_path, seed=5)
+    build(tmp_path)
+    full = pd.read_parquet(tmp_path / "features" / "sequences.parquet")
+    events = full.explode(["item_idx", "ts"]).astype({"item_idx": "int64", "ts": "int64"})
+    events["pos"] = events.groupby("user_idx").cumcount()
+    meta = json.loads((tmp_path / "features" / "splits" / "time" / "meta.json").read_text())
+    valid_loo = split(tmp_path, "loo", "valid").groupby("user_idx").ts.min()
+    held_random = pd.concat([split(tmp_path, "random", "valid"), split(tmp_path, "random", "test")])
+    held_pairs = set(zip(held_random.user_idx, held_random.item_idx, strict=True))
+    expected = {
+        "time": events[events.ts < meta["valid_cutoff_ts"]],
+        "loo": events[events.ts < events.user_idx.map(valid_loo).fillna(np.inf)],
+        "random": events[
+            [(u, i) not in held_pairs for u, i in zip(events.user_idx, events.item_idx, strict=True)]
+        ],
+    }
+    for name, exp in expected.items():
+        got = split(tmp_path, name, "train_sequences")
+        got_rows = [
+            (u, int(i), int(t))
+            for u, items, ts in zip(got.user_idx, got.item_idx, got.ts, strict=True)
+            for i, t in zip(items, ts, strict=True)
+        ]
+        assert got_rows == list(zip(exp.user_idx, exp.item_idx, exp.ts, strict=True)), name
