@@ -54,10 +54,12 @@ class SASRecConfig(ModelConfig):
     dropout: float = 0.2  # on embeddings and residual branches; this data is small
     lr: float = 3e-3  # peak learning rate after warm-up
     weight_decay: float = 0.01  # AdamW (decoupled); not applied to norms, biases or positions
-    batch_size: int = 64  # windows per step
-    epochs: int = 40  # also the length of the cosine schedule
-    warmup_steps: int = 50
-    patience: int = 5  # epochs without a better validation score before stopping (0 = never stop)
+    # windows per step: on a CPU the cost per trained position hardly depends on the batch, and
+    # small batches mean more optimiser steps per epoch (16: NDCG@10 0.066 after epoch 1, 64: 0.023)
+    batch_size: int = 16
+    epochs: int = 10  # also the length of the cosine schedule
+    warmup_steps: int = 30
+    patience: int = 3  # epochs without a better validation score before stopping (0 = never stop)
     min_epochs: int = 1  # never stop before this many epochs
     seed: int = 0
     device: str = "auto"  # "auto" = cuda when available, else cpu; or any torch device string
