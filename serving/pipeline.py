@@ -510,46 +510,32 @@ class Engine:
         n = allowed.size
         if primary is not None:
             # Primary items score in [2, 3]; all others follow in `fill` order, squeezed into [0, 1).
-            primary = np.unique(np.asarray(primary, dtype=np.int64))
+            primary = np.asarray(primary, dtype=np.int64)
             primary = primary[allowed[primary]]
-            pri_key = 2.0 + np.clip(_norm(np.nan_to_num(base[primary], neginf=0.0)), 0, 1)
             s = np.where(allowed, self._pop_squashed if fill is None else _squash(fill), -np.inf)
+            s[primary] = 2.0 + np.clip(_norm(np.nan_to_num(base[primary], neginf=0.0)), 0, 1)
         else:
             s = np.where(allowed, base, -np.inf)
         finite = np.isfinite(s)
         n_allowed = int(np.count_nonzero(finite))
         if n_allowed == 0:
             return []
-        # Items that may jump the queue (boosted, tiered, primary): few, scored exactly. Every
-        # other item ranks by `s` alone, so the top c of `s` plus these hold the true top.
-        extra = [np.zeros(0, np.int64)]
-        if boost is not None:
-            extra.append(np.flatnonzero(boost))
-        if tier is not None:
-            extra.append(np.flatnonzero(tier))
-        if primary is not None:
-            extra.append(primary)
-        extra_idx = np.unique(np.concatenate(extra))
-        extra_idx = extra_idx[finite[extra_idx]]
         c = min(n_allowed, max(k * cfg.overfetch, k + 10))
-        lo = hi = None
+        if primary is None:
+            # Min-max over the top candidates: boosts (in these units) mean the same for any model.
+            top = np.argpartition(-s, c - 1)[:c] if c < n else np.flatnonzero(finite)
+            hi, lo = float(s[top].max()), float(s[top].min())
+            s = (s - lo) / (hi - lo) if hi > lo else np.where(finite, 0.0, -np.inf)
+        if tier is not None:
+            s = s + 10.0 * tier
+        # Boosted items may jump the queue: few, scored exactly; every other item ranks by `s`,
+        # so the top c of `s` plus the boosted ones hold the true top c.
+        boosted = np.flatnonzero(boost) if boost is not None else np.zeros(0, np.int64)
+        boosted = boosted[finite[boosted]]
         while True:
             top = np.argpartition(-s, c - 1)[:c] if c < n else np.arange(n)
-            top = top[finite[top]]
-            if lo is None:  # normalise by the first candidate set, the same for every growth step
-                hi, lo = float(s[top].max()), float(s[top].min())
-            cand = np.union1d(top, extra_idx)
-            key = s[cand]
-            if primary is None:
-                key = (key - lo) / (hi - lo) if hi > lo else np.zeros_like(key)
-            else:
-                pos = np.searchsorted(primary, cand).clip(0, max(len(primary) - 1, 0))
-                is_p = primary[pos] == cand if len(primary) else np.zeros(len(cand), bool)
-                key = np.where(is_p, pri_key[pos] if len(primary) else 0.0, key)
-            if boost is not None:
-                key = key + boost[cand]
-            if tier is not None:
-                key = key + 10.0 * tier[cand]
+            cand = np.union1d(top[finite[top]], boosted)
+            key = s[cand] if boost is None else s[cand] + boost[cand]
             ordered = cand[np.argsort(-key, kind="stable")]
             kept = F.diversify(
                 ordered, self.catalog, k, max_per_brand=cfg.max_per_brand, max_per_category=cfg.max_per_category
