@@ -113,6 +113,9 @@ def tune_cmd(
     timeout: Annotated[
         float | None, typer.Option(help="Stop starting trials after this many seconds.")
     ] = None,
+    exclude_seen: Annotated[
+        str, typer.Option(help="Past items in the validation ranking: learned, always or never.")
+    ] = "learned",
 ) -> None:
     """Optuna study over the model's search space; every trial is an MLflow run.
 
@@ -132,6 +135,7 @@ def tune_cmd(
             metric=metric,
             seed=seed,
             timeout_s=timeout,
+            exclude_seen=exclude_seen,
         )
         result = tune(ws, config)
     except (ValueError, LookupError, FileNotFoundError) as e:
