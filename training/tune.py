@@ -125,6 +125,8 @@ class TuneConfig:
     def __post_init__(self) -> None:
         if self.trials < 1:
             raise ValueError(f"trials must be >= 1, got {self.trials}")
+        if self.exclude_seen not in ("learned", "always", "never"):
+            raise ValueError(f"exclude_seen must be learned, always or never, got {self.exclude_seen!r}")
 
     @property
     def study_name(self) -> str:
