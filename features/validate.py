@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -386,16 +387,23 @@ def validate_file(path: Path, table: str, validated: Path, quarantine: Path, *, 
     tmp = validated.with_name(validated.name + ".tmp")
     con = _connect()
     try:
-        with pq.ParquetWriter(tmp, arrow_schema(table)) as writer, \
+        # Parquet encoding of block k runs in a thread while block k+1 is checked (Arrow and DuckDB
+        # release the GIL): one block in flight, so memory stays bounded.
+        with pq.ParquetWriter(tmp, arrow_schema(table)) as writer, ThreadPoolExecutor(1) as pool, \
                 tqdm(total=total, desc=f"validate {table}", unit="row", unit_scale=True, disable=None) as bar:
+            pending: Future[None] | None = None
             for block in blocks:
                 ok, bad = _check(con, sql, block, table, n_in)
-                writer.write_table(ok)
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(writer.write_table, ok)
                 if bad.num_rows:
                     bad_parts.append(bad)
                 n_in += block.num_rows
                 n_ok += ok.num_rows
                 bar.update(block.num_rows)
+            if pending is not None:
+                pending.result()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
