@@ -241,3 +241,18 @@ def test_stale_outputs_of_a_removed_table_are_removed(tmp_path: Path) -> None:
     assert not ws.validated("catalog").exists() and not ws.quarantine("catalog").exists()
     # an empty quarantine file is still written, so a stale one never survives
     assert pd.read_parquet(ws.quarantine("events")).empty
+
+
+def test_blocks_keep_file_row_numbers_and_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events stream in blocks; a bad row's row_number is its place in the file, not in its block."""
+    import features.validate as validate
+
+    monkeypatch.setattr(validate, "BLOCK_ROWS", 3)
+    users = ["u0", "u1", None, "u3", "u4", "u5", None, "u7"]  # rows 3 and 7 are bad (blocks 1 and 3)
+    pq.write_table(pa.table({"user_id": users, "item_id": ["i"] * 8, "event_type": ["view"] * 8,
+                             "timestamp": pa.array([datetime(2024, 1, d + 1) for d in range(8)], pa.timestamp("us"))}),
+                   tmp_path / "events.parquet")
+    ws = Workspace.at(tmp_path)
+    assert validate_workspace(ws, now=NOW)["events"] == {"input_rows": 8, "accepted": 6, "quarantined": 2}
+    assert pd.read_parquet(ws.quarantine("events"))["row_number"].tolist() == [3, 7]
+    assert pd.read_parquet(ws.validated("events"))["user_id"].tolist() == ["u0", "u1", "u3", "u4", "u5", "u7"]
