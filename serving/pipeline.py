@@ -450,7 +450,7 @@ class Engine:
         def reason(i: int) -> str:
             return reasons.get(i) or _history_reason(cat, i, tail)
 
-        return self._rank(scores, allowed, k, boost=boost, tier=tier, reason=reason)
+        return self._rank(scores, allowed, k, boost=boost, boosted=_keys(reasons), tier=tier, reason=reason)
 
     def _popular_block(
         self, k: int, segment: str | None, category: str | None, context: Context, user: _User | None, events: list[Event]
@@ -484,7 +484,7 @@ class Engine:
         def reason(i: int) -> str:
             return reasons.get(i) or f"popular in {_label(category or cat.categories[i])}"
 
-        return self._rank(base, allowed, k, boost=boost, tier=tier, reason=reason)
+        return self._rank(base, allowed, k, boost=boost, boosted=_keys(reasons), tier=tier, reason=reason)
 
     # -- ranking -----------------------------------------------------------------------------------
     def _rank(
@@ -495,6 +495,7 @@ class Engine:
         *,
         reason: Callable[[int], str],
         boost: np.ndarray | None = None,
+        boosted: np.ndarray | None = None,
         tier: np.ndarray | None = None,
         primary: np.ndarray | None = None,
         fill: np.ndarray | None = None,
@@ -530,10 +531,16 @@ class Engine:
             s = s + 10.0 * tier
         # Boosted items may jump the queue: few, scored exactly; every other item ranks by `s`,
         # so the top c of `s` plus the boosted ones hold the true top c.
-        boosted = np.flatnonzero(boost) if boost is not None else np.zeros(0, np.int64)
+        if boost is None:
+            boosted = np.zeros(0, np.int64)
+        elif boosted is None:  # callers that know which items they boosted save a full scan
+            boosted = np.flatnonzero(boost)
         boosted = boosted[finite[boosted]]
+        reuse = primary is None and tier is None  # the normalisation's top c is still the top c
         while True:
-            top = np.argpartition(-s, c - 1)[:c] if c < n else np.arange(n)
+            if not reuse:
+                top = np.argpartition(-s, c - 1)[:c] if c < n else np.arange(n)
+            reuse = False
             cand = np.union1d(top[finite[top]], boosted)
             key = s[cand] if boost is None else s[cand] + boost[cand]
             ordered = cand[np.argsort(-key, kind="stable")]
@@ -760,6 +767,10 @@ def _squash(x: np.ndarray) -> np.ndarray:
     x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, neginf=0.0, posinf=0.0)
     lo, hi = x.min(), x.max()
     return (x - lo) / (hi - lo) * 0.999 if hi > lo else np.zeros_like(x)
+
+
+def _keys(d: dict[int, str]) -> np.ndarray:
+    return np.fromiter(d.keys(), dtype=np.int64, count=len(d))
 
 
 def _known(cat: F.Catalog, ids: tuple[str, ...] | list[str]) -> list[int]:
