@@ -173,3 +173,19 @@ def test_config_errors_are_clear() -> None:
                                     pd.DataFrame({"item_idx": [0, 1, 2], "item_id": list("abc")})))  # fmt: skip
     with pytest.raises(RuntimeError, match="not fitted"):
         SASRec(TINY).score(np.array([0]), History(sp.csr_matrix((1, 3)), [np.array([1])]))
+
+
+def test_validation_hook_scores_without_dropout() -> None:
+    """Regression: the hook ran while the network was still in training mode, so dropout made
+    validation scores noisy and early stopping picked epochs by chance."""
+    probe = History(sp.csr_matrix((1, N_ITEMS)), [np.array([0, 3, 7])])
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def hook(model: SASRec) -> float:
+        pairs.append((model.score(np.array([-1]), probe)[0], model.score(np.array([-1]), probe)[0]))
+        return 0.0
+
+    SASRec(TINY.with_overrides({"dropout": 0.5, "epochs": 2}), validation=hook).fit(_cyclic())
+    assert len(pairs) == 2
+    for first, second in pairs:
+        np.testing.assert_array_equal(first, second)

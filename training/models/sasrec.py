@@ -351,6 +351,7 @@ class SASRec(Recommender):
         used), so `users` may be -1 for users unseen in training. Rows with an empty sequence get
         the training popularity `log(1 + count)`."""
         net = self._require_net()
+        net.eval()  # no dropout when scoring, also when a validation hook scores mid-training
         n = len(np.asarray(users))
         if len(history.sequences) != n:
             raise ValueError(
