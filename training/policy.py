@@ -37,8 +37,9 @@ class RebuyPolicy:
         if missing:
             raise ValueError(f"category_rebuy lacks column(s) {sorted(missing)}")
         reb = category_rebuy[category_rebuy["rebuyable"].fillna(False).astype(bool)]
+        # a data set without a catalogue has one null category: key it as "" on both sides
         windows = tuple(
-            (str(cat), float(days) if pd.notna(days) else 0.0)
+            ("" if pd.isna(cat) else str(cat), float(days) if pd.notna(days) else 0.0)
             for cat, days in zip(reb["category"], reb["median_interval_days"], strict=True)
         )
         return cls(windows, window_fraction)
@@ -72,7 +73,7 @@ class RebuyPolicy:
         lp = last_purchases[["user_idx", "item_idx", "category", "last_ts"]].merge(pos, on="user_idx")
         if lp.empty:
             return sp.csr_matrix((n, n_items), dtype=np.float32)
-        window_days = lp["category"].astype("string").map(self.rebuyable)
+        window_days = lp["category"].astype("string").fillna("").map(self.rebuyable)
         rebuyable = window_days.notna().to_numpy()
         waited = now_arr[lp["row"].to_numpy()] - lp["last_ts"].to_numpy(np.float64)
         window_s = window_days.fillna(0.0).to_numpy(np.float64) * self.window_fraction * _DAY
