@@ -286,3 +286,20 @@ def test_bought_together_support_threshold_and_fallback():
     # (0, 2) lacks support: it may only come back through the cosine fallback, ranked below (0, 1)
     assert scores[0, 0] > 1.0 and (scores[0, 1:][np.isfinite(scores[0, 1:])] <= 1.0).all()
     assert ids[1, 0] == 2  # item 3 has no complements: its cosine neighbour (user c bought 2 and 3)
+
+
+@pytest.mark.parametrize("shape", [(50, 3000), (7, 40), (30, 2000)])
+def test_topk_matches_a_full_sort_with_ties_and_minus_inf(shape):
+    from training.base import topk
+
+    rng = np.random.default_rng(3)
+    s = rng.integers(0, 50, size=shape).astype(np.float32)  # many ties
+    s[:, rng.integers(0, shape[1], shape[1] // 3)] = -np.inf
+    s[0, :] = -np.inf
+    s[1, :] = 0.0  # one big tie: the block-max route must fall back, not blow up
+    ids, vals = topk(s, 20)
+    want_vals = -np.sort(-s, axis=1)[:, :20]
+    np.testing.assert_array_equal(vals, want_vals)
+    finite = np.isfinite(vals)
+    np.testing.assert_array_equal(np.take_along_axis(s, ids, axis=1)[finite], vals[finite])
+    assert all(len(set(r)) == len(r) for r in ids)
