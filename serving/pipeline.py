@@ -80,7 +80,7 @@ class EngineConfig:
     rebuy_boost: float = 0.3  # boost for purchased items whose re-buy window has passed
     neighbours: int = 30  # neighbours fetched per item for boosts and bought-together
     cache_items: int = 50_000  # per-item neighbour lists kept in memory
-    warm_items: int = 512  # neighbour lists of the most popular items computed at load, in batches
+    warm_items: int = 2048  # neighbour lists of the most popular items computed at load, in batches
     view_weight: float = 1.0  # weight of real-time events added to the history row
     cart_weight: float = 2.0
     purchase_weight: float = 4.0
