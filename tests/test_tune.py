@@ -111,6 +111,8 @@ def test_pruning_callback_stops_a_trial_below_the_median() -> None:
         cb(1, {"ndcg@10": 0.1})
 
 
+@pytest.mark.services
+@pytest.mark.slow
 def test_two_processes_share_one_postgres_study(ws: Workspace, tmp_path: Path) -> None:
     try:
         import psycopg2
