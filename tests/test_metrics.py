@@ -153,3 +153,57 @@ def test_evaluate_baskets_hides_one_item():
     split = Split(data, test.iloc[:0], test, {})
     r = evaluate_baskets(Pairs().fit(data), split, ks=(1,))
     assert r["n_baskets"] == 2 and r["basket_hit@1"] == 1.0
+
+
+def test_load_split_reads_feature_files_and_drops_leaking_baskets(tmp_path):
+    """A hand-written workspace: baskets at or after a customer's first held-out interaction, or
+    holding a held-out (customer, item) pair, must not reach training."""
+    from features.workspace import Workspace
+    from training.data import load_split, load_train_data
+
+    ws = Workspace.at(tmp_path)
+    d = ws.split_dir("loo")
+    d.mkdir(parents=True)
+    pd.DataFrame({"user_idx": np.array([0, 1], np.int32), "user_id": ["a", "b"]}).to_parquet(
+        ws.feature("users")
+    )
+    pd.DataFrame(
+        {"item_idx": np.arange(4, dtype=np.int32), "item_id": list("wxyz"), "category": ["f", "f", "t", "t"]}
+    ).to_parquet(ws.feature("items"))
+    pd.DataFrame({"user_idx": [0, 1], "segment": ["vip", "new"]}).to_parquet(ws.feature("profiles"))
+    pd.DataFrame({"user_idx": [0, 0, 1], "item_idx": [0, 1, 2], "value": np.float32([2, 1, 1])}).to_parquet(
+        ws.feature("interactions")
+    )
+    pd.DataFrame({"user_idx": [0, 1], "item_idx": [[0, 1, 0], [2]], "ts": [[1, 2, 3], [5]]}).to_parquet(
+        ws.feature("sequences")
+    )
+    pd.DataFrame(
+        {
+            "basket_id": [0, 1, 2, 3],
+            "user_idx": [0, 0, 1, 1],
+            "ts": [1, 10, 5, 6],
+            "item_idx": [[0, 1], [0, 3], [2, 3], [2, 1]],
+        }
+    ).to_parquet(ws.feature("baskets"))
+    pd.DataFrame({"user_idx": [0, 0], "item_idx": [0, 1], "value": np.float32([1, 1])}).to_parquet(
+        d / "train.parquet"
+    )
+    pd.DataFrame({"user_idx": [0], "item_idx": [[0, 1, 0]], "ts": [[1, 2, 3]]}).to_parquet(
+        d / "train_sequences.parquet"
+    )
+    pd.DataFrame({"user_idx": [0], "item_idx": [3], "ts": [10]}).to_parquet(d / "valid.parquet")
+    pd.DataFrame({"user_idx": [0, 1], "item_idx": [2, 1], "ts": [11, 20]}).to_parquet(d / "test.parquet")
+
+    full = load_train_data(ws)
+    assert full.user_items.shape == (2, 4) and full.user_items[0, 0] == 2 and len(full.baskets) == 4
+    assert full.users["segment"].tolist() == ["vip", "new"]
+    split = load_split(ws, "loo")
+    assert split.train.user_items.nnz == 2
+    # basket 1 (user 0 at ts 10 = first held-out time) and basket 3 (holds held-out pair (1, item 1)) go
+    kept = sorted(tuple(b.tolist()) for b in split.train.baskets)
+    assert kept == [(0, 1), (2, 3)]
+    lp = split.train.last_purchases.sort_values("item_idx")
+    assert lp["last_ts"].tolist() == [3, 2] and lp["n_purchases"].tolist() == [2, 1]
+    assert lp["category"].tolist() == ["f", "f"]
+    with pytest.raises(FileNotFoundError, match="features build"):
+        load_split(ws, "time")
