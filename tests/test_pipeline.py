@@ -368,3 +368,34 @@ def test_a_purchase_through_real_redis_changes_the_next_answer_on_another_replic
         assert a.health()["store"] == "redis ok"
     finally:
         store.forget("carl")
+
+
+def test_items_added_after_training_are_mapped_not_shifted(tmp_path: Path) -> None:
+    # The bundle's items list an item the model was not trained on, *first*, so every bundle index
+    # differs from the model's: scores must follow the ids, and the new item gets catalogue
+    # neighbours.
+    d = write_tiny_bundle(tmp_path / "b")
+    ctx = d / "context"
+    items = pd.read_parquet(ctx / "items.parquet")
+    fresh = pd.DataFrame([{"item_id": "lbox_x", "title": "Litter box X", "category": "pets/cats/litter-boxes",
+                           "brand": "Kitty", "price": 29.0, "gender": "unisex", "n_users": 0, "popularity": 0.0}])  # fmt: skip
+    items = pd.concat([fresh, items.drop(columns="item_idx")], ignore_index=True)
+    items.insert(0, "item_idx", np.arange(len(items), dtype=np.int32))
+    items.to_parquet(ctx / "items.parquet", index=False)
+    ui = sp.load_npz(ctx / "user_items.npz").tocsr()
+    sp.save_npz(ctx / "user_items.npz", sp.hstack([sp.csr_matrix((ui.shape[0], 1), dtype=np.float32), ui]).tocsr())
+    lp = pd.read_parquet(ctx / "last_purchases.parquet")
+    lp.assign(item_idx=lp["item_idx"] + 1).to_parquet(ctx / "last_purchases.parquet", index=False)
+    seq = pd.read_parquet(ctx / "sequences.parquet")
+    seq.assign(item_idx=[np.asarray(s) + 1 for s in seq["item_idx"]]).to_parquet(ctx / "sequences.parquet", index=False)
+
+    shifted = Engine.from_bundle(d)
+    plain = Engine.from_bundle(write_tiny_bundle(tmp_path / "plain"))
+    assert shifted._model_pos is not None  # the mapping path is the one under test
+    for user in ("alice", "carl"):
+        a = [r for r in shifted.recommend(user, 6, now=NOW) if r.item_id != "lbox_x"]
+        b = plain.recommend(user, 6, now=NOW)
+        assert ids(a) == ids(b)[: len(a)]
+    assert shifted.bought_together(["lbox_a"], 1)[0].item_id == "scoop"
+    new = shifted.similar_items("lbox_x", 2)
+    assert ids(new)[0] in {"lbox_a", "lbox_new"} and new[0].reason == "similar to Litter box X"
