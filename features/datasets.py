@@ -195,8 +195,16 @@ def convert_instacart(lines: pd.DataFrame) -> Tables:
         "quantity": np.ones(len(ev), dtype=np.int64),
         "order_id": ev["order_id"].astype(str).to_numpy(),
     })
-    items = np.sort(lines["product_id"].unique())
-    catalog = _empty_catalog(pd.Series(items).astype(str))
+    products = lines.drop_duplicates("product_id").sort_values("product_id")
+    catalog = _empty_catalog(products["product_id"].astype(str).reset_index(drop=True))
+    # The full Instacart release names products and files them under department/aisle; the wheel's
+    # sample does not, but when those columns are there they become the title and category path.
+    if "product_name" in products:
+        catalog["title"] = products["product_name"].to_numpy()
+    path_parts = [c for c in ("department", "aisle") if c in products]
+    if path_parts:
+        parts = [products[c].astype(str).str.strip().str.lower().str.replace("/", "-") for c in path_parts]
+        catalog["category"] = parts[0].str.cat(parts[1:], sep="/").to_numpy() if len(parts) > 1 else parts[0].to_numpy()
     return {"events": events, "catalog": catalog}
 
 

@@ -8,9 +8,9 @@ Two views of the same contract live here:
   writes `validated/<table>.parquet` with exactly `arrow_schema(table)`.
 * `pandera_schema(table)`: a pandera `DataFrameSchema` of a validated table as pandas reads it back,
   so any stage (or a test) can assert the dtype and value contract with
-  `pandera_schema("events").validate(df)`. Validation itself does not run pandera over every row:
-  on 10M events the masks in `features.validate` are an order of magnitude faster, and pandera is
-  kept for the contract on what comes out.
+  `pandera_schema("events").validate(df)`. Validation itself does not run pandera over every row
+  (it streams Arrow blocks through vectorised SQL, see `features.validate`); pandera is kept for
+  the contract on what comes out.
 """
 
 from __future__ import annotations

@@ -162,3 +162,14 @@ def test_cli_fetch_exits_2_with_the_package_named(tmp_path: Path, monkeypatch: p
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2, proc.stderr
     assert "recbole==1.2.1" in proc.stderr
+
+
+def test_instacart_products_get_category_from_department_and_aisle_when_present() -> None:
+    lines = read_instacart(SAMPLES)
+    names = {196: ("Soda", "beverages", "soft drinks")}
+    lines["product_name"] = lines["product_id"].map(lambda p: names.get(p, ("Other", "misc", "other"))[0])
+    lines["department"] = lines["product_id"].map(lambda p: names.get(p, ("Other", "misc", "other"))[1])
+    lines["aisle"] = lines["product_id"].map(lambda p: names.get(p, ("Other", "misc", "other"))[2])
+    cat = convert_instacart(lines)["catalog"].set_index("item_id")
+    assert cat.loc["196", "title"] == "Soda" and cat.loc["196", "category"] == "beverages/soft drinks"
+    assert cat.loc["8479", "category"] == "misc/other"
