@@ -89,7 +89,9 @@ def load_bundle(path: str | Path) -> Bundle:
         n_users = int(profiles["user_idx"].max()) + 1 if len(profiles) else 0
         user_items = sp.csr_matrix((n_users, len(items)), dtype=np.float32)
     if user_items.shape[1] != len(items):
-        raise ValueError(f"user_items.npz has {user_items.shape[1]} item columns but items.parquet has {len(items)} rows")
+        raise ValueError(
+            f"user_items.npz has {user_items.shape[1]} item columns but items.parquet has {len(items)} rows"
+        )
 
     sequences: dict[int, np.ndarray] = {}
     seq = _read(ctx / "sequences.parquet")
@@ -107,7 +109,9 @@ def load_bundle(path: str | Path) -> Bundle:
         profiles=profiles,
         sizes=_read(ctx / "sizes.parquet", ["user_idx", "garment", "size"]),
         last_purchases=_read(ctx / "last_purchases.parquet", ["user_idx", "item_idx", "category", "last_ts"]),
-        category_rebuy=_read(ctx / "category_rebuy.parquet", ["category", "rebuy_rate", "median_interval_days", "rebuyable"]),
+        category_rebuy=_read(
+            ctx / "category_rebuy.parquet", ["category", "rebuy_rate", "median_interval_days", "rebuyable"]
+        ),
         user_items=user_items,
         sequences=sequences,
     )

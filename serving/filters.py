@@ -158,7 +158,9 @@ def build_catalog(items: pd.DataFrame, stock: pd.DataFrame | None = None) -> Cat
 
 
 # -- hard rules: one bool per item, True = may be shown ---------------------------------------------
-def stock_mask(cat: Catalog, *, size: str | None = None, sizes_by_garment: dict[str, str] | None = None) -> np.ndarray:
+def stock_mask(
+    cat: Catalog, *, size: str | None = None, sizes_by_garment: dict[str, str] | None = None
+) -> np.ndarray:
     """(n,) bool: in stock, and for sized items in stock in the customer's size.
 
     `size` (the request's size preference) applies to every sized item. Otherwise
@@ -224,7 +226,9 @@ def rebuy_split(bought: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, n
     return bought[out], bought[~out]
 
 
-def policy_windows(policy: Any, categories: np.ndarray, *, horizon_s: float = 20 * 365 * 86_400.0) -> np.ndarray:
+def policy_windows(
+    policy: Any, categories: np.ndarray, *, horizon_s: float = 20 * 365 * 86_400.0
+) -> np.ndarray:
     """(len(categories),) seconds after a purchase at which `policy` lets an item of each category
     come back; inf where it never does (durables, unknown categories).
 

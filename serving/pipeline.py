@@ -90,7 +90,9 @@ class EngineConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown EngineConfig key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown EngineConfig key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return cls(**values)
 
     def __post_init__(self) -> None:
@@ -170,15 +172,23 @@ class Engine:
         self._comp_pos, self._comp_inv = self._align(self.complements) if self.complements else (None, None)
 
         # Users: features index from the profiles, model index from the model's own mapping.
-        model_idx = dict(zip(self.model.users["user_id"].astype(str), self.model.users["user_idx"].astype(int), strict=True))
+        model_idx = dict(
+            zip(
+                self.model.users["user_id"].astype(str), self.model.users["user_idx"].astype(int), strict=True
+            )
+        )
         prof = bundle.profiles
         self._users: dict[str, _User] = {}
         if len(prof):
             seg = prof["segment"] if "segment" in prof else [None] * len(prof)
             aff = prof["gender_affinity"] if "gender_affinity" in prof else [None] * len(prof)
-            consent = prof["consent_personalisation"] if "consent_personalisation" in prof else [None] * len(prof)
+            consent = (
+                prof["consent_personalisation"] if "consent_personalisation" in prof else [None] * len(prof)
+            )
             for uid, fidx, s, a, c in zip(prof["user_id"], prof["user_idx"], seg, aff, consent, strict=True):
-                given = True if c is None or c is np.nan or (isinstance(c, float) and np.isnan(c)) else bool(c)
+                given = (
+                    True if c is None or c is np.nan or (isinstance(c, float) and np.isnan(c)) else bool(c)
+                )
                 self._users[uid] = _User(
                     int(fidx), model_idx.get(uid, -1), s if isinstance(s, str) else None,
                     a if isinstance(a, str) else None, given,
@@ -190,7 +200,9 @@ class Engine:
 
         # Learned sizes per user: {features user_idx: {garment path: size}}.
         self._sizes: dict[int, dict[str, str]] = {}
-        for u, g, s in zip(bundle.sizes["user_idx"], bundle.sizes["garment"], bundle.sizes["size"], strict=True):
+        for u, g, s in zip(
+            bundle.sizes["user_idx"], bundle.sizes["garment"], bundle.sizes["size"], strict=True
+        ):
             self._sizes.setdefault(int(u), {})[str(g)] = str(s)
 
         # Last purchases grouped by user as sorted arrays (a request slices with searchsorted).
@@ -199,7 +211,11 @@ class Engine:
         self._lp_user = lp["user_idx"].to_numpy(dtype=np.int64)[order]
         self._lp_item = lp["item_idx"].to_numpy(dtype=np.int64)[order]
         self._lp_ts = lp["last_ts"].to_numpy(dtype=np.int64)[order] if len(lp) else np.zeros(0, np.int64)
-        lp_cat = lp["category"].astype(object).to_numpy()[order] if "category" in lp else self.catalog.categories[self._lp_item]
+        lp_cat = (
+            lp["category"].astype(object).to_numpy()[order]
+            if "category" in lp
+            else self.catalog.categories[self._lp_item]
+        )
         self._policy = _load_policy(bundle)
         # When each past purchase may come back (epoch s; inf = never), from the learned policy.
         self._lp_back = np.full(len(self._lp_item), np.inf)
@@ -260,17 +276,29 @@ class Engine:
         hot = hot[self._item_nnz[hot] > 0]
         for start in range(0, len(hot), 128):
             chunk = hot[start : start + 128]
-            for i, got in zip(chunk.tolist(), _similar_batch(self.model, chunk, self.config.neighbours, self._model_pos, self._model_inv), strict=True):
+            for i, got in zip(
+                chunk.tolist(),
+                _similar_batch(self.model, chunk, self.config.neighbours, self._model_pos, self._model_inv),
+                strict=True,
+            ):
                 if got is not None and len(got[0]):
                     self._neighbours.put(i, got)
             if self.complements is not None:
-                for i, got in zip(chunk.tolist(), _similar_batch(self.complements, chunk, self.config.neighbours, self._comp_pos, self._comp_inv), strict=True):
+                for i, got in zip(
+                    chunk.tolist(),
+                    _similar_batch(
+                        self.complements, chunk, self.config.neighbours, self._comp_pos, self._comp_inv
+                    ),
+                    strict=True,
+                ):
                     if got is not None:
                         keep = got[1] > 0
                         self._complements_of.put(i, (got[0][keep], got[1][keep]))
 
     # -- public API --------------------------------------------------------------------------------
-    def recommend(self, user_id: str | None, k: int, context: Context = Context(), *, now: float | None = None) -> list[Rec]:
+    def recommend(
+        self, user_id: str | None, k: int, context: Context = Context(), *, now: float | None = None
+    ) -> list[Rec]:
         """The customer's block of k items for `context`. `now` (epoch s) is the time the re-buy
         windows are measured against (default: the wall clock)."""
         k = _check_k(k)
@@ -285,7 +313,9 @@ class Engine:
             return self._popular_block(k, segment, None, context, user, events)
         return self._personal_block(k, context, user, events, now)
 
-    def recommend_batch(self, user_ids: list[str], k: int, context: Context = Context()) -> dict[str, list[Rec]]:
+    def recommend_batch(
+        self, user_ids: list[str], k: int, context: Context = Context()
+    ) -> dict[str, list[Rec]]:
         """One block per user (the e-mail renderer's feed); duplicates answered once."""
         k = _check_k(k)
         now = time.time()
@@ -415,7 +445,9 @@ class Engine:
         }
 
     # -- blocks ------------------------------------------------------------------------------------
-    def _personal_block(self, k: int, context: Context, user: _User, events: list[Event], now: float) -> list[Rec]:
+    def _personal_block(
+        self, k: int, context: Context, user: _User, events: list[Event], now: float
+    ) -> list[Rec]:
         cat, cfg = self.catalog, self.config
         fresh = [e for e in events if e.item_id in cat.index]
         row, seq = self._history(user, fresh)
@@ -432,9 +464,11 @@ class Engine:
         boost = np.zeros(cat.n)
         reasons: dict[int, str] = {}
         # Complements of the cart, the current item and fresh purchases: "bought together with".
-        anchors = list(cart) + ([cur] if cur is not None else []) + [
-            cat.index[e.item_id] for e in fresh if e.event_type == "purchase"
-        ]
+        anchors = (
+            list(cart)
+            + ([cur] if cur is not None else [])
+            + [cat.index[e.item_id] for e in fresh if e.event_type == "purchase"]
+        )
         comp_of_current = self._add_complement_boost(anchors, boost, reasons)
         self._add_session_boost(fresh, boost, reasons)
         if len(due):
@@ -453,7 +487,13 @@ class Engine:
         return self._rank(scores, allowed, k, boost=boost, boosted=_keys(reasons), tier=tier, reason=reason)
 
     def _popular_block(
-        self, k: int, segment: str | None, category: str | None, context: Context, user: _User | None, events: list[Event]
+        self,
+        k: int,
+        segment: str | None,
+        category: str | None,
+        context: Context,
+        user: _User | None,
+        events: list[Event],
     ) -> list[Rec]:
         cat = self.catalog
         base = self._seg_pop.get(segment, self._pop) if segment else self._pop
@@ -545,14 +585,21 @@ class Engine:
             key = s[cand] if boost is None else s[cand] + boost[cand]
             ordered = cand[np.argsort(-key, kind="stable")]
             kept = F.diversify(
-                ordered, self.catalog, k, max_per_brand=cfg.max_per_brand, max_per_category=cfg.max_per_category
+                ordered,
+                self.catalog,
+                k,
+                max_per_brand=cfg.max_per_brand,
+                max_per_category=cfg.max_per_category,
             )
             if len(kept) >= k or c >= n_allowed:
                 break
             c = min(n_allowed, c * 4)
         ids = self.catalog.item_ids
         kept_key = key[np.searchsorted(cand, kept)]  # cand is sorted (union1d)
-        return [Rec(str(ids[i]), float(v), reason(i)) for i, v in zip(kept.tolist(), kept_key.tolist(), strict=True)]
+        return [
+            Rec(str(ids[i]), float(v), reason(i))
+            for i, v in zip(kept.tolist(), kept_key.tolist(), strict=True)
+        ]
 
     # -- pieces ------------------------------------------------------------------------------------
     def _user(self, user_id: str | None) -> _User | None:
@@ -606,7 +653,11 @@ class Engine:
             row = sp.csr_matrix((1, n_model), dtype=np.float32)
         seq = self.bundle.sequences.get(user.fidx, np.zeros(0, dtype=np.int64))
         if fresh:
-            weight = {"view": cfg.view_weight, "add_to_cart": cfg.cart_weight, "purchase": cfg.purchase_weight}
+            weight = {
+                "view": cfg.view_weight,
+                "add_to_cart": cfg.cart_weight,
+                "purchase": cfg.purchase_weight,
+            }
             items = [self.catalog.index[e.item_id] for e in reversed(fresh) if weight.get(e.event_type)]
             if items:
                 idx = np.asarray(items, dtype=np.int64)
@@ -627,7 +678,9 @@ class Engine:
         if self._model_pos is not None and len(seq):
             seq = self._model_pos[seq]
             seq = seq[seq >= 0]
-        s = np.asarray(self.model.score(np.array([midx], dtype=np.int64), History(row, [seq])), dtype=np.float64)[0]
+        s = np.asarray(
+            self.model.score(np.array([midx], dtype=np.int64), History(row, [seq])), dtype=np.float64
+        )[0]
         if self._model_pos is None:
             return s
         out = np.full(self.catalog.n, -np.inf)
@@ -664,7 +717,9 @@ class Engine:
         keep = sc > 0
         return ids[keep], sc[keep]
 
-    def _add_complement_boost(self, anchors: list[int], boost: np.ndarray, reasons: dict[int, str]) -> np.ndarray:
+    def _add_complement_boost(
+        self, anchors: list[int], boost: np.ndarray, reasons: dict[int, str]
+    ) -> np.ndarray:
         """Boost complements of `anchors` (reason "bought together with <title>"); returns them."""
         found: list[np.ndarray] = []
         for a in dict.fromkeys(anchors):
@@ -700,7 +755,9 @@ class Engine:
         return fill
 
 
-def _similar(model: Any, i: int, n: int, pos: np.ndarray | None, inv: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+def _similar(
+    model: Any, i: int, n: int, pos: np.ndarray | None, inv: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray] | None:
     """model.similar_items for bundle item i, mapped back to bundle indices; None if unsupported."""
     return _similar_batch(model, np.array([i]), n, pos, inv)[0]
 

@@ -42,7 +42,13 @@ class Event:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"u": self.user_id, "i": self.item_id, "t": self.event_type, "ts": self.timestamp, "s": self.size},
+            {
+                "u": self.user_id,
+                "i": self.item_id,
+                "t": self.event_type,
+                "ts": self.timestamp,
+                "s": self.size,
+            },
             separators=(",", ":"),
         )
 
@@ -57,7 +63,9 @@ def parse_event(raw: dict[str, Any], *, now: float | None = None) -> Event:
     seconds or ISO-8601, optional `size`). Raises ValueError saying which field is wrong."""
     if not isinstance(raw, dict):
         raise ValueError(f"an event must be an object, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - {"user_id", "item_id", "event_type", "timestamp", "size", "quantity", "price"})
+    unknown = sorted(
+        set(raw) - {"user_id", "item_id", "event_type", "timestamp", "size", "quantity", "price"}
+    )
     if unknown:
         raise ValueError(f"unknown event field(s): {', '.join(unknown)}")
     for key in ("user_id", "item_id", "event_type"):
@@ -195,7 +203,9 @@ class RedisStore:
             self._last_error = f"{type(err).__name__}: {err}"
             if now - self._last_log >= self.log_interval_s:
                 self._last_log = now
-                log.warning("redis online store unreachable, answering without newest events (%s)", self._last_error)
+                log.warning(
+                    "redis online store unreachable, answering without newest events (%s)", self._last_error
+                )
 
     def _ok(self) -> None:
         if self._last_error is not None:

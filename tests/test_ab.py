@@ -120,7 +120,13 @@ def test_report_attributes_by_recommendation_id_when_events_carry_it() -> None:
          "items": [["a"], ["a"]], "ts": [0.0, 0.0]}
     )  # fmt: skip
     events = pd.DataFrame(
-        {"user_id": ["x"], "item_id": ["a"], "event_type": ["purchase"], "timestamp": [5.0], "recommendation_id": ["r2"]}
+        {
+            "user_id": ["x"],
+            "item_id": ["a"],
+            "event_type": ["purchase"],
+            "timestamp": [5.0],
+            "recommendation_id": ["r2"],
+        }
     )
     rep = report(imp, events).set_index("variant")
     assert rep.loc["challenger", "conversions"] == 1

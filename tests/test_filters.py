@@ -146,7 +146,9 @@ def test_policy_windows_agree_with_the_shared_rebuy_policy() -> None:
     now = 40 * 86_400
     policy_out = set(policy.exclusions(np.array([0]), lp, now, n).indices)
     lookup = dict(zip(cats, w, strict=True))
-    serving_out = {i for i, c, t in zip(lp.item_idx, lp.category, lp.last_ts, strict=True) if now < t + lookup[c]}
+    serving_out = {
+        i for i, c, t in zip(lp.item_idx, lp.category, lp.last_ts, strict=True) if now < t + lookup[c]
+    }
     assert serving_out == policy_out
 
 
@@ -161,7 +163,9 @@ class _ThreeDayPolicy:
         waited = now[lp["user_idx"].to_numpy()] - lp["last_ts"].to_numpy()
         out = (lp["category"].to_numpy() != "a") | (waited < 3 * 86_400)
         rows = lp["user_idx"].to_numpy()[out]
-        return sp.csr_matrix((np.ones(len(rows)), (rows, np.zeros(len(rows), int))), shape=(len(users), n_items))
+        return sp.csr_matrix(
+            (np.ones(len(rows)), (rows, np.zeros(len(rows), int))), shape=(len(users), n_items)
+        )
 
 
 def test_policy_windows_bisects_any_policy() -> None:

@@ -91,7 +91,9 @@ def write_tiny_bundle(path: Path) -> Path:
     ui = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), len(items)))
     sequences = [np.array([IDX[i] for i in history[uid]]) for uid in users["user_id"]]
     data = TrainData(user_items=ui, users=users, items=items, sequences=sequences, baskets=baskets)
-    model = get_model_class("itemknn")(get_model_class("itemknn").Config.from_dict({"num_threads": 1})).fit(data)
+    model = get_model_class("itemknn")(get_model_class("itemknn").Config.from_dict({"num_threads": 1})).fit(
+        data
+    )
     comp_cls = get_model_class("bought-together")
     comp = comp_cls(comp_cls.Config.from_dict({"min_count": 2, "fallback_neighbours": 0})).fit(data)
 
@@ -118,9 +120,9 @@ def write_tiny_bundle(path: Path) -> Path:
     profiles.loc[profiles.user_id == "carl", "gender_affinity"] = "men"
     profiles.loc[profiles.user_id == "bob", "consent_personalisation"] = False
     profiles.to_parquet(ctx / "profiles.parquet", index=False)
-    pd.DataFrame({"user_idx": [uidx["alice"]], "garment": ["fashion/women/dresses"], "size": ["S"]}).to_parquet(
-        ctx / "sizes.parquet", index=False
-    )
+    pd.DataFrame(
+        {"user_idx": [uidx["alice"]], "garment": ["fashion/women/dresses"], "size": ["S"]}
+    ).to_parquet(ctx / "sizes.parquet", index=False)
     pd.DataFrame(
         {
             "user_idx": [uidx["alice"]] * 3,
@@ -141,9 +143,9 @@ def write_tiny_bundle(path: Path) -> Path:
         }
     ).to_parquet(ctx / "category_rebuy.parquet", index=False)
     sp.save_npz(ctx / "user_items.npz", ui)
-    pd.DataFrame({"user_idx": users["user_idx"], "item_idx": [s.astype(np.int32) for s in sequences]}).to_parquet(
-        ctx / "sequences.parquet", index=False
-    )
+    pd.DataFrame(
+        {"user_idx": users["user_idx"], "item_idx": [s.astype(np.int32) for s in sequences]}
+    ).to_parquet(ctx / "sequences.parquet", index=False)
     (path / "bundle.json").write_text(json.dumps({"model": "itemknn", "data_hash": "tiny", "metrics": {}}))
     return path
 
@@ -257,7 +259,12 @@ def test_unknown_user_gets_popular_for_context_and_segment(engine: Engine) -> No
 
 def test_a_purchase_event_is_excluded_from_the_very_next_answer(engine: Engine) -> None:
     top = ids(engine.recommend("carl", 3, now=NOW))[0]
-    assert engine.record_events([{"user_id": "carl", "item_id": top, "event_type": "purchase", "timestamp": NOW}]) == 1
+    assert (
+        engine.record_events(
+            [{"user_id": "carl", "item_id": top, "event_type": "purchase", "timestamp": NOW}]
+        )
+        == 1
+    )
     assert top not in ids(engine.recommend("carl", 10, now=NOW))
     # Its complements are lifted and say why.
     after = engine.recommend("carl", 10, now=NOW)
@@ -383,11 +390,15 @@ def test_items_added_after_training_are_mapped_not_shifted(tmp_path: Path) -> No
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int32))
     items.to_parquet(ctx / "items.parquet", index=False)
     ui = sp.load_npz(ctx / "user_items.npz").tocsr()
-    sp.save_npz(ctx / "user_items.npz", sp.hstack([sp.csr_matrix((ui.shape[0], 1), dtype=np.float32), ui]).tocsr())
+    sp.save_npz(
+        ctx / "user_items.npz", sp.hstack([sp.csr_matrix((ui.shape[0], 1), dtype=np.float32), ui]).tocsr()
+    )
     lp = pd.read_parquet(ctx / "last_purchases.parquet")
     lp.assign(item_idx=lp["item_idx"] + 1).to_parquet(ctx / "last_purchases.parquet", index=False)
     seq = pd.read_parquet(ctx / "sequences.parquet")
-    seq.assign(item_idx=[np.asarray(s) + 1 for s in seq["item_idx"]]).to_parquet(ctx / "sequences.parquet", index=False)
+    seq.assign(item_idx=[np.asarray(s) + 1 for s in seq["item_idx"]]).to_parquet(
+        ctx / "sequences.parquet", index=False
+    )
 
     shifted = Engine.from_bundle(d)
     plain = Engine.from_bundle(write_tiny_bundle(tmp_path / "plain"))

@@ -38,10 +38,14 @@ def ev(user: str, item: str, kind: str = "view", ts: float = 0.0) -> Event:
 
 # -- events ----------------------------------------------------------------------------------------
 def test_parse_event_accepts_epoch_and_iso_timestamps() -> None:
-    e = parse_event({"user_id": "u1", "item_id": "i1", "event_type": "Purchase", "timestamp": "2025-01-01T00:00:00Z"})
+    e = parse_event(
+        {"user_id": "u1", "item_id": "i1", "event_type": "Purchase", "timestamp": "2025-01-01T00:00:00Z"}
+    )
     assert e == Event("u1", "i1", "purchase", 1735689600.0)
     assert parse_event({"user_id": "u1", "item_id": "i1", "event_type": "view"}, now=5.0).timestamp == 5.0
-    assert parse_event({"user_id": "u", "item_id": "i", "event_type": "view", "timestamp": 7}).timestamp == 7.0
+    assert (
+        parse_event({"user_id": "u", "item_id": "i", "event_type": "view", "timestamp": 7}).timestamp == 7.0
+    )
 
 
 @pytest.mark.parametrize(
