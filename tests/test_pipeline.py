@@ -410,3 +410,42 @@ def test_items_added_after_training_are_mapped_not_shifted(tmp_path: Path) -> No
     assert shifted.bought_together(["lbox_a"], 1)[0].item_id == "scoop"
     new = shifted.similar_items("lbox_x", 2)
     assert ids(new)[0] in {"lbox_a", "lbox_new"} and new[0].reason == "similar to Litter box X"
+
+
+@pytest.mark.slow
+def test_engine_serves_a_real_bundle_from_the_synthetic_shop(tmp_path: Path) -> None:
+    """End to end over the other stages' real code: synthetic shop -> features -> itemknn ->
+    training.bundle.write_bundle -> Engine. Checks rules that hold whatever the model learned."""
+    from features.build import FeatureConfig, build_features
+    from features.synthetic import generate
+    from features.workspace import Workspace
+    from training.bundle import write_bundle
+    from training.data import load_train_data
+
+    ws = Workspace.at(tmp_path / "shop")
+    generate(ws.root, customers=300, items=200, days=60, seed=3, progress=False)
+    build_features(ws, FeatureConfig())
+    data = load_train_data(ws)
+    model = get_model_class("itemknn")(get_model_class("itemknn").Config.from_dict({"num_threads": 1})).fit(
+        data
+    )
+    engine = Engine.from_bundle(write_bundle(model, ws, tmp_path / "bundle", data=data), model_version="e2e")
+    assert engine.health()["rebuy_policy"] is True and engine.health()["complements"] is True
+
+    stock = pd.read_parquet(ws.validated("stock"))
+    sold_out = set(stock.groupby("item_id")["quantity"].sum().loc[lambda q: q == 0].index)
+    prof = pd.read_parquet(tmp_path / "bundle" / "context" / "profiles.parquet")
+    consenting = prof[prof["consent_personalisation"].fillna(True).astype(bool)]["user_id"].tolist()[:60]
+    refusing = prof[~prof["consent_personalisation"].fillna(True).astype(bool)]["user_id"].tolist()[:5]
+    reasons = []
+    for uid in consenting:
+        recs = engine.recommend(uid, 10)
+        assert len(recs) == 10 and not sold_out & set(ids(recs))
+        reasons += [r.reason for r in recs]
+    assert any(r == "buy it again" for r in reasons)  # the shop plants re-bought consumables
+    assert any(r.startswith("because you viewed") for r in reasons)
+    for uid in refusing:
+        assert engine.recommend(uid, 5) == engine.popular(5)
+    top = engine.popular(1)[0].item_id
+    together = engine.bought_together([top], 5)
+    assert len(together) == 5 and top not in ids(together)
