@@ -115,8 +115,10 @@ def _label(category: str) -> str:
     return leaf.replace("-", " ").replace("_", " ") or "the shop"
 
 
-def _lru(fn: Callable[[int], Any], maxsize: int) -> Callable[[int], Any]:
-    """A small thread-tolerant LRU over int keys (functools.lru_cache would pin `self`)."""
+def _bounded_cache(fn: Callable[[int], Any], maxsize: int) -> Callable[[int], Any]:
+    """A bounded cache over int keys, oldest entry out first (functools.lru_cache on a method
+    would pin `self` and every old Engine after a hot swap). Safe enough under threads: a race
+    only computes a value twice."""
     cache: OrderedDict[int, Any] = OrderedDict()
 
     def put(key: int, value: Any) -> None:
@@ -227,7 +229,9 @@ class Engine:
         ui = bundle.user_items
         mass = np.asarray(ui.sum(axis=0)).ravel().astype(np.float64) if ui.shape[0] else np.zeros(n)
         self._pop = cat.popularity if cat.popularity.any() else mass
-        self._item_nnz = np.diff(ui.tocsc().indptr) if ui.shape[0] else np.zeros(n, dtype=np.int64)
+        # Interactions per item: 0 marks a new item (catalogue neighbours). Without a matrix in the
+        # bundle nothing is known, so trust the model's similarity for every item.
+        self._item_nnz = np.diff(ui.tocsc().indptr) if ui.nnz else np.ones(n, dtype=np.int64)
         self._seg_pop: dict[str, np.ndarray] = {}
         by_seg: dict[str, list[int]] = {}
         for u in self._users.values():
@@ -237,8 +241,8 @@ class Engine:
             self._seg_pop[s] = np.asarray(ui[np.asarray(rows)].sum(axis=0)).ravel().astype(np.float64)
 
         self._pop_squashed = _squash(self._pop)
-        self._neighbours = _lru(self._compute_neighbours, self.config.cache_items)
-        self._complements_of = _lru(self._compute_complements, self.config.cache_items)
+        self._neighbours = _bounded_cache(self._compute_neighbours, self.config.cache_items)
+        self._complements_of = _bounded_cache(self._compute_complements, self.config.cache_items)
         self._warm()
 
     # -- construction -----------------------------------------------------------------------------
