@@ -199,9 +199,16 @@ def test_load_split_reads_feature_files_and_drops_leaking_baskets(tmp_path):
     assert full.users["segment"].tolist() == ["vip", "new"]
     split = load_split(ws, "loo")
     assert split.train.user_items.nnz == 2
-    # basket 1 (user 0 at ts 10 = first held-out time) and basket 3 (holds held-out pair (1, item 1)) go
+    # loo is temporal: only basket 1 (user 0 at ts 10 = the first held-out time) goes; user 1's
+    # baskets (ts 5, 6) are before its held-out item (ts 20)
     kept = sorted(tuple(b.tolist()) for b in split.train.baskets)
-    assert kept == [(0, 1), (2, 3)]
+    assert kept == [(0, 1), (2, 1), (2, 3)]
+    # the random split has no time order: a basket holding a held-out (customer, item) pair goes
+    import shutil
+
+    shutil.copytree(d, ws.split_dir("random"))
+    rnd = load_split(ws, "random")
+    assert sorted(tuple(b.tolist()) for b in rnd.train.baskets) == [(0, 1), (2, 3)]
     lp = split.train.last_purchases.sort_values("item_idx")
     assert lp["last_ts"].tolist() == [3, 2] and lp["n_purchases"].tolist() == [2, 1]
     assert lp["category"].tolist() == ["f", "f"]

@@ -284,7 +284,8 @@ def test_bought_together_support_threshold_and_fallback():
     ids, scores = m.similar_items(np.array([0, 3]), 3)
     assert ids[0, 0] == 1  # the supported pair first
     # (0, 2) lacks support: it may only come back through the cosine fallback, ranked below (0, 1)
-    assert scores[0, 0] > 1.0 and (scores[0, 1:][np.isfinite(scores[0, 1:])] <= 1.0).all()
+    assert scores[0, 0] == pytest.approx(3 / 4)  # confidence P(1 | 0): 3 of item 0's 4 baskets
+    assert (scores[0, 1:][np.isfinite(scores[0, 1:])] <= m.config.fallback_weight + 1e-6).all()
     assert ids[1, 0] == 2  # item 3 has no complements: its cosine neighbour (user c bought 2 and 3)
 
 

@@ -152,7 +152,8 @@ def load_split(ws: Workspace, split: str) -> Split:
     baskets = _read(ws.feature("baskets"), required=False)
     keep = None
     if not baskets.empty:
-        keep = _baskets_before_heldout(baskets, pd.concat([valid, test], ignore_index=True))
+        temporal = meta.get("kind", split) in ("loo", "time")
+        keep = _baskets_before_heldout(baskets, pd.concat([valid, test], ignore_index=True), temporal)
     train = TrainData(
         user_items=X,
         users=users,
@@ -166,15 +167,18 @@ def load_split(ws: Workspace, split: str) -> Split:
     return Split(train=train, valid=valid, test=test, meta=meta, train_ts=ts)
 
 
-def _baskets_before_heldout(baskets: pd.DataFrame, heldout: pd.DataFrame) -> np.ndarray:
-    """Mask of baskets that leak nothing: strictly before the customer's first held-out interaction
-    and holding no held-out (customer, item) pair (the latter matters for the random split)."""
+def _baskets_before_heldout(baskets: pd.DataFrame, heldout: pd.DataFrame, temporal: bool) -> np.ndarray:
+    """Mask of baskets that leak nothing. Temporal splits (loo, time): strictly before the customer's
+    first held-out interaction. Random split: holding no held-out (customer, item) pair (time says
+    nothing there; a re-bought staple in an earlier basket is the same interaction again)."""
     keep = np.ones(len(baskets), dtype=bool)
     if heldout.empty:
         return keep
-    first = heldout.groupby("user_idx")["ts"].min()
-    cut = baskets["user_idx"].map(first).to_numpy(np.float64)
-    keep &= ~(baskets["ts"].to_numpy(np.float64) >= cut)  # NaN cut (no held-out) keeps the basket
+    if temporal:
+        first = heldout.groupby("user_idx")["ts"].min()
+        cut = baskets["user_idx"].map(first).to_numpy(np.float64)
+        keep &= ~(baskets["ts"].to_numpy(np.float64) >= cut)  # NaN cut (no held-out) keeps the basket
+        return keep
     ex = baskets[["user_idx", "item_idx"]].assign(b=np.arange(len(baskets))).explode("item_idx")
     ex["item_idx"] = ex["item_idx"].astype(np.int64)
     pairs = heldout[["user_idx", "item_idx"]].drop_duplicates().astype(np.int64)

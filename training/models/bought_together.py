@@ -3,8 +3,8 @@
 Co-occurrence counts C[i, j] = number of baskets holding both i and j. A pair is kept when it has
 enough support (C ≥ min_count) and is positively associated (lift ≥ min_lift, confidence ≥
 min_confidence), then scored by confidence P(j | i) or lift P(j | i) / P(j). Items with few kept
-pairs (the long tail) get neighbours from item-kNN cosine over the interaction matrix, always ranked
-below real co-occurrence neighbours. A customer's score = complements of their most recent items.
+pairs (the long tail) get neighbours from item-kNN cosine over the interaction matrix, scaled below
+real co-occurrence neighbours. A customer's score = complements of their most recent items.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ class BoughtTogetherConfig(ModelConfig):
     min_lift: float = 1.0  # only pairs bought together more often than chance
     neighbours: int = 50  # complements kept per item
     fallback_neighbours: int = 20  # item-kNN cosine neighbours for items with few complements
+    # Fallback neighbours score at most this: below any real complement whose confidence is
+    # above it (with min_count=2 that is every pair of items bought fewer than 200 times).
+    fallback_weight: float = 0.01
     recent_items: int = 10  # a customer's last N distinct items drive their recommendations
     recency_decay: float = 0.8  # weight of the n-th most recent item = decay ** n
 
@@ -85,10 +88,9 @@ class BoughtTogether(Recommender):
         co = sp.csr_matrix((val.astype(np.float32), (i[ok], j[ok])), shape=(n_items, n_items))
         co = row_topk_sparse(co, c.neighbours)
         self.n_pairs_ = int(co.nnz)
-        # Real complements score in (1, 2]; fallback similarities in (0, 1], so they only fill in.
-        co_scaled = _row_scale(co)
-        co_scaled.data += 1.0
-        S = co_scaled
+        # Raw confidences (or lifts) add up over a customer's items as evidence should; fallback
+        # similarities are scaled into (0, fallback_weight], so they only order the long tail.
+        S = co
         if c.fallback_neighbours > 0 and data.user_items.nnz:
             from implicit.nearest_neighbours import CosineRecommender
 
@@ -106,7 +108,7 @@ class BoughtTogether(Recommender):
             pattern.data[:] = 1.0
             cos = cos - cos.multiply(pattern)
             cos.eliminate_zeros()
-            S = S + _row_scale(cos)
+            S = S + c.fallback_weight * _row_scale(cos)
         S = sp.csr_matrix(S, dtype=np.float32)
         S.setdiag(0.0)
         S.eliminate_zeros()
