@@ -28,6 +28,7 @@ import csv
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,12 +59,27 @@ _MIN_BIRTH_YEAR = 1900
 BLOCK_ROWS = 1 << 20
 
 
-def open_blocks(path: Path) -> tuple[pa.Schema, Iterator[pa.Table], int | None]:
+@dataclass(frozen=True)
+class MalformedLine:
+    """A CSV line that does not split into the header's fields: a bad row, not a bad file.
+    `line` is its 1-based line number in the file (the header is line 1)."""
+
+    line: int
+    text: str
+    expected: int
+    actual: int
+
+
+def open_blocks(
+    path: Path, malformed: list[MalformedLine] | None = None
+) -> tuple[pa.Schema, Iterator[pa.Table], int | None]:
     """Open a raw table file for streaming: (schema, blocks of rows in file order, row count or None).
 
     Parquet keeps its types; CSV is read with every column as a string so that validation, not the
-    CSV reader's type guessing, decides what is malformed ("" stays ""). Column names are trimmed
-    and lower-cased. Raises BuildError naming the file when it cannot be read (also mid-stream).
+    CSV reader's type guessing, decides what is malformed ("" stays ""). CSV lines with the wrong
+    number of fields are left out of the blocks and appended to `malformed` as they are met (given
+    `malformed`; else they are a BuildError). Column names are trimmed and lower-cased. Raises
+    BuildError naming the file when it cannot be read (also mid-stream).
     """
     try:
         if path.suffix == ".parquet":
@@ -75,9 +91,17 @@ def open_blocks(path: Path) -> tuple[pa.Schema, Iterator[pa.Table], int | None]:
                 header = next(csv.reader(f), None)
             if not header:
                 raise BuildError(f"{path}: empty CSV file (no header row)")
+            def on_invalid(row: pacsv.InvalidRow) -> str:
+                if malformed is None:
+                    return "error"
+                malformed.append(MalformedLine(row.number or 0, row.text, row.expected_columns, row.actual_columns))
+                return "skip"
+
             reader = pacsv.open_csv(
                 path,
-                read_options=pacsv.ReadOptions(block_size=64 << 20),
+                # One parsing thread: only then does Arrow report the line number of a bad line.
+                read_options=pacsv.ReadOptions(block_size=64 << 20, use_threads=False),
+                parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
                 convert_options=pacsv.ConvertOptions(
                     column_types={name: pa.string() for name in header}, strings_can_be_null=False
                 ),
@@ -102,12 +126,6 @@ def open_blocks(path: Path) -> tuple[pa.Schema, Iterator[pa.Table], int | None]:
             raise BuildError(f"{path}: cannot read the file: {e}") from e
 
     return schema, blocks(), total
-
-
-def read_raw(path: Path) -> pa.Table:
-    """A whole raw table file as one Arrow table (see `open_blocks` for types and errors)."""
-    schema, blocks, _ = open_blocks(path)
-    return pa.concat_tables([schema.empty_table(), *blocks])
 
 
 def _q(name: str) -> str:
@@ -379,7 +397,8 @@ def validate_file(path: Path, table: str, validated: Path, quarantine: Path, *, 
     in any block; events stream in blocks of BLOCK_ROWS. Returns input_rows/accepted/quarantined.
     """
     spec = TABLE_SPECS[table]
-    schema, blocks, total = open_blocks(path)
+    malformed: list[MalformedLine] = []
+    schema, blocks, total = open_blocks(path, malformed)
     _check_missing(table, schema.names, str(path))
     if spec.unique:
         blocks = iter([pa.concat_tables([schema.empty_table(), *blocks])])
@@ -415,10 +434,39 @@ def validate_file(path: Path, table: str, validated: Path, quarantine: Path, *, 
         con.close()
     os.replace(tmp, validated)
     bad_all = pa.concat_tables(bad_parts)
+    if malformed:
+        bad_all = _with_malformed(bad_all, malformed, schema.names)
+        n_in += len(malformed)
     _write_parquet(bad_all, quarantine)
     if n_ok + bad_all.num_rows != n_in:  # a bug here, never the data's fault
         raise RuntimeError(f"{path}: {n_in} rows in, {n_ok} + {bad_all.num_rows} out")
     return {"input_rows": n_in, "accepted": n_ok, "quarantined": bad_all.num_rows}
+
+
+def _with_malformed(bad: pa.Table, malformed: list[MalformedLine], names: list[str]) -> pa.Table:
+    """Add malformed CSV lines to the quarantine and renumber: the parsed rows were numbered without
+    them, so parsed row p is file row p + (malformed lines before it). Rows come out in file order.
+    Assumes one line per row (a quoted value spanning lines shifts the numbers)."""
+    m_rows = np.sort(np.array([m.line - 1 for m in malformed], dtype=np.int64))  # data-row numbers
+    # The p-th parsed row is preceded by every malformed row i with m_rows[i] - i <= p.
+    gaps = m_rows - np.arange(len(m_rows))
+    parsed = bad["row_number"].to_numpy()
+    renumbered = parsed + np.searchsorted(gaps, parsed, side="right")
+    bad = bad.set_column(bad.schema.get_field_index("row_number"), "row_number", pa.array(renumbered, pa.int64()))
+    columns: dict[str, list[str | None]] = {name: [] for name in names}
+    for m in malformed:
+        values = next(csv.reader([m.text]), [])
+        if len(values) > len(names):  # the surplus stays visible in the last column
+            values = values[: len(names) - 1] + [",".join(values[len(names) - 1:])]
+        for i, name in enumerate(names):
+            columns[name].append(values[i] if i < len(values) else None)
+    extra = pa.table({
+        **{name: pa.array(v, pa.string()) for name, v in columns.items()},
+        "reason": pa.array([f"malformed CSV line: {m.actual} fields, expected {m.expected}" for m in malformed]),
+        "row_number": pa.array([m.line - 1 for m in malformed], pa.int64()),
+    })
+    both = pa.concat_tables([bad, extra.select(bad.column_names)])
+    return both.take(pc.sort_indices(both["row_number"]))
 
 
 def validate_workspace(ws: Workspace, *, now: datetime | None = None) -> dict[str, dict[str, int]]:

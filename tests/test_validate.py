@@ -256,3 +256,27 @@ def test_blocks_keep_file_row_numbers_and_order(tmp_path: Path, monkeypatch: pyt
     assert validate_workspace(ws, now=NOW)["events"] == {"input_rows": 8, "accepted": 6, "quarantined": 2}
     assert pd.read_parquet(ws.quarantine("events"))["row_number"].tolist() == [3, 7]
     assert pd.read_parquet(ws.validated("events"))["user_id"].tolist() == ["u0", "u1", "u3", "u4", "u5", "u7"]
+
+
+def test_malformed_csv_lines_are_quarantined_in_file_order(tmp_path: Path) -> None:
+    """A line with too many or too few fields is a bad row, not a bad file; later rows keep their
+    file row numbers."""
+    (tmp_path / "events.csv").write_text(
+        "user_id,item_id,event_type,timestamp\n"
+        "u1,i1,view,2024-01-01\n"          # row 1
+        "u2,i1,view,2024-01-01,extra\n"    # row 2: 5 fields
+        "u3,i1\n"                          # row 3: 2 fields
+        ",i1,view,2024-01-01\n"            # row 4: missing user
+        "u5,i1,view,2024-01-01\n"          # row 5
+    )
+    ws = Workspace.at(tmp_path)
+    assert validate_workspace(ws, now=NOW)["events"] == {"input_rows": 5, "accepted": 2, "quarantined": 3}
+    q = pd.read_parquet(ws.quarantine("events"))
+    assert q["row_number"].tolist() == [2, 3, 4]
+    assert q["reason"].tolist() == [
+        "malformed CSV line: 5 fields, expected 4",
+        "malformed CSV line: 2 fields, expected 4",
+        "missing user_id",
+    ]
+    assert q["timestamp"].tolist()[0] == "2024-01-01,extra" and q["user_id"].tolist()[1] == "u3"
+    assert pd.read_parquet(ws.validated("events"))["user_id"].tolist() == ["u1", "u5"]
