@@ -7,7 +7,9 @@ built once (features -> ALS -> bundle, cached under benchmarks/work/serving/), t
 started alone with `bentoml serve` / uvicorn on a free loopback port and load-tested with wrk:
 
 - `shoprec`            the real service: every filter, fallback, A/B step and impression log;
-- `shoprec-nolog`      the same with BentoML's access log off (SHOPREC_ACCESS_LOG=0);
+- `shoprec-traced`     with BentoML's per-request OpenTelemetry span on (SHOPREC_TRACING=1, the
+                       BentoML default; shoprec turns it off);
+- `shoprec-nolog`      the same with BentoML's access log off too (SHOPREC_ACCESS_LOG=0);
 - `minimal-bentoml`    a one-endpoint BentoML service: dot product over item factors + top-k;
 - `minimal-starlette`  the same scoring in a plain Starlette app under uvicorn.
 
@@ -277,7 +279,8 @@ def bench_shop(name: str, bundle: Path, seconds: float, servers: tuple[str, ...]
                 "SHOPREC_BUNDLE": str(bundle),
                 "SHOPREC_POLL_SECONDS": "0",
                 "SHOPREC_IMPRESSIONS": str(WORK / name / "impressions.jsonl"),
-                "SHOPREC_ACCESS_LOG": "0" if kind == "shoprec-nolog" else "1",
+                "SHOPREC_ACCESS_LOG": "1" if kind in ("shoprec", "shoprec-traced") else "0",
+                "SHOPREC_TRACING": "1" if kind == "shoprec-traced" else "0",
             }
             routes.append("/bought_together")
         with server("starlette" if kind == "minimal-starlette" else kind, env) as url:
@@ -287,7 +290,7 @@ def bench_shop(name: str, bundle: Path, seconds: float, servers: tuple[str, ...]
                 print(f"  {name} {kind} {route}: {json.dumps(result[f'{kind} {route}'])}", flush=True)
     base = result.get("minimal-bentoml /recommend", {}).get("saturation", {}).get("rps")
     if base:
-        for key, r in result.items():
+        for r in result.values():
             r["saturation_vs_minimal_bentoml"] = round(r["saturation"]["rps"] / base, 2)
     return result
 
@@ -304,7 +307,7 @@ def main(quick: bool = False) -> dict:
     else:
         shops = [("shop5k", 20_000, 5_000), ("shop100k", 20_000, 100_000)]
         seconds = 10.0
-        servers = ("shoprec", "shoprec-nolog", "minimal-bentoml", "minimal-starlette")
+        servers = ("shoprec", "shoprec-nolog", "shoprec-traced", "minimal-bentoml", "minimal-starlette")
     result: dict[str, Any] = {"quick": quick, "seconds_per_run": seconds, "cpus": os.cpu_count(), "shops": {}}
     for name, customers, items in shops:
         start = time.perf_counter()

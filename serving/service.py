@@ -123,6 +123,10 @@ def _bad_request(ctx: bentoml.Context, message: str, status: int = 400) -> JSONR
     # happens per process. SHOPREC_WORKERS raises it on machines with more cores.
     workers=int(os.environ.get("SHOPREC_WORKERS", "1")),
     traffic={"timeout": 30},
+    # BentoML wraps every request in an OpenTelemetry span even with no exporter configured; that
+    # costs CPU on every request and adds to the tail at saturation (benchmarks/bench_serving.py).
+    # Off unless SHOPREC_TRACING=1 (set it together with BentoML's tracing exporter settings).
+    tracing={"excluded_urls": [] if _env_flag("SHOPREC_TRACING", False) else [".*"]},
     logging={
         "access": {
             # The access log carries method, path, status, sizes and latency, never the body, so

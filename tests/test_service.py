@@ -265,3 +265,48 @@ def test_no_key_configured_refuses_writes(bundle: Path) -> None:
 
     assert check_bearer(f"Bearer {API_KEY}", None)[0] == 403
     assert check_bearer(f"Bearer {API_KEY}", API_KEY) is None
+
+
+# -- configuration and A/B routing ----------------------------------------------------------------
+
+
+def test_parse_shares_normalises_and_rejects_nonsense() -> None:
+    from serving.loader import ConfigError, parse_shares
+
+    assert parse_shares("champion=8,control=2") == {"champion": 0.8, "control": 0.2}
+    assert parse_shares("champion=1,challenger=0") == {"champion": 1.0}
+    for bad in ("champion", "winner=1", "champion=-1", "champion=x", "champion=0"):
+        with pytest.raises(ConfigError, match="SHOPREC_AB_SHARES"):
+            parse_shares(bad)
+
+
+def test_config_from_env_says_what_is_wrong(tmp_path: Path) -> None:
+    from serving.loader import ConfigError, ServeConfig
+
+    with pytest.raises(ConfigError, match="not a bundle directory"):
+        ServeConfig.from_env({"SHOPREC_BUNDLE": str(tmp_path)})
+    with pytest.raises(ConfigError, match="SHOPREC_POLL_SECONDS"):
+        ServeConfig.from_env({"SHOPREC_POLL_SECONDS": "soon"})
+    cfg = ServeConfig.from_env({"SHOPREC_DATA": str(tmp_path), "SHOPREC_API_KEY": " k ", "SHOPREC_POLL_SECONDS": "5"})
+    assert cfg.api_key == "k" and cfg.poll_seconds == 5.0 and cfg.registry_uri.startswith("sqlite:///")
+
+
+def test_control_variant_gets_exactly_the_popular_block(bundle: Path, tmp_path: Path) -> None:
+    from serving.schemas import RequestContext
+    from serving.service import ShopRec
+
+    log = tmp_path / "impressions.jsonl"
+    os.environ["SHOPREC_IMPRESSIONS"] = str(log)
+    try:
+        svc = ShopRec.inner(config=_config(bundle, shares={"control": 1.0}))
+    finally:
+        os.environ.pop("SHOPREC_IMPRESSIONS", None)
+    out = _run(svc.recommend("u2", 3, RequestContext(), _ctx()))
+    popular = _run(svc.popular(3, None, None, RequestContext(), _ctx()))
+    assert out.variant == "control"
+    # u2 bought i0..i3, yet the control arm is the non-personal answer: i0, i1, i2
+    assert [i.item_id for i in out.items] == [i.item_id for i in popular.items] == ["i0", "i1", "i2"]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[0]["variant"] == "control" and records[0]["recommendation_id"] == out.recommendation_id
+    assert "u2" not in log.read_text(), "the impression log holds a salted hash, never the id"
+    svc.holder.stop()
