@@ -244,7 +244,7 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
                 step()
                 timings[label.replace(" ", "_")] = round(time.perf_counter() - t, 3)
                 progress.advance(task)
-    except BuildError:
+    except BaseException:  # a failed build leaves no half-written tables behind (features/ is untouched)
         shutil.rmtree(out, ignore_errors=True)
         raise
     finally:
