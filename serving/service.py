@@ -97,6 +97,33 @@ def _context_fields(context_cls: type) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(context_cls))
 
 
+class GcStats:
+    """Garbage-collector pauses per generation since start (count, total and longest, in ms): the
+    first suspect when the tail latency shows stalls. Shown in /readyz."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self.count = [0, 0, 0]
+        self.total_ms = [0.0, 0.0, 0.0]
+        self.max_ms = [0.0, 0.0, 0.0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+            return
+        g = info.get("generation", 2)
+        ms = (time.perf_counter() - self._start) * 1000
+        self.count[g] += 1
+        self.total_ms[g] += ms
+        self.max_ms[g] = max(self.max_ms[g], ms)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            f"gen{g}": {"count": self.count[g], "total_ms": round(self.total_ms[g], 2), "max_ms": round(self.max_ms[g], 2)}
+            for g in range(3)
+        } | {"frozen_objects": gc.get_freeze_count()}
+
+
 class BadRequest(ValueError):
     """Input that passed the schema but is still wrong (e.g. an event type the store refuses)."""
 
@@ -166,8 +193,11 @@ class ShopRec:
         # Everything loaded so far (model, item tables, imports) lives as long as the process:
         # freezing it keeps the cyclic GC from re-scanning it on every collection, which otherwise
         # shows up as multi-millisecond pauses in the tail latency.
-        gc.collect()
-        gc.freeze()
+        if _env_flag("SHOPREC_GC_FREEZE", True):
+            gc.collect()
+            gc.freeze()
+        self.gc_stats = GcStats()
+        gc.callbacks.append(self.gc_stats)
         _LIVE["service"] = self
         models = self.holder.models
         logger.info("shoprec service ready: champion %s", models.champion_version if models else None)
@@ -188,6 +218,8 @@ class ShopRec:
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         self.holder.stop()
+        if self.gc_stats in gc.callbacks:
+            gc.callbacks.remove(self.gc_stats)
         self.impressions.close() if hasattr(self.impressions, "close") else None
         if _LIVE.get("service") is self:
             _LIVE.pop("service", None)
@@ -204,6 +236,7 @@ class ShopRec:
             "swaps": self.holder.swaps,
             "last_error": self.holder.last_error,
             "write_endpoints": "enabled" if self.config.api_key else "disabled (no SHOPREC_API_KEY)",
+            "gc": self.gc_stats.as_dict(),
             "impressions": "logged" if getattr(self.impressions, "enabled", True) else "not logged",
         }
         if models is not None:
