@@ -75,7 +75,9 @@ def _load_factors() -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]
     return users, data["user_factors"], data["item_factors"], data["item_ids"]
 
 
-def _top_k(users: dict[str, int], uf: np.ndarray, itf: np.ndarray, ids: np.ndarray, user_id: str, k: int) -> list[dict]:
+def _top_k(
+    users: dict[str, int], uf: np.ndarray, itf: np.ndarray, ids: np.ndarray, user_id: str, k: int
+) -> list[dict]:
     u = users.get(user_id, 0)
     scores = itf @ uf[u]
     top = np.argpartition(-scores, k)[:k]
@@ -133,7 +135,19 @@ def build_shop(name: str, customers: int, items: int, model: str = "als") -> Pat
         return bundle
     shoprec = str(Path(sys.executable).with_name("shoprec"))
     if not (ws_dir / "events.parquet").exists():
-        _run([shoprec, "data", "generate", "--out", str(ws_dir), "--customers", str(customers), "--items", str(items)])
+        _run(
+            [
+                shoprec,
+                "data",
+                "generate",
+                "--out",
+                str(ws_dir),
+                "--customers",
+                str(customers),
+                "--items",
+                str(items),
+            ]
+        )
     if not (ws_dir / "features" / "profiles.parquet").exists():
         _run([shoprec, "features", "build", "--data", str(ws_dir)], stdout=subprocess.DEVNULL)
     from features.workspace import Workspace
@@ -153,7 +167,9 @@ def write_inputs(bundle: Path, out: Path, n: int = 2000, seed: int = 0) -> dict[
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    users = pd.read_parquet(bundle / "context" / "profiles.parquet", columns=["user_id"])["user_id"].astype(str)
+    users = pd.read_parquet(bundle / "context" / "profiles.parquet", columns=["user_id"])["user_id"].astype(
+        str
+    )
     items = pd.read_parquet(bundle / "context" / "items.parquet", columns=["item_id"])["item_id"].astype(str)
     out.mkdir(parents=True, exist_ok=True)
     picks = rng.choice(len(users), size=n)
@@ -199,12 +215,24 @@ def server(kind: str, env: dict[str, str], timeout_s: float = 180.0) -> Iterator
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
         probe = ("POST", "/recommend")
     else:
-        target = "benchmarks.bench_serving:MinimalBento" if kind == "minimal-bentoml" else "serving.service:ShopRec"
+        target = (
+            "benchmarks.bench_serving:MinimalBento"
+            if kind == "minimal-bentoml"
+            else "serving.service:ShopRec"
+        )
         cmd = [str(bin_dir / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
         probe = ("GET", "/readyz")
-    full = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **env}
+    full = {
+        **os.environ,
+        "BENTOML_DO_NOT_TRACK": "true",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        **env,
+    }
     log = (WORK / f"server-{kind}.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
@@ -215,7 +243,10 @@ def server(kind: str, env: dict[str, str], timeout_s: float = 180.0) -> Iterator
                 if probe[0] == "GET":
                     ok = httpx.get(url + probe[1], timeout=2).status_code == 200
                 else:
-                    ok = httpx.post(url + probe[1], json={"user_id": "x", "k": 1}, timeout=2).status_code == 200
+                    ok = (
+                        httpx.post(url + probe[1], json={"user_id": "x", "k": 1}, timeout=2).status_code
+                        == 200
+                    )
                 if ok:
                     break
             except httpx.HTTPError:
@@ -236,9 +267,21 @@ def server(kind: str, env: dict[str, str], timeout_s: float = 180.0) -> Iterator
         log.close()
 
 
-def wrk(url: str, bodies: Path, lua: Path, seconds: float, connections: int, delay_ms: float = 0) -> dict[str, Any]:
+def wrk(
+    url: str, bodies: Path, lua: Path, seconds: float, connections: int, delay_ms: float = 0
+) -> dict[str, Any]:
     """One wrk run; returns requests/s, errors and latency percentiles in ms."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(lua), url]
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(lua),
+        url,
+    ]
     env = {**os.environ, "WRK_BODIES": str(bodies), "WRK_DELAY_MS": str(delay_ms)}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
     m = re.search(r"WRKJSON (\{.*\})", out)
@@ -246,7 +289,9 @@ def wrk(url: str, bodies: Path, lua: Path, seconds: float, connections: int, del
         raise RuntimeError(f"wrk printed no summary: {out[-500:]}")
     raw = json.loads(m.group(1))
     secs = raw["duration_us"] / 1e6
-    errors = sum(raw[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+    errors = sum(
+        raw[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+    )
     return {
         "rps": round(raw["requests"] / secs, 1),
         "requests": raw["requests"],
@@ -298,7 +343,9 @@ def bench_shop(name: str, bundle: Path, seconds: float, servers: tuple[str, ...]
 def main(quick: bool = False) -> dict:
     """Build (or reuse) the shops, load-test every server, write benchmarks/results/serving.json."""
     if shutil.which("wrk") is None:
-        raise RuntimeError("wrk is not installed: `apt-get install -y wrk` (the Makefile's bench target does it)")
+        raise RuntimeError(
+            "wrk is not installed: `apt-get install -y wrk` (the Makefile's bench target does it)"
+        )
     WORK.mkdir(parents=True, exist_ok=True)
     if quick:
         shops = [("quick", 500, 300)]
@@ -313,7 +360,11 @@ def main(quick: bool = False) -> dict:
         start = time.perf_counter()
         bundle = build_shop(name, customers, items)
         print(f"== {name}: bundle ready in {time.perf_counter() - start:.0f} s", flush=True)
-        result["shops"][name] = {"customers": customers, "items": items, **bench_shop(name, bundle, seconds, servers)}
+        result["shops"][name] = {
+            "customers": customers,
+            "items": items,
+            **bench_shop(name, bundle, seconds, servers),
+        }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serving.json").write_text(json.dumps(result, indent=2))
     return result

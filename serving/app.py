@@ -30,14 +30,20 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 WRITE_PATHS: frozenset[str] = frozenset({"/events", "/forget"})
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()
+) -> None:
     """Send one complete JSON response."""
     raw = json.dumps(body).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()), *headers],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+                *headers,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": raw})
@@ -131,7 +137,9 @@ class GuardMiddleware:
                 await send_json(send, 400, {"error": f"request body must be a JSON object, got {got}"})
                 return
         elif content_type != "application/vnd.bentoml+json":
-            await send_json(send, 415, {"error": f"unsupported content type {content_type!r}: send application/json"})
+            await send_json(
+                send, 415, {"error": f"unsupported content type {content_type!r}: send application/json"}
+            )
             return
 
         replayed = False

@@ -59,7 +59,9 @@ def parse_shares(text: str) -> dict[str, float]:
         name, sep, value = part.partition("=")
         name = name.strip()
         if not sep or name not in VARIANTS:
-            raise ConfigError(f"SHOPREC_AB_SHARES: expected VARIANT=SHARE with VARIANT in {VARIANTS}, got {part!r}")
+            raise ConfigError(
+                f"SHOPREC_AB_SHARES: expected VARIANT=SHARE with VARIANT in {VARIANTS}, got {part!r}"
+            )
         try:
             share = float(value)
         except ValueError:
@@ -296,7 +298,9 @@ class ModelHolder:
                         else self._build(chall_v)
                     )
                 # The swap: one reference assignment; requests already running keep the old snapshot.
-                self.models = Models(champion, champ_v, challenger, chall_v if challenger is not None else None)
+                self.models = Models(
+                    champion, champ_v, challenger, chall_v if challenger is not None else None
+                )
                 if cur is not None:
                     self.swaps += 1
                     logger.info("hot-swapped models: champion %s -> %s", cur.champion_version, champ_v)

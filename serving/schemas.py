@@ -152,7 +152,11 @@ def example_requests(user_id: str, item_id: str, other_item_id: str, category: s
         "/bought_together": {"item_ids": [item_id], "k": 5, "user_id": user_id},
         "/similar_items": {"item_id": item_id, "k": 5, "context": {"max_price": 50.0}},
         "/popular": {"k": 5, **({"category": category} if category else {})},
-        "/recommend_batch": {"user_ids": [user_id, "a-new-customer"], "k": 3, "context": {"channel": "email"}},
+        "/recommend_batch": {
+            "user_ids": [user_id, "a-new-customer"],
+            "k": 3,
+            "context": {"channel": "email"},
+        },
         "/events": {"events": [{"user_id": user_id, "item_id": other_item_id, "event_type": "purchase"}]},
         "/forget": {"user_id": "a-customer-to-erase"},
     }

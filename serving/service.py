@@ -119,7 +119,11 @@ class GcStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            f"gen{g}": {"count": self.count[g], "total_ms": round(self.total_ms[g], 2), "max_ms": round(self.max_ms[g], 2)}
+            f"gen{g}": {
+                "count": self.count[g],
+                "total_ms": round(self.total_ms[g], 2),
+                "max_ms": round(self.max_ms[g], 2),
+            }
             for g in range(3)
         } | {"frozen_objects": gc.get_freeze_count()}
 
@@ -169,7 +173,9 @@ def _bad_request(ctx: bentoml.Context, message: str, status: int = 400) -> JSONR
 class ShopRec:
     """Recommendations for the web shop and the e-mail renderer (CONTRACT.md "HTTP API")."""
 
-    def __init__(self, config: ServeConfig | None = None, engine_factory: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self, config: ServeConfig | None = None, engine_factory: Callable[..., Any] | None = None
+    ) -> None:
         from serving.store import make_store
 
         self.config = config if config is not None else ServeConfig.from_env()
@@ -275,7 +281,9 @@ class ShopRec:
             values["cart"] = tuple(values["cart"])
         return Context(**{k: v for k, v in values.items() if k in _context_fields(Context)})
 
-    def _respond(self, endpoint: str, user_id: str | None, variant: str, version: str, recs: Any) -> RecommendResponse:
+    def _respond(
+        self, endpoint: str, user_id: str | None, variant: str, version: str, recs: Any
+    ) -> RecommendResponse:
         rid = uuid.uuid4().hex
         items = _items(recs)
         try:
@@ -298,7 +306,9 @@ class ShopRec:
     # recommend_batch (up to 500 users) and the write endpoints (Redis I/O) stay in the thread pool
     # so they never hold up the loop.
     @bentoml.api(route="/recommend", input_spec=RecommendRequest, output_spec=RecommendResponse)
-    async def recommend(self, user_id: str, k: int, context: RequestContext, ctx: bentoml.Context) -> RecommendResponse:
+    async def recommend(
+        self, user_id: str, k: int, context: RequestContext, ctx: bentoml.Context
+    ) -> RecommendResponse:
         """Personal recommendations for one customer in a context (page, cart, channel, size)."""
         models = self.holder.models
         variant = self._variant(models, user_id)
@@ -353,7 +363,9 @@ class ShopRec:
         recs = engine.popular(k, segment, category, self._context(context))
         return self._respond("popular", None, "champion", version, recs)
 
-    @bentoml.api(route="/recommend_batch", input_spec=RecommendBatchRequest, output_spec=RecommendBatchResponse)
+    @bentoml.api(
+        route="/recommend_batch", input_spec=RecommendBatchRequest, output_spec=RecommendBatchResponse
+    )
     def recommend_batch(
         self, user_ids: list[str], k: int, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendBatchResponse:
@@ -411,4 +423,3 @@ class ShopRec:
 ShopRec.add_asgi_middleware(
     GuardMiddleware, api_key=_api_key, ready_detail=_ready_detail, max_body_bytes=MAX_BODY_BYTES
 )
-

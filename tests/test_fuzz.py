@@ -39,6 +39,8 @@ def test_no_server_error(base_url: str) -> None:
         @given(case=op.as_strategy())
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def run(case) -> None:
-            case.call_and_validate(base_url=base_url, headers=_http.AUTH, checks=[not_a_server_error], timeout=10)
+            case.call_and_validate(
+                base_url=base_url, headers=_http.AUTH, checks=[not_a_server_error], timeout=10
+            )
 
         run()

@@ -49,7 +49,9 @@ def bentoml_server(env: dict[str, str], timeout_s: float = 90.0) -> Iterator[str
     bentoml = Path(sys.executable).with_name("bentoml")
     cmd = [str(bentoml), "serve", "serving.service:ShopRec", "--host", "127.0.0.1", "--port", str(port)]
     log = open(Path(env.get("SHOPREC_TEST_LOG", os.devnull)), "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
@@ -84,7 +86,9 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(bundles: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def server(
+    bundles: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
     link = tmp_path_factory.mktemp("live") / "current"
     link.symlink_to(bundles[0])
     env = {
@@ -105,7 +109,11 @@ def test_http_recommend_and_purchase_event(server) -> None:
         ids = [i["item_id"] for i in body["items"]]
         assert len(ids) == 3 and not {"i0", "i1", "i2", "i3"} & set(ids)
         assert body["variant"] == "champion"
-        r = c.post("/events", json={"events": [{"user_id": "u2", "item_id": ids[0], "event_type": "purchase"}]}, headers=AUTH)
+        r = c.post(
+            "/events",
+            json={"events": [{"user_id": "u2", "item_id": ids[0], "event_type": "purchase"}]},
+            headers=AUTH,
+        )
         assert r.status_code == 200 and r.json()["accepted"] == 1
         after = [i["item_id"] for i in c.post("/recommend", json={"user_id": "u2", "k": 3}).json()["items"]]
         assert ids[0] not in after

@@ -145,7 +145,9 @@ def test_class_hot_swap_keeps_answering(tmp_path: Path, bundle: Path) -> None:
     link.unlink()
     link.symlink_to(other)
     assert svc.holder.refresh() is True
-    assert svc.holder.models.champion_version != v1 and svc.holder.models.champion_version.startswith("itemknn-")
+    assert svc.holder.models.champion_version != v1 and svc.holder.models.champion_version.startswith(
+        "itemknn-"
+    )
     assert svc.holder.swaps == 1
     from serving.schemas import RequestContext
 
@@ -189,7 +191,11 @@ def test_asgi_recommend_shape(client) -> None:
 
 def test_asgi_purchase_event_changes_next_answer(client) -> None:
     first = client.post("/recommend", json={"user_id": "u4", "k": 3}).json()["items"][0]["item_id"]
-    r = client.post("/events", json={"events": [{"user_id": "u4", "item_id": first, "event_type": "purchase"}]}, headers=AUTH)
+    r = client.post(
+        "/events",
+        json={"events": [{"user_id": "u4", "item_id": first, "event_type": "purchase"}]},
+        headers=AUTH,
+    )
     assert r.status_code == 200 and r.json() == {"accepted": 1}
     after = [i["item_id"] for i in client.post("/recommend", json={"user_id": "u4", "k": 3}).json()["items"]]
     assert first not in after
@@ -237,7 +243,11 @@ def test_asgi_malformed_and_oversized_bodies(client) -> None:
 
 
 def test_asgi_bad_event_type_is_a_400(client) -> None:
-    r = client.post("/events", json={"events": [{"user_id": "u1", "item_id": "i1", "event_type": "teleport"}]}, headers=AUTH)
+    r = client.post(
+        "/events",
+        json={"events": [{"user_id": "u1", "item_id": "i1", "event_type": "teleport"}]},
+        headers=AUTH,
+    )
     assert r.status_code == 400 and "teleport" in r.text
 
 
@@ -248,7 +258,15 @@ def test_asgi_readyz_detail_and_openapi(client) -> None:
     assert detail["ready"] is True and detail["model_version"].startswith("popular-")
     assert "memory" in detail["store"]
     spec = client.get("/docs.json").json()
-    for route in ("/recommend", "/bought_together", "/similar_items", "/popular", "/recommend_batch", "/events", "/forget"):
+    for route in (
+        "/recommend",
+        "/bought_together",
+        "/similar_items",
+        "/popular",
+        "/recommend_batch",
+        "/events",
+        "/forget",
+    ):
         assert route in spec["paths"]
     assert client.get("/livez").status_code == 200 and client.get("/healthz").status_code == 200
 
@@ -287,7 +305,9 @@ def test_config_from_env_says_what_is_wrong(tmp_path: Path) -> None:
         ServeConfig.from_env({"SHOPREC_BUNDLE": str(tmp_path)})
     with pytest.raises(ConfigError, match="SHOPREC_POLL_SECONDS"):
         ServeConfig.from_env({"SHOPREC_POLL_SECONDS": "soon"})
-    cfg = ServeConfig.from_env({"SHOPREC_DATA": str(tmp_path), "SHOPREC_API_KEY": " k ", "SHOPREC_POLL_SECONDS": "5"})
+    cfg = ServeConfig.from_env(
+        {"SHOPREC_DATA": str(tmp_path), "SHOPREC_API_KEY": " k ", "SHOPREC_POLL_SECONDS": "5"}
+    )
     assert cfg.api_key == "k" and cfg.poll_seconds == 5.0 and cfg.registry_uri.startswith("sqlite:///")
 
 
