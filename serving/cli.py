@@ -24,11 +24,12 @@ app.add_typer(features_app, name="features")
 register_training(app)
 
 
-
 # -- serving commands: `serve`, `forget`, `demo-curls` (heavy imports inside each command) ----------
 
 
-def _serve_env(data: Path | None, bundle: Path | None, poll_seconds: float | None, access_log: bool) -> dict[str, str]:
+def _serve_env(
+    data: Path | None, bundle: Path | None, poll_seconds: float | None, access_log: bool
+) -> dict[str, str]:
     """The environment `bentoml serve` passes to the service workers (serving.loader reads it)."""
     import os
 
@@ -48,16 +49,22 @@ def _serve_env(data: Path | None, bundle: Path | None, poll_seconds: float | Non
 
 @app.command("serve")
 def serve_cmd(
-    data: Annotated[Path | None, typer.Option(help="Workspace; its MLflow registry's champion is served.")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Workspace; its MLflow registry's champion is served.")
+    ] = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 3000,
-    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 to accept remote clients).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (0.0.0.0 to accept remote clients).")
+    ] = "127.0.0.1",
     bundle: Annotated[
         Path | None, typer.Option(help="Serve this local bundle directory instead of the registry.")
     ] = None,
     poll_seconds: Annotated[
         float | None, typer.Option(help="How often to look for a newly promoted champion (0 = never).")
     ] = None,
-    access_log: Annotated[bool, typer.Option(help="BentoML access log (never contains customer ids).")] = True,
+    access_log: Annotated[
+        bool, typer.Option(help="BentoML access log (never contains customer ids).")
+    ] = True,
 ) -> None:
     """Serve the champion over HTTP with BentoML (see CONTRACT.md "HTTP API").
 
@@ -77,7 +84,9 @@ def serve_cmd(
     try:
         source = make_source(ServeConfig.from_env(env))
         if source.version("champion") is None:
-            raise ConfigError(f"no `champion` in the registry of {data}: run `shoprec promote --data {data}` first")
+            raise ConfigError(
+                f"no `champion` in the registry of {data}: run `shoprec promote --data {data}` first"
+            )
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -167,7 +176,12 @@ def _demo_ids(data: Path | None) -> tuple[str, str, str, str | None]:
     top = items.merge(stats, on="item_idx").sort_values("n_users", ascending=False)
     first, second = top.iloc[0], top.iloc[1]
     category = first.get("category") if "category" in top.columns else None
-    return user_id, str(first["item_id"]), str(second["item_id"]), (str(category) if pd.notna(category) else None)
+    return (
+        user_id,
+        str(first["item_id"]),
+        str(second["item_id"]),
+        (str(category) if pd.notna(category) else None),
+    )
 
 
 if __name__ == "__main__":
