@@ -44,8 +44,9 @@ ValidationHook = Callable[["SASRec"], float]
 
 @dataclass(frozen=True)
 class SASRecConfig(ModelConfig):
-    """Hyper-parameters of `SASRec`. Defaults reach NDCG@10 > 0.10 on MovieLens-100K leave-one-out
-    within about two minutes of a 2-core CPU."""
+    """Hyper-parameters of `SASRec`. Measured with these defaults on MovieLens-100K leave-one-out
+    (benchmarks/bench_sasrec.py): validation NDCG@10 0.101 after epoch 6 (214 CPU-seconds of 2
+    threads, so about 110 s on an idle 2-core machine), best 0.103, test 0.092."""
 
     max_len: int = 200  # items of history the model sees; longer sequences become several windows
     dim: int = 64  # embedding and hidden size
