@@ -304,3 +304,19 @@ def test_topk_matches_a_full_sort_with_ties_and_minus_inf(shape):
     finite = np.isfinite(vals)
     np.testing.assert_array_equal(np.take_along_axis(s, ids, axis=1)[finite], vals[finite])
     assert all(len(set(r)) == len(r) for r in ids)
+
+
+def test_als_callback_sees_every_iteration_and_can_score_mid_fit():
+    """Tuning prunes ALS from its callback: it must be called per iteration with a scorable model."""
+    data, answer = group_data()
+    ALS = get_model_class("als")
+    model = ALS(ALS.Config(factors=2, iterations=4, regularization=0.1, num_threads=1))
+    seen = []
+
+    def cb(step, metrics):
+        users = np.arange(data.n_users)
+        ids, _ = model.recommend(users, History.of(data, users), 1, exclude=seen_matrix(data))
+        seen.append((step, ids.shape))
+
+    model.fit(data, callback=cb)
+    assert [s for s, _ in seen] == [0, 1, 2, 3] and all(shape == (data.n_users, 1) for _, shape in seen)

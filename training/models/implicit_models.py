@@ -118,7 +118,13 @@ class ALS(_FactorModel):
         if callback is not None:
 
             def cb(iteration: int, elapsed: float, loss: float) -> None:
-                callback(iteration, {"elapsed_s": float(elapsed), "loss": float(loss)})
+                # expose the factors so far, so a tuning callback can evaluate the half-trained model
+                self.user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
+                self.item_factors_ = np.asarray(model.item_factors, dtype=np.float32)
+                metrics = {"elapsed_s": float(elapsed)}
+                if loss is not None:  # only when implicit computes the training loss
+                    metrics["loss"] = float(loss)
+                callback(iteration, metrics)
 
         # implicit checks the BLAS pool when the model is built, so build it inside the limit too
         with threadpool_limits(1, "blas"):
