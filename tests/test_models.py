@@ -320,3 +320,16 @@ def test_als_callback_sees_every_iteration_and_can_score_mid_fit():
 
     model.fit(data, callback=cb)
     assert [s for s, _ in seen] == [0, 1, 2, 3] and all(shape == (data.n_users, 1) for _, shape in seen)
+
+
+def test_popular_trending_follows_recent_weight_and_learned_trend():
+    """Item 0 has more buyers, item 1 more recent (decayed) weight and a rising trend."""
+    X = sp.csr_matrix(np.array([[0.1, 0.0], [0.1, 0.0], [0.1, 1.0]], np.float32))
+    users = pd.DataFrame({"user_idx": range(3), "user_id": list("abc")})
+    items = pd.DataFrame({"item_idx": range(2), "item_id": list("xy")})
+    stats = pd.DataFrame({"item_idx": [0, 1], "trend": [0.5, 3.0]})
+    P = get_model_class("popular")
+    assert list(P(P.Config()).fit(TrainData(X, users, items, item_stats=stats)).popular_items(2)) == [0, 1]
+    trending = P(P.Config(trending=True)).fit(TrainData(X, users, items, item_stats=stats))
+    assert list(trending.popular_items(2)) == [1, 0]
+    np.testing.assert_allclose(trending.pop_, [0.3 * 0.5 / 3.0, 1.0], rtol=1e-5)
