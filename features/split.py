@@ -186,6 +186,20 @@ def write_split(
         ref = con.execute("SELECT min(ts) FROM ev").fetchone()[0]
     _copy(con, interactions_sql(train, int(ref), config.half_life_days), out_dir / "train.parquet")
     _copy(con, f"SELECT * FROM train_seq_{name}", out_dir / "train_sequences.parquet")
+    # The re-buy policy's input for this split: last purchase per (user, item) over the *target*
+    # events of the training part only. Training sequences hold views and carts too, and a viewed
+    # item is no purchase: excluding it would hide the very item a customer viewed and then bought.
+    _copy(
+        con,
+        f"""SELECT t.user_idx, t.item_idx, any_value(i.category) AS category,
+                   max(t.ts) AS last_ts, count(*) AS n_purchases
+            FROM (SELECT * FROM tgt t WHERE EXISTS (
+                    SELECT 1 FROM {train} e
+                    WHERE e.user_idx = t.user_idx AND e.item_idx = t.item_idx AND e.ts = t.ts)) t
+            JOIN items i USING (item_idx)
+            GROUP BY t.user_idx, t.item_idx ORDER BY t.user_idx, t.item_idx""",
+        out_dir / "train_last_purchases.parquet",
+    )
     counts: dict[str, int] = {
         "train_events": int(n_train),
         "train_nnz": _count(con, f"SELECT 1 FROM read_parquet('{out_dir / 'train.parquet'}')"),

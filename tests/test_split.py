@@ -197,3 +197,34 @@ def test_train_sequences_are_the_full_sequences_minus_the_held_out_part(tmp_path
             for i, t in zip(items, ts, strict=True)
         ]
         assert got_rows == list(zip(exp.user_idx, exp.item_idx, exp.ts, strict=True)), name
+
+
+@pytest.mark.parametrize("name", ["loo", "time", "random"])
+def test_split_last_purchases_hold_only_training_purchases(tmp_path: Path, name: str) -> None:
+    """Regression: the split's re-buy input was rebuilt from training sequences, which hold views, so
+    `--exclude-seen learned` hid every item a customer had viewed before buying it (validation NDCG 0).
+    It must be exactly the training part's purchases: bought in training, not merely viewed."""
+    random_shop(tmp_path, seed=3)
+    build(tmp_path)
+    raw = pd.read_parquet(tmp_path / "validated" / "events.parquet")
+    users = pd.read_parquet(tmp_path / "features" / "users.parquet")
+    items = pd.read_parquet(tmp_path / "features" / "items.parquet")
+    raw = raw.merge(users, on="user_id").merge(items[["item_id", "item_idx"]], on="item_id")
+    raw["ts"] = raw["timestamp"].astype("int64") // 10**6
+    seq = split(tmp_path, name, "train_sequences")
+    train_times = {
+        (u, i, t)
+        for u, its, tss in zip(seq.user_idx, seq.item_idx, seq.ts, strict=True)
+        for i, t in zip(its, tss, strict=True)
+    }
+    bought = raw[raw.event_type == "purchase"]
+    expected = {
+        (u, i)
+        for u, i, t in zip(bought.user_idx, bought.item_idx, bought.ts, strict=True)
+        if (u, i, t) in train_times
+    }
+    lp = split(tmp_path, name, "train_last_purchases")
+    got = set(zip(lp.user_idx, lp.item_idx, strict=True))
+    assert got == expected
+    viewed_only = {(u, i) for u, i, _ in train_times} - expected
+    assert viewed_only, "the shop must have items viewed in training and never bought there"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -162,9 +163,20 @@ def load_split(ws: Workspace, split: str) -> Split:
         baskets=_baskets(baskets, keep),
         item_stats=_read(ws.feature("item_stats"), required=False),
         category_rebuy=_read(ws.feature("category_rebuy"), required=False),
-        last_purchases=last_purchases_from_sequences(seqs, ts, items),
+        last_purchases=_split_last_purchases(d, seqs, ts, items),
     )
     return Split(train=train, valid=valid, test=test, meta=meta, train_ts=ts)
+
+
+def _split_last_purchases(
+    d: Path, seqs: list[np.ndarray], ts: list[np.ndarray], items: pd.DataFrame
+) -> pd.DataFrame:
+    """The split's last purchases over target events of its training part (written by the feature
+    build); splits built before that file existed fall back to every training event."""
+    path = d / "train_last_purchases.parquet"
+    if path.exists():
+        return pd.read_parquet(path)
+    return last_purchases_from_sequences(seqs, ts, items)
 
 
 def _baskets_before_heldout(baskets: pd.DataFrame, heldout: pd.DataFrame, temporal: bool) -> np.ndarray:
