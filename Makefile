@@ -59,7 +59,7 @@ serve: install ## serve the champion on http://127.0.0.1:$(PORT)
 	$(SHOPREC) serve --data $(DATA) --port $(PORT)
 
 demo: retrain ## install, generate the synthetic shop, build features, train, promote and serve
-	@$(SHOPREC) demo-curls --port $(PORT) || true
+	@$(SHOPREC) demo-curls --port $(PORT) --data $(DATA) || true
 	$(SHOPREC) serve --data $(DATA) --port $(PORT)
 
 test: install ## install what the tests need and run them
