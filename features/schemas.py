@@ -173,8 +173,13 @@ def _pandera_column(c: ColumnSpec) -> pa_schema.Column:
         # Strings are checked by value, not dtype: pandas 2 and 3 read Parquet strings back as
         # object or `str` depending on version and options, and both are fine for every stage.
         dtype = None
-        checks.append(pa_schema.Check(lambda s: s.map(lambda v: isinstance(v, str) or pd.isna(v)),
-                                      element_wise=False, error="not a string"))
+        checks.append(
+            pa_schema.Check(
+                lambda s: s.map(lambda v: isinstance(v, str) or pd.isna(v)),
+                element_wise=False,
+                error="not a string",
+            )
+        )
         if c.kind in ("id", "event_type"):
             checks.append(pa_schema.Check(lambda s: s.str.len() > 0, error="empty"))
         if c.kind == "event_type":

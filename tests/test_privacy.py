@@ -24,27 +24,60 @@ NOW = datetime(2025, 1, 1, tzinfo=UTC)
 def ws(tmp_path: Path) -> Workspace:
     """A workspace with u1..u3: CSV events (u2 written with spaces, one bad u2 row for quarantine),
     Parquet customers, validated + quarantine tables, and feature tables keyed by user_idx."""
-    pd.DataFrame({
-        "user_id": ["u1", " u2 ", "u2", "u3", "u2"],
-        "item_id": ["a", "b", "c", "a", "b"],
-        "event_type": ["view", "purchase", "view", "view", "view"],
-        "timestamp": ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04", "not a date"],
-    }).to_csv(tmp_path / "events.csv", index=False)
-    pq.write_table(pa.table({"user_id": ["u1", "u2", "u3"], "birth_year": [1980, 1990, 2000]}),
-                   tmp_path / "customers.parquet")
+    pd.DataFrame(
+        {
+            "user_id": ["u1", " u2 ", "u2", "u3", "u2"],
+            "item_id": ["a", "b", "c", "a", "b"],
+            "event_type": ["view", "purchase", "view", "view", "view"],
+            "timestamp": ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-04", "not a date"],
+        }
+    ).to_csv(tmp_path / "events.csv", index=False)
+    pq.write_table(
+        pa.table({"user_id": ["u1", "u2", "u3"], "birth_year": [1980, 1990, 2000]}),
+        tmp_path / "customers.parquet",
+    )
     pq.write_table(pa.table({"item_id": ["a", "b", "c"]}), tmp_path / "catalog.parquet")
     w = Workspace.at(tmp_path)
     validate_workspace(w, now=NOW)
     f = w.features_dir
     (f / "splits" / "loo").mkdir(parents=True)
-    pq.write_table(pa.table({"user_idx": pa.array([0, 1, 2], pa.int32()), "user_id": ["u1", "u2", "u3"]}), w.feature("users"))
-    pq.write_table(pa.table({"item_idx": pa.array([0, 1, 2], pa.int32()), "item_id": ["a", "b", "c"]}), w.feature("items"))
-    pq.write_table(pa.table({"user_idx": pa.array([0, 1, 1, 2], pa.int32()), "item_idx": pa.array([0, 1, 2, 0], pa.int32()),
-                             "value": pa.array([1, 5, 1, 1], pa.float32())}), w.feature("interactions"))
-    pq.write_table(pa.table({"user_idx": pa.array([1, 1, 0], pa.int32()),
-                             "item_idx": pa.array([[1, 2], [2], [0]], pa.list_(pa.int32()))}), w.feature("sequences"))
-    pq.write_table(pa.table({"user_idx": pa.array([0, 1], pa.int32()), "item_idx": pa.array([0, 2], pa.int32()),
-                             "ts": pa.array([1, 2], pa.int64())}), f / "splits" / "loo" / "test.parquet")
+    pq.write_table(
+        pa.table({"user_idx": pa.array([0, 1, 2], pa.int32()), "user_id": ["u1", "u2", "u3"]}),
+        w.feature("users"),
+    )
+    pq.write_table(
+        pa.table({"item_idx": pa.array([0, 1, 2], pa.int32()), "item_id": ["a", "b", "c"]}),
+        w.feature("items"),
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "user_idx": pa.array([0, 1, 1, 2], pa.int32()),
+                "item_idx": pa.array([0, 1, 2, 0], pa.int32()),
+                "value": pa.array([1, 5, 1, 1], pa.float32()),
+            }
+        ),
+        w.feature("interactions"),
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "user_idx": pa.array([1, 1, 0], pa.int32()),
+                "item_idx": pa.array([[1, 2], [2], [0]], pa.list_(pa.int32())),
+            }
+        ),
+        w.feature("sequences"),
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "user_idx": pa.array([0, 1], pa.int32()),
+                "item_idx": pa.array([0, 2], pa.int32()),
+                "ts": pa.array([1, 2], pa.int64()),
+            }
+        ),
+        f / "splits" / "loo" / "test.parquet",
+    )
     return w
 
 
@@ -66,7 +99,12 @@ def test_forget_removes_the_customer_everywhere(ws: Workspace) -> None:
     ev = pd.read_csv(ws.root / "events.csv", dtype=str)
     assert ev["user_id"].tolist() == ["u1", "u3"] and ev["timestamp"].tolist() == ["2024-01-01", "2024-01-04"]
     assert pd.read_parquet(ws.root / "customers.parquet")["birth_year"].tolist() == [1980, 2000]
-    for path in [ws.validated("events"), ws.validated("customers"), ws.quarantine("events"), ws.feature("users")]:
+    for path in [
+        ws.validated("events"),
+        ws.validated("customers"),
+        ws.quarantine("events"),
+        ws.feature("users"),
+    ]:
         assert "u2" not in pd.read_parquet(path)["user_id"].str.strip().tolist(), path
     assert pd.read_parquet(ws.feature("interactions"))["user_idx"].tolist() == [0, 2]
     assert pd.read_parquet(ws.feature("sequences"))["user_idx"].tolist() == [0]
