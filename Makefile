@@ -44,8 +44,16 @@ data: $(DATA)/events.parquet ## generate the synthetic shop into DATA (skipped w
 features: install data ## validate, quarantine and build features for DATA
 	$(SHOPREC) features build --data $(DATA)
 
+# Extra `shoprec train` arguments for SASRec. The default keeps `make demo` to minutes on 2 cores
+# (3 epochs, the split-trained model is the one served); a scheduler sets SASREC_ARGS= for the
+# full schedule (10 epochs, refit on all data).
+SASREC_ARGS ?= --set epochs=3 --no-refit
+
 train: install ## train, evaluate and register every model in MODELS on DATA
-	@for m in $(MODELS); do $(SHOPREC) train --data $(DATA) --model $$m || exit 1; done
+	@for m in $(MODELS); do \
+	  extra=""; [ "$$m" = sasrec ] && extra="$(SASREC_ARGS)"; \
+	  $(SHOPREC) train --data $(DATA) --model $$m $$extra || exit 1; \
+	done
 
 tune: install ## Optuna study for MODEL with TRIALS trials (each trial an MLflow run)
 	$(SHOPREC) tune --data $(DATA) --model $(MODEL) --trials $(TRIALS)
@@ -55,7 +63,7 @@ promote: install ## move the `champion` alias to the best version, if it beats t
 
 retrain: features train promote ## features -> train every model -> promote (what a scheduler runs)
 
-serve: install ## serve the champion on http://127.0.0.1:$(PORT)
+serve: install ## serve the champion on http://127.0.0.1:PORT (default 3000)
 	$(SHOPREC) serve --data $(DATA) --port $(PORT)
 
 demo: retrain ## install, generate the synthetic shop, build features, train, promote and serve
