@@ -45,8 +45,8 @@ ValidationHook = Callable[["SASRec"], float]
 @dataclass(frozen=True)
 class SASRecConfig(ModelConfig):
     """Hyper-parameters of `SASRec`. Measured with these defaults on MovieLens-100K leave-one-out
-    (benchmarks/bench_sasrec.py): validation NDCG@10 0.101 after epoch 6 (214 CPU-seconds of 2
-    threads, so about 110 s on an idle 2-core machine), best 0.103, test 0.092."""
+    (benchmarks/bench_sasrec.py): validation NDCG@10 0.101 after epoch 6 (81 s of training on the
+    shared 2-core machine at load ~3.5; 3-12 s per epoch), best 0.103, test 0.092."""
 
     max_len: int = 200  # items of history the model sees; longer sequences become several windows
     dim: int = 64  # embedding and hidden size
