@@ -263,3 +263,15 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(part, order, axis=1).astype(np.int64), np.take_along_axis(
         part_scores, order, axis=1
     )
+
+
+def sparse_neighbours(similarity: sp.csr_matrix, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k neighbours per query item from a sparse item x item similarity: items without a stored
+    similarity never come back, nor does the item itself; rows are -1 padded."""
+    items = np.asarray(items, dtype=np.int64)
+    s = similarity[items].toarray()
+    s[s == 0] = -np.inf
+    s[np.arange(len(items)), items] = -np.inf
+    ids, scores = topk(s, k)
+    ids[~np.isfinite(scores)] = -1
+    return ids, scores

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from training.base import History, ModelConfig, Recommender, TrainData, topk
+from training.base import History, ModelConfig, Recommender, TrainData, sparse_neighbours
 
 
 @dataclass(frozen=True)
@@ -140,13 +140,7 @@ class BoughtTogether(Recommender):
 
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The complements of each item (co-occurrence first, then the cosine fallback)."""
-        items = np.asarray(items, dtype=np.int64)
-        s = self.similarity_[items].toarray()
-        s[s == 0] = -np.inf
-        s[np.arange(len(items)), items] = -np.inf
-        ids, scores = topk(s, k)
-        ids[~np.isfinite(scores)] = -1
-        return ids, scores
+        return sparse_neighbours(self.similarity_, items, k)
 
     def _save_state(self, path: Path) -> None:
         sp.save_npz(path / "complements.npz", self.similarity_)

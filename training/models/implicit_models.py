@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from training.base import History, ModelConfig, Recommender, TrainData, topk
+from training.base import History, ModelConfig, Recommender, TrainData, sparse_neighbours, topk
 
 
 def _confidence(user_items: sp.csr_matrix, binary: bool) -> sp.csr_matrix:
@@ -247,13 +247,7 @@ class ItemKNN(Recommender):
         return np.asarray((self._history(history) @ self.similarity_).toarray(), dtype=np.float32)
 
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        items = np.asarray(items, dtype=np.int64)
-        s = self.similarity_[items].toarray()
-        s[s == 0] = -np.inf
-        s[np.arange(len(items)), items] = -np.inf
-        ids, scores = topk(s, k)
-        ids[~np.isfinite(scores)] = -1
-        return ids, scores
+        return sparse_neighbours(self.similarity_, items, k)
 
     def _save_state(self, path: Path) -> None:
         sp.save_npz(path / "similarity.npz", self.similarity_)
