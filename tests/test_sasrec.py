@@ -189,3 +189,43 @@ def test_validation_hook_scores_without_dropout() -> None:
     assert len(pairs) == 2
     for first, second in pairs:
         np.testing.assert_array_equal(first, second)
+
+
+def test_ensemble_scores_are_the_mean_of_its_seeds(tmp_path) -> None:
+    """n_models = 2 trains the networks of seeds 0 and 1 (each as a 1-network fit of its seed
+    would) and scores with their mean logits; similar items use the mean cosine; save/load keeps
+    both networks."""
+    cfg = TINY.with_overrides({"epochs": 3, "dropout": 0.2})
+    data = _cyclic()
+    users = np.arange(data.n_users)
+    hist = History.of(data, users)
+    one = [SASRec(cfg.with_overrides({"seed": s})).fit(data) for s in (0, 1)]
+    pair = SASRec(cfg.with_overrides({"n_models": 2})).fit(data)
+    assert len(pair.nets) == 2
+    expected = (one[0].score(users, hist) + one[1].score(users, hist)) / 2
+    np.testing.assert_allclose(pair.score(users, hist), expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(pair.score(users, hist), one[0].score(users, hist), atol=1e-3)
+
+    def unit(m: SASRec) -> np.ndarray:
+        return torch.nn.functional.normalize(m.net.item_emb.weight[1:].detach(), dim=1).numpy()
+
+    ids, scores = pair.similar_items(np.array([0]), k=1)
+    cos = [float(unit(m)[0] @ unit(m)[ids[0, 0]]) for m in one]
+    assert scores[0, 0] == pytest.approx(np.mean(cos), abs=1e-5)
+
+    pair.save(tmp_path / "pair")
+    loaded = SASRec.load(tmp_path / "pair")
+    np.testing.assert_array_equal(loaded.score(users, hist), pair.score(users, hist))
+
+
+def test_loads_weights_saved_by_a_single_network_model(fitted, tmp_path) -> None:
+    """Bundles written before ensembles existed hold one network's state dict (no "0." prefix)."""
+    model, data = fitted
+    model.save(tmp_path / "m")
+    state = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)
+    torch.save({k.removeprefix("0."): v for k, v in state.items()}, tmp_path / "m" / "weights.pt")
+    users = np.arange(data.n_users)
+    loaded = SASRec.load(tmp_path / "m")
+    np.testing.assert_array_equal(
+        loaded.score(users, History.of(data, users)), model.score(users, History.of(data, users))
+    )

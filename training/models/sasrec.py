@@ -11,7 +11,9 @@ at every position. Choices that make it train in minutes on a 2-core CPU and sti
   same vectors give `similar_items`;
 - sequences longer than `max_len` are cut into consecutive windows, so no interaction is wasted;
   windows are batched by length so little time goes into padding;
-- AdamW with a short linear warm-up and cosine decay over `epochs`.
+- AdamW with a short linear warm-up and cosine decay over `epochs`;
+- optionally `n_models` networks from consecutive seeds, trained side by side epoch by epoch, whose
+  logits are averaged when scoring (a seed ensemble: a steadier ranking for n_models × the CPU).
 
 Item index i of the recommender is token i + 1 inside the network; token 0 is padding.
 """
@@ -67,15 +69,29 @@ class SASRecConfig(ModelConfig):
     threads: int = 0  # torch CPU threads while fitting/scoring; 0 = all cores, at most 8
     score_batch_size: int = 256  # sequences per forward pass when scoring
     progress: bool = True  # tqdm bar over epochs
+    # networks trained from seeds seed, seed + 1, ...; scores are their mean logits (1 = one net)
+    n_models: int = 1
+    label_smoothing: float = 0.0  # of the cross-entropy targets
 
     def __post_init__(self) -> None:
         if self.dim % self.n_heads != 0:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
-        for key in ("max_len", "dim", "n_layers", "n_heads", "batch_size", "epochs", "score_batch_size"):
+        for key in (
+            "max_len",
+            "dim",
+            "n_layers",
+            "n_heads",
+            "batch_size",
+            "epochs",
+            "score_batch_size",
+            "n_models",
+        ):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.patience < 0 or self.warmup_steps < 0 or self.threads < 0 or self.min_epochs < 0:
@@ -181,6 +197,18 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """torch's global random state (CPU, and the GPU's when training there): dropout draws it."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 def make_windows(sequences: Sequence[np.ndarray], max_len: int) -> list[np.ndarray]:
     """Cut each sequence of item indices into training windows of at most max_len + 1 items.
 
@@ -228,7 +256,8 @@ class SASRec(Recommender):
     """Next-item transformer over each user's event sequence (`TrainData.sequences`).
 
     `score` needs only `History.sequences`, so users unseen in training are scored too; an empty
-    sequence gets the training popularity of the items (log counts) instead."""
+    sequence gets the training popularity of the items (log counts) instead. With
+    `n_models` > 1 the scores are the mean logits of that many networks (seeds seed, seed + 1, ...)."""
 
     name: ClassVar[str] = "sasrec"
     Config: ClassVar[type[ModelConfig]] = SASRecConfig
@@ -241,10 +270,15 @@ class SASRec(Recommender):
         super().__init__(config)
         self.config: SASRecConfig
         self.validation = validation
-        self.net: _SASRecNet | None = None
+        self.nets: nn.ModuleList | None = None  # config.n_models networks
         self.popularity = np.zeros(0, dtype=np.float32)  # log(1 + training count) per item
         self.history: list[dict[str, float]] = []  # per-epoch metrics of the last fit
         self.device = torch.device("cpu")
+
+    @property
+    def net(self) -> _SASRecNet | None:
+        """The first network (the only one when n_models = 1)."""
+        return None if self.nets is None else self.nets[0]  # type: ignore[return-value]
 
     # -- learning -------------------------------------------------------------------------------
     def _fit(self, data: TrainData, *, callback: Any = None) -> None:
@@ -261,16 +295,6 @@ class SASRec(Recommender):
             raise ValueError("sasrec needs at least one user sequence with 2 or more items")
 
         self.device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        self.net = _SASRecNet(data.n_items, cfg).to(self.device)
-        # Decay only weight matrices and the item table; norms, biases and positions are left alone.
-        decay = [p for n, p in self.net.named_parameters() if p.dim() >= 2 and not n.startswith("pos_emb")]
-        no_decay = [p for n, p in self.net.named_parameters() if p.dim() < 2 or n.startswith("pos_emb")]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-        )
         steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
         warm = min(cfg.warmup_steps, max(total - 1, 0))
@@ -280,18 +304,45 @@ class SASRec(Recommender):
                 return (step + 1) / warm
             return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        # One network, optimiser, schedule, batch-order generator and torch random state (dropout)
+        # per seed: each network of an ensemble is exactly the 1-network fit of its seed.
+        nets, opts, scheds, rngs, states = [], [], [], [], []
+        for i in range(cfg.n_models):
+            torch.manual_seed(cfg.seed + i)
+            rngs.append(np.random.default_rng(cfg.seed + i))
+            net = _SASRecNet(data.n_items, cfg).to(self.device)
+            # Decay only weight matrices and the item table; norms, biases and positions are not.
+            named = list(net.named_parameters())
+            decay = [p for n, p in named if p.dim() >= 2 and not n.startswith("pos_emb")]
+            no_decay = [p for n, p in named if p.dim() < 2 or n.startswith("pos_emb")]
+            opt = torch.optim.AdamW(
+                [
+                    {"params": decay, "weight_decay": cfg.weight_decay},
+                    {"params": no_decay, "weight_decay": 0.0},
+                ],
+                lr=cfg.lr,
+            )
+            nets.append(net)
+            opts.append(opt)
+            scheds.append(torch.optim.lr_scheduler.LambdaLR(opt, lr_at))
+            states.append(_rng_state(self.device))
+        self.nets = nn.ModuleList(nets)
         self.history = []
         best, best_state, bad_epochs = -math.inf, None, 0
         bar = tqdm(range(cfg.epochs), desc="sasrec", unit="epoch", disable=not cfg.progress, leave=False)
         with _torch_threads(cfg.threads):
             for epoch in bar:
                 t0, c0 = time.perf_counter(), time.process_time()
-                loss = self._train_epoch(windows, _batches(windows, cfg.batch_size, rng), opt, sched)
+                losses = []
+                for i, (net, rng, opt, sched) in enumerate(zip(nets, rngs, opts, scheds, strict=True)):
+                    _set_rng_state(self.device, states[i])
+                    batches = _batches(windows, cfg.batch_size, rng)
+                    losses.append(self._train_epoch(net, windows, batches, opt, sched))
+                    states[i] = _rng_state(self.device)
                 # CPU seconds as well as wall seconds: on a shared machine wall time mostly
                 # measures the neighbours; CPU time / threads is what an idle machine would take.
                 metrics = {
-                    "train_loss": loss,
+                    "train_loss": float(np.mean(losses)),
                     "epoch_seconds": time.perf_counter() - t0,
                     "epoch_cpu_seconds": time.process_time() - c0,
                 }
@@ -300,7 +351,7 @@ class SASRec(Recommender):
                     metrics["valid"] = valid
                     if valid > best:
                         best, bad_epochs = valid, 0
-                        best_state = copy.deepcopy(self.net.state_dict())
+                        best_state = copy.deepcopy(self.nets.state_dict())
                     else:
                         bad_epochs += 1
                 self.history.append({"epoch": float(epoch), **metrics})
@@ -311,30 +362,30 @@ class SASRec(Recommender):
                     break
         bar.close()
         if best_state is not None:
-            self.net.load_state_dict(best_state)
-        self.net.eval()
+            self.nets.load_state_dict(best_state)
+        self.nets.eval()
 
     def _train_epoch(
         self,
+        net: _SASRecNet,
         windows: list[np.ndarray],
         batches: list[np.ndarray],
         opt: torch.optim.Optimizer,
         sched: torch.optim.lr_scheduler.LRScheduler,
     ) -> float:
-        """One pass over all windows; returns the mean cross-entropy per trained position."""
-        assert self.net is not None
-        self.net.train()
+        """One pass of `net` over all windows; returns the mean cross-entropy per trained position."""
+        net.train()
         total, n = 0.0, 0
         for idx in batches:
             chunk = [windows[i] for i in idx]
             width = max(len(w) for w in chunk)
             tokens = torch.from_numpy(_left_pad(chunk, width)).to(self.device)
             inputs, targets = tokens[:, :-1], tokens[:, 1:]
-            hidden = self.net(inputs)
+            hidden = net(inputs)
             # Only positions with a real target cost softmax work: (N, dim) @ (dim, n_items).
             mask = targets > 0
-            logits = self.net.logits(hidden[mask])
-            loss = F.cross_entropy(logits, targets[mask] - 1)
+            logits = net.logits(hidden[mask])
+            loss = F.cross_entropy(logits, targets[mask] - 1, label_smoothing=self.config.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -346,13 +397,14 @@ class SASRec(Recommender):
 
     # -- scoring --------------------------------------------------------------------------------
     def score(self, users: np.ndarray, history: History) -> np.ndarray:
-        """Logits over all items for each row's next item: float32 (len(users), n_items).
+        """Logits over all items for each row's next item: float32 (len(users), n_items); with
+        several networks, their mean.
 
         Reads only `history.sequences[i]` (item indices, oldest first; the last `max_len` are
         used), so `users` may be -1 for users unseen in training. Rows with an empty sequence get
         the training popularity `log(1 + count)`."""
-        net = self._require_net()
-        net.eval()  # no dropout when scoring, also when a validation hook scores mid-training
+        nets = self._require_nets()
+        nets.eval()  # no dropout when scoring, also when a validation hook scores mid-training
         n = len(np.asarray(users))
         if len(history.sequences) != n:
             raise ValueError(
@@ -371,21 +423,26 @@ class SASRec(Recommender):
                         raise ValueError(f"sequence holds item indices outside [0, {self.n_items})")
                 width = max([len(s) for s in seqs] + [1])
                 tokens = torch.from_numpy(_left_pad(seqs, width)).to(self.device)
-                logits = net.logits(net(tokens)[:, -1, :]).float().cpu().numpy()
+                summed = sum(net.logits(net(tokens)[:, -1, :]).float() for net in nets)
+                logits = (summed / len(nets)).cpu().numpy()
                 empty = np.array([len(s) == 0 for s in seqs])
                 logits[empty] = self.popularity
                 out[start : start + len(seqs)] = logits
         return out
 
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items by cosine similarity of their embeddings (the item itself excluded):
-        (ids, scores), each (len(items), k), -1 / -inf padded."""
-        net = self._require_net()
+        """Top-k items by cosine similarity of their embeddings (the item itself excluded), the
+        mean over the networks when there are several: (ids, scores), each (len(items), k),
+        -1 / -inf padded."""
+        nets = self._require_nets()
         items = np.asarray(items, dtype=np.int64)
         if len(items) and (items.min() < 0 or items.max() >= self.n_items):
             raise ValueError(f"item indices must be in [0, {self.n_items})")
         with torch.inference_mode():
-            emb = F.normalize(net.item_emb.weight[1:].float(), dim=1).cpu().numpy()
+            # Unit vectors of every network side by side, / sqrt(n): a dot product of two rows is
+            # then the mean of the per-network cosines.
+            parts = [F.normalize(net.item_emb.weight[1:].float(), dim=1) for net in nets]
+            emb = (torch.cat(parts, dim=1) / math.sqrt(len(parts))).cpu().numpy()
         sims = emb[items] @ emb.T
         sims[np.arange(len(items)), items] = -np.inf
         k_eff = min(k, max(self.n_items - 1, 0))
@@ -395,31 +452,39 @@ class SASRec(Recommender):
         ids[:, :k_eff], scores[:, :k_eff] = top_ids, top_scores
         return ids, scores
 
-    def _require_net(self) -> _SASRecNet:
-        if self.net is None:
+    def _require_nets(self) -> nn.ModuleList:
+        if self.nets is None:
             raise RuntimeError("sasrec is not fitted: call fit() or load() first")
-        return self.net
+        return self.nets
+
+    def _require_net(self) -> _SASRecNet:
+        """The first network (benchmarks time one network's training step with it)."""
+        return self._require_nets()[0]  # type: ignore[return-value]
 
     # -- persistence ----------------------------------------------------------------------------
     def _save_state(self, path: Path) -> None:
-        """weights.pt: the network's state dict (on the CPU); popularity.npy: the empty-history
-        fallback; history.json: per-epoch metrics of the fit."""
-        net = self._require_net()
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path / "weights.pt")
+        """weights.pt: the networks' state dict (on the CPU; keys "<net>.<param>"); popularity.npy:
+        the empty-history fallback; history.json: per-epoch metrics of the fit."""
+        nets = self._require_nets()
+        torch.save({k: v.detach().cpu() for k, v in nets.state_dict().items()}, path / "weights.pt")
         np.save(path / "popularity.npy", self.popularity)
         (path / "history.json").write_text(json.dumps(self.history, indent=1))
 
     def _load_state(self, path: Path) -> None:
-        """Rebuild the network from config.json and load the weights onto this machine's device
-        (a model trained on a GPU loads on a CPU-only machine)."""
+        """Rebuild the networks from config.json and load the weights onto this machine's device
+        (a model trained on a GPU loads on a CPU-only machine). Weights saved before ensembles
+        existed (one network, keys without the "0." prefix) load too."""
         wanted = self.config.device
         if wanted != "auto" and torch.device(wanted).type == "cuda" and not torch.cuda.is_available():
             wanted = "cpu"  # trained on a GPU, loaded where there is none
         self.device = resolve_device(wanted)
         state = torch.load(path / "weights.pt", map_location=self.device, weights_only=True)
-        self.net = _SASRecNet(self.n_items, self.config).to(self.device)
-        self.net.load_state_dict(state)
-        self.net.eval()
+        if "item_emb.weight" in state:  # a single network's state dict
+            state = {f"0.{k}": v for k, v in state.items()}
+        self.nets = nn.ModuleList(_SASRecNet(self.n_items, self.config) for _ in range(self.config.n_models))
+        self.nets.to(self.device)
+        self.nets.load_state_dict(state)
+        self.nets.eval()
         self.popularity = np.load(path / "popularity.npy")
         hist = path / "history.json"
         self.history = json.loads(hist.read_text()) if hist.exists() else []
