@@ -316,24 +316,41 @@ def diversify(
 ) -> np.ndarray:
     """Walk `ordered` (item indices, best first) and keep at most `max_per_brand` items per brand
     and `max_per_category` per leaf category, until k are kept. Unknown brand/category is not
-    capped. Returns the kept indices in order (fewer than k when `ordered` runs out)."""
+    capped. Returns the kept indices in order (fewer than k when `ordered` runs out).
+
+    The walk goes chunk by chunk, and before each chunk drops (vectorised) the items whose brand or
+    category is already full: on a large shop the candidates behind a few full categories can run
+    into the thousands, and walking them one by one in Python dominated the request."""
+    ordered = np.asarray(ordered, dtype=np.int64)
     brand_n: dict[int, int] = {}
     leaf_n: dict[int, int] = {}
     kept: list[int] = []
-    brands = cat.brand[ordered].tolist()
-    leaves = cat.leaf[ordered].tolist()
-    for i, b, c in zip(ordered.tolist(), brands, leaves, strict=True):
-        if b >= 0 and brand_n.get(b, 0) >= max_per_brand:
-            continue
-        if c >= 0 and leaf_n.get(c, 0) >= max_per_category:
-            continue
-        kept.append(i)
-        if b >= 0:
-            brand_n[b] = brand_n.get(b, 0) + 1
-        if c >= 0:
-            leaf_n[c] = leaf_n.get(c, 0) + 1
-        if len(kept) == k:
-            break
+    # Codes shifted by one, so that -1 (unknown, never capped) is slot 0 and never marked full.
+    brand_full = np.zeros(int(cat.brand.max(initial=-1)) + 2, dtype=bool)
+    leaf_full = np.zeros(int(cat.leaf.max(initial=-1)) + 2, dtype=bool)
+    pos, step = 0, max(4 * k, 64)
+    while pos < len(ordered) and len(kept) < k:
+        part = ordered[pos : pos + step]
+        pos += len(part)
+        step *= 2
+        b_all, c_all = cat.brand[part], cat.leaf[part]
+        ok = ~(brand_full[b_all + 1] | leaf_full[c_all + 1])
+        for i, b, c in zip(part[ok].tolist(), b_all[ok].tolist(), c_all[ok].tolist(), strict=True):
+            if b >= 0 and brand_n.get(b, 0) >= max_per_brand:
+                continue
+            if c >= 0 and leaf_n.get(c, 0) >= max_per_category:
+                continue
+            kept.append(i)
+            if b >= 0:
+                brand_n[b] = brand_n.get(b, 0) + 1
+                if brand_n[b] >= max_per_brand:
+                    brand_full[b + 1] = True
+            if c >= 0:
+                leaf_n[c] = leaf_n.get(c, 0) + 1
+                if leaf_n[c] >= max_per_category:
+                    leaf_full[c + 1] = True
+            if len(kept) == k:
+                break
     return np.asarray(kept, dtype=np.int64)
 
 

@@ -241,6 +241,7 @@ class Engine:
             self._seg_pop[s] = np.asarray(ui[np.asarray(rows)].sum(axis=0)).ravel().astype(np.float64)
 
         self._pop_squashed = _squash(self._pop)
+        self._user_factors = _plain_factor_model(self.model)
         self._neighbours = _bounded_cache(self._compute_neighbours, self.config.cache_items)
         self._complements_of = _bounded_cache(self._compute_complements, self.config.cache_items)
         self._warm()
@@ -454,8 +455,14 @@ class Engine:
     ) -> list[Rec]:
         cat, cfg = self.catalog, self.config
         fresh = [e for e in events if e.item_id in cat.index]
-        row, seq = self._history(user, fresh)
-        scores = self._model_scores(user.midx, row, seq)
+        if self._user_factors is not None and 0 <= user.midx < len(self._user_factors):
+            # A matrix-factorisation model scores a known user from the user's factors alone (the
+            # history row only folds in users it has not seen): skip building that sparse row.
+            seq = self._sequence(user, fresh)
+            scores = self._factor_scores(user.midx)
+        else:
+            row, seq = self._history(user, fresh)
+            scores = self._model_scores(user.midx, row, seq)
         allowed = self._context_mask(context, user)
         out, due = self._purchased_mask(user, fresh, now)
         allowed &= ~out
@@ -479,10 +486,13 @@ class Engine:
             boost[due] += cfg.rebuy_boost
             for i in due.tolist():
                 reasons[i] = "buy it again"
-        tier = F.page_tier(
-            cat, page_category=context.page_category, current_item=cur,
-            complements=comp_of_current,
-        )  # fmt: skip
+        tier = (
+            F.page_tier(
+                cat, page_category=context.page_category, current_item=cur, complements=comp_of_current
+            )
+            if context.page_category or cur is not None
+            else None  # page_tier would be all zeros
+        )
         tail = list(dict.fromkeys(seq[-3:][::-1].tolist()))
 
         def reason(i: int) -> str:
@@ -523,7 +533,11 @@ class Engine:
             self._add_session_boost(fresh, boost, reasons)
         anchors = list(cart) + ([cur] if cur is not None else [])
         comp = self._add_complement_boost(anchors, boost, reasons)
-        tier = F.page_tier(cat, page_category=context.page_category, current_item=cur, complements=comp)
+        tier = (
+            F.page_tier(cat, page_category=context.page_category, current_item=cur, complements=comp)
+            if context.page_category or cur is not None
+            else None  # page_tier would be all zeros
+        )
 
         def reason(i: int) -> str:
             return reasons.get(i) or f"popular in {_label(category or cat.categories[i])}"
@@ -560,19 +574,32 @@ class Engine:
             s = np.where(allowed, self._pop_squashed if fill is None else _squash(fill), -np.inf)
             s[primary] = 2.0 + np.clip(_norm(np.nan_to_num(base[primary], neginf=0.0)), 0, 1)
         else:
+            # In the model's own dtype (float32 for factor models): selecting the top candidates
+            # is the O(n) part of a request, and float32 halves it. Values are normalised below in
+            # float64, for the candidates only.
             s = np.where(allowed, base, -np.inf)
         finite = np.isfinite(s)
         n_allowed = int(np.count_nonzero(finite))
         if n_allowed == 0:
             return []
         c = min(n_allowed, max(k * cfg.overfetch, k + 10))
+        scale: tuple[float, float] | None = None  # (lo, hi - lo): `s` not yet min-max normalised
         if primary is None:
             # Min-max over the top candidates: boosts (in these units) mean the same for any model.
             top = np.argpartition(-s, c - 1)[:c] if c < n else np.flatnonzero(finite)
             hi, lo = float(s[top].max()), float(s[top].min())
-            s = (s - lo) / (hi - lo) if hi > lo else np.where(finite, 0.0, -np.inf)
+            if tier is not None or hi <= lo:  # the whole normalised array is needed
+                s = (s.astype(np.float64) - lo) / (hi - lo) if hi > lo else np.where(finite, 0.0, -np.inf)
+            else:  # a monotone map: the order of `s` is the order of the normalised scores
+                scale = (lo, hi - lo)
         if tier is not None:
             s = s + 10.0 * tier
+
+        def value(idx: np.ndarray) -> np.ndarray:
+            if scale is None:
+                return s[idx]
+            return (s[idx].astype(np.float64) - scale[0]) / scale[1]
+
         # Boosted items may jump the queue: few, scored exactly; every other item ranks by `s`,
         # so the top c of `s` plus the boosted ones hold the true top c.
         if boost is None:
@@ -585,8 +612,14 @@ class Engine:
             if not reuse:
                 top = np.argpartition(-s, c - 1)[:c] if c < n else np.arange(n)
             reuse = False
-            cand = np.union1d(top[finite[top]], boosted)
-            key = s[cand] if boost is None else s[cand] + boost[cand]
+            # The sorted union of the top c and the boosted items (np.union1d, without its hashing).
+            top = top[finite[top]]
+            if len(boosted):
+                in_top = np.zeros(n, dtype=bool)
+                in_top[top] = True
+                top = np.concatenate([top, boosted[~in_top[boosted]]])
+            cand = np.sort(top)
+            key = value(cand) if boost is None else value(cand) + boost[cand]
             ordered = cand[np.argsort(-key, kind="stable")]
             kept = F.diversify(
                 ordered,
@@ -599,7 +632,7 @@ class Engine:
                 break
             c = min(n_allowed, c * 4)
         ids = self.catalog.item_ids
-        kept_key = key[np.searchsorted(cand, kept)]  # cand is sorted (union1d)
+        kept_key = key[np.searchsorted(cand, kept)]  # cand is sorted
         return [
             Rec(str(ids[i]), float(v), reason(i))
             for i, v in zip(kept.tolist(), kept_key.tolist(), strict=True)
@@ -676,6 +709,28 @@ class Engine:
                 seq = np.concatenate([seq, np.asarray(items, dtype=np.int64)])  # bundle item indices
         return sp.csr_matrix(row, dtype=np.float32), seq
 
+    def _sequence(self, user: _User, fresh: list[Event]) -> np.ndarray:
+        """The user's item sequence (bundle indices) with the online store's newest events appended,
+        exactly as `_history` builds it, without the sparse history row."""
+        seq = self.bundle.sequences.get(user.fidx, np.zeros(0, dtype=np.int64))
+        weight = {"view": self.config.view_weight, "add_to_cart": self.config.cart_weight,
+                  "purchase": self.config.purchase_weight}  # fmt: skip
+        items = [self.catalog.index[e.item_id] for e in reversed(fresh) if weight.get(e.event_type)]
+        return np.concatenate([seq, np.asarray(items, dtype=np.int64)]) if items else seq
+
+    def _factor_scores(self, midx: int) -> np.ndarray:
+        """(n,) float32 scores of a plain matrix-factorisation model for its user `midx`, in bundle
+        item order (-inf for items the model does not know): one matrix-vector product over the
+        model's contiguous float32 item factors, the very product `model.score` computes."""
+        s = self._user_factors[midx : midx + 1] @ self.model.item_factors_.T
+        s = s[0]
+        if self._model_pos is None:
+            return s
+        out = np.full(self.catalog.n, -np.inf, dtype=s.dtype)
+        ok = self._model_pos >= 0
+        out[ok] = s[self._model_pos[ok]]
+        return out
+
     def _model_scores(self, midx: int, row: sp.csr_matrix, seq: np.ndarray) -> np.ndarray:
         """(n,) model scores in bundle item order; -inf for items the model does not know.
         `row` is in the model's item space, `seq` in the bundle's (mapped here)."""
@@ -749,7 +804,7 @@ class Engine:
 
     def _fill_vector(self, src: list[int]) -> np.ndarray:
         """Fallback order for a short complement block: popular, the sources' categories first."""
-        fill = _squash(self._pop)
+        fill = self._pop_squashed.copy()
         for s in src:
             path = self.catalog.categories[s]
             parent = path.rsplit("/", 1)[0] if "/" in path else path
@@ -757,6 +812,24 @@ class Engine:
             if under is not None:
                 fill[under] += 1.0
         return fill
+
+
+def _plain_factor_model(model: Any) -> np.ndarray | None:
+    """The user factors of a model whose `score` is exactly user_factors[u] @ item_factorsᵀ for the
+    users it knows (training's matrix-factorisation models: ALS, BPR), else None."""
+    try:
+        from training.models.implicit_models import _FactorModel
+    except ImportError:
+        return None
+    if (
+        type(model).score is not _FactorModel.score
+        or type(model)._user_vectors is not _FactorModel._user_vectors
+    ):
+        return None
+    uf, itf = getattr(model, "user_factors_", None), getattr(model, "item_factors_", None)
+    if not isinstance(uf, np.ndarray) or not isinstance(itf, np.ndarray) or uf.ndim != 2 or itf.ndim != 2:
+        return None
+    return uf
 
 
 def _similar(
@@ -825,8 +898,11 @@ def _norm(x: np.ndarray) -> np.ndarray:
 
 def _squash(x: np.ndarray) -> np.ndarray:
     """Monotone map of any scores into [0, 1)."""
-    x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, neginf=0.0, posinf=0.0)
+    x = np.asarray(x, dtype=np.float64)
     lo, hi = x.min(), x.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # finite extremes: no nan or inf anywhere
+        x = np.nan_to_num(x, nan=0.0, neginf=0.0, posinf=0.0)
+        lo, hi = x.min(), x.max()
     return (x - lo) / (hi - lo) * 0.999 if hi > lo else np.zeros_like(x)
 
 

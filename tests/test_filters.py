@@ -117,6 +117,34 @@ def test_diversify_caps_brand_and_leaf_category(cat: F.Catalog) -> None:
     assert list(ITEMS["item_id"][kept]) == ["dress", "boots", "lbox", "dogfood"]
 
 
+def test_diversify_walks_a_long_ordering_exactly_like_the_one_by_one_rule() -> None:
+    # 600 candidates, 3 brands (one unknown) and 4 categories: the block is only complete far down
+    # the list, past hundreds of items whose brand or category is already full.
+    n = 600
+    items = pd.DataFrame({"item_idx": range(n), "item_id": [f"i{j}" for j in range(n)],
+                          "brand": [None if j % 7 == 0 else f"b{j % 2}" for j in range(n)],
+                          "category": [f"c/{0 if j < 400 else 1 + j % 3}" for j in range(n)]})  # fmt: skip
+    cat = F.build_catalog(items)
+    order = np.arange(n)[::-1].copy()
+    order[:500] = order[:500][np.random.default_rng(0).permutation(500)]
+
+    def one_by_one(ordered: np.ndarray, k: int, per_brand: int, per_cat: int) -> list[int]:
+        kept: list[int] = []
+        for i in ordered.tolist():
+            same_brand = sum(cat.brand[j] == cat.brand[i] for j in kept) if cat.brand[i] >= 0 else 0
+            same_cat = sum(cat.leaf[j] == cat.leaf[i] for j in kept) if cat.leaf[i] >= 0 else 0
+            if same_brand < per_brand and same_cat < per_cat:
+                kept.append(i)
+            if len(kept) == k:
+                break
+        return kept
+
+    for k, per_brand, per_cat in [(10, 3, 3), (12, 2, 4), (30, 5, 2), (8, 1, 1)]:
+        got = F.diversify(order, cat, k, max_per_brand=per_brand, max_per_category=per_cat).tolist()
+        assert got == one_by_one(order, k, per_brand, per_cat)
+    assert F.diversify(np.array([399, 450, 451]), cat, 3, max_per_category=1).tolist() == [399, 450, 451]
+
+
 def test_content_neighbours_of_a_new_item(cat: F.Catalog) -> None:
     sim = F.content_neighbours(cat, 7)  # the new XL litter box (no brand, 25.0)
     ranked = list(ITEMS["item_id"][np.argsort(-sim, kind="stable")])

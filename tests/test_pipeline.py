@@ -80,8 +80,9 @@ def _shop() -> tuple[pd.DataFrame, pd.DataFrame, list[np.ndarray], dict[str, lis
     return users, items, baskets, history
 
 
-def write_tiny_bundle(path: Path) -> Path:
-    """The tiny shop as a serving bundle (docs/workspace.md layout), real itemknn + bought-together."""
+def write_tiny_bundle(path: Path, model_name: str = "itemknn") -> Path:
+    """The tiny shop as a serving bundle (docs/workspace.md layout), real itemknn (or `model_name`)
+    + bought-together."""
     users, items, baskets, history = _shop()
     rows, cols = [], []
     for u, uid in enumerate(users["user_id"]):
@@ -91,9 +92,10 @@ def write_tiny_bundle(path: Path) -> Path:
     ui = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), len(items)))
     sequences = [np.array([IDX[i] for i in history[uid]]) for uid in users["user_id"]]
     data = TrainData(user_items=ui, users=users, items=items, sequences=sequences, baskets=baskets)
-    model = get_model_class("itemknn")(get_model_class("itemknn").Config.from_dict({"num_threads": 1})).fit(
-        data
+    settings = (
+        {"num_threads": 1} if model_name != "als" else {"num_threads": 1, "factors": 8, "iterations": 5}
     )
+    model = get_model_class(model_name)(get_model_class(model_name).Config.from_dict(settings)).fit(data)
     comp_cls = get_model_class("bought-together")
     comp = comp_cls(comp_cls.Config.from_dict({"min_count": 2, "fallback_neighbours": 0})).fit(data)
 
@@ -410,6 +412,27 @@ def test_items_added_after_training_are_mapped_not_shifted(tmp_path: Path) -> No
     assert shifted.bought_together(["lbox_a"], 1)[0].item_id == "scoop"
     new = shifted.similar_items("lbox_x", 2)
     assert ids(new)[0] in {"lbox_a", "lbox_new"} and new[0].reason == "similar to Litter box X"
+
+
+def test_factor_model_fast_path_answers_exactly_as_the_model_scores(tmp_path: Path) -> None:
+    # For ALS the engine scores a known user with one product over the item factors instead of
+    # asking model.score with a sparse history row; every answer must be the same, events included.
+    engine = Engine.from_bundle(write_tiny_bundle(tmp_path / "als", "als"), store=InMemoryStore())
+    assert engine._user_factors is not None  # the fast path is the one under test
+    reference = Engine.from_bundle(tmp_path / "als", store=engine.store)
+    reference._user_factors = None  # model.score with the history row, as for any other model
+    engine.record_events([{"user_id": "carl", "item_id": "lbox_a", "event_type": "view", "timestamp": NOW}])
+    contexts = [
+        Context(),
+        Context(page_category="pets"),
+        Context(current_item="lbox_a"),
+        Context(cart=("scoop",)),
+    ]
+    background = next(u for u in engine._users if u not in ("alice", "bob", "carl"))
+    for user in ("alice", "carl", background, "a-new-customer"):
+        for cx in contexts:
+            assert engine.recommend(user, 5, cx, now=NOW) == reference.recommend(user, 5, cx, now=NOW)
+    assert len(engine.recommend("alice", 5, now=NOW)) == 5
 
 
 @pytest.mark.slow
