@@ -18,6 +18,7 @@ import gc
 import logging
 import math
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -25,9 +26,9 @@ from datetime import UTC
 from typing import Any
 
 import bentoml
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
-from serving.app import GuardMiddleware
+from serving.app import AccessLogMiddleware, GuardMiddleware
 from serving.loader import ModelHolder, Models, ServeConfig, default_engine_factory, make_source
 from serving.schemas import (
     MAX_BODY_BYTES,
@@ -48,6 +49,10 @@ from serving.schemas import (
 )
 
 logger = logging.getLogger("shoprec.serving")
+# The access log: one line per request (method, path, status, sizes, latency), never a body, so no
+# customer id. SHOPREC_ACCESS_LOG=0 turns it off (benchmarks). BentoML's own access log stays off:
+# it cost ~1 ms per request here (benchmarks/bench_serving.py), this one a few microseconds.
+access_logger = logging.getLogger("shoprec.access")
 
 # The one live service instance of this worker process: the guard middleware asks it for the API
 # key and the readiness detail (BentoML builds the middleware before it creates the instance).
@@ -128,6 +133,46 @@ class GcStats:
         } | {"frozen_objects": gc.get_freeze_count()}
 
 
+def _setup_access_log() -> None:
+    """Give the access logger its own plain handler on stdout (where BentoML logs), at INFO.
+    Called when the service starts, after BentoML has configured logging in the worker."""
+    access_logger.disabled = False
+    access_logger.setLevel(logging.INFO)
+    access_logger.propagate = False
+    if not access_logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s [INFO] [access] %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z")
+        )
+        access_logger.addHandler(handler)
+
+
+def _plain_json_output(model: type) -> type:
+    """`model` as a BentoML output spec that sends the response as one JSON body with a
+    Content-Length. BentoML's default re-validates the returned model into its own IO class and
+    streams the body in chunks (three ASGI messages through every middleware instead of two);
+    the JSON is the same (pydantic's model_dump_json), and so is the OpenAPI schema. Falls back
+    to `model` itself when BentoML's IO base class is not where 1.4 keeps it."""
+    try:
+        from _bentoml_sdk.io_models import IOMixin
+        from pydantic import create_model
+    except ImportError:  # pragma: no cover - another BentoML version
+        return model
+
+    class _PlainJSON(IOMixin):
+        @classmethod
+        async def to_http_response(cls, obj: Any, serde: Any) -> Response:
+            if isinstance(obj, model):
+                return Response(obj.model_dump_json().encode(), media_type="application/json")
+            return await super().to_http_response(obj, serde)
+
+    return create_model(model.__name__, __base__=(_PlainJSON, model), __module__=model.__module__)
+
+
+RecommendOut = _plain_json_output(RecommendResponse)
+RecommendBatchOut = _plain_json_output(RecommendBatchResponse)
+
+
 class BadRequest(ValueError):
     """Input that passed the schema but is still wrong (e.g. an event type the store refuses)."""
 
@@ -158,17 +203,8 @@ def _bad_request(ctx: bentoml.Context, message: str, status: int = 400) -> JSONR
     # costs CPU on every request and adds to the tail at saturation (benchmarks/bench_serving.py).
     # Off unless SHOPREC_TRACING=1 (set it together with BentoML's tracing exporter settings).
     tracing={"excluded_urls": [] if _env_flag("SHOPREC_TRACING", False) else [".*"]},
-    logging={
-        "access": {
-            # The access log carries method, path, status, sizes and latency, never the body, so
-            # no customer id reaches it. SHOPREC_ACCESS_LOG=0 turns it off (benchmarks).
-            "enabled": _env_flag("SHOPREC_ACCESS_LOG", True),
-            "request_content_length": True,
-            "request_content_type": False,
-            "response_content_length": True,
-            "response_content_type": False,
-        }
-    },
+    # BentoML's access log is off; serving.app.AccessLogMiddleware writes a leaner one (see above).
+    logging={"access": {"enabled": False}},
 )
 class ShopRec:
     """Recommendations for the web shop and the e-mail renderer (CONTRACT.md "HTTP API")."""
@@ -202,6 +238,8 @@ class ShopRec:
         if _env_flag("SHOPREC_GC_FREEZE", True):
             gc.collect()
             gc.freeze()
+        if _env_flag("SHOPREC_ACCESS_LOG", True):
+            _setup_access_log()
         self.gc_stats = GcStats()
         gc.callbacks.append(self.gc_stats)
         _LIVE["service"] = self
@@ -305,7 +343,7 @@ class ShopRec:
     # the thread hop and the GIL ping-pong it causes under load (measured: benchmarks/bench_serving.py).
     # recommend_batch (up to 500 users) and the write endpoints (Redis I/O) stay in the thread pool
     # so they never hold up the loop.
-    @bentoml.api(route="/recommend", input_spec=RecommendRequest, output_spec=RecommendResponse)
+    @bentoml.api(route="/recommend", input_spec=RecommendRequest, output_spec=RecommendOut)
     async def recommend(
         self, user_id: str, k: int, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendResponse:
@@ -323,7 +361,7 @@ class ShopRec:
             return _bad_request(ctx, str(e))
         return self._respond("recommend", user_id, variant, version, recs)
 
-    @bentoml.api(route="/bought_together", input_spec=BoughtTogetherRequest, output_spec=RecommendResponse)
+    @bentoml.api(route="/bought_together", input_spec=BoughtTogetherRequest, output_spec=RecommendOut)
     async def bought_together(
         self, item_ids: list[str], k: int, user_id: str | None, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendResponse:
@@ -338,7 +376,7 @@ class ShopRec:
             recs = engine.bought_together(list(item_ids), k, user_id, cx)
         return self._respond("bought_together", user_id, variant, version, recs)
 
-    @bentoml.api(route="/similar_items", input_spec=SimilarItemsRequest, output_spec=RecommendResponse)
+    @bentoml.api(route="/similar_items", input_spec=SimilarItemsRequest, output_spec=RecommendOut)
     async def similar_items(
         self, item_id: str, k: int, user_id: str | None, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendResponse:
@@ -353,7 +391,7 @@ class ShopRec:
             recs = engine.similar_items(item_id, k, user_id, cx)
         return self._respond("similar_items", user_id, variant, version, recs)
 
-    @bentoml.api(route="/popular", input_spec=PopularRequest, output_spec=RecommendResponse)
+    @bentoml.api(route="/popular", input_spec=PopularRequest, output_spec=RecommendOut)
     async def popular(
         self, k: int, segment: str | None, category: str | None, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendResponse:
@@ -363,9 +401,7 @@ class ShopRec:
         recs = engine.popular(k, segment, category, self._context(context))
         return self._respond("popular", None, "champion", version, recs)
 
-    @bentoml.api(
-        route="/recommend_batch", input_spec=RecommendBatchRequest, output_spec=RecommendBatchResponse
-    )
+    @bentoml.api(route="/recommend_batch", input_spec=RecommendBatchRequest, output_spec=RecommendBatchOut)
     def recommend_batch(
         self, user_ids: list[str], k: int, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendBatchResponse:
@@ -420,6 +456,10 @@ class ShopRec:
         return ForgetResponse(forgotten=True)
 
 
+# Starlette runs the first added middleware outermost: the access log sees every answer, the
+# guard's own refusals (401/403/413/400) and its /readyz detail included.
+if _env_flag("SHOPREC_ACCESS_LOG", True):
+    ShopRec.add_asgi_middleware(AccessLogMiddleware, logger=access_logger)
 ShopRec.add_asgi_middleware(
     GuardMiddleware, api_key=_api_key, ready_detail=_ready_detail, max_body_bytes=MAX_BODY_BYTES
 )

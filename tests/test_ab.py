@@ -90,6 +90,21 @@ def test_impression_log_writes_json_lines_without_the_raw_user_id(tmp_path: Path
     assert hash_user("alice@example.com", "s") != hash_user("alice@example.com", "other-salt")
 
 
+def test_impression_log_buffers_lines_and_writes_them_out_on_time_flush_and_close(tmp_path: Path) -> None:
+    path = tmp_path / "imp.jsonl"
+    log = ImpressionLog(path, salt="s", flush_seconds=3600)
+    log.log("r1", "champion", "v3", "u", ["a"], timestamp=1.0)
+    assert path.read_text() == ""  # buffered: no write per answered block
+    log.flush()
+    assert [json.loads(x)["recommendation_id"] for x in path.read_text().splitlines()] == ["r1"]
+    log.log("r2", "champion", "v3", "u", ["b"], timestamp=2.0)
+    log.close()
+    assert len(path.read_text().splitlines()) == 2
+    with ImpressionLog(path, salt="s", flush_seconds=0) as at_once:
+        at_once.log("r3", "control", "v3", None, ["c"], timestamp=3.0)
+        assert len(path.read_text().splitlines()) == 3
+
+
 def test_report_counts_clicks_and_conversions_per_variant(tmp_path: Path) -> None:
     path = tmp_path / "imp.jsonl"
     with ImpressionLog(path, salt="s") as log:

@@ -105,7 +105,10 @@ def server(
 def test_http_recommend_and_purchase_event(server) -> None:
     url, _ = server
     with httpx.Client(base_url=url, timeout=10) as c:
-        body = c.post("/recommend", json={"user_id": "u2", "k": 3}).json()
+        first = c.post("/recommend", json={"user_id": "u2", "k": 3})
+        # one JSON body with its length (serving.service._plain_json_output), not a chunked stream
+        assert first.headers.get("content-length") == str(len(first.content))
+        body = first.json()
         ids = [i["item_id"] for i in body["items"]]
         assert len(ids) == 3 and not {"i0", "i1", "i2", "i3"} & set(ids)
         assert body["variant"] == "champion"
@@ -130,7 +133,7 @@ def test_http_access_log_has_no_customer_id(server) -> None:
     httpx.post(f"{url}/recommend", json={"user_id": secret, "k": 2}, timeout=10)
     time.sleep(0.5)
     log = (link.parent / "server.log").read_text()
-    assert "/recommend" in log, "the access log should show the request"
+    assert "[access] POST /recommend 200" in log, "the access log should show the request"
     assert secret not in log
 
 

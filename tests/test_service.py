@@ -326,6 +326,7 @@ def test_control_variant_gets_exactly_the_popular_block(bundle: Path, tmp_path: 
     assert out.variant == "control"
     # u2 bought i0..i3, yet the control arm is the non-personal answer: i0, i1, i2
     assert [i.item_id for i in out.items] == [i.item_id for i in popular.items] == ["i0", "i1", "i2"]
+    svc.impressions.flush()  # lines are buffered (written out at least every second)
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert records[0]["variant"] == "control" and records[0]["recommendation_id"] == out.recommendation_id
     assert "u2" not in log.read_text(), "the impression log holds a salted hash, never the id"
