@@ -414,6 +414,18 @@ def test_items_added_after_training_are_mapped_not_shifted(tmp_path: Path) -> No
     assert ids(new)[0] in {"lbox_a", "lbox_new"} and new[0].reason == "similar to Litter box X"
 
 
+def test_precomputed_complements_are_the_complements_models_own(engine: Engine) -> None:
+    # The engine precomputes every item's bought-together list from the sparse similarity at load;
+    # each must hold what the model's similar_items gives for that item (best first, scores > 0).
+    assert hasattr(engine._complements_of, "table")  # the precomputed path is the one under test
+    for i in range(engine.catalog.n):
+        ids_t, sc_t = engine._complements_of(i)
+        ids_m, sc_m = engine._compute_complements(i)  # model.similar_items for this one item
+        assert sorted(zip(ids_t.tolist(), sc_t.tolist())) == sorted(zip(ids_m.tolist(), sc_m.tolist()))
+        assert list(sc_t) == sorted(sc_t, reverse=True) and (sc_t > 0).all() and i not in ids_t
+    assert engine.catalog.item_ids[engine._complements_of(IDX["lbox_a"])[0][0]] == "scoop"
+
+
 def test_factor_model_fast_path_answers_exactly_as_the_model_scores(tmp_path: Path) -> None:
     # For ALS the engine scores a known user with one product over the item factors instead of
     # asking model.score with a sparse history row; every answer must be the same, events included.
