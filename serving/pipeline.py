@@ -20,6 +20,7 @@ built at load. Every call returns at most k `Rec`s, and exactly k whenever k eli
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -932,16 +933,21 @@ def _similar_batch(
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _parts(path: str) -> tuple[str, ...]:
+    """A category path's levels (a shop has few distinct paths; split once each)."""
+    return tuple(path.split("/")) if path else ()
+
+
 def _history_reason(cat: F.Catalog, i: int, tail: list[int]) -> str:
     """Reason for a personal pick without a more specific one: "because you viewed <title>" of the
     recent history item sharing the deepest part of the category tree with it (the most recent on
     ties); computed for the k shown items only, so it costs nothing per catalogue item."""
-    parts = cat.categories[i].split("/") if cat.categories[i] else []
+    parts = _parts(cat.categories[i])
     best, best_depth = None, 0
     for j in tail:
-        other = cat.categories[j].split("/") if cat.categories[j] else []
         depth = 0
-        for a, b in zip(parts, other, strict=False):
+        for a, b in zip(parts, _parts(cat.categories[j]), strict=False):
             if a != b:
                 break
             depth += 1
