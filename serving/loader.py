@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -145,6 +146,10 @@ class BundleSource(Protocol):
     def fetch(self, version: str) -> Path:
         """A local directory holding that version's bundle (bundle.json, model/, context/ ...)."""
 
+    def release(self, version: str) -> None:
+        """The engine built from `fetch(version)` is no longer served: remove what fetch made for
+        it (a downloaded copy). The engine holds everything in memory, so nothing reads it again."""
+
 
 def bundle_version(path: Path) -> str:
     """A stable id for a local bundle: its model name and a hash of bundle.json (which holds the
@@ -173,6 +178,9 @@ class LocalBundleSource:
         # Resolve a symlink once so the engine reads one consistent directory.
         return self.path.resolve()
 
+    def release(self, version: str) -> None:
+        return None  # the directory is the operator's, not a copy
+
 
 class RegistrySource:
     """The MLflow registry: `models:/<name>@<alias>`, downloaded through training.tracking.
@@ -187,6 +195,7 @@ class RegistrySource:
         self.name = name
         self.ws = ws
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._downloads: dict[str, list[Path]] = {}  # version -> temporary directories fetched
 
     def version(self, alias: str) -> str | None:
         from mlflow.exceptions import MlflowException
@@ -200,7 +209,19 @@ class RegistrySource:
         from training.tracking import load_bundle_dir
 
         # By version, not by alias: the alias may move again between lookup and download.
-        return Path(load_bundle_dir(f"models:/{self.name}/{version}", self.ws))
+        dst = Path(tempfile.mkdtemp(prefix="shoprec-bundle-"))
+        try:
+            path = Path(load_bundle_dir(f"models:/{self.name}/{version}", self.ws, dst=dst))
+        except BaseException:
+            shutil.rmtree(dst, ignore_errors=True)
+            raise
+        self._downloads.setdefault(version, []).append(dst)
+        return path
+
+    def release(self, version: str) -> None:
+        """Remove the downloaded copies of `version` (a swapped-out model: its engine is in memory)."""
+        for d in self._downloads.pop(version, []):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def make_source(config: ServeConfig) -> BundleSource:
@@ -302,6 +323,9 @@ class ModelHolder:
                     champion, champ_v, challenger, chall_v if challenger is not None else None
                 )
                 if cur is not None:
+                    kept = {champ_v, chall_v if challenger is not None else None}
+                    for old in {cur.champion_version, cur.challenger_version} - kept - {None}:
+                        self._release(old)
                     self.swaps += 1
                     logger.info("hot-swapped models: champion %s -> %s", cur.champion_version, champ_v)
                 else:
@@ -317,9 +341,23 @@ class ModelHolder:
 
     def _build(self, version: str) -> Any:
         start = time.perf_counter()
-        engine = self.factory(self.source.fetch(version), version)
+        path = self.source.fetch(version)
+        try:
+            engine = self.factory(path, version)
+        except BaseException:
+            self._release(version)  # a failed load leaves no download behind either
+            raise
         logger.info("loaded model version %s in %.1f s", version, time.perf_counter() - start)
         return engine
+
+    def _release(self, version: str) -> None:
+        release = getattr(self.source, "release", None)
+        if release is None:
+            return
+        try:
+            release(version)
+        except Exception:  # cleaning up must never break serving
+            logger.warning("could not remove the files of model version %s", version, exc_info=True)
 
     def start_polling(self) -> None:
         if self.poll_seconds <= 0 or self._thread is not None:
@@ -335,10 +373,15 @@ class ModelHolder:
                 logger.exception("champion poll failed")
 
     def stop(self) -> None:
+        """Stop polling and remove the downloaded bundles of the models served (at shutdown)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        with self._lock:
+            if self.models is not None:
+                for version in {self.models.champion_version, self.models.challenger_version} - {None}:
+                    self._release(version)
 
 
 def export_bundle(config: ServeConfig, dest: Path = PACKAGED_BUNDLE) -> Path:

@@ -155,6 +155,46 @@ def test_class_hot_swap_keeps_answering(tmp_path: Path, bundle: Path) -> None:
     svc.holder.stop()
 
 
+def test_registry_hot_swap_removes_the_swapped_out_download(
+    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A champion from a real (SQLite) MLflow registry is downloaded to a temporary directory; when
+    a newly promoted champion replaces it, the old download is removed, and the last one at stop."""
+    from mlflow import MlflowClient
+
+    from serving.loader import ModelHolder, RegistrySource, default_engine_factory
+    from serving.store import InMemoryStore
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.create_experiment("serving-test", artifact_location=str(tmp_path / "artifacts"))
+    client.create_registered_model("shoprec")
+
+    def register(bundle_dir: Path) -> str:
+        run = client.create_run(exp)
+        client.log_artifacts(run.info.run_id, str(bundle_dir), "bundle")
+        client.set_terminated(run.info.run_id)
+        mv = client.create_model_version("shoprec", f"{run.info.artifact_uri}/bundle", run.info.run_id)
+        client.set_registered_model_alias("shoprec", "champion", mv.version)
+        return str(mv.version)
+
+    v1 = register(bundle)
+    source = RegistrySource(uri, "shoprec")
+    holder = ModelHolder(source, default_engine_factory(InMemoryStore()), poll_seconds=0)
+    holder.load()
+    first = source._downloads[v1]
+    assert holder.models.champion_version == v1 and all((d / "bundle.json").exists() for d in first)
+    v2 = register(build_tiny_bundle(tmp_path / "other", model="itemknn"))
+    assert holder.refresh() is True and holder.models.champion_version == v2
+    assert not any(d.exists() for d in first), "the swapped-out champion's download must be removed"
+    second = source._downloads[v2]
+    assert all(d.exists() for d in second)
+    assert holder.models.champion.recommend("u2", 2)  # the new engine answers
+    holder.stop()
+    assert not any(d.exists() for d in second)
+
+
 # -- level 2: the ASGI app -----------------------------------------------------------------------
 
 
