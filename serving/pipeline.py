@@ -435,7 +435,11 @@ class Engine:
         keep = []
         for e in parsed:
             u = self._users.get(e.user_id)
-            if e.user_id in self._forgotten or (u is not None and not u.consent):
+            if (
+                e.user_id in self._forgotten
+                or (u is not None and not u.consent)
+                or self._store_forgot(e.user_id)
+            ):
                 continue
             keep.append(e)
         return self.store.add(keep) if keep else 0
@@ -652,7 +656,15 @@ class Engine:
     def _user(self, user_id: str | None) -> _User | None:
         if user_id is None or user_id in self._forgotten:
             return None
-        return self._users.get(str(user_id))
+        user = self._users.get(str(user_id))
+        if user is not None and self._store_forgot(str(user_id)):
+            return None
+        return user
+
+    def _store_forgot(self, user_id: str) -> bool:
+        """Erased through another replica (the online store shares the erasures)."""
+        check = getattr(self.store, "is_forgotten", None)
+        return bool(check(user_id)) if check is not None else False
 
     def _context_mask(self, context: Context, user: _User | None) -> np.ndarray:
         """Stock (in the customer's size) and gender, from the request, else the learned profile

@@ -446,7 +446,9 @@ class ShopRec:
     @bentoml.api(route="/forget", input_spec=ForgetRequest, output_spec=ForgetResponse)
     def forget(self, user_id: str, ctx: bentoml.Context) -> ForgetResponse:
         """Erase one customer from the online store (and the running engines). Needs the API key.
-        The raw tables and features are erased by `shoprec forget --data DIR`."""
+        With REDIS_URL the erasure is recorded in Redis, so every replica stops personalising for
+        the customer (within a second), a restarted one too. The raw tables and features are
+        erased by `shoprec forget --data DIR`."""
         self._forgotten.add(user_id)
         models = self.holder.models
         models.champion.forget(user_id)

@@ -112,7 +112,12 @@ class OnlineStore(Protocol):
         ...
 
     def forget(self, user_id: str) -> bool:
-        """Erase the user's events; False when the backend could not be reached."""
+        """Erase the user's events and record the erasure (so every replica stops personalising
+        for them); False when the backend could not be reached."""
+        ...
+
+    def is_forgotten(self, user_id: str) -> bool:
+        """Whether `forget(user_id)` was called (on any replica sharing the backend)."""
         ...
 
     def health(self) -> str:
@@ -128,6 +133,7 @@ class InMemoryStore:
             raise ValueError(f"cap must be >= 1, got {cap}")
         self.cap = cap
         self._events: dict[str, deque[Event]] = {}
+        self._forgotten: set[str] = set()
         self._lock = threading.Lock()
 
     def add(self, events: list[Event]) -> int:
@@ -146,7 +152,11 @@ class InMemoryStore:
     def forget(self, user_id: str) -> bool:
         with self._lock:
             self._events.pop(user_id, None)
+            self._forgotten.add(user_id)
         return True
+
+    def is_forgotten(self, user_id: str) -> bool:
+        return user_id in self._forgotten
 
     def health(self) -> str:
         return f"memory ok ({len(self._events)} users)"
@@ -154,7 +164,10 @@ class InMemoryStore:
 
 class RedisStore:
     """Redis-backed store: key `<prefix>:u:<user_id>` is a list of JSON events, newest first,
-    trimmed to `cap` and expiring after `ttl_s` of inactivity.
+    trimmed to `cap` and expiring after `ttl_s` of inactivity. Erased customers (POST /forget on
+    any replica) are the set `<prefix>:forgotten`, kept without expiry (until the raw data is
+    erased and the model retrained); each replica reads it again when its size changed, at most
+    every `forgotten_refresh_s` seconds, so a request costs no extra round trip.
 
     Failure policy: any Redis error marks the store down for `retry_s` seconds (requests in that
     time skip Redis instead of each paying the socket timeout), is logged at most once per
@@ -171,6 +184,7 @@ class RedisStore:
         timeout_s: float = 0.05,
         retry_s: float = 2.0,
         log_interval_s: float = 60.0,
+        forgotten_refresh_s: float = 1.0,
     ) -> None:
         import redis
 
@@ -184,6 +198,9 @@ class RedisStore:
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
         )
+        self.forgotten_refresh_s = forgotten_refresh_s
+        self._forgotten: frozenset[str] = frozenset()
+        self._forgotten_checked = -float("inf")
         self._down_until = 0.0
         self._last_error: str | None = None
         self._last_log = -float("inf")
@@ -251,12 +268,32 @@ class RedisStore:
     def forget(self, user_id: str) -> bool:
         # Erasure must not be skipped silently by the back-off: always try, report failure.
         try:
-            self._client.delete(self._key(user_id))
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(self._key(user_id))
+            pipe.sadd(f"{self.prefix}:forgotten", user_id)
+            pipe.execute()
         except Exception as err:
             self._failed(err)
             return False
         self._ok()
+        with self._lock:
+            self._forgotten = self._forgotten | {user_id}
         return True
+
+    def is_forgotten(self, user_id: str) -> bool:
+        now = time.monotonic()
+        if now - self._forgotten_checked >= self.forgotten_refresh_s and self._available():
+            self._forgotten_checked = now
+            try:
+                key = f"{self.prefix}:forgotten"
+                if self._client.scard(key) != len(self._forgotten):
+                    members = self._client.smembers(key)
+                    self._forgotten = frozenset(
+                        m.decode() if isinstance(m, bytes) else str(m) for m in members
+                    )
+            except Exception as err:  # keep the erasures known so far; never fail the request
+                self._failed(err)
+        return user_id in self._forgotten
 
     def health(self) -> str:
         if self._last_error is not None and not self._available():

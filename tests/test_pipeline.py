@@ -375,8 +375,17 @@ def test_a_purchase_through_real_redis_changes_the_next_answer_on_another_replic
         assert a.record_events([{"user_id": "carl", "item_id": top, "event_type": "purchase"}]) == 1
         assert top not in ids(b.recommend("carl", 10, now=NOW))
         assert a.health()["store"] == "redis ok"
+        # /forget on one replica: the other stops personalising and keeps no new events.
+        c = Engine.from_bundle(
+            bundle_dir, store=RedisStore(store.url, prefix=store.prefix, forgotten_refresh_s=0)
+        )
+        assert c.recommend("carl", 4, now=NOW) != c.popular(4, segment="new")
+        a.forget("carl")
+        assert c.recommend("carl", 4, now=NOW) == c.popular(4, segment="new")
+        assert c.record_events([{"user_id": "carl", "item_id": top, "event_type": "view"}]) == 0
     finally:
-        store.forget("carl")
+        for key in store._client.scan_iter(f"{store.prefix}:*"):  # every key this test wrote
+            store._client.delete(key)
 
 
 def test_items_added_after_training_are_mapped_not_shifted(tmp_path: Path) -> None:
@@ -421,7 +430,9 @@ def test_precomputed_complements_are_the_complements_models_own(engine: Engine) 
     for i in range(engine.catalog.n):
         ids_t, sc_t = engine._complements_of(i)
         ids_m, sc_m = engine._compute_complements(i)  # model.similar_items for this one item
-        assert sorted(zip(ids_t.tolist(), sc_t.tolist())) == sorted(zip(ids_m.tolist(), sc_m.tolist()))
+        assert sorted(zip(ids_t.tolist(), sc_t.tolist(), strict=True)) == sorted(
+            zip(ids_m.tolist(), sc_m.tolist(), strict=True)
+        )
         assert list(sc_t) == sorted(sc_t, reverse=True) and (sc_t > 0).all() and i not in ids_t
     assert engine.catalog.item_ids[engine._complements_of(IDX["lbox_a"])[0][0]] == "scoop"
 

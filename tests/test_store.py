@@ -106,6 +106,28 @@ def test_redis_store_round_trip_cap_and_forget(redis_store: RedisStore) -> None:
 
 
 @pytest.mark.services
+def test_redis_store_shares_erasures_with_every_replica(redis_store: RedisStore) -> None:
+    # POST /forget reaches one replica; the erasure set lives in Redis, so the others (and a
+    # replica started later) see it too.
+    other = RedisStore(REDIS_URL, prefix=redis_store.prefix, forgotten_refresh_s=0)
+    assert not other.is_forgotten("u7")
+    assert redis_store.forget("u7") is True
+    assert redis_store.is_forgotten("u7") and other.is_forgotten("u7") and not other.is_forgotten("u8")
+    restarted = RedisStore(REDIS_URL, prefix=redis_store.prefix)
+    assert restarted.is_forgotten("u7")
+    slow = RedisStore(REDIS_URL, prefix=redis_store.prefix, forgotten_refresh_s=3600)
+    assert slow.is_forgotten("u7")  # the first check always reads the set
+    assert redis_store.forget("u8") and not slow.is_forgotten("u8")  # ... then at most every hour
+    assert redis_store._client.ttl(f"{redis_store.prefix}:forgotten") == -1  # kept, no expiry
+
+
+def test_in_memory_store_records_erasures() -> None:
+    store = InMemoryStore()
+    assert not store.is_forgotten("u1")
+    assert store.forget("u1") and store.is_forgotten("u1") and not store.is_forgotten("u2")
+
+
+@pytest.mark.services
 def test_redis_store_survives_a_killed_connection(redis_store: RedisStore) -> None:
     import redis
 
