@@ -35,6 +35,7 @@ from features.transforms import (
     interactions_sql,
     item_stats_sql,
     last_purchases_sql,
+    pairs_sql,
     profiles_sql,
     sequences_sql,
     sizes_sql,
@@ -130,7 +131,12 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
         info["items"] = copy(f"SELECT {', '.join(cols)} FROM items ORDER BY item_idx", "items")
 
     def interactions() -> None:
-        info["nnz"] = copy(interactions_sql("ev", info["ref_ts"], config.half_life_days), "interactions")
+        # One aggregation per (user, item) feeds both the matrix and the item statistics.
+        window = max(DAY_S, int(config.trend_window_share * (info["ref_ts"] - info["min_ts"])))
+        info["trend_window_days"] = round(window / DAY_S, 3)
+        pairs = pairs_sql("ev", ref_ts=info["ref_ts"], half_life_days=config.half_life_days, window_s=window)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE pairs_all AS {pairs}")
+        info["nnz"] = copy(interactions_sql("pairs_all"), "interactions")
         meta = {
             "shape": [info["users"], info["items"]],
             "nnz": info["nnz"],
@@ -183,12 +189,8 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
         info["last_purchases"] = copy(last_purchases_sql(), "last_purchases")
 
     def item_stats() -> None:
-        window = max(DAY_S, int(config.trend_window_share * (info["ref_ts"] - info["min_ts"])))
-        info["trend_window_days"] = round(window / DAY_S, 3)
-        copy(
-            item_stats_sql(ref_ts=info["ref_ts"], half_life_days=config.half_life_days, window_s=window),
-            "item_stats",
-        )
+        copy(item_stats_sql(pairs="pairs_all"), "item_stats")
+        con.execute("DROP TABLE pairs_all")
 
     def category_rebuy() -> None:
         sql = category_rebuy_sql(

@@ -2,10 +2,11 @@
 80/10/10), written under `features/splits/<name>/` (docs/workspace.md).
 
 Each split is defined by SQL over the build's working tables (`ev`, `tgt`, `seq_all` = the full
-sequences, see features.transforms): a view `train_ev_<name>` of the training events, `train_seq_<name>`
-of their sequences, and the held-out target interactions. The training
-part's interaction matrix is decayed with the reference time = the end of the training part, so no
-feature of the training part is computed from the future.
+sequences, see features.transforms): a view `train_ev_<name>` of the training events, `train_tgt_<name>`
+of its target events, `train_seq_<name>` of their sequences, and the held-out target interactions.
+Every table of the training part (interaction matrix, last purchases, item statistics with their
+trend, the learned re-buy rates) is computed from those views alone, with the reference time = the
+end of the training part, so no feature an evaluated model sees is computed from the held-out period.
 
 Leak-freedom (`loo`, `time`): for every user, every valid/test interaction is strictly later than every
 training event of that user, of any event type. Times are whole seconds; events tied at a cut time go
@@ -22,7 +23,14 @@ import duckdb
 
 from features.config import FeatureConfig
 from features.errors import BuildError
-from features.transforms import interactions_sql
+from features.transforms import (
+    DAY_S,
+    category_rebuy_sql,
+    interactions_sql,
+    item_stats_sql,
+    last_purchases_sql,
+    pairs_sql,
+)
 
 
 def _copy(con: duckdb.DuckDBPyConnection, sql: str, path: Path) -> None:
@@ -47,6 +55,10 @@ def define_loo(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         CREATE OR REPLACE TEMP VIEW train_ev_loo AS
         SELECT e.* FROM ev e LEFT JOIN loo_cut c USING (user_idx)
         WHERE c.t_valid IS NULL OR e.ts < c.t_valid""")
+    con.execute("""
+        CREATE OR REPLACE TEMP VIEW train_tgt_loo AS
+        SELECT t.* FROM tgt t LEFT JOIN loo_cut c USING (user_idx)
+        WHERE c.t_valid IS NULL OR t.ts < c.t_valid""")
     for part, col in (("valid", "t_valid"), ("test", "t_test")):
         con.execute(f"""
             CREATE OR REPLACE TEMP VIEW {part}_loo AS
@@ -81,6 +93,7 @@ def define_time(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> dict[s
         )
     valid_cut = max(int(t_min), cut - (int(t_max) - cut))
     con.execute(f"CREATE OR REPLACE TEMP VIEW train_ev_time AS SELECT * FROM ev WHERE ts < {valid_cut}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW train_tgt_time AS SELECT * FROM tgt WHERE ts < {valid_cut}")
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW train_seq_time AS
         SELECT user_idx, item_idx[1:n] AS item_idx, ts[1:n] AS ts FROM (
@@ -137,6 +150,10 @@ def define_random(con: duckdb.DuckDBPyConnection, config: FeatureConfig) -> dict
         SELECT e.* FROM ev e ANTI JOIN (SELECT user_idx, item_idx FROM random_parts WHERE part <> 'train') h
         USING (user_idx, item_idx)""")
     con.execute("""
+        CREATE OR REPLACE TEMP VIEW train_tgt_random AS
+        SELECT t.* FROM tgt t ANTI JOIN (SELECT user_idx, item_idx FROM random_parts WHERE part <> 'train') h
+        USING (user_idx, item_idx)""")
+    con.execute("""
         CREATE OR REPLACE TEMP VIEW train_seq_random AS
         WITH h AS (
             SELECT user_idx, list(item_idx) AS hold FROM random_parts WHERE part <> 'train' GROUP BY user_idx
@@ -169,7 +186,9 @@ def write_split(
     shape: tuple[int, int],
 ) -> dict[str, Any]:
     """Define split `name` and write train.parquet (COO, decayed at the end of the training part),
-    train_sequences.parquet, valid.parquet, test.parquet and meta.json into `out_dir`.
+    train_sequences.parquet, train_last_purchases.parquet, item_stats.parquet and
+    category_rebuy.parquet (both from the training part only), valid.parquet, test.parquet and
+    meta.json into `out_dir`.
     Returns the meta dict (kind, cut-offs, counts, target types)."""
     if name == "loo":
         meta = define_loo(con)
@@ -181,25 +200,38 @@ def write_split(
         raise BuildError(f"unknown split {name!r}; known: loo, time, random")
     out_dir.mkdir(parents=True, exist_ok=True)
     train = f"train_ev_{name}"
-    n_train, ref = con.execute(f"SELECT count(*), max(ts) FROM {train}").fetchone()
+    n_train, ref, t_min = con.execute(f"SELECT count(*), max(ts), min(ts) FROM {train}").fetchone()
     if ref is None:  # nothing in train (e.g. a cut-off before every event): an empty matrix, honestly
-        ref = con.execute("SELECT min(ts) FROM ev").fetchone()[0]
-    _copy(con, interactions_sql(train, int(ref), config.half_life_days), out_dir / "train.parquet")
+        ref = t_min = con.execute("SELECT min(ts) FROM ev").fetchone()[0]
+    # The trend window of the training part: the same share of *its* time span, ending at its end.
+    span = int(ref) - int(t_min)
+    window = max(DAY_S, int(config.trend_window_share * span))
+    pairs = pairs_sql(train, ref_ts=int(ref), half_life_days=config.half_life_days, window_s=window)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE split_pairs AS {pairs}")
+    _copy(con, interactions_sql("split_pairs"), out_dir / "train.parquet")
     _copy(con, f"SELECT * FROM train_seq_{name}", out_dir / "train_sequences.parquet")
-    # The re-buy policy's input for this split: last purchase per (user, item) over the *target*
-    # events of the training part only. Training sequences hold views and carts too, and a viewed
-    # item is no purchase: excluding it would hide the very item a customer viewed and then bought.
+    # The training part's target events (purchases), materialised once: the re-buy policy's input
+    # and the learned statistics below are all computed from them and from nothing later.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE split_tgt AS SELECT * FROM train_tgt_{name}")
+    # Last purchase per (user, item) over the training part's *target* events only. Training
+    # sequences hold views and carts too, and a viewed item is no purchase: excluding it would hide
+    # the very item a customer viewed and then bought.
+    _copy(con, last_purchases_sql("split_tgt"), out_dir / "train_last_purchases.parquet")
+    # item_stats and category_rebuy of the training part, with the reference time = its end: the
+    # whole-data tables (features/) have seen the held-out period (a category re-bought, an item
+    # trending only there), so evaluation must use these.
+    _copy(con, item_stats_sql(pairs="split_pairs", targets="split_tgt"), out_dir / "item_stats.parquet")
     _copy(
         con,
-        f"""SELECT t.user_idx, t.item_idx, any_value(i.category) AS category,
-                   max(t.ts) AS last_ts, count(*) AS n_purchases
-            FROM (SELECT * FROM tgt t WHERE EXISTS (
-                    SELECT 1 FROM {train} e
-                    WHERE e.user_idx = t.user_idx AND e.item_idx = t.item_idx AND e.ts = t.ts)) t
-            JOIN items i USING (item_idx)
-            GROUP BY t.user_idx, t.item_idx ORDER BY t.user_idx, t.item_idx""",
-        out_dir / "train_last_purchases.parquet",
+        category_rebuy_sql(
+            min_rate=config.rebuy_min_rate,
+            min_repeat_buyers=config.rebuy_min_repeat_buyers,
+            targets="split_tgt",
+        ),
+        out_dir / "category_rebuy.parquet",
     )
+    con.execute("DROP TABLE split_tgt")
+    con.execute("DROP TABLE split_pairs")
     counts: dict[str, int] = {
         "train_events": int(n_train),
         "train_nnz": _count(con, f"SELECT 1 FROM read_parquet('{out_dir / 'train.parquet'}')"),
@@ -215,6 +247,7 @@ def write_split(
         **meta,
         "reference_ts": int(ref),
         "reference_time": _iso(int(ref)),
+        "trend_window_days": round(window / DAY_S, 3),
         "shape": list(shape),
         "target_event_types": target_types,
         "counts": counts,

@@ -39,16 +39,36 @@ def decay(ref_ts: int, half_life_days: float, ts: str = "ts") -> str:
     return f"pow(0.5, ({int(ref_ts)} - {ts}) / {float(half_life_days) * DAY_S!r})"
 
 
-def interactions_sql(events: str, ref_ts: int, half_life_days: float) -> str:
-    """COO user x item matrix: value = sum over the pair's events of w * decay; pairs whose sum is not
-    positive (only zero-weight events, or negatives outweighing) are left out. Sorted by (user, item)
-    so a reader can build CSR without re-sorting."""
+def pairs_sql(events: str, *, ref_ts: int, half_life_days: float, window_s: int) -> str:
+    """One row per (user, item) with any event in `events`: the one pass over the events that both
+    the interaction matrix and the item statistics are aggregated from (so a split's statistics
+    cost little more than its matrix).
+
+    value = sum of w * decay over the pair's non-zero-weight events (NULL when there are none);
+    positive = the same over positive-weight events only; n_events = every event of the pair;
+    recent / earlier = summed positive weights (undecayed) in the last `window_s` seconds before
+    `ref_ts` and in the 3x longer window before that (the item trend's inputs)."""
+    d = decay(ref_ts, half_life_days)
+    w, ref = int(window_s), int(ref_ts)
     return f"""
-        SELECT user_idx, item_idx, CAST(SUM(w * {decay(ref_ts, half_life_days)}) AS FLOAT) AS value
+        SELECT user_idx, item_idx,
+               sum(w * {d}) FILTER (WHERE w <> 0) AS value,
+               coalesce(sum(w * {d}) FILTER (WHERE w > 0), 0) AS positive,
+               count(*) AS n_events,
+               coalesce(sum(w) FILTER (WHERE w > 0 AND ts > {ref - w}), 0) AS recent,
+               coalesce(sum(w) FILTER (WHERE w > 0 AND ts <= {ref - w} AND ts > {ref - 4 * w}), 0) AS earlier
         FROM {events}
-        WHERE w <> 0
-        GROUP BY user_idx, item_idx
-        HAVING SUM(w * {decay(ref_ts, half_life_days)}) > 0
+        GROUP BY user_idx, item_idx"""
+
+
+def interactions_sql(pairs: str) -> str:
+    """COO user x item matrix from `pairs` (pairs_sql): value = sum over the pair's events of
+    w * decay; pairs whose sum is not positive (only zero-weight events, or negatives outweighing)
+    are left out. Sorted by (user, item) so a reader can build CSR without re-sorting."""
+    return f"""
+        SELECT user_idx, item_idx, CAST(value AS FLOAT) AS value
+        FROM {pairs}
+        WHERE value > 0
         ORDER BY user_idx, item_idx"""
 
 
@@ -187,35 +207,34 @@ def sizes_sql() -> str:
         ORDER BY user_idx, garment"""
 
 
-def last_purchases_sql() -> str:
-    """Per (user, item) over target events: the item's category, the last time and how many times."""
-    return """
+def last_purchases_sql(targets: str = "tgt") -> str:
+    """Per (user, item) over the target events of `targets`: the item's category, the last time and
+    how many times."""
+    return f"""
         SELECT t.user_idx, t.item_idx, any_value(i.category) AS category,
                max(t.ts) AS last_ts, count(*) AS n_purchases
-        FROM tgt t JOIN items i USING (item_idx)
+        FROM {targets} t JOIN items i USING (item_idx)
         GROUP BY t.user_idx, t.item_idx
         ORDER BY t.user_idx, t.item_idx"""
 
 
-def item_stats_sql(*, ref_ts: int, half_life_days: float, window_s: int) -> str:
-    """One row per item (catalogue items without events included, with zeros).
+def item_stats_sql(*, pairs: str, targets: str = "tgt") -> str:
+    """One row per item (catalogue items without events included, with zeros), from the (user, item)
+    aggregates `pairs` (pairs_sql) and the target events `targets` (a split's training part passes
+    its own, so its statistics know nothing of the held-out period).
 
-    popularity = sum of w * decay over all users (the item's column sum of the interaction matrix);
-    trend = (recent + 1) / (earlier / 3 + 1) where recent = weighted events in the last `window_s`
-    seconds and earlier = those in the 3x longer window before it: a smoothed ratio of event rates,
-    1 = flat, > 1 rising; pop_rank = 1 for the most popular item.
+    n_users = users with any event on the item; popularity = sum of w * decay over positive-weight
+    events of all users; trend = (recent + 1) / (earlier / 3 + 1) where recent = weighted events in
+    the last trend window and earlier = those in the 3x longer window before it: a smoothed ratio
+    of event rates, 1 = flat, > 1 rising; pop_rank = 1 for the most popular item.
     """
-    w = int(window_s)
     return f"""
         WITH e AS (
-            SELECT item_idx, count(DISTINCT user_idx) AS n_users, count(*) AS n_events,
-                   sum(CASE WHEN w > 0 THEN w * {decay(ref_ts, half_life_days)} ELSE 0 END) AS popularity,
-                   coalesce(sum(w) FILTER (WHERE w > 0 AND ts > {int(ref_ts) - w}), 0) AS recent,
-                   coalesce(sum(w) FILTER (WHERE w > 0 AND ts <= {int(ref_ts) - w}
-                                          AND ts > {int(ref_ts) - 4 * w}), 0) AS earlier
-            FROM ev GROUP BY item_idx
+            SELECT item_idx, count(*) AS n_users, sum(n_events) AS n_events,
+                   sum(positive) AS popularity, sum(recent) AS recent, sum(earlier) AS earlier
+            FROM {pairs} GROUP BY item_idx
         ), p AS (
-            SELECT item_idx, count(*) AS n_purchases FROM tgt GROUP BY item_idx
+            SELECT item_idx, count(*) AS n_purchases FROM {targets} GROUP BY item_idx
         )
         SELECT i.item_idx, i.category,
                coalesce(e.n_users, 0) AS n_users, coalesce(e.n_events, 0) AS n_events,
@@ -227,15 +246,15 @@ def item_stats_sql(*, ref_ts: int, half_life_days: float, window_s: int) -> str:
         ORDER BY i.item_idx"""
 
 
-def category_rebuy_sql(*, min_rate: float, min_repeat_buyers: int) -> str:
-    """Per category: buyers, buyers who bought the same item again in a later basket, their share,
+def category_rebuy_sql(*, min_rate: float, min_repeat_buyers: int, targets: str = "tgt") -> str:
+    """Over the target events of `targets` (a split passes its training part's), per category: buyers, buyers who bought the same item again in a later basket, their share,
     the median days between consecutive baskets holding the same item, and the re-buyable flag
     (rebuy_rate >= `min_rate` and n_repeat_buyers >= `min_repeat_buyers`: global thresholds, the
     rates themselves learned). Items without a category are pooled in one row with a null category."""
     return f"""
         WITH per AS (
             SELECT t.user_idx, t.item_idx, i.category, t.bkey, min(t.ts) AS ts
-            FROM tgt t JOIN items i USING (item_idx)
+            FROM {targets} t JOIN items i USING (item_idx)
             GROUP BY t.user_idx, t.item_idx, i.category, t.bkey
         ), g AS (
             SELECT category, user_idx,

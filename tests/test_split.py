@@ -228,3 +228,63 @@ def test_split_last_purchases_hold_only_training_purchases(tmp_path: Path, name:
     assert got == expected
     viewed_only = {(u, i) for u, i, _ in train_times} - expected
     assert viewed_only, "the shop must have items viewed in training and never bought there"
+
+
+@pytest.mark.parametrize("name", ["loo", "time"])
+def test_split_statistics_know_nothing_of_the_held_out_period(tmp_path: Path, name: str) -> None:
+    """Regression (issue 3): item_stats (the trending variant's `trend`) and category_rebuy (the
+    learned re-buy policy used in evaluation) were computed over every event, so a model evaluated
+    on a split had seen the test period. Here snacks are re-bought and the item `hot` sells only in
+    each customer's last order (the held-out test): the whole-data tables show both, the split's
+    own tables (what `load_split` hands to models and evaluation) show neither."""
+    from features.workspace import Workspace
+    from training.data import load_split, load_train_data
+    from training.policy import RebuyPolicy
+
+    rows = []
+    for u in range(6):
+        for day, items in ((0, ["snack"]), (10, ["bread"]), (20, ["milk"]), (40, ["snack", "hot"])):
+            rows += [
+                {
+                    "user_id": f"u{u}",
+                    "item_id": i,
+                    "event_type": "purchase",
+                    "ts": T0 + day * DAY,
+                    "order_id": f"{u}-{day}",
+                }
+                for i in items
+            ]
+    write_events(tmp_path, rows)
+    _helpers.write_catalog(
+        tmp_path,
+        [
+            {"item_id": "snack", "category": "food/snacks"},
+            {"item_id": "bread", "category": "food/bread"},
+            {"item_id": "milk", "category": "food/milk"},
+            {"item_id": "hot", "category": "toys"},
+        ],
+    )
+    build(tmp_path)
+    ws = Workspace.at(tmp_path)
+    meta = json.loads((ws.split_dir(name) / "meta.json").read_text())
+    assert meta["counts"]["test_rows"] == 12  # snack + hot for each of the six customers
+
+    whole = load_train_data(ws)  # the final refit / serving bundle's view: everything
+    rebuy = whole.category_rebuy.set_index("category")
+    assert rebuy.loc["food/snacks", "n_repeat_buyers"] == 6 and rebuy.loc["food/snacks", "rebuyable"]
+    assert "food/snacks" in RebuyPolicy.from_frame(whole.category_rebuy).rebuyable
+    stats = whole.item_stats.merge(whole.items[["item_idx", "item_id"]]).set_index("item_id")
+    assert stats.loc["hot", "trend"] > 10 and stats.loc["hot", "n_purchases"] == 6
+
+    train = load_split(ws, name).train
+    rebuy = train.category_rebuy.set_index("category")
+    assert rebuy.loc["food/snacks", "n_buyers"] == 6  # bought in training, once each
+    assert rebuy.loc["food/snacks", "n_repeat_buyers"] == 0 and not rebuy.loc["food/snacks", "rebuyable"]
+    assert RebuyPolicy.from_frame(train.category_rebuy).rebuyable == {}
+    stats = train.item_stats.merge(train.items[["item_idx", "item_id"]]).set_index("item_id")
+    assert stats.loc["hot", "n_events"] == 0 and stats.loc["hot", "trend"] == 1.0
+    assert stats.loc["hot", "popularity"] == 0.0 and stats.loc["hot", "n_purchases"] == 0
+    # the split's trend is measured at the end of *its* training part: the last training order
+    # (milk on day 20 in `time`, bread on day 10 in `loo`) is what was rising then
+    rising = "bread" if name == "loo" else "milk"
+    assert stats.loc[rising, "trend"] > 10 and meta["reference_ts"] < T0 + 40 * DAY

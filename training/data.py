@@ -2,12 +2,15 @@
 
 Training never reads raw tables: it reads the feature files by index (user_idx, item_idx) and the id
 mappings, which travel with every model. A split's training part is leak-free: sequences, baskets and
-last purchases come from before each customer's first held-out interaction.
+last purchases come from before each customer's first held-out interaction, and its item statistics
+(popularity, trend) and learned re-buy rates from its training events only. The whole-data tables
+(`features/item_stats.parquet`, `category_rebuy.parquet`) are for the final refit and serving.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,8 @@ import scipy.sparse as sp
 
 from features.workspace import Workspace
 from training.base import TrainData
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -161,11 +166,30 @@ def load_split(ws: Workspace, split: str) -> Split:
         items=items,
         sequences=seqs,
         baskets=_baskets(baskets, keep),
-        item_stats=_read(ws.feature("item_stats"), required=False),
-        category_rebuy=_read(ws.feature("category_rebuy"), required=False),
+        item_stats=_split_stats(ws, d, "item_stats"),
+        category_rebuy=_split_stats(ws, d, "category_rebuy"),
         last_purchases=_split_last_purchases(d, seqs, ts, items),
     )
     return Split(train=train, valid=valid, test=test, meta=meta, train_ts=ts)
+
+
+def _split_stats(ws: Workspace, d: Path, name: str) -> pd.DataFrame:
+    """The split's own `item_stats` / `category_rebuy`, learned from its training part only. The
+    whole-data tables under features/ have seen the held-out period (an item trending, a category
+    re-bought only there); splits built before the per-split tables existed fall back to them with
+    a warning, because their evaluation numbers are then optimistic."""
+    path = d / f"{name}.parquet"
+    if path.exists():
+        return pd.read_parquet(path)
+    whole = ws.feature(name)
+    if whole.exists():
+        log.warning(
+            "%s has no %s.parquet (built by an older `features build`): using the whole-data table, "
+            "which has seen the held-out period; rebuild the features for leak-free evaluation",
+            d,
+            name,
+        )
+    return _read(whole, required=False)
 
 
 def _split_last_purchases(
