@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import threading
 import time
 import uuid
@@ -106,7 +107,9 @@ class ImpressionLog:
 
     Lines are buffered and written out at least every `flush_seconds` (and on `flush()`/`close()`):
     a write per request cost a system call on every answer. A crash loses at most the last
-    `flush_seconds` of impressions; `flush_seconds=0` writes every line at once."""
+    `flush_seconds` of impressions; `flush_seconds=0` writes every line at once. Each write is
+    whole lines in one `write(2)` on a file opened for appending, so several worker processes can
+    share one log without tearing each other's lines."""
 
     def __init__(self, path: str | Path, *, salt: str = DEFAULT_SALT, flush_seconds: float = 1.0) -> None:
         self.path = Path(path)
@@ -114,7 +117,8 @@ class ImpressionLog:
         self.salt = salt
         self.flush_seconds = float(flush_seconds)
         self._lock = threading.Lock()
-        self._file = self.path.open("a", encoding="utf-8", buffering=1 << 16)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._pending: list[str] = []
         self._flushed_at = time.monotonic()
 
     def log(
@@ -141,23 +145,33 @@ class ImpressionLog:
             record["endpoint"] = endpoint
         line = json.dumps(record, separators=(",", ":")) + "\n"
         with self._lock:
-            self._file.write(line)
-            now = time.monotonic()
-            if now - self._flushed_at >= self.flush_seconds:
-                self._file.flush()
-                self._flushed_at = now
+            if self._fd is None:
+                raise ValueError(f"impression log {self.path} is closed")
+            self._pending.append(line)
+            if time.monotonic() - self._flushed_at >= self.flush_seconds:
+                self._write_pending()
         return record
+
+    def _write_pending(self) -> None:  # holding self._lock
+        self._flushed_at = time.monotonic()
+        if not self._pending or self._fd is None:
+            return
+        data = "".join(self._pending).encode("utf-8")
+        self._pending.clear()
+        while data:
+            data = data[os.write(self._fd, data) :]
 
     def flush(self) -> None:
         """Write out every buffered line now."""
         with self._lock:
-            if not self._file.closed:
-                self._file.flush()
-                self._flushed_at = time.monotonic()
+            self._write_pending()
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            self._write_pending()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def __enter__(self) -> ImpressionLog:
         return self

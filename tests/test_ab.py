@@ -103,6 +103,19 @@ def test_impression_log_buffers_lines_and_writes_them_out_on_time_flush_and_clos
     with ImpressionLog(path, salt="s", flush_seconds=0) as at_once:
         at_once.log("r3", "control", "v3", None, ["c"], timestamp=3.0)
         assert len(path.read_text().splitlines()) == 3
+    # Two writers on one file (two worker processes): whole lines, none torn or lost.
+    a, b = (
+        ImpressionLog(path, salt="s", flush_seconds=3600),
+        ImpressionLog(path, salt="s", flush_seconds=3600),
+    )
+    for n in range(300):
+        (a if n % 2 else b).log(f"m{n}", "champion", "v3", "u", ["x"] * 40, timestamp=float(n))
+        if n % 7 == 0:
+            (b if n % 2 else a).flush()
+    a.close()
+    b.close()
+    ids = [json.loads(x)["recommendation_id"] for x in path.read_text().splitlines()]
+    assert sorted(ids) == sorted(["r1", "r2", "r3"] + [f"m{n}" for n in range(300)])
 
 
 def test_report_counts_clicks_and_conversions_per_variant(tmp_path: Path) -> None:
