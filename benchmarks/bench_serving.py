@@ -11,6 +11,8 @@ started alone with `bentoml serve` / uvicorn on a free loopback port and load-te
 - `shoprec-nolog`         the same without an access log (SHOPREC_ACCESS_LOG=0);
 - `shoprec-traced`        the same with BentoML's per-request OpenTelemetry span on
                           (SHOPREC_TRACING=1, the BentoML default; shoprec turns it off);
+- `shoprec-2workers`      `shoprec` with two worker processes (SHOPREC_WORKERS=2), one per core:
+                          a deployment setting, not compared with the one-worker minimal services;
 - `minimal-bentoml`       a one-endpoint BentoML service, `async def` like shoprec's endpoints: dot
                           product over item factors + top-k, with BentoML's defaults (its access
                           log and tracing span on);
@@ -35,16 +37,16 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
+
+from serving.devserver import Running
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "work" / "serving"
@@ -213,17 +215,6 @@ def write_inputs(bundle: Path, out: Path, n: int = 2000, seed: int = 0) -> dict[
 # -- servers and load -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Running(NamedTuple):
-    url: str
-    pid: int  # the server's top process; its children (BentoML's workers) count towards its CPU
-
-
 def server_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by process `pid` and all its descendants."""
     import psutil
@@ -243,67 +234,33 @@ def server_cpu_seconds(pid: int) -> float:
 
 @contextlib.contextmanager
 def server(kind: str, env: dict[str, str], timeout_s: float = 180.0) -> Iterator[Running]:
-    """Start one server alone, wait until it answers, yield its URL and pid, always kill its
-    process group."""
+    """Start one server alone (serving.devserver: free port, wait until it answers, always kill
+    its process group); yield its URL and pid."""
     import httpx
 
-    port = _free_port()
-    bin_dir = Path(sys.executable).parent
+    from serving.devserver import bentoml_serve, serve_process
+
+    ready = None
     if kind == "starlette":
-        cmd = [str(bin_dir / "uvicorn"), "--factory", "benchmarks.bench_serving:minimal_starlette_app"]
-        cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
-        probe = ("POST", "/recommend")
+        exe = str(Path(sys.executable).with_name("uvicorn"))
+
+        def command(port: int) -> list[str]:
+            return [exe, "--factory", "benchmarks.bench_serving:minimal_starlette_app", "--host", "127.0.0.1",
+                    "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+
+        def ready(url: str) -> bool:
+            return httpx.post(url + "/recommend", json={"user_id": "x", "k": 1}, timeout=2).status_code == 200
     else:
         target = (
             "benchmarks.bench_serving:MinimalBento"
             if kind == "minimal-bentoml"
             else "serving.service:ShopRec"
         )
-        cmd = [str(bin_dir / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
-        probe = ("GET", "/readyz")
-    full = {
-        **os.environ,
-        "BENTOML_DO_NOT_TRACK": "true",
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        **env,
-    }
-    log = (WORK / f"server-{kind}.log").open("w")
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{kind} server exited with {proc.returncode}; see {log.name}")
-            try:
-                if probe[0] == "GET":
-                    ok = httpx.get(url + probe[1], timeout=2).status_code == 200
-                else:
-                    ok = (
-                        httpx.post(url + probe[1], json={"user_id": "x", "k": 1}, timeout=2).status_code
-                        == 200
-                    )
-                if ok:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{kind} not ready after {timeout_s} s")
-            time.sleep(0.5)
-        yield Running(url, proc.pid)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        log.close()
+        command = bentoml_serve(target)
+    with serve_process(
+        command, env=env, ready=ready, log_path=WORK / f"server-{kind}.log", timeout_s=timeout_s
+    ) as r:
+        yield r
 
 
 def wrk(
@@ -414,8 +371,9 @@ def bench_shop(name: str, bundle: Path, seconds: float, servers: tuple[str, ...]
                 "SHOPREC_BUNDLE": str(bundle),
                 "SHOPREC_POLL_SECONDS": "0",
                 "SHOPREC_IMPRESSIONS": str(WORK / name / "impressions.jsonl"),
-                "SHOPREC_ACCESS_LOG": "1" if kind in ("shoprec", "shoprec-traced") else "0",
+                "SHOPREC_ACCESS_LOG": "0" if kind == "shoprec-nolog" else "1",
                 "SHOPREC_TRACING": "1" if kind == "shoprec-traced" else "0",
+                "SHOPREC_WORKERS": "2" if kind == "shoprec-2workers" else "1",
             }
             routes.append("/bought_together")
         launch = (
@@ -463,6 +421,7 @@ def main(quick: bool = False) -> dict:
             "shoprec",
             "shoprec-nolog",
             "shoprec-traced",
+            "shoprec-2workers",
             "minimal-bentoml",
             "minimal-bentoml-lean",
             "minimal-starlette",

@@ -10,11 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from serving.devserver import bentoml_serve, serve_process
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -34,49 +31,19 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def bentoml_server(env: dict[str, str], timeout_s: float = 90.0) -> Iterator[str]:
     """Run `bentoml serve serving.service:ShopRec` with `env` added; yield its base URL once
-    /readyz answers 200; kill the whole process group on exit, whatever happened."""
-    port = free_port()
-    full = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "OMP_NUM_THREADS": "1", **env}
-    bentoml = Path(sys.executable).with_name("bentoml")
-    cmd = [str(bentoml), "serve", "serving.service:ShopRec", "--host", "127.0.0.1", "--port", str(port)]
-    log = open(Path(env.get("SHOPREC_TEST_LOG", os.devnull)), "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {proc.returncode} before it was ready")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"bentoml serve not ready after {timeout_s} s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        log.close()
+    /readyz answers 200; kill the whole process group on exit, whatever happened
+    (serving.devserver, shared with the serving benchmark)."""
+    log = env.get("SHOPREC_TEST_LOG")
+    with serve_process(
+        bentoml_serve("serving.service:ShopRec"),
+        env=env,
+        log_path=Path(log) if log else None,
+        timeout_s=timeout_s,
+    ) as running:
+        yield running.url
 
 
 @pytest.fixture(scope="module")
