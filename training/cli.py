@@ -150,7 +150,12 @@ def promote_cmd(
     min_delta: Annotated[float, typer.Option(help="Margin a challenger must beat the champion by.")] = 0.0,
 ) -> None:
     """Move the alias `champion` to the best version, only if it beats the current champion on the
-    same split and metric; `challenger` marks the runner-up. Prints the decision as JSON last."""
+    same split and metric; `challenger` marks the runner-up. Prints the decision as JSON last.
+
+    Ties: a version must score strictly above the champion (by more than --min-delta) to take it;
+    an equal score keeps the champion. Among versions with equal scores the simpler, cheaper model
+    is preferred (popular < itemknn < ease < als < bpr < bought-together < repeat-blend < sasrec),
+    then the earlier-registered version."""
     _setup_logging()
     from training.promote import PromoteConfig, PromotionError, promote
 

@@ -6,6 +6,12 @@ A/B test uses it).
 same data snapshot (the validated tables' hash). Versions trained on another snapshot are not
 compared by their logged numbers: they are refitted with their own config on the current split's
 training part and evaluated again, so a champion is never kept (or beaten) on stale numbers.
+
+Ties: a version takes `champion` only with a score strictly above the champion's (plus
+`min_delta`); an equal score keeps the champion. Among versions with equal scores, the simpler and
+cheaper model is preferred (SIMPLICITY: popular < itemknn < ease < als < bpr < bought-together <
+repeat-blend < sasrec; unknown models last), then the earlier-registered version: a tie must not
+hand serving the most expensive model only because it was trained last.
 """
 
 from __future__ import annotations
@@ -23,6 +29,18 @@ if TYPE_CHECKING:
     from features.workspace import Workspace
 
 log = logging.getLogger(__name__)
+
+# Cheapest to serve and simplest to explain first: the tie-break between equal scores.
+SIMPLICITY: tuple[str, ...] = (
+    "popular",
+    "itemknn",
+    "ease",
+    "als",
+    "bpr",
+    "bought-together",
+    "repeat-blend",
+    "sasrec",
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,14 @@ class Decision:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def preference(s: Scored) -> tuple[float, int, int]:
+    """Sort key, larger = preferred: the higher score, then the simpler model (SIMPLICITY), then the
+    earlier-registered version. A version without a score sorts last."""
+    score = float("-inf") if s.score is None else float(s.score)
+    rank = SIMPLICITY.index(s.model) if s.model in SIMPLICITY else len(SIMPLICITY)
+    return (score, -rank, -int(s.version))
 
 
 class PromotionError(RuntimeError):
@@ -134,10 +160,9 @@ def promote(ws: Workspace, config: PromoteConfig | None = None) -> Decision:
         return s.score
 
     fresh = [s for s in scored.values() if s.fresh]
-    if fresh:
-        candidate = max(fresh, key=lambda s: (s.score, int(s.version)))
-    else:  # nothing evaluated on this snapshot: the newest version competes after re-evaluation
-        candidate = max(scored.values(), key=lambda s: int(s.version))
+    # Nothing evaluated on this snapshot: the newest version competes after re-evaluation.
+    newest = max(scored.values(), key=lambda s: int(s.version))
+    candidate = max(fresh, key=preference) if fresh else newest
     cand_score = score_of(candidate.version)
     champ_score = score_of(previous) if previous is not None else None
 
@@ -164,7 +189,7 @@ def promote(ws: Workspace, config: PromoteConfig | None = None) -> Decision:
         client.set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION, winner)
     # Runner-up among the versions scored on this evaluation (never the champion itself).
     others = [s for s in scored.values() if s.version != winner and s.score is not None]
-    challenger = max(others, key=lambda s: (s.score, int(s.version))).version if others else None
+    challenger = max(others, key=preference).version if others else None
     if challenger is not None:
         client.set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHALLENGER, challenger)
     else:
