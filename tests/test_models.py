@@ -36,10 +36,15 @@ TINY: dict[str, dict] = {
     "repeat-blend": {"base_params": "neighbours=20,num_threads=1"},
     "sasrec": {"epochs": 10, "dim": 16, "max_len": 8, "patience": 0, "dropout": 0.0},
 }
+# Options that change what a model computes run the whole contract too: case id -> (model, config).
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "ease[edlae]": ("ease", {"lambda_": 1.0, "dropout": 0.25}),
+    "ease[dlae]": ("ease", {"lambda_": 1.0, "dropout": 0.25, "zero_diagonal": False}),
+}
 # Models whose ranking does not depend on a random start (relabelling must give identical lists).
-DETERMINISTIC = {"popular", "itemknn", "ease", "bought-together", "repeat-blend"}
+DETERMINISTIC = {"popular", "itemknn", "ease", "bought-together", "repeat-blend", *VARIANTS}
 # Personal models that must find the held-out item of the customer's own group.
-KNOWN_ANSWER = {"als", "bpr", "itemknn", "ease", "bought-together", "repeat-blend"}
+KNOWN_ANSWER = {"als", "bpr", "itemknn", "ease", "bought-together", "repeat-blend", *VARIANTS}
 
 
 def available_models() -> list[str]:
@@ -54,6 +59,7 @@ def available_models() -> list[str]:
 
 
 MODELS = available_models()
+CASES = MODELS + [case for case, (base, _) in VARIANTS.items() if base in MODELS]
 
 
 def group_data(
@@ -86,8 +92,10 @@ def group_data(
 
 
 def fit(name: str, data: TrainData) -> Recommender:
+    """Fit model `name` (or a VARIANTS case id) with its tiny config."""
+    name, tiny = VARIANTS.get(name, (name, TINY.get(name, {})))
     klass = get_model_class(name)
-    cfg = {k: v for k, v in TINY.get(name, {}).items() if k in {f for f in klass.Config.__dataclass_fields__}}
+    cfg = {k: v for k, v in tiny.items() if k in {f for f in klass.Config.__dataclass_fields__}}
     return klass(klass.Config.from_dict(cfg)).fit(data)
 
 
@@ -100,10 +108,10 @@ def seen_matrix(data: TrainData) -> sp.csr_matrix:
 @pytest.fixture(scope="module")
 def fitted() -> dict[str, tuple[Recommender, TrainData, np.ndarray]]:
     data, answer = group_data()
-    return {name: (fit(name, data), data, answer) for name in MODELS}
+    return {name: (fit(name, data), data, answer) for name in CASES}
 
 
-@pytest.mark.parametrize("name", sorted(KNOWN_ANSWER & set(MODELS)))
+@pytest.mark.parametrize("name", sorted(KNOWN_ANSWER & set(CASES)))
 def test_known_answer_held_out_item_comes_first(name, fitted):
     model, data, answer = fitted[name]
     users = np.arange(data.n_users)
@@ -111,7 +119,7 @@ def test_known_answer_held_out_item_comes_first(name, fitted):
     assert (ids[:, 0] == answer).mean() >= 0.95, f"{name} top-1 {ids[:, 0]} vs {answer}"
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CASES)
 def test_batch_equals_single_user(name, fitted):
     model, data, _ = fitted[name]
     users = np.arange(data.n_users)
@@ -125,7 +133,7 @@ def test_batch_equals_single_user(name, fitted):
         assert set(one_ids[0][np.isfinite(one_scores[0])]) == set(ids[u][np.isfinite(scores[u])])
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CASES)
 def test_exclusions_respected_and_padding(name, fitted):
     model, data, _ = fitted[name]
     users = np.arange(data.n_users)
@@ -150,7 +158,7 @@ def test_exclusions_respected_and_padding(name, fitted):
     assert ids[1, 0] == 3 and (ids[1, 1:] == -1).all()
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CASES)
 def test_save_load_in_fresh_process_same_ranking(name, fitted, tmp_path):
     model, data, _ = fitted[name]
     users = np.arange(data.n_users)
@@ -179,7 +187,7 @@ def test_save_load_in_fresh_process_same_ranking(name, fitted, tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CASES)
 def test_relabelling_ids_does_not_change_rankings(name, fitted):
     model, data, answer = fitted[name]
     rng = np.random.default_rng(1)
@@ -200,7 +208,7 @@ def test_relabelling_ids_does_not_change_rankings(name, fitted):
         assert (ids2[:, 0] == answer2[up]).mean() >= 0.95
 
 
-@pytest.mark.parametrize("name", sorted(KNOWN_ANSWER & set(MODELS)))
+@pytest.mark.parametrize("name", sorted(KNOWN_ANSWER & set(CASES)))
 def test_unknown_user_is_scored_from_history(name, fitted):
     """A customer the model never saw (-1) with group-1 items gets group-1 items."""
     model, data, _ = fitted[name]
@@ -271,6 +279,46 @@ def test_ease_refuses_or_falls_back_when_catalogue_too_large():
     s = m.score(np.arange(data.n_users), History.of(data, np.arange(data.n_users)))
     dropped = np.setdiff1d(np.arange(data.n_items), m.kept_)
     assert (s[:, dropped] < s[:, m.kept_].min(axis=1, keepdims=True)).all()
+
+
+def test_ease_dropout_is_the_exact_expected_denoising_loss_and_edlae_keeps_diag_zero():
+    """Steck 2020: input dropout with probability p (kept entries scaled by 1/(1-p)) is, in
+    expectation, a penalty p/(1-p)·diag(XᵀX). The expectation is enumerated exactly over every mask
+    of a tiny X: DLAE's B must zero the gradient of E||X - X̃B||² + λ||B||²; EDLAE's B must have a
+    zero diagonal and zero off-diagonal gradient (the constraint only acts on the diagonal)."""
+    from itertools import product
+
+    from training.models.ease import closed_form
+
+    X = np.array([[1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]], np.float64)
+    p, lam = 0.3, 0.7
+    nz = np.argwhere(X > 0)
+    EG = np.zeros((3, 3))  # E[X̃ᵀX̃] over all 2^nnz masks
+    for keep in product((0, 1), repeat=len(nz)):
+        Xt = np.zeros_like(X)
+        for (u, i), k in zip(nz, keep, strict=True):
+            Xt[u, i] = k / (1 - p)
+        EG += p ** (len(keep) - sum(keep)) * (1 - p) ** sum(keep) * (Xt.T @ Xt)
+    G = X.T @ X  # E[X̃] = X, so the cross term stays XᵀX
+
+    def grad(B):
+        return EG @ B - G + lam * B
+
+    dlae = closed_form(G, lam, p, zero_diagonal=False)
+    np.testing.assert_allclose(grad(dlae), 0.0, atol=1e-10)
+    assert np.abs(np.diag(dlae)).min() > 1e-3  # DLAE keeps a diagonal
+    edlae = closed_form(G, lam, p, zero_diagonal=True)
+    np.testing.assert_allclose(np.diag(edlae), 0.0)
+    off = ~np.eye(3, dtype=bool)
+    np.testing.assert_allclose(grad(edlae)[off], 0.0, atol=1e-10)
+    np.testing.assert_allclose(closed_form(G, lam, 0.0), closed_form(G, lam))  # p = 0 is EASE
+    E = get_model_class("ease")
+    with pytest.raises(ValueError, match="dropout"):
+        E.Config(dropout=1.0)
+    data, _ = group_data()
+    m = E(E.Config.from_dict({"lambda_": "2", "dropout": "0.5", "zero_diagonal": "false"})).fit(data)
+    Xd = data.user_items.toarray().astype(np.float64)
+    np.testing.assert_allclose(m.B_, closed_form(Xd.T @ Xd, 2.0, 0.5, False), rtol=1e-5, atol=1e-6)
 
 
 def test_bought_together_support_threshold_and_fallback():
