@@ -2,9 +2,17 @@
 
 One place for evaluation (`--exclude-seen learned`) and serving's purchase filter. Learned per
 category by the features build (`category_rebuy.parquet`): a category whose customers re-buy the
-same item (groceries, pet food) is *rebuyable*, and an item comes back once a fraction of the
+same item (groceries, pet food) is *rebuyable*, and an item comes back once `window_fraction` of the
 category's median re-buy interval has passed since the customer's last purchase; items of other
 categories (films, laptops) never come back. Categories the data never showed are not rebuyable.
+
+The default window is 0: a rebuyable item may come back at once. A window of half the median
+interval (the earlier default, "a reminder just before the customer runs out") cost recall on the
+one real re-buy data set measured: Instacart sample, `loo` split, Recall@20 of repeat-blend
+(cf_weight 0.05, half-life 50) valid / test 0.4955 / 0.4898 at fraction 0, 0.4844 / 0.4854 at 0.1,
+0.4715 / 0.4757 at 0.25, 0.4120 / 0.4068 at 0.5, 0.3141 / 0.3063 at 1.0 (the median interval there
+is 14 days, and customers re-order the same items every week); ALS and "re-buy what you bought
+most often" fall the same way. A shop that wants a cooling-off period sets `window_fraction`.
 """
 
 from __future__ import annotations
@@ -24,12 +32,12 @@ class RebuyPolicy:
     (only rebuyable categories are listed; absent = never comes back)."""
 
     windows: tuple[tuple[str, float], ...] = ()
-    # Show a staple again after this fraction of the median re-buy interval: a little before
-    # the customer would run out, which is when a reminder helps.
-    window_fraction: float = 0.5
+    # Show a staple again after this fraction of the median re-buy interval (0 = at once; see the
+    # module docstring for what larger windows cost on Instacart).
+    window_fraction: float = 0.0
 
     @classmethod
-    def from_frame(cls, category_rebuy: pd.DataFrame, *, window_fraction: float = 0.5) -> RebuyPolicy:
+    def from_frame(cls, category_rebuy: pd.DataFrame, *, window_fraction: float = 0.0) -> RebuyPolicy:
         """From features' category_rebuy (category, rebuyable, median_interval_days, ...)."""
         if category_rebuy is None or category_rebuy.empty:
             return cls((), window_fraction)
