@@ -173,3 +173,21 @@ def test_two_processes_share_one_postgres_study(ws: Workspace, tmp_path: Path) -
         cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
         cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.close()
+
+
+def test_stage_configs_reject_unknown_keys_by_name() -> None:
+    """TrainConfig, TuneConfig and PromoteConfig share one strict from_dict: a typo in a config
+    file is an error naming the config and the known keys, never a silently ignored setting."""
+    from training.promote import PromoteConfig
+    from training.train import TrainConfig
+    from training.tune import TuneConfig
+
+    assert TuneConfig.from_dict({"model": "als", "trials": 2}) == TuneConfig(model="als", trials=2)
+    assert PromoteConfig.from_dict({"min_delta": 0.01}).min_delta == 0.01
+    for klass, values in (
+        (TrainConfig, {"model": "als"}),
+        (TuneConfig, {"model": "als"}),
+        (PromoteConfig, {}),
+    ):
+        with pytest.raises(ValueError, match=rf"unknown {klass.__name__} key\(s\): trails; known: .*split"):
+            klass.from_dict({**values, "trails": 3})

@@ -23,6 +23,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from training.train import StrictConfig
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -44,23 +46,13 @@ SIMPLICITY: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class PromoteConfig:
+class PromoteConfig(StrictConfig):
     metric: str = "ndcg@10"  # higher is better
     split: str = "loo"
     exclude_seen: str = "learned"
     # A candidate must beat the champion by more than this (absolute) to take the alias: ties and
     # noise-level differences keep the serving model stable.
     min_delta: float = 0.0
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PromoteConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown PromoteConfig key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
 
 
 @dataclass

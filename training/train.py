@@ -13,7 +13,7 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -29,8 +29,23 @@ EXCLUDE_SEEN = ("learned", "always", "never")
 COMPLEMENT_MODELS = ("bought-together",)
 
 
+class StrictConfig:
+    """`from_dict` for the stage configs (TrainConfig, TuneConfig, PromoteConfig): a config file's
+    unknown key is an error that names the known ones, never a silently ignored setting."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.__name__} key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(StrictConfig):
     """What `shoprec train` does; the model's own hyper-parameters live in its ModelConfig."""
 
     model: str
@@ -49,16 +64,6 @@ class TrainConfig:
             raise ValueError(f"exclude_seen must be one of {EXCLUDE_SEEN}, got {self.exclude_seen!r}")
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive list lengths, got {self.ks!r}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown TrainConfig key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from training.train import StrictConfig
+
 if TYPE_CHECKING:
     import optuna
 
@@ -111,7 +113,7 @@ SEARCH_SPACES: dict[str, tuple[Param, ...]] = {
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class TuneConfig(StrictConfig):
     model: str
     trials: int = 20
     study: str | None = None  # default: shoprec-<model>-<split>
@@ -134,16 +136,6 @@ class TuneConfig:
     @property
     def study_name(self) -> str:
         return self.study or f"shoprec-{self.model}-{self.split}"
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TuneConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown TuneConfig key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
 
 
 @dataclass(frozen=True)
