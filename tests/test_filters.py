@@ -152,18 +152,25 @@ def test_content_neighbours_of_a_new_item(cat: F.Catalog) -> None:
     assert ranked[-1] == "lbox2" and sim[7] == -np.inf
 
 
-def test_policy_windows_agree_with_the_shared_rebuy_policy() -> None:
+@pytest.mark.parametrize("fraction", [None, 0.5])
+def test_policy_windows_agree_with_the_shared_rebuy_policy(fraction: float | None) -> None:
     from training.policy import RebuyPolicy
 
-    policy = RebuyPolicy.from_frame(
-        pd.DataFrame(
-            {"category": ["pets/cats/food", "electronics/laptops"], "rebuyable": [True, False],
-             "median_interval_days": [30.0, None]}
-        )
+    frame = pd.DataFrame(
+        {"category": ["pets/cats/food", "electronics/laptops"], "rebuyable": [True, False],
+         "median_interval_days": [30.0, None]}
     )  # fmt: skip
+    # None: training's default window (0 since the Instacart measurement: staples may come back
+    # at once); 0.5: half the median re-buy interval, a shop's cooling-off period.
+    policy = (
+        RebuyPolicy.from_frame(frame)
+        if fraction is None
+        else RebuyPolicy.from_frame(frame, window_fraction=fraction)
+    )
     cats = np.array(["pets/cats/food", "electronics/laptops", "never/seen"], dtype=object)
     w = F.policy_windows(policy, cats)
-    assert w[0] == pytest.approx(30 * 0.5 * 86_400) and np.isinf(w[1]) and np.isinf(w[2])
+    expected = 30 * policy.window_fraction * 86_400
+    assert w[0] == pytest.approx(expected, abs=0.05) and np.isinf(w[1]) and np.isinf(w[2])
     # Serving's per-request comparison (now < last_ts + window) equals the policy's own answer.
     rng = np.random.default_rng(1)
     n = 200

@@ -174,17 +174,30 @@ def test_engine_loads_and_reports_health(engine: Engine) -> None:
     assert engine.model_version == "v7"
 
 
-def test_purchases_stay_out_for_their_window_and_staples_come_back_with_buy_it_again(engine: Engine) -> None:
+def test_purchases_stay_out_for_their_window_and_staples_come_back_with_buy_it_again(
+    engine: Engine, bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Alice bought cat food, a laptop and a litter box 40 days ago. Cat food is re-bought every
-    # ~30 days (window = half of that): due -> back, "buy it again". Laptops and litter boxes are
-    # not rebuyable categories: never back.
+    # ~30 days: back, "buy it again". Laptops and litter boxes are not rebuyable categories: never.
     recs = engine.recommend("alice", 8, now=NOW)
     by_id = {r.item_id: r for r in recs}
     assert "catfood" in by_id and by_id["catfood"].reason == "buy it again"
     assert "laptop" not in by_id and "lbox_a" not in by_id
-    # Five days after the purchase the cat food is inside its window: out.
-    soon = ids(engine.recommend("alice", 8, now=NOW - 35 * DAY))
+    # training.policy's default window is 0 (a staple may come back at once): five days after the
+    # purchase the cat food is already back, the laptop still out.
+    soon = {r.item_id: r.reason for r in engine.recommend("alice", 8, now=NOW - 35 * DAY)}
+    assert soon.get("catfood") == "buy it again" and "laptop" not in soon
+    # A shop's cooling-off window (half the median interval, 15 days) keeps it out for now.
+    from training.policy import RebuyPolicy
+
+    plain = RebuyPolicy.from_frame.__func__
+    monkeypatch.setattr(
+        RebuyPolicy, "from_frame", classmethod(lambda cls, f: plain(cls, f, window_fraction=0.5))
+    )
+    cooling = Engine.from_bundle(bundle_dir, store=InMemoryStore())
+    soon = ids(cooling.recommend("alice", 8, now=NOW - 35 * DAY))
     assert "catfood" not in soon and "laptop" not in soon
+    assert "catfood" in ids(cooling.recommend("alice", 8, now=NOW - 20 * DAY))  # 20 days > 15
 
 
 def test_stock_size_and_gender_rules_apply_to_the_block(engine: Engine) -> None:
