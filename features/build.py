@@ -32,6 +32,8 @@ from features.transforms import (
     DAY_S,
     baskets_sql,
     category_rebuy_sql,
+    cycle_days,
+    has_money_sql,
     interactions_sql,
     item_stats_sql,
     last_purchases_sql,
@@ -159,15 +161,10 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
 
     def profiles() -> None:
         gap = con.execute(typical_gap_sql()).fetchone()[0]
-        span_days = max(1.0, (info["ref_ts"] - info["min_ts"]) / DAY_S)
-        # The purchase cycle scales the lifecycle rules; without repeat customers, a tenth of the history.
-        cycle = span_days / 10 if gap is None else min(max(gap / DAY_S, 1.0), span_days / 2)
+        # The purchase cycle scales the lifecycle rules (features.transforms.cycle_days).
+        cycle = cycle_days(gap, info["min_ts"], info["ref_ts"])
         info["cycle_days"] = round(cycle, 3)
-        has_money = bool(
-            con.execute(
-                "SELECT count(*) > 0 FROM tgt t JOIN items i USING (item_idx) WHERE coalesce(t.price, i.price, 0) > 0"
-            ).fetchone()[0]
-        )
+        has_money = bool(con.execute(has_money_sql()).fetchone()[0])
         sql = profiles_sql(
             ref_ts=info["ref_ts"],
             cycle_days=cycle,

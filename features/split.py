@@ -5,7 +5,7 @@ Each split is defined by SQL over the build's working tables (`ev`, `tgt`, `seq_
 sequences, see features.transforms): a view `train_ev_<name>` of the training events, `train_tgt_<name>`
 of its target events, `train_seq_<name>` of their sequences, and the held-out target interactions.
 Every table of the training part (interaction matrix, last purchases, item statistics with their
-trend, the learned re-buy rates) is computed from those views alone, with the reference time = the
+trend, the learned re-buy rates, the customers' lifecycle segments) is computed from those views alone, with the reference time = the
 end of the training part, so no feature an evaluated model sees is computed from the held-out period.
 
 Leak-freedom (`loo`, `time`): for every user, every valid/test interaction is strictly later than every
@@ -26,10 +26,14 @@ from features.errors import BuildError
 from features.transforms import (
     DAY_S,
     category_rebuy_sql,
+    cycle_days,
+    has_money_sql,
     interactions_sql,
     item_stats_sql,
     last_purchases_sql,
     pairs_sql,
+    segments_sql,
+    typical_gap_sql,
 )
 
 
@@ -186,9 +190,9 @@ def write_split(
     shape: tuple[int, int],
 ) -> dict[str, Any]:
     """Define split `name` and write train.parquet (COO, decayed at the end of the training part),
-    train_sequences.parquet, train_last_purchases.parquet, item_stats.parquet and
-    category_rebuy.parquet (both from the training part only), valid.parquet, test.parquet and
-    meta.json into `out_dir`.
+    train_sequences.parquet, train_last_purchases.parquet, item_stats.parquet,
+    category_rebuy.parquet and segments.parquet (all from the training part only), valid.parquet,
+    test.parquet and meta.json into `out_dir`.
     Returns the meta dict (kind, cut-offs, counts, target types)."""
     if name == "loo":
         meta = define_loo(con)
@@ -230,6 +234,22 @@ def write_split(
         ),
         out_dir / "category_rebuy.parquet",
     )
+    # Customer segments as of the cut-off: the whole-data profiles' rules over the training part,
+    # at its end, with the purchase cycle of its own baskets. The whole-data segment has seen the
+    # held-out period (a first purchase there is not "new", test-period spending makes a VIP).
+    gap = con.execute(typical_gap_sql("split_tgt")).fetchone()[0]
+    cycle = cycle_days(gap, int(t_min), int(ref))
+    _copy(
+        con,
+        segments_sql(
+            events=train,
+            targets="split_tgt",
+            ref_ts=int(ref),
+            cycle_days=cycle,
+            has_money=bool(con.execute(has_money_sql("split_tgt")).fetchone()[0]),
+        ),
+        out_dir / "segments.parquet",
+    )
     con.execute("DROP TABLE split_tgt")
     con.execute("DROP TABLE split_pairs")
     counts: dict[str, int] = {
@@ -248,6 +268,7 @@ def write_split(
         "reference_ts": int(ref),
         "reference_time": _iso(int(ref)),
         "trend_window_days": round(window / DAY_S, 3),
+        "cycle_days": round(cycle, 3),
         "shape": list(shape),
         "target_event_types": target_types,
         "counts": counts,

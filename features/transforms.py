@@ -98,13 +98,80 @@ def baskets_sql() -> str:
         ORDER BY basket_id"""
 
 
-def typical_gap_sql() -> str:
+def typical_gap_sql(targets: str | None = None) -> str:
     """Median time (s) between a customer's consecutive baskets, over all repeat customers: the data's
-    own purchase cycle, used to scale the lifecycle rules."""
-    return """
+    own purchase cycle, used to scale the lifecycle rules. From the `baskets` table, or (a split's
+    training part) from the baskets of the target events `targets` (a basket's time is its first event)."""
+    src = (
+        "baskets"
+        if targets is None
+        else f"(SELECT user_idx, min(ts) AS ts FROM {targets} GROUP BY user_idx, bkey)"
+    )
+    return f"""
         SELECT median(gap) FROM (
-            SELECT ts - lag(ts) OVER (PARTITION BY user_idx ORDER BY ts) AS gap FROM baskets
+            SELECT ts - lag(ts) OVER (PARTITION BY user_idx ORDER BY ts) AS gap FROM {src}
         ) WHERE gap > 0"""
+
+
+def cycle_days(gap_s: float | None, min_ts: int, ref_ts: int) -> float:
+    """The purchase cycle C (days) that scales the lifecycle rules: the typical gap (typical_gap_sql)
+    clamped to [1 day, half the history]; without repeat customers, a tenth of the history."""
+    span_days = max(1.0, (int(ref_ts) - int(min_ts)) / DAY_S)
+    return span_days / 10 if gap_s is None else min(max(gap_s / DAY_S, 1.0), span_days / 2)
+
+
+def has_money_sql(targets: str = "tgt") -> str:
+    """Whether any target event of `targets` has a positive price (event price, else catalogue price):
+    without one, VIP is decided by frequency alone."""
+    return f"""
+        SELECT count(*) > 0 FROM {targets} t JOIN items i USING (item_idx)
+        WHERE coalesce(t.price, i.price, 0) > 0"""
+
+
+def _lifecycle_ctes(events: str, targets: str) -> str:
+    """The CTEs `a` (per user: n_events, first_ts, last_ts over `events`), `b` (per buyer: purchases,
+    baskets, spend, last purchase over `targets`) and `s` (RFM 1-5 scores among the buyers)."""
+    return f"""
+        a AS (
+            SELECT user_idx, count(*) AS n_events, min(ts) AS first_ts, max(ts) AS last_ts
+            FROM {events} GROUP BY user_idx
+        ), b AS (
+            SELECT t.user_idx, count(*) AS n_purchases, count(DISTINCT t.bkey) AS frequency,
+                   sum(t.quantity * coalesce(t.price, i.price, 0.0)) AS monetary, max(t.ts) AS last_buy
+            FROM {targets} t JOIN items i USING (item_idx) GROUP BY t.user_idx
+        ), s AS (
+            SELECT user_idx,
+                   CAST(least(5, 1 + floor(5 * percent_rank() OVER (ORDER BY last_buy))) AS TINYINT) AS r_score,
+                   CAST(least(5, 1 + floor(5 * percent_rank() OVER (ORDER BY frequency))) AS TINYINT) AS f_score,
+                   CAST(least(5, 1 + floor(5 * percent_rank() OVER (ORDER BY monetary))) AS TINYINT) AS m_score
+            FROM b
+        )"""
+
+
+def _segment_case(*, ref_ts: int, cycle_days: float, has_money: bool) -> str:
+    """The lifecycle segment rules (profiles_sql's docstring) over the CTEs of _lifecycle_ctes."""
+    vip = "s.f_score >= 4 AND s.m_score = 5" if has_money else "s.f_score = 5"
+    cycle_s = float(cycle_days) * DAY_S
+    return f"""CASE
+                   WHEN a.first_ts >= {int(ref_ts)} - 4 * {cycle_s!r} THEN 'new'
+                   WHEN {int(ref_ts)} - a.last_ts > 4 * {cycle_s!r} THEN 'lapsed'
+                   WHEN {int(ref_ts)} - a.last_ts > 2 * {cycle_s!r} THEN 'at_risk'
+                   WHEN {vip} THEN 'vip'
+                   ELSE 'active'
+               END"""
+
+
+def segments_sql(*, events: str, targets: str, ref_ts: int, cycle_days: float, has_money: bool) -> str:
+    """user_idx, segment for every user with an event in `events`: the lifecycle segment of
+    profiles_sql (the same rules, scores ranked among the buyers of `targets`) as of `ref_ts`. A
+    split passes its training part, its end and the purchase cycle of its training baskets, so a
+    customer's segment there is the one the shop knew at the cut-off."""
+    case = _segment_case(ref_ts=ref_ts, cycle_days=cycle_days, has_money=has_money)
+    return f"""
+        WITH {_lifecycle_ctes(events, targets)}
+        SELECT a.user_idx, {case} AS segment
+        FROM a LEFT JOIN s USING (user_idx)
+        ORDER BY a.user_idx"""
 
 
 def profiles_sql(
@@ -137,25 +204,11 @@ def profiles_sql(
     >= `gender_share` on one side names it, otherwise "unisex"; fewer than `gender_min_events`
     gendered events -> null.
     """
-    vip = "s.f_score >= 4 AND s.m_score = 5" if has_money else "s.f_score = 5"
     consent = "coalesce(c.consent_personalisation, TRUE)" if has_customers else "TRUE"
     customers_join = "LEFT JOIN customers c ON c.user_id = u.user_id" if has_customers else ""
-    cycle_s = float(cycle_days) * DAY_S
+    segment = _segment_case(ref_ts=ref_ts, cycle_days=cycle_days, has_money=has_money)
     return f"""
-        WITH a AS (
-            SELECT user_idx, count(*) AS n_events, min(ts) AS first_ts, max(ts) AS last_ts
-            FROM ev GROUP BY user_idx
-        ), b AS (
-            SELECT t.user_idx, count(*) AS n_purchases, count(DISTINCT t.bkey) AS frequency,
-                   sum(t.quantity * coalesce(t.price, i.price, 0.0)) AS monetary, max(t.ts) AS last_buy
-            FROM tgt t JOIN items i USING (item_idx) GROUP BY t.user_idx
-        ), s AS (
-            SELECT user_idx,
-                   CAST(least(5, 1 + floor(5 * percent_rank() OVER (ORDER BY last_buy))) AS TINYINT) AS r_score,
-                   CAST(least(5, 1 + floor(5 * percent_rank() OVER (ORDER BY frequency))) AS TINYINT) AS f_score,
-                   CAST(least(5, 1 + floor(5 * percent_rank() OVER (ORDER BY monetary))) AS TINYINT) AS m_score
-            FROM b
-        ), g AS (
+        WITH {_lifecycle_ctes("ev", "tgt")}, g AS (
             SELECT e.user_idx,
                    coalesce(sum(e.w) FILTER (WHERE i.gender = 'women'), 0) AS wf,
                    coalesce(sum(e.w) FILTER (WHERE i.gender = 'men'), 0) AS wm,
@@ -169,13 +222,7 @@ def profiles_sql(
                ({int(ref_ts)} - coalesce(b.last_buy, a.last_ts)) / {float(DAY_S)!r} AS recency_days,
                coalesce(b.frequency, 0) AS frequency, coalesce(b.monetary, 0.0) AS monetary,
                s.r_score, s.f_score, s.m_score,
-               CASE
-                   WHEN a.first_ts >= {int(ref_ts)} - 4 * {cycle_s!r} THEN 'new'
-                   WHEN {int(ref_ts)} - a.last_ts > 4 * {cycle_s!r} THEN 'lapsed'
-                   WHEN {int(ref_ts)} - a.last_ts > 2 * {cycle_s!r} THEN 'at_risk'
-                   WHEN {vip} THEN 'vip'
-                   ELSE 'active'
-               END AS segment,
+               {segment} AS segment,
                CASE
                    WHEN coalesce(g.ng, 0) < {int(gender_min_events)} THEN NULL
                    WHEN g.wf >= {float(gender_share)!r} * (g.wf + g.wm) THEN 'women'

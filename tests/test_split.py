@@ -288,3 +288,102 @@ def test_split_statistics_know_nothing_of_the_held_out_period(tmp_path: Path, na
     # (milk on day 20 in `time`, bread on day 10 in `loo`) is what was rising then
     rising = "bread" if name == "loo" else "milk"
     assert stats.loc[rising, "trend"] > 10 and meta["reference_ts"] < T0 + 40 * DAY
+
+
+def _iso(ts: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+
+
+def _segment_shop(root: Path) -> None:
+    """100 days, one purchase per basket, a 10-day purchase cycle. r0-r4 buy bread (2.0) every 10
+    days; `big` does too, then spends on a TV (1000.0) every 3 days from day 85; `newbie` starts
+    on day 50; `late` first appears on day 90; `browser` only views on day 5 before buying from 90."""
+    rows = []
+
+    def buy(user: str, day: int, item: str = "bread") -> None:
+        rows.append(
+            {
+                "user_id": user,
+                "item_id": item,
+                "event_type": "purchase",
+                "ts": T0 + day * DAY,
+                "order_id": f"{user}-{day}",
+            }
+        )
+
+    for day in range(0, 101, 10):
+        for u in range(5):
+            buy(f"r{u}", day)
+        if day <= 70:
+            buy("big", day)
+        if day >= 50:
+            buy("newbie", day)
+    for day in (85, 88, 91, 94, 97, 100):
+        buy("big", day, "tv")
+    for day in (90, 95, 100):
+        buy("late", day)
+        buy("browser", day)
+    rows.append({"user_id": "browser", "item_id": "tv", "event_type": "view", "ts": T0 + 5 * DAY})
+    write_events(root, rows)
+    _helpers.write_catalog(
+        root,
+        [
+            {"item_id": "bread", "category": "food", "price": 2.0},
+            {"item_id": "tv", "category": "tech", "price": 1000.0},
+        ],
+    )
+
+
+def test_split_segments_are_the_ones_known_at_the_cutoff(tmp_path: Path) -> None:
+    """Regression (issue 3): load_split attached the whole-data segment (profiles.parquet, as of the
+    end of all data) to a split's customers, so `popular`'s segment mode and the per-segment metrics
+    saw the test period. `time` cut at day 90 (validation from day 80): training = days 0-79, its
+    end (day 70) the reference time, its baskets' cycle 10 days, so "new" = first event after day 30.
+
+    customer  whole data (ref day 100)          as of the cut-off (ref day 70)
+    newbie    active  (first buy day 50 < 60)   new     (first buy day 50 >= 30)
+    big       vip     (most baskets, TV spend)  active  (the same 8 bread baskets as r0-r4)
+    browser   active  (buys days 90-100)        lapsed  (one view on day 5, silent 65 > 40 days)
+    late      new     (first event day 90)      none    (no event before the cut-off)
+    r0-r4     active                            active
+    """
+    from features.workspace import Workspace
+    from training.data import load_split, load_train_data
+
+    _segment_shop(tmp_path)
+    build(tmp_path, FeatureConfig(threads=1, cutoff=_iso(T0 + 90 * DAY)))
+    ws = Workspace.at(tmp_path)
+    meta = json.loads((ws.split_dir("time") / "meta.json").read_text())
+    assert meta["cutoff_ts"] == T0 + 90 * DAY and meta["valid_cutoff_ts"] == T0 + 80 * DAY
+    assert meta["reference_ts"] == T0 + 70 * DAY and meta["cycle_days"] == 10.0
+
+    def segments(users: pd.DataFrame) -> dict[str, str | None]:
+        return {u: (None if pd.isna(s) else s) for u, s in zip(users.user_id, users.segment, strict=True)}
+
+    regulars = {f"r{u}": "active" for u in range(5)}
+    whole = segments(load_train_data(ws).users)  # the final refit / serving view
+    assert whole == {"newbie": "active", "big": "vip", "browser": "active", "late": "new", **regulars}
+    at_cut = segments(load_split(ws, "time").train.users)
+    assert at_cut == {"newbie": "new", "big": "active", "browser": "lapsed", "late": None, **regulars}
+    on_disk = pd.read_parquet(ws.split_dir("time") / "segments.parquet")
+    assert list(on_disk.columns) == ["user_idx", "segment"] and len(on_disk) == 8  # `late` has no row
+
+
+def test_split_without_segments_falls_back_to_whole_data_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A workspace built before segments.parquet existed still loads, with the whole-data segments
+    and a warning that its evaluation has seen the held-out period."""
+    from features.workspace import Workspace
+    from training.data import load_split
+
+    _segment_shop(tmp_path)
+    build(tmp_path, FeatureConfig(threads=1, cutoff=_iso(T0 + 90 * DAY)))
+    ws = Workspace.at(tmp_path)
+    (ws.split_dir("time") / "segments.parquet").unlink()
+    with caplog.at_level("WARNING", logger="training.data"):
+        users = load_split(ws, "time").train.users
+    assert "segments.parquet" in caplog.text
+    assert users.set_index("user_id").loc["big", "segment"] == "vip"

@@ -3,8 +3,9 @@
 Training never reads raw tables: it reads the feature files by index (user_idx, item_idx) and the id
 mappings, which travel with every model. A split's training part is leak-free: sequences, baskets and
 last purchases come from before each customer's first held-out interaction, and its item statistics
-(popularity, trend) and learned re-buy rates from its training events only. The whole-data tables
-(`features/item_stats.parquet`, `category_rebuy.parquet`) are for the final refit and serving.
+(popularity, trend), learned re-buy rates and customer segments from its training events only. The
+whole-data tables (`features/item_stats.parquet`, `category_rebuy.parquet`, the `profiles.parquet`
+segments) are for the final refit and serving.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def load_split(ws: Workspace, split: str) -> Split:
     d = ws.split_dir(split)
     if not d.exists():
         raise FileNotFoundError(f"split {split!r} not found at {d}: run `shoprec features build` first")
-    users = _users_frame(ws)
+    users = _split_users_frame(ws, d)
     items = _read(ws.feature("items")).sort_values("item_idx").reset_index(drop=True)
     n_users, n_items = len(users), len(items)
     X = coo_to_csr(_read(d / "train.parquet"), n_users, n_items)
@@ -171,6 +172,27 @@ def load_split(ws: Workspace, split: str) -> Split:
         last_purchases=_split_last_purchases(d, seqs, ts, items),
     )
     return Split(train=train, valid=valid, test=test, meta=meta, train_ts=ts)
+
+
+def _split_users_frame(ws: Workspace, d: Path) -> pd.DataFrame:
+    """users.parquet with each customer's lifecycle segment as of the split's cut-off (the split's
+    segments.parquet, from its training part; customers without a training event have none). The
+    whole-data profiles' segment has seen the held-out period (a first purchase there is not "new",
+    test-period spending makes a VIP); splits built before segments.parquet existed fall back to it
+    with a warning."""
+    path = d / "segments.parquet"
+    if not path.exists():
+        if ws.feature("profiles").exists():
+            log.warning(
+                "%s has no segments.parquet (built by an older `features build`): using the whole-data "
+                "segments, which have seen the held-out period; rebuild the features for leak-free evaluation",
+                d,
+            )
+        return _users_frame(ws)
+    users = _read(ws.feature("users"))
+    segments = pd.read_parquet(path, columns=["user_idx", "segment"])
+    users = users.merge(segments, on="user_idx", how="left")
+    return users.sort_values("user_idx").reset_index(drop=True)
 
 
 def _split_stats(ws: Workspace, d: Path, name: str) -> pd.DataFrame:
