@@ -82,6 +82,10 @@ SEARCH_SPACES: dict[str, tuple[Param, ...]] = {
     "ease": (
         Param("lambda_", "float", 1.0, 5000.0, log=True),
         Param("binary", "categorical", choices=(False, True)),
+        # Steck 2020's dropout-emphasised variants (EDLAE with the zero diagonal, DLAE without):
+        # validation picked DLAE p=0.75 on MovieLens-100K random (benchmarks/bench_training.py)
+        Param("dropout", "float", 0.0, 0.8),
+        Param("zero_diagonal", "categorical", choices=(True, False)),
     ),
     "sasrec": (
         Param("dim", "categorical", choices=(32, 64, 128)),
