@@ -78,6 +78,11 @@ def define_loo(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
                              ELSE length(list_filter(s.ts, lambda x: x < c.t_valid)) END AS n
             FROM seq_all s LEFT JOIN loo_cut c USING (user_idx)
         ) WHERE n > 0 ORDER BY user_idx""")
+    # Each held-out customer's own cut-off, the reference time of their segment (features.transforms
+    # segments_sql): the training part as a whole ends at the end of the data.
+    con.execute(
+        "CREATE OR REPLACE TEMP VIEW segment_ref_loo AS SELECT user_idx, t_valid AS ref_ts FROM loo_cut"
+    )
     n_users = int(con.execute("SELECT count(*) FROM loo_cut").fetchone()[0])
     return {"min_distinct_target_times": 3, "n_held_out_users": n_users}
 
@@ -235,7 +240,8 @@ def write_split(
         out_dir / "category_rebuy.parquet",
     )
     # Customer segments as of the cut-off: the whole-data profiles' rules over the training part,
-    # at its end, with the purchase cycle of its own baskets. The whole-data segment has seen the
+    # at its end (`loo`: at each held-out customer's own cut-off), with the purchase cycle of its
+    # own baskets. The whole-data segment has seen the
     # held-out period (a first purchase there is not "new", test-period spending makes a VIP).
     gap = con.execute(typical_gap_sql("split_tgt")).fetchone()[0]
     cycle = cycle_days(gap, int(t_min), int(ref))
@@ -247,6 +253,7 @@ def write_split(
             ref_ts=int(ref),
             cycle_days=cycle,
             has_money=bool(con.execute(has_money_sql("split_tgt")).fetchone()[0]),
+            user_ref="segment_ref_loo" if name == "loo" else None,
         ),
         out_dir / "segments.parquet",
     )

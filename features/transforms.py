@@ -148,29 +148,42 @@ def _lifecycle_ctes(events: str, targets: str) -> str:
         )"""
 
 
-def _segment_case(*, ref_ts: int, cycle_days: float, has_money: bool) -> str:
-    """The lifecycle segment rules (profiles_sql's docstring) over the CTEs of _lifecycle_ctes."""
+def _segment_case(*, ref: str, cycle_days: float, has_money: bool) -> str:
+    """The lifecycle segment rules (profiles_sql's docstring) over the CTEs of _lifecycle_ctes, as of
+    the reference time `ref` (an SQL expression: a number, or a per-user column)."""
     vip = "s.f_score >= 4 AND s.m_score = 5" if has_money else "s.f_score = 5"
     cycle_s = float(cycle_days) * DAY_S
     return f"""CASE
-                   WHEN a.first_ts >= {int(ref_ts)} - 4 * {cycle_s!r} THEN 'new'
-                   WHEN {int(ref_ts)} - a.last_ts > 4 * {cycle_s!r} THEN 'lapsed'
-                   WHEN {int(ref_ts)} - a.last_ts > 2 * {cycle_s!r} THEN 'at_risk'
+                   WHEN a.first_ts >= {ref} - 4 * {cycle_s!r} THEN 'new'
+                   WHEN {ref} - a.last_ts > 4 * {cycle_s!r} THEN 'lapsed'
+                   WHEN {ref} - a.last_ts > 2 * {cycle_s!r} THEN 'at_risk'
                    WHEN {vip} THEN 'vip'
                    ELSE 'active'
                END"""
 
 
-def segments_sql(*, events: str, targets: str, ref_ts: int, cycle_days: float, has_money: bool) -> str:
+def segments_sql(
+    *,
+    events: str,
+    targets: str,
+    ref_ts: int,
+    cycle_days: float,
+    has_money: bool,
+    user_ref: str | None = None,
+) -> str:
     """user_idx, segment for every user with an event in `events`: the lifecycle segment of
-    profiles_sql (the same rules, scores ranked among the buyers of `targets`) as of `ref_ts`. A
-    split passes its training part, its end and the purchase cycle of its training baskets, so a
-    customer's segment there is the one the shop knew at the cut-off."""
-    case = _segment_case(ref_ts=ref_ts, cycle_days=cycle_days, has_money=has_money)
+    profiles_sql (the same rules, scores ranked among the buyers of `targets`) as of `ref_ts`, or
+    of the user's own `ref_ts` in the table `user_ref` (user_idx, ref_ts) where it has one. A
+    split passes its training part, its end (`loo`: each customer's own cut-off) and the purchase
+    cycle of its training baskets, so a customer's segment there is the one the shop knew then."""
+    join, ref = "", str(int(ref_ts))
+    if user_ref is not None:
+        join, ref = f"LEFT JOIN {user_ref} r USING (user_idx)", f"coalesce(r.ref_ts, {int(ref_ts)})"
+    case = _segment_case(ref=ref, cycle_days=cycle_days, has_money=has_money)
     return f"""
         WITH {_lifecycle_ctes(events, targets)}
         SELECT a.user_idx, {case} AS segment
-        FROM a LEFT JOIN s USING (user_idx)
+        FROM a LEFT JOIN s USING (user_idx) {join}
         ORDER BY a.user_idx"""
 
 
@@ -206,7 +219,7 @@ def profiles_sql(
     """
     consent = "coalesce(c.consent_personalisation, TRUE)" if has_customers else "TRUE"
     customers_join = "LEFT JOIN customers c ON c.user_id = u.user_id" if has_customers else ""
-    segment = _segment_case(ref_ts=ref_ts, cycle_days=cycle_days, has_money=has_money)
+    segment = _segment_case(ref=str(int(ref_ts)), cycle_days=cycle_days, has_money=has_money)
     return f"""
         WITH {_lifecycle_ctes("ev", "tgt")}, g AS (
             SELECT e.user_idx,

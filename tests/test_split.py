@@ -299,7 +299,8 @@ def _iso(ts: int) -> str:
 def _segment_shop(root: Path) -> None:
     """100 days, one purchase per basket, a 10-day purchase cycle. r0-r4 buy bread (2.0) every 10
     days; `big` does too, then spends on a TV (1000.0) every 3 days from day 85; `newbie` starts
-    on day 50; `late` first appears on day 90; `browser` only views on day 5 before buying from 90."""
+    on day 50; `early` stops after day 60; `late` first appears on day 90; `browser` only views on
+    day 5 before buying from 90."""
     rows = []
 
     def buy(user: str, day: int, item: str = "bread") -> None:
@@ -320,6 +321,8 @@ def _segment_shop(root: Path) -> None:
             buy("big", day)
         if day >= 50:
             buy("newbie", day)
+        if day <= 60:
+            buy("early", day)
     for day in (85, 88, 91, 94, 97, 100):
         buy("big", day, "tv")
     for day in (90, 95, 100):
@@ -347,6 +350,7 @@ def test_split_segments_are_the_ones_known_at_the_cutoff(tmp_path: Path) -> None
     big       vip     (most baskets, TV spend)  active  (the same 8 bread baskets as r0-r4)
     browser   active  (buys days 90-100)        lapsed  (one view on day 5, silent 65 > 40 days)
     late      new     (first event day 90)      none    (no event before the cut-off)
+    early     at_risk (silent 40 > 20 days)     active  (silent 10 days)
     r0-r4     active                            active
     """
     from features.workspace import Workspace
@@ -364,11 +368,35 @@ def test_split_segments_are_the_ones_known_at_the_cutoff(tmp_path: Path) -> None
 
     regulars = {f"r{u}": "active" for u in range(5)}
     whole = segments(load_train_data(ws).users)  # the final refit / serving view
-    assert whole == {"newbie": "active", "big": "vip", "browser": "active", "late": "new", **regulars}
+    assert whole == {
+        **{"newbie": "active", "big": "vip", "browser": "active", "late": "new", "early": "at_risk"},
+        **regulars,
+    }
     at_cut = segments(load_split(ws, "time").train.users)
-    assert at_cut == {"newbie": "new", "big": "active", "browser": "lapsed", "late": None, **regulars}
+    assert at_cut == {
+        **{"newbie": "new", "big": "active", "browser": "lapsed", "late": None, "early": "active"},
+        **regulars,
+    }
     on_disk = pd.read_parquet(ws.split_dir("time") / "segments.parquet")
-    assert list(on_disk.columns) == ["user_idx", "segment"] and len(on_disk) == 8  # `late` has no row
+    assert list(on_disk.columns) == ["user_idx", "segment"] and len(on_disk) == 9  # `late` has no row
+
+
+def test_loo_segments_are_as_of_each_customers_own_cutoff(tmp_path: Path) -> None:
+    """`loo` cuts per customer, so its training part runs to big's day 94 purchase; a segment
+    measured there would call `early` (last buy day 40, cut-off at the day-50 validation purchase)
+    lapsed (54 silent days > 4 x 10), a test-period lapse the shop could not have seen. Measured at
+    each customer's own cut-off: `early` is active (silent 10 days), `big` is a VIP by the TV spend
+    before his own cut-off (day 97), `late` is new (first buy day 90, cut-off day 95)."""
+    from features.workspace import Workspace
+    from training.data import load_split
+
+    _segment_shop(tmp_path)
+    build(tmp_path)
+    ws = Workspace.at(tmp_path)
+    users = load_split(ws, "loo").train.users.set_index("user_id")["segment"]
+    assert json.loads((ws.split_dir("loo") / "meta.json").read_text())["reference_ts"] == T0 + 94 * DAY
+    assert users["early"] == "active" and users["big"] == "vip" and users["late"] == "new"
+    assert all(users[f"r{u}"] == "active" for u in range(5))
 
 
 def test_split_without_segments_falls_back_to_whole_data_with_a_warning(
