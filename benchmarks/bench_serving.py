@@ -20,8 +20,9 @@ started alone with `bentoml serve` / uvicorn on a free loopback port and load-te
 - `minimal-starlette`     the same scoring in a plain Starlette app under uvicorn, no access log.
 
 Per server and endpoint: throughput and p50/p99 at saturation (wrk, 8 connections), and at a
-paced ~200 req/s: wrk paces with a per-connection delay, so 32 connections wait a delay that a
-short calibration run sets so that connections / (delay + latency) is ~200/s; the rate reached is
+paced ~200 req/s: wrk paces with a per-connection delay, so 32 connections wait a random
+(exponential) delay whose mean a short calibration run sets so that connections / (delay +
+latency) is ~200/s, arrivals close to a Poisson stream rather than lock-step bursts; the rate reached is
 reported (`rps`) beside the target. Each run also reports the server's CPU milliseconds per request
 (all its processes, from psutil), which other load on a shared machine disturbs less than
 throughput. The speed figures are ratios against the minimal BentoML service with the same
@@ -63,8 +64,20 @@ request = function()
   n = n % #bodies + 1
   return wrk.format("POST", nil, headers, bodies[n])
 end
+-- Each connection waits an exponentially distributed delay (mean $WRK_DELAY_MS) before its next
+-- request: with a fixed delay the connections fall into lock-step after any slow response and
+-- arrive as bursts of 32, which measures the burst, not the rate. Random delays keep the arrivals
+-- close to a Poisson stream, as independent shoppers are.
+local thread_id = 0
+setup = function(thread)
+  thread_id = thread_id + 1
+  thread:set("seed", thread_id)
+end
+init = function(args)
+  math.randomseed((seed or 0) * 7919 + os.time())
+end
 if delay_ms > 0 then
-  delay = function() return delay_ms end
+  delay = function() return -delay_ms * math.log(1.0 - math.random()) end
 end
 done = function(summary, latency, requests)
   local e = summary.errors
