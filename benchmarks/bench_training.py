@@ -200,7 +200,11 @@ def movielens(quick: bool) -> dict[str, Any]:
             "ease": ease_grid,
         }
         if not quick:
-            grids["bpr"] = [{}, {"learning_rate": 0.01, "iterations": 50}, {"learning_rate": 0.002, "iterations": 200}]
+            grids["bpr"] = [
+                {},
+                {"learning_rate": 0.01, "iterations": 50},
+                {"learning_rate": 0.002, "iterations": 200},
+            ]
         rb = kind == "random"
         res = {
             m: _sweep(split, m, g, exclude="learned", metric="ndcg@10", recbole_input=rb)
