@@ -46,7 +46,7 @@ features: install data ## validate, quarantine and build features for DATA
 
 # Extra `shoprec train` arguments for SASRec. The default keeps `make demo` to minutes on 2 cores
 # (3 epochs, the split-trained model is the one served); a scheduler sets SASREC_ARGS= for the
-# full schedule (10 epochs, refit on all data).
+# full schedule (30 epochs, refit on all data).
 SASREC_ARGS ?= --set epochs=3 --no-refit
 
 train: install ## train, evaluate and register every model in MODELS on DATA
