@@ -32,12 +32,14 @@ from features.transforms import (
     DAY_S,
     baskets_sql,
     category_rebuy_sql,
+    copy_parquet,
     cycle_days,
     has_money_sql,
     interactions_sql,
     item_stats_sql,
     last_purchases_sql,
     pairs_sql,
+    parquet_source,
     profiles_sql,
     sequences_sql,
     sizes_sql,
@@ -94,12 +96,8 @@ def _duckdb(config: FeatureConfig, spill_dir: Path) -> duckdb.DuckDBPyConnection
     return con
 
 
-def _parquet(path: Path) -> str:
-    return f"read_parquet({sql_str(str(path))})"
-
-
 def _columns(con: duckdb.DuckDBPyConnection, path: Path) -> set[str]:
-    return {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {_parquet(path)}").fetchall()}
+    return {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {parquet_source(path)}").fetchall()}
 
 
 def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]:
@@ -120,9 +118,7 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
     info: dict[str, Any] = {}
 
     def copy(sql: str, name: str) -> int:
-        path = out / f"{name}.parquet"
-        con.execute(f"COPY ({sql}) TO {sql_str(str(path))} (FORMAT parquet, COMPRESSION zstd)")
-        return int(con.execute(f"SELECT count(*) FROM {_parquet(path)}").fetchone()[0])
+        return copy_parquet(con, sql, out / f"{name}.parquet")
 
     def load() -> None:
         info.update(_load(con, config, events_path, catalog_path, customers_path))
@@ -175,7 +171,7 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
         )
         info["profiles"] = copy(sql, "profiles")
         rows = con.execute(
-            f"SELECT segment, count(*) FROM {_parquet(out / 'profiles.parquet')} GROUP BY segment ORDER BY segment"
+            f"SELECT segment, count(*) FROM {parquet_source(out / 'profiles.parquet')} GROUP BY segment ORDER BY segment"
         ).fetchall()
         info["segments"] = {s: int(n) for s, n in rows}
 
@@ -196,7 +192,7 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
         info["categories"] = copy(sql, "category_rebuy")
         info["rebuyable_categories"] = int(
             con.execute(
-                f"SELECT count(*) FROM {_parquet(out / 'category_rebuy.parquet')} WHERE rebuyable"
+                f"SELECT count(*) FROM {parquet_source(out / 'category_rebuy.parquet')} WHERE rebuyable"
             ).fetchone()[0]
         )
 
@@ -308,21 +304,19 @@ def _load(
     con.execute(f"""
         CREATE TEMP TABLE users AS
         SELECT CAST(row_number() OVER (ORDER BY user_id) - 1 AS INTEGER) AS user_idx, user_id
-        FROM (SELECT DISTINCT user_id FROM {_parquet(events_path)})""")
+        FROM (SELECT DISTINCT user_id FROM {parquet_source(events_path)})""")
     if catalog_path is not None:
         cat_cols = _columns(con, catalog_path)
         facts["catalog_columns"] = [c for c in CATALOG_COLUMNS if c in cat_cols]
         cat_select = ", ".join(
             f"c.{c}" if c in cat_cols else f"CAST(NULL AS {t}) AS {c}" for c, t in _CATALOG_TYPES.items()
         )
-        ids_sql = (
-            f"SELECT item_id FROM {_parquet(events_path)} UNION SELECT item_id FROM {_parquet(catalog_path)}"
-        )
-        cat_join = f"LEFT JOIN {_parquet(catalog_path)} c USING (item_id)"
+        ids_sql = f"SELECT item_id FROM {parquet_source(events_path)} UNION SELECT item_id FROM {parquet_source(catalog_path)}"
+        cat_join = f"LEFT JOIN {parquet_source(catalog_path)} c USING (item_id)"
     else:
         facts["catalog_columns"] = []
         cat_select = ", ".join(f"CAST(NULL AS {t}) AS {c}" for c, t in _CATALOG_TYPES.items())
-        ids_sql = f"SELECT DISTINCT item_id FROM {_parquet(events_path)}"
+        ids_sql = f"SELECT DISTINCT item_id FROM {parquet_source(events_path)}"
         cat_join = ""
     con.execute(f"""
         CREATE TEMP TABLE items AS
@@ -335,7 +329,7 @@ def _load(
         )
         con.execute(f"""
             CREATE TEMP TABLE customers AS
-            SELECT user_id, {consent} AS consent_personalisation FROM {_parquet(customers_path)}""")
+            SELECT user_id, {consent} AS consent_personalisation FROM {parquet_source(customers_path)}""")
 
     weights = config.weight_map
     con.execute(f"""
@@ -352,7 +346,7 @@ def _load(
     # Target events: purchases when the shop has any, else every positive-weight type (MovieLens
     # ratings are all one type).
     present = [
-        r[0] for r in con.execute(f"SELECT DISTINCT event_type FROM {_parquet(events_path)}").fetchall()
+        r[0] for r in con.execute(f"SELECT DISTINCT event_type FROM {parquet_source(events_path)}").fetchall()
     ]
     targets = ["purchase"] if "purchase" in present else sorted(t for t in present if weights.get(t, 0.0) > 0)
     if not targets:
@@ -374,7 +368,7 @@ def _load(
                CAST({opt("price", "DOUBLE")} AS DOUBLE) AS price,
                CAST({opt("size", "VARCHAR")} AS VARCHAR) AS size,
                {bkey} AS bkey
-        FROM {_parquet(events_path)} e JOIN users u USING (user_id) JOIN items i USING (item_id)
+        FROM {parquet_source(events_path)} e JOIN users u USING (user_id) JOIN items i USING (item_id)
         WHERE e.event_type IN ({", ".join(sql_str(t) for t in targets)})""")
     n_target = int(con.execute("SELECT count(*) FROM tgt").fetchone()[0])
     facts.update(

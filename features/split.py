@@ -26,23 +26,17 @@ from features.errors import BuildError
 from features.transforms import (
     DAY_S,
     category_rebuy_sql,
+    copy_parquet,
     cycle_days,
     has_money_sql,
     interactions_sql,
     item_stats_sql,
     last_purchases_sql,
     pairs_sql,
+    parquet_source,
     segments_sql,
     typical_gap_sql,
 )
-
-
-def _copy(con: duckdb.DuckDBPyConnection, sql: str, path: Path) -> None:
-    con.execute(f"COPY ({sql}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
-
-
-def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
-    return int(con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0])
 
 
 def define_loo(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
@@ -217,20 +211,22 @@ def write_split(
     window = max(DAY_S, int(config.trend_window_share * span))
     pairs = pairs_sql(train, ref_ts=int(ref), half_life_days=config.half_life_days, window_s=window)
     con.execute(f"CREATE OR REPLACE TEMP TABLE split_pairs AS {pairs}")
-    _copy(con, interactions_sql("split_pairs"), out_dir / "train.parquet")
-    _copy(con, f"SELECT * FROM train_seq_{name}", out_dir / "train_sequences.parquet")
+    n_nnz = copy_parquet(con, interactions_sql("split_pairs"), out_dir / "train.parquet")
+    copy_parquet(con, f"SELECT * FROM train_seq_{name}", out_dir / "train_sequences.parquet")
     # The training part's target events (purchases), materialised once: the re-buy policy's input
     # and the learned statistics below are all computed from them and from nothing later.
     con.execute(f"CREATE OR REPLACE TEMP TABLE split_tgt AS SELECT * FROM train_tgt_{name}")
     # Last purchase per (user, item) over the training part's *target* events only. Training
     # sequences hold views and carts too, and a viewed item is no purchase: excluding it would hide
     # the very item a customer viewed and then bought.
-    _copy(con, last_purchases_sql("split_tgt"), out_dir / "train_last_purchases.parquet")
+    copy_parquet(con, last_purchases_sql("split_tgt"), out_dir / "train_last_purchases.parquet")
     # item_stats and category_rebuy of the training part, with the reference time = its end: the
     # whole-data tables (features/) have seen the held-out period (a category re-bought, an item
     # trending only there), so evaluation must use these.
-    _copy(con, item_stats_sql(pairs="split_pairs", targets="split_tgt"), out_dir / "item_stats.parquet")
-    _copy(
+    copy_parquet(
+        con, item_stats_sql(pairs="split_pairs", targets="split_tgt"), out_dir / "item_stats.parquet"
+    )
+    copy_parquet(
         con,
         category_rebuy_sql(
             min_rate=config.rebuy_min_rate,
@@ -245,7 +241,7 @@ def write_split(
     # held-out period (a first purchase there is not "new", test-period spending makes a VIP).
     gap = con.execute(typical_gap_sql("split_tgt")).fetchone()[0]
     cycle = cycle_days(gap, int(t_min), int(ref))
-    _copy(
+    copy_parquet(
         con,
         segments_sql(
             events=train,
@@ -261,12 +257,12 @@ def write_split(
     con.execute("DROP TABLE split_pairs")
     counts: dict[str, int] = {
         "train_events": int(n_train),
-        "train_nnz": _count(con, f"SELECT 1 FROM read_parquet('{out_dir / 'train.parquet'}')"),
+        "train_nnz": n_nnz,
     }
     for part in ("valid", "test"):
-        _copy(con, f"SELECT * FROM {part}_{name}", out_dir / f"{part}.parquet")
+        copy_parquet(con, f"SELECT * FROM {part}_{name}", out_dir / f"{part}.parquet")
         n, users = con.execute(
-            f"SELECT count(*), count(DISTINCT user_idx) FROM read_parquet('{out_dir / f'{part}.parquet'}')"
+            f"SELECT count(*), count(DISTINCT user_idx) FROM {parquet_source(out_dir / f'{part}.parquet')}"
         ).fetchone()
         counts[f"{part}_rows"], counts[f"{part}_users"] = int(n), int(users)
     meta = {

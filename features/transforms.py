@@ -18,12 +18,27 @@ go through `sql_str`).
 
 from __future__ import annotations
 
+from typing import Any
+
 DAY_S = 86400
 
 
 def sql_str(value: str) -> str:
     """A SQL string literal (single quotes doubled), for event type names from the config."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def parquet_source(path: Any) -> str:
+    """`read_parquet('<path>')`, the path quoted as a literal (a workspace path may hold a quote)."""
+    return f"read_parquet({sql_str(str(path))})"
+
+
+def copy_parquet(con: Any, sql: str, path: Any) -> int:
+    """Write the result of `sql` to the Parquet file `path` (zstd) on DuckDB connection `con`;
+    returns the number of rows written (DuckDB's COPY reports it)."""
+    return int(
+        con.execute(f"COPY ({sql}) TO {sql_str(str(path))} (FORMAT parquet, COMPRESSION zstd)").fetchone()[0]
+    )
 
 
 def weight_case(weights: dict[str, float], column: str = "event_type") -> str:
