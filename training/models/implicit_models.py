@@ -54,6 +54,11 @@ class _FactorModel(Recommender):
     user_factors_: np.ndarray
     item_factors_: np.ndarray
 
+    def _keep_factors(self, model: Any) -> None:
+        """Take a fitted implicit model's factors as contiguous float32 (the serving product's layout)."""
+        self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
+        self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+
     def _user_vectors(self, users: np.ndarray, history: History) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)
         U = np.zeros((len(users), self.user_factors_.shape[1]), dtype=np.float32)
@@ -144,8 +149,7 @@ class ALS(_FactorModel):
                 num_threads=c.num_threads,
             )
             model.fit(_confidence(data.user_items, c.binary), show_progress=False, callback=cb)
-        self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
-        self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        self._keep_factors(model)
 
     def _fold_in(self, rows: sp.csr_matrix) -> np.ndarray:
         rows = _confidence(rows, self.config.binary)
@@ -187,8 +191,7 @@ class BPR(_FactorModel):
                 num_threads=c.num_threads,
             )
             model.fit(_confidence(data.user_items, True), show_progress=False)
-        self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
-        self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        self._keep_factors(model)
 
     def _fold_in(self, rows: sp.csr_matrix) -> np.ndarray:
         # BPR optimises a ranking, not a reconstruction, so a least-squares fold-in fits it badly;
