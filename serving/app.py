@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -188,7 +189,7 @@ class AccessLogMiddleware:
         self.logger = logger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.logger.isEnabledFor(20):  # logging.INFO
+        if scope["type"] != "http" or not self.logger.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
