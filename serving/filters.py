@@ -15,6 +15,7 @@ rule (`training.policy.RebuyPolicy`); `rebuy_split` only turns its answer into "
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -312,6 +313,24 @@ def page_tier(
 
 
 # -- diversity -----------------------------------------------------------------------------------
+def capped(
+    kept: np.ndarray, cat: Catalog, max_per_brand: int, max_per_category: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A test `items -> bool array`: which of `items` have a brand or leaf category that `kept`
+    already fills to its cap (so diversify would skip them). Unknown brand/category never fills."""
+    kept = np.asarray(kept, dtype=np.int64)
+    b = np.bincount(cat.brand[kept] + 1, minlength=int(cat.brand.max(initial=-1)) + 2)
+    c = np.bincount(cat.leaf[kept] + 1, minlength=int(cat.leaf.max(initial=-1)) + 2)
+    brand_full, leaf_full = b >= max_per_brand, c >= max_per_category
+    brand_full[0] = leaf_full[0] = False
+
+    def test(items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64)
+        return brand_full[cat.brand[items] + 1] | leaf_full[cat.leaf[items] + 1]
+
+    return test
+
+
 def diversify(
     ordered: np.ndarray, cat: Catalog, k: int, *, max_per_brand: int = 3, max_per_category: int = 3
 ) -> np.ndarray:

@@ -34,6 +34,7 @@ import scipy.sparse as sp
 
 from serving import filters as F
 from serving.bundle import Bundle, load_bundle
+from serving.mips import NormOrdered
 from serving.store import Event, InMemoryStore, OnlineStore, parse_event
 from training.base import History
 
@@ -85,6 +86,11 @@ class EngineConfig:
     view_weight: float = 1.0  # weight of real-time events added to the history row
     cart_weight: float = 2.0
     purchase_weight: float = 4.0
+    # Catalogues at least this large score a factor model's personal block longest item factors
+    # first and stop once nothing unscored can reach the candidates (serving/mips.py: exact, not
+    # approximate); smaller ones score every item, which costs no more there.
+    prune_min_items: int = 20_000
+    prune_block: int = 2048  # items scored before the first check (then doubling blocks)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EngineConfig:
@@ -100,6 +106,10 @@ class EngineConfig:
         for name in ("max_per_brand", "max_per_category", "overfetch", "neighbours"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1")
+
+
+class _NeedsAllScores(Exception):
+    """A pruned ranking (Engine._pruned_rank) cannot be certain of its block: score every item."""
 
 
 class _User(NamedTuple):
@@ -243,6 +253,11 @@ class Engine:
 
         self._pop_squashed = _squash(self._pop)
         self._user_factors, self._item_factors = _plain_factor_model(self.model)
+        self._by_length = (
+            NormOrdered.build(self._item_factors)
+            if self._item_factors is not None and self._model_pos is None and n >= self.config.prune_min_items
+            else None
+        )
         self._neighbours = _bounded_cache(self._compute_neighbours, self.config.cache_items)
         self._complements_of = _bounded_cache(self._compute_complements, self.config.cache_items)
         table = (
@@ -469,11 +484,13 @@ class Engine:
     ) -> list[Rec]:
         cat, cfg = self.catalog, self.config
         fresh = [e for e in events if e.item_id in cat.index]
-        if self._user_factors is not None and 0 <= user.midx < len(self._user_factors):
+        factors = self._user_factors is not None and 0 <= user.midx < len(self._user_factors)
+        scores: np.ndarray | None = None
+        if factors:
             # A matrix-factorisation model scores a known user from the user's factors alone (the
             # history row only folds in users it has not seen): skip building that sparse row.
+            # The scores come last, once the rules and boosts say which items are candidates.
             seq = self._sequence(user, fresh)
-            scores = self._factor_scores(user.midx)
         else:
             row, seq = self._history(user, fresh)
             scores = self._model_scores(user.midx, row, seq)
@@ -512,7 +529,42 @@ class Engine:
         def reason(i: int) -> str:
             return reasons.get(i) or _history_reason(cat, i, tail)
 
-        return self._rank(scores, allowed, k, boost=boost, boosted=_keys(reasons), tier=tier, reason=reason)
+        boosted = _keys(reasons)
+        if factors and self._by_length is not None and tier is None:
+            try:
+                return self._pruned_rank(user.midx, allowed, k, boost, boosted, reason)
+            except _NeedsAllScores:
+                pass  # the block needs deeper candidates than the scan made certain
+        if scores is None:
+            scores = self._factor_scores(user.midx)
+        return self._rank(scores, allowed, k, boost=boost, boosted=boosted, tier=tier, reason=reason)
+
+    def _pruned_rank(
+        self,
+        midx: int,
+        allowed: np.ndarray,
+        k: int,
+        boost: np.ndarray,
+        boosted: np.ndarray,
+        reason: Callable[[int], str],
+    ) -> list[Rec]:
+        """`_rank` of the factor scores, scoring only the items that can matter: the longest item
+        factors until the top candidates are certain (serving/mips.py), plus the boosted items.
+        Gives the same block as scoring every item; raises _NeedsAllScores when it cannot."""
+        cfg = self.config
+        u = self._user_factors[midx]
+        need = max(k * cfg.overfetch, k + 10)  # _rank's first candidate count
+        scan = self._by_length.scan(u, allowed, need, cfg.prune_block)
+        base = np.full(self.catalog.n, -np.inf, dtype=np.float32)
+        base[scan.items] = scan.scores
+        missing = boosted[np.isneginf(base[boosted])]
+        if len(missing):  # boosted items may jump the queue: score them exactly too
+            base[missing] = self._by_length.score(missing, u)
+        support = np.concatenate([scan.items, missing]) if len(missing) else scan.items
+        return self._rank(
+            base, allowed, k, boost=boost, boosted=boosted, reason=reason,
+            support=support, bound=scan.bound,
+        )  # fmt: skip
 
     def _popular_block(
         self,
@@ -571,6 +623,8 @@ class Engine:
         tier: np.ndarray | None = None,
         primary: np.ndarray | None = None,
         fill: np.ndarray | None = None,
+        support: np.ndarray | None = None,
+        bound: float | None = None,
     ) -> list[Rec]:
         """Order the allowed items and cut a diverse block of k.
 
@@ -578,10 +632,23 @@ class Engine:
         mean the same for every model); `tier` adds whole steps above any score (page context);
         `primary` items (e.g. complements) rank above all others, which are ordered by `fill`
         (default: popularity). Candidates are over-fetched and grown until the block is full or
-        the allowed items run out."""
+        the allowed items run out.
+
+        `support`: the only items whose `base` was computed (the rest are -inf), with no `tier` or
+        `primary`; the candidates then come from those items alone, without a pass over the
+        catalogue. `bound`: no allowed item outside `support` has a `base` above it (None: support
+        holds them all), so only the items of `support` above it are certain to be the catalogue's
+        best (serving/mips.py); needing deeper raises _NeedsAllScores."""
         cfg = self.config
         n = allowed.size
-        if primary is not None:
+        pool: np.ndarray | None = None  # with `support`: the allowed items that have a score
+        finite: np.ndarray | None = None
+        if support is not None:
+            pool = support[allowed[support]]
+            pool = pool[np.isfinite(base[pool])]
+            s = base
+            n_allowed = len(pool)
+        elif primary is not None:
             # Primary items score in [2, 3]; all others follow in `fill` order, squeezed into [0, 1).
             primary = np.asarray(primary, dtype=np.int64)
             primary = primary[allowed[primary]]
@@ -592,16 +659,32 @@ class Engine:
             # is the O(n) part of a request, and float32 halves it. Values are normalised below in
             # float64, for the candidates only.
             s = np.where(allowed, base, -np.inf)
-        finite = np.isfinite(s)
-        n_allowed = int(np.count_nonzero(finite))
+        if pool is None:
+            finite = np.isfinite(s)
+            n_allowed = int(np.count_nonzero(finite))
         if n_allowed == 0:
             return []
+
+        def pick(c: int) -> np.ndarray:
+            """The top c of `s` among the allowed items (all of them when c covers them)."""
+            if pool is not None:
+                return pool if c >= len(pool) else pool[np.argpartition(-s[pool], c - 1)[:c]]
+            return np.argpartition(-s, c - 1)[:c] if c < n else np.flatnonzero(finite)
+
+        def certain() -> int:
+            """How many of the top candidates are certain (all when nothing lies outside)."""
+            return n_allowed if pool is None or bound is None else int(np.count_nonzero(s[pool] > bound))
+
         c = min(n_allowed, max(k * cfg.overfetch, k + 10))
+        if c > certain():
+            raise _NeedsAllScores
         scale: tuple[float, float] | None = None  # (lo, hi - lo): `s` not yet min-max normalised
         if primary is None:
             # Min-max over the top candidates: boosts (in these units) mean the same for any model.
-            top = np.argpartition(-s, c - 1)[:c] if c < n else np.flatnonzero(finite)
+            top = pick(c)
             hi, lo = float(s[top].max()), float(s[top].min())
+            if pool is not None and hi <= lo:
+                raise _NeedsAllScores  # every candidate ties: the dense path's flat normalisation
             if tier is not None or hi <= lo:  # the whole normalised array is needed
                 s = (s.astype(np.float64) - lo) / (hi - lo) if hi > lo else np.where(finite, 0.0, -np.inf)
             else:  # a monotone map: the order of `s` is the order of the normalised scores
@@ -620,14 +703,18 @@ class Engine:
             boosted = np.zeros(0, np.int64)
         elif boosted is None:  # callers that know which items they boosted save a full scan
             boosted = np.flatnonzero(boost)
-        boosted = boosted[finite[boosted]]
+        if finite is not None:
+            boosted = boosted[finite[boosted]]
+        else:
+            boosted = boosted[allowed[boosted] & np.isfinite(s[boosted])]
         reuse = primary is None and tier is None  # the normalisation's top c is still the top c
         while True:
             if not reuse:
-                top = np.argpartition(-s, c - 1)[:c] if c < n else np.arange(n)
+                top = pick(c)
             reuse = False
             # The sorted union of the top c and the boosted items (np.union1d, without its hashing).
-            top = top[finite[top]]
+            if finite is not None:
+                top = top[finite[top]]
             if len(boosted):
                 in_top = np.zeros(n, dtype=bool)
                 in_top[top] = True
@@ -642,9 +729,32 @@ class Engine:
                 max_per_brand=cfg.max_per_brand,
                 max_per_category=cfg.max_per_category,
             )
-            if len(kept) >= k or c >= n_allowed:
+            if len(kept) >= k:
                 break
-            c = min(n_allowed, c * 4)
+            if c >= n_allowed:
+                if pool is not None and bound is not None:
+                    raise _NeedsAllScores  # allowed items beyond the scored ones may exist
+                break
+            # Short: a few brands or leaf categories filled up. Their other items can never be
+            # kept, and behind them may lie thousands more (a t-shirt page: 25k tops before the
+            # first sock), so drop them all before fetching more; the walk stays the same, since
+            # diversify skipped exactly these items and would skip every later one.
+            blocked = F.capped(kept, self.catalog, cfg.max_per_brand, cfg.max_per_category)
+            if pool is not None:
+                drop = blocked(pool)
+                drop[np.isin(pool, kept)] = False
+                pool = pool[~drop]
+                n_allowed = len(pool)
+            else:
+                drop = blocked(np.arange(n))
+                drop[kept] = False
+                s = np.where(drop, -np.inf, s)
+                finite = np.isfinite(s)
+                n_allowed = int(np.count_nonzero(finite))
+            boosted = boosted[~blocked(boosted) | np.isin(boosted, kept)]
+            c = min(n_allowed, c * 2)
+            if c > certain():
+                raise _NeedsAllScores
         ids = self.catalog.item_ids
         kept_key = key[np.searchsorted(cand, kept)]  # cand is sorted
         return [

@@ -145,6 +145,19 @@ def test_diversify_walks_a_long_ordering_exactly_like_the_one_by_one_rule() -> N
     assert F.diversify(np.array([399, 450, 451]), cat, 3, max_per_category=1).tolist() == [399, 450, 451]
 
 
+def test_capped_names_the_items_diversify_would_skip_after_a_short_block(cat: F.Catalog) -> None:
+    order = np.array([3, 4, 5, 6, 0, 7, 1, 2])
+    kept = F.diversify(order, cat, k=50, max_per_brand=1, max_per_category=1)
+    blocked = F.capped(kept, cat, max_per_brand=1, max_per_category=1)(np.arange(len(ITEMS)))
+    # Kept: dress, boots, lbox, dogfood. Every other item shares a full brand (Mode, Kitty) or
+    # leaf; lbox2 (no brand) only through its leaf (litter boxes).
+    assert list(ITEMS["item_id"][kept]) == ["dress", "boots", "lbox", "dogfood"] and blocked.all()
+    # Unknown brand never fills: with only a brand cap, lbox2 (no brand) is not blocked, shirt is.
+    brand_only = F.capped(kept, cat, max_per_brand=1, max_per_category=99)(np.array([7, 4]))
+    assert brand_only.tolist() == [False, True]
+    assert not F.capped(np.zeros(0, np.int64), cat, 1, 1)(np.arange(len(ITEMS))).any()
+
+
 def test_content_neighbours_of_a_new_item(cat: F.Catalog) -> None:
     sim = F.content_neighbours(cat, 7)  # the new XL litter box (no brand, 25.0)
     ranked = list(ITEMS["item_id"][np.argsort(-sim, kind="stable")])

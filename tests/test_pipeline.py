@@ -508,3 +508,61 @@ def test_engine_serves_a_real_bundle_from_the_synthetic_shop(tmp_path: Path) -> 
     top = engine.popular(1)[0].item_id
     together = engine.bought_together([top], 5)
     assert len(together) == 5 and top not in ids(together)
+
+
+@pytest.mark.slow
+def test_pruned_factor_scoring_gives_exactly_the_blocks_of_scoring_every_item(tmp_path: Path) -> None:
+    """serving/mips.py on a real ALS bundle: with pruning on for any catalogue, every block (page
+    contexts, carts, size and gender rules, fresh views and purchases that boost and exclude) is
+    the block of the engine that scores all items, while most requests score far fewer items."""
+    from features.build import FeatureConfig, build_features
+    from features.synthetic import generate
+    from features.workspace import Workspace
+    from training.bundle import write_bundle
+    from training.data import load_train_data
+
+    ws = Workspace.at(tmp_path / "shop")
+    generate(ws.root, customers=400, items=1500, days=60, seed=5, progress=False)
+    build_features(ws, FeatureConfig())
+    data = load_train_data(ws)
+    als = get_model_class("als")
+    model = als(als.Config.from_dict({"num_threads": 1, "factors": 16, "iterations": 8})).fit(data)
+    path = write_bundle(model, ws, tmp_path / "bundle", data=data)
+    for caps in (3, 1):  # 1 per brand and leaf: short blocks that must fetch past full groups
+        _check_pruned_equals_dense(path, caps)
+
+
+def _check_pruned_equals_dense(path: Path, caps: int) -> None:
+    tight = {"max_per_brand": caps, "max_per_category": caps}
+    pruned = Engine.from_bundle(path, config=EngineConfig(prune_min_items=1, prune_block=32, **tight))
+    dense = Engine.from_bundle(path, config=EngineConfig(prune_min_items=10**9, **tight))
+    assert pruned._by_length is not None and dense._by_length is None
+
+    items = pruned.catalog.item_ids.astype(str)
+    users = pd.read_parquet(path / "context" / "profiles.parquet")["user_id"].astype(str).tolist()[:120]
+    contexts = [
+        Context(),
+        Context(cart=(items[3], items[40])),
+        Context(current_item=items[7]),
+        Context(size="M", gender="women"),
+        Context(page_category=pruned.catalog.categories[11].rsplit("/", 1)[0]),
+    ]
+    scanned = []
+    for j, uid in enumerate(users):
+        if j % 3 == 0:  # fresh events: views boost neighbours, a purchase is excluded
+            events = [
+                {"user_id": uid, "item_id": items[(j * 7) % len(items)], "event_type": "view", "timestamp": NOW},
+                {"user_id": uid, "item_id": items[(j * 13) % len(items)], "event_type": "purchase",
+                 "timestamp": NOW + 1},
+            ]  # fmt: skip
+            assert pruned.record_events(events) == dense.record_events(events)
+        for k in (10, 60):
+            cx = contexts[j % len(contexts)]
+            assert pruned.recommend(uid, k, cx, now=NOW) == dense.recommend(uid, k, cx, now=NOW)
+        user = pruned._users[uid]
+        if user.midx >= 0:
+            allowed = np.ones(pruned.catalog.n, dtype=bool)
+            scanned.append(
+                len(pruned._by_length.scan(pruned._user_factors[user.midx], allowed, 40, 32).items)
+            )
+    assert np.median(scanned) < 0.7 * pruned.catalog.n  # the pruning is real, not a full scan

@@ -1,0 +1,71 @@
+"""serving.mips: length-pruned top scores are exactly the top of scoring every item."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.mips import ROWS, NormOrdered
+
+
+def _skewed_factors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
+    """Item factors with the length spread of implicit-feedback models: a few long, most short."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return (x * rng.pareto(1.5, size=(n, 1)).astype(np.float32) * 0.05).astype(np.float32)
+
+
+def _top(items: np.ndarray, scores: np.ndarray, need: int) -> dict[int, float]:
+    best = np.argsort(-scores, kind="stable")[:need]
+    return dict(zip(items[best].tolist(), scores[best].tolist(), strict=True))
+
+
+@pytest.mark.parametrize("n", [1003, 4096])
+def test_scan_finds_the_exact_top_allowed_items_while_scoring_few(n: int) -> None:
+    x = _skewed_factors(n)
+    index = NormOrdered.build(x)
+    rng = np.random.default_rng(1)
+    scored = []
+    for trial in range(40):
+        q = (rng.standard_normal(x.shape[1]) * 0.1 + x[trial]).astype(np.float32)  # like a user
+        allowed = rng.random(n) > 0.3
+        need = int(rng.integers(1, 60))
+        scan = index.scan(q, allowed, need, first_block=64)
+        full = x @ q
+        ok = np.flatnonzero(allowed)
+        want = _top(ok, full[ok], need)
+        got_ok = allowed[scan.items]
+        got = _top(scan.items[got_ok], scan.scores[got_ok], need)
+        assert got == want  # same items, bit-identical scores
+        if not scan.complete:  # no unscored item can beat `bound`, and `need` scored ones do
+            assert full[~np.isin(np.arange(n), scan.items)].max() <= scan.bound
+            assert np.count_nonzero(scan.scores[got_ok] > scan.bound) >= need
+        scored.append(len(scan.items))
+    assert np.median(scored) < n / 2  # the bound prunes: most items are never scored
+
+
+def test_scan_scores_everything_when_nothing_scores_above_zero() -> None:
+    x = _skewed_factors(500)
+    index = NormOrdered.build(x)
+    q = -np.abs(x).sum(axis=0).astype(np.float32)  # every long item scores below zero ...
+    q[:] = 0.0  # ... or exactly zero: no bound can rule out an unscored item
+    scan = index.scan(q, np.ones(500, dtype=bool), need=5, first_block=16)
+    assert scan.complete and len(scan.items) == 500 and scan.bound is None
+
+
+def test_products_over_any_rows_keep_the_full_products_bits() -> None:
+    n = 10 * ROWS + 7  # a leftover tail the BLAS kernel rounds its own way
+    x = np.random.default_rng(2).standard_normal((n, 64)).astype(np.float32)
+    index = NormOrdered.build(x)
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        q = rng.standard_normal(64).astype(np.float32)
+        full = x @ q
+        items = rng.choice(n, size=int(rng.integers(1, 40)), replace=False)
+        assert np.array_equal(index.score(items, q), full[items])
+    assert np.array_equal(index.score(np.arange(n - 3, n), q), full[-3:])  # the leftover rows
+
+
+def test_build_refuses_what_it_cannot_score_exactly() -> None:
+    with pytest.raises(ValueError, match="float32"):
+        NormOrdered.build(np.ones((4, 3), dtype=np.float64))
