@@ -40,6 +40,10 @@ TINY: dict[str, dict] = {
 VARIANTS: dict[str, tuple[str, dict]] = {
     "ease[edlae]": ("ease", {"lambda_": 1.0, "dropout": 0.25}),
     "ease[dlae]": ("ease", {"lambda_": 1.0, "dropout": 0.25, "zero_diagonal": False}),
+    "ease[dlae-popnorm]": (
+        "ease",
+        {"lambda_": 1.0, "dropout": 0.25, "zero_diagonal": False, "pop_beta": 0.5},
+    ),
 }
 # Models whose ranking does not depend on a random start (relabelling must give identical lists).
 DETERMINISTIC = {"popular", "itemknn", "ease", "bought-together", "repeat-blend", *VARIANTS}
@@ -319,6 +323,32 @@ def test_ease_dropout_is_the_exact_expected_denoising_loss_and_edlae_keeps_diag_
     m = E(E.Config.from_dict({"lambda_": "2", "dropout": "0.5", "zero_diagonal": "false"})).fit(data)
     Xd = data.user_items.toarray().astype(np.float64)
     np.testing.assert_allclose(m.B_, closed_form(Xd.T @ Xd, 2.0, 0.5, False), rtol=1e-5, atol=1e-6)
+
+
+def test_ease_pop_beta_fits_and_scores_on_popularity_scaled_columns():
+    """pop_beta = β: the model is the closed form on X·diag(w), w_j = (n_j / median n)^-β, and
+    scores X·diag(w)·B. Checked against that computed by hand, and it must differ from β = 0."""
+    from training.models.ease import closed_form
+
+    X = sp.csr_matrix(
+        np.array([[1, 1, 0, 1], [1, 0, 1, 0], [1, 1, 0, 0], [1, 0, 0, 1], [0, 1, 1, 1]], np.float32)
+    )
+    users = pd.DataFrame({"user_idx": range(5), "user_id": list("abcde")})
+    items = pd.DataFrame({"item_idx": range(4), "item_id": list("wxyz")})
+    data = TrainData(user_items=X, users=users, items=items)
+    E = get_model_class("ease")
+    beta, lam, p = 0.5, 0.3, 0.25
+    m = E(E.Config(lambda_=lam, dropout=p, zero_diagonal=False, pop_beta=beta)).fit(data)
+    n = np.array([4.0, 3.0, 2.0, 3.0])
+    w = (n / 3.0) ** -beta  # median popularity 3
+    Xw = X.toarray().astype(np.float64) * w
+    want = Xw @ closed_form(Xw.T @ Xw, lam, p, False)
+    got = m.score(np.arange(5), History(X))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    plain = E(E.Config(lambda_=lam, dropout=p, zero_diagonal=False)).fit(data).score(np.arange(5), History(X))
+    assert np.abs(plain - got).max() > 1e-3
+    with pytest.raises(ValueError, match="pop_beta"):
+        E.Config(pop_beta=-0.1)
 
 
 def test_bought_together_support_threshold_and_fallback():
