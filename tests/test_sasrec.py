@@ -195,7 +195,7 @@ def test_ensemble_scores_are_the_mean_of_its_seeds(tmp_path) -> None:
     """n_models = 2 trains the networks of seeds 0 and 1 (each as a 1-network fit of its seed
     would) and scores with their mean logits; similar items use the mean cosine; save/load keeps
     both networks."""
-    cfg = TINY.with_overrides({"epochs": 3, "dropout": 0.2})
+    cfg = TINY.with_overrides({"epochs": 3, "dropout": 0.2, "ease_weight": 0.0})  # logits alone
     data = _cyclic()
     users = np.arange(data.n_users)
     hist = History.of(data, users)
@@ -229,3 +229,40 @@ def test_loads_weights_saved_by_a_single_network_model(fitted, tmp_path) -> None
     np.testing.assert_array_equal(
         loaded.score(users, History.of(data, users)), model.score(users, History.of(data, users))
     )
+
+
+def test_dlae_blend_is_z_logits_plus_weight_times_z_linear_scores_of_the_whole_sequence(tmp_path) -> None:
+    """ease_weight = w: score = z(logits) + w · z(X·B) per row, B = DLAE's closed form on the 0/1
+    matrix of the training sequences, X = the 0/1 row of the WHOLE sequence (also items older than
+    max_len); w = 0 is the transformer alone. The blend survives save/load."""
+    from training.models.ease import closed_form
+
+    data = _cyclic()
+    cfg = TINY.with_overrides({"epochs": 2, "ease_weight": 0.3, "ease_lambda": 2.0, "ease_dropout": 0.5})
+    blended = SASRec(cfg).fit(data)
+    alone = SASRec(cfg.with_overrides({"ease_weight": 0.0})).fit(data)  # the same network (seed)
+    assert alone.ease_B is None
+    users = np.arange(data.n_users)
+    hist = History.of(data, users)
+    X = np.zeros((data.n_users, N_ITEMS))
+    for u, seq in enumerate(data.sequences):
+        X[u, seq] = 1.0
+    assert max(len(q) for q in data.sequences) > TINY.max_len  # the linear part sees past max_len
+    B = closed_form(X.T @ X, 2.0, 0.5, zero_diagonal=False)
+
+    def z(a: np.ndarray) -> np.ndarray:
+        return (a - a.mean(1, keepdims=True)) / a.std(1, keepdims=True)
+
+    want = z(alone.score(users, hist).astype(np.float64)) + 0.3 * z(X @ B)
+    np.testing.assert_allclose(blended.score(users, hist), want, rtol=1e-4, atol=1e-4)
+    blended.save(tmp_path / "b")
+    np.testing.assert_array_equal(SASRec.load(tmp_path / "b").score(users, hist), blended.score(users, hist))
+    with pytest.raises(ValueError, match="ease_weight"):
+        SASRecConfig(ease_weight=-1.0)
+
+
+def test_dlae_blend_is_skipped_with_a_warning_above_ease_max_items() -> None:
+    data = _cyclic()
+    with pytest.warns(UserWarning, match="ease_max_items"):
+        model = SASRec(TINY.with_overrides({"epochs": 1, "ease_max_items": N_ITEMS - 1})).fit(data)
+    assert model.ease_B is None
