@@ -132,10 +132,43 @@ def fit_and_evaluate(
         train_data.n_users,
         train_data.n_items,
     )
+    if _attach_validation(model, split, config):
+        log.info("%s stops early on validation NDCG@10 (patience from its config)", config.model)
     model.fit(train_data, callback=callback)
     log.info("evaluating %s on the %s split (full ranking over the catalogue)", config.model, config.split)
     metrics = evaluate_model(model, split, config)
     return model, metrics, train_data, split
+
+
+def _attach_validation(model: Recommender, split: Any, config: TrainConfig) -> bool:
+    """Give a model that takes a per-epoch validation hook (SASRec) one that scores NDCG@10 on the
+    split's validation part, so it stops early and keeps its best epoch. False (nothing attached)
+    when the model takes no hook, already has one, or the split has no validation rows."""
+    if getattr(model, "validation", False) is not None or len(getattr(split, "valid", ())) == 0:
+        return False
+    from training import evaluate as ev
+
+    def hook(m: Recommender) -> float:
+        return ev.evaluate(m, split, on="valid", ks=(10,), exclude_seen=config.exclude_seen)["ndcg@10"]
+
+    model.validation = hook  # type: ignore[attr-defined]
+    return True
+
+
+def chosen_epochs(model: Recommender) -> int | None:
+    """Epochs validation chose for an early-stopped fit: the 1-based epoch of the best "valid"
+    score in the model's history; None when the fit had no validation."""
+    curve = [h["valid"] for h in getattr(model, "history", []) if "valid" in h]
+    return int(np.argmax(curve)) + 1 if curve else None
+
+
+def refit_params(model: Recommender, params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters of the refit on all data: those of `params`, and for an early-stopped fit the
+    epochs validation chose with early stopping off (all data leaves nothing to validate on)."""
+    epochs = chosen_epochs(model)
+    if epochs is None:
+        return dict(params)
+    return {**params, "epochs": epochs, "patience": 0}
 
 
 def train(ws: Workspace, config: TrainConfig) -> TrainResult:
@@ -159,7 +192,10 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
             full.n_users,
             config.split,
         )
-        serving_model = build_model(config.model, config.params).fit(full)
+        params = refit_params(model, config.params)
+        if params != config.params:
+            log.info("refit for the %s epochs validation chose", params["epochs"])
+        serving_model = build_model(config.model, params).fit(full)
     else:
         log.info(
             "refit skipped: the bundle ships the model fitted on the %s split's training part", config.split
@@ -185,6 +221,9 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         mlflow.set_tags(tags)
         mlflow.log_params({k: _param(v) for k, v in model.config.to_dict().items()})
         tracking.log_metrics(metrics)
+        if (epochs := chosen_epochs(model)) is not None:
+            mlflow.log_metric("chosen_epochs", epochs)
+            mlflow.set_tag("early_stopping", "valid ndcg@10")
         extra: dict[str, float] = {}
         if config.plots:
             extra = _plots(model, metrics, train_data, split, Path(tmp) / "plots", config)

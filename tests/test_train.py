@@ -1,0 +1,70 @@
+"""`shoprec train` with SASRec: early stopping on the split's validation part, refit for the
+epochs validation chose (a tiny synthetic shop; seconds on one CPU thread)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")
+
+from features.workspace import Workspace  # noqa: E402
+from training.train import TrainConfig, build_model, chosen_epochs, fit_and_evaluate, refit_params  # noqa: E402
+
+TINY_SASREC = {
+    "dim": "16",
+    "n_layers": "1",
+    "n_heads": "1",
+    "max_len": "20",
+    "epochs": "12",
+    "patience": "2",
+    "threads": "1",
+    "device": "cpu",
+    "progress": "false",
+}
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    from features.build import FeatureConfig, build_features
+    from features.synthetic import generate
+
+    root: Path = tmp_path_factory.mktemp("shop")
+    generate(root, customers=200, items=100, days=60, seed=1)
+    ws = Workspace.at(root)
+    build_features(ws, FeatureConfig())
+    return ws
+
+
+def test_sasrec_train_stops_early_on_validation_and_keeps_the_best_epoch(ws: Workspace) -> None:
+    """Before: `train` fitted the whole schedule with no validation (history had no "valid")."""
+    from training.evaluate import evaluate
+
+    config = TrainConfig(model="sasrec", params=TINY_SASREC, split="loo", plots=False, register=False)
+    model, metrics, _, split = fit_and_evaluate(ws, config)
+    assert len(split.valid) > 0
+    curve = [h.get("valid") for h in model.history]
+    assert curve and all(v is not None for v in curve)  # scored on validation after every epoch
+    best = chosen_epochs(model)
+    assert best == curve.index(max(curve)) + 1
+    # stopped `patience` epochs after the best, unless the schedule ended first
+    assert len(curve) == min(12, best + 2)
+    # the fitted model is the best epoch's: its validation score is the curve's maximum
+    valid = evaluate(model, split, on="valid", ks=(10,), exclude_seen=config.exclude_seen)["ndcg@10"]
+    assert valid == pytest.approx(max(curve), abs=1e-9)
+    assert "ndcg@10" in metrics
+    # the refit on all data runs exactly the chosen epochs, without early stopping
+    params = refit_params(model, config.params)
+    assert params == {**TINY_SASREC, "epochs": best, "patience": 0}
+    refit = build_model("sasrec", params)
+    assert refit.config.epochs == best and refit.config.patience == 0
+
+
+def test_models_without_a_validation_hook_keep_their_params(ws: Workspace) -> None:
+    config = TrainConfig(model="ease", params={"lambda_": "50"}, split="loo", plots=False, register=False)
+    model, _, _, _ = fit_and_evaluate(ws, config)
+    assert chosen_epochs(model) is None
+    assert refit_params(model, config.params) == {"lambda_": "50"}
