@@ -252,6 +252,8 @@ class Engine:
             self._seg_pop[s] = np.asarray(ui[np.asarray(rows)].sum(axis=0)).ravel().astype(np.float64)
 
         self._pop_squashed = _squash(self._pop)
+        self._pop_order = np.argsort(-self._pop_squashed, kind="stable")
+        self._pop_orders: dict[str | None, np.ndarray] = {}
         self._user_factors, self._item_factors = _plain_factor_model(self.model)
         self._by_length = (
             NormOrdered.build(self._item_factors)
@@ -364,13 +366,15 @@ class Engine:
         cart = _known(cat, context.cart)
         if not src:
             return self.popular(k, context=context)
-        agg = np.zeros(cat.n)
+        agg = np.zeros(cat.n)  # (calloc'd: only the pages written below are ever touched)
         best = np.zeros(cat.n)
         source = np.full(cat.n, -1, dtype=np.int64)
+        found: list[np.ndarray] = []
         for s in src:
             ids, sc = self._complements_of(s)
             if not len(ids):
                 continue
+            found.append(ids)
             norm = sc / (sc.max() if sc.max() > 0 else 1.0)
             agg[ids] += norm
             better = norm > best[ids]
@@ -381,7 +385,8 @@ class Engine:
         allowed[cart] = False
         if personal:
             allowed &= ~self._purchased_mask(user, [], time.time())[0]
-        primary = np.nonzero((agg > 0) & allowed)[0]
+        touched = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+        primary = touched[(agg[touched] > 0) & allowed[touched]]
         titles = cat.titles
 
         def reason(i: int) -> str:
@@ -390,8 +395,65 @@ class Engine:
             return f"popular in {_label(cat.categories[i])}"
 
         # Complements first; popular items of the sources' categories fill a short block.
+        parents = self._parents(src)
+        if len(parents) == 1 and cat.n >= self.config.prune_min_items:
+            try:
+                return self._fill_rank(agg, allowed, k, primary, parents[0], reason)
+            except _NeedsAllScores:
+                pass
         fill = self._fill_vector(src)
         return self._rank(agg, allowed, k, primary=primary, fill=fill, reason=reason)
+
+    def _fill_rank(
+        self,
+        base: np.ndarray,
+        allowed: np.ndarray,
+        k: int,
+        primary: np.ndarray,
+        parent: np.ndarray,
+        reason: Callable[[int], str],
+    ) -> list[Rec]:
+        """`_rank(base, primary=primary, fill=_fill_vector(src))` for sources with one parent
+        category (sorted items `parent`), without a pass over the catalogue. The fill order is
+        popularity with the parent's items first, so the primary items, the parent's items and the
+        `m` most popular items hold the top of the block; every value is computed with the dense
+        path's arithmetic (same bits), and needing items past the m-th most popular raises
+        _NeedsAllScores (then the dense path answers)."""
+        n = self.catalog.n
+        pop, order = self._pop_squashed, self._pop_order
+        if len(parent) >= n:
+            raise _NeedsAllScores
+        # _squash(fill)'s extremes, exactly: the parent's most popular + 1, and the least popular
+        # item outside the parent (parent items fill >= 1 > any popularity squashed into [0, 1)).
+        j = n - 1
+        while _in_sorted(parent, order[j]):
+            j -= 1
+        lo, hi = pop[order[j]], pop[parent].max() + 1.0
+        if not hi > lo:
+            raise _NeedsAllScores
+        m = max(16 * max(k * self.config.overfetch, k + 10), 1024)
+        top = order[:m]
+        top = top[~_in_sorted(parent, top)]
+        s = np.empty(n)  # _rank reads `support` entries only
+        s[parent] = ((pop[parent] + 1.0) - lo) / (hi - lo) * 0.999
+        s[top] = (pop[top] - lo) / (hi - lo) * 0.999
+        s[primary] = 2.0 + np.clip(_norm(np.nan_to_num(base[primary], neginf=0.0)), 0, 1)
+        extra = primary[~(_in_sorted(parent, primary) | np.isin(primary, top))]
+        support = np.concatenate([parent, top, extra])
+        # Items left out are neither primary nor in the parent, and no more popular than order[m].
+        bound = float((pop[order[m]] - lo) / (hi - lo) * 0.999) if n > m else None
+        return self._rank(s, allowed, k, reason=reason, support=support, bound=bound, normalise=False)
+
+    def _parents(self, src: list[int]) -> list[np.ndarray]:
+        """Each source's parent category items, as _fill_vector adds them."""
+        out = []
+        for i in src:
+            path = self.catalog.categories[i]
+            parent = path.rsplit("/", 1)[0] if "/" in path else path
+            under = self.catalog.prefix_items.get(parent) if parent else None
+            if under is not None:
+                out.append(under)
+        return out
 
     def similar_items(
         self, item_id: str, k: int, user_id: str | None = None, context: Context = Context()
@@ -608,7 +670,32 @@ class Engine:
         def reason(i: int) -> str:
             return reasons.get(i) or f"popular in {_label(category or cat.categories[i])}"
 
-        return self._rank(base, allowed, k, boost=boost, boosted=_keys(reasons), tier=tier, reason=reason)
+        boosted = _keys(reasons)
+        if tier is None and not category and cat.n >= self.config.prune_min_items:
+            # Popularity is fixed: its most popular items (and the boosted ones) hold the top of
+            # the block, unless the rules leave too few of them (then every item is ranked).
+            order = self._popularity_order(segment if base is not self._pop else None)
+            m = max(16 * max(k * self.config.overfetch, k + 10), 1024)
+            if len(order) > m:
+                support = np.concatenate([order[:m], boosted[~np.isin(boosted, order[:m])]])
+                try:
+                    return self._rank(
+                        base, allowed, k, boost=boost, boosted=boosted, reason=reason,
+                        support=support, bound=float(base[order[m]]),
+                    )  # fmt: skip
+                except _NeedsAllScores:
+                    pass
+        return self._rank(base, allowed, k, boost=boost, boosted=boosted, tier=tier, reason=reason)
+
+    def _popularity_order(self, segment: str | None) -> np.ndarray:
+        """Items most popular first (overall, or in `segment`), computed once per segment."""
+        got = self._pop_orders.get(segment)
+        if got is None:
+            base = self._seg_pop[segment] if segment is not None else self._pop
+            got = np.argsort(-base, kind="stable")
+            got.setflags(write=False)
+            self._pop_orders[segment] = got
+        return got
 
     # -- ranking -----------------------------------------------------------------------------------
     def _rank(
@@ -625,6 +712,7 @@ class Engine:
         fill: np.ndarray | None = None,
         support: np.ndarray | None = None,
         bound: float | None = None,
+        normalise: bool = True,
     ) -> list[Rec]:
         """Order the allowed items and cut a diverse block of k.
 
@@ -638,7 +726,8 @@ class Engine:
         `primary`; the candidates then come from those items alone, without a pass over the
         catalogue. `bound`: no allowed item outside `support` has a `base` above it (None: support
         holds them all), so only the items of `support` above it are certain to be the catalogue's
-        best (serving/mips.py); needing deeper raises _NeedsAllScores."""
+        best (serving/mips.py); needing deeper raises _NeedsAllScores. `normalise=False`: `base`
+        already holds the final values, as the `primary` path makes them."""
         cfg = self.config
         n = allowed.size
         pool: np.ndarray | None = None  # with `support`: the allowed items that have a score
@@ -679,7 +768,7 @@ class Engine:
         if c > certain():
             raise _NeedsAllScores
         scale: tuple[float, float] | None = None  # (lo, hi - lo): `s` not yet min-max normalised
-        if primary is None:
+        if primary is None and normalise:
             # Min-max over the top candidates: boosts (in these units) mean the same for any model.
             top = pick(c)
             hi, lo = float(s[top].max()), float(s[top].min())
@@ -707,7 +796,7 @@ class Engine:
             boosted = boosted[finite[boosted]]
         else:
             boosted = boosted[allowed[boosted] & np.isfinite(s[boosted])]
-        reuse = primary is None and tier is None  # the normalisation's top c is still the top c
+        reuse = primary is None and tier is None and normalise  # the normalisation's top c
         while True:
             if not reuse:
                 top = pick(c)
@@ -742,7 +831,7 @@ class Engine:
             blocked = F.capped(kept, self.catalog, cfg.max_per_brand, cfg.max_per_category)
             if pool is not None:
                 drop = blocked(pool)
-                drop[np.isin(pool, kept)] = False
+                drop[_in_sorted(np.sort(kept), pool)] = False
                 pool = pool[~drop]
                 n_allowed = len(pool)
             else:
@@ -1102,6 +1191,12 @@ def _squash(x: np.ndarray) -> np.ndarray:
 
 def _keys(d: dict[int, str]) -> np.ndarray:
     return np.fromiter(d.keys(), dtype=np.int64, count=len(d))
+
+
+def _in_sorted(sorted_items: np.ndarray, idx: Any) -> Any:
+    """Whether item index `idx` (or each of an array of them) is in the sorted array."""
+    at = np.minimum(np.searchsorted(sorted_items, idx), len(sorted_items) - 1)
+    return sorted_items[at] == idx
 
 
 def _known(cat: F.Catalog, ids: tuple[str, ...] | list[str]) -> list[int]:

@@ -513,8 +513,9 @@ def test_engine_serves_a_real_bundle_from_the_synthetic_shop(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_pruned_factor_scoring_gives_exactly_the_blocks_of_scoring_every_item(tmp_path: Path) -> None:
     """serving/mips.py on a real ALS bundle: with pruning on for any catalogue, every block (page
-    contexts, carts, size and gender rules, fresh views and purchases that boost and exclude) is
-    the block of the engine that scores all items, while most requests score far fewer items."""
+    contexts, carts, size and gender rules, fresh views and purchases that boost and exclude; the
+    cold-start popular block; bought-together with its popular fill) is the block of the engine
+    that ranks all items, while most requests score far fewer items."""
     from features.build import FeatureConfig, build_features
     from features.synthetic import generate
     from features.workspace import Workspace
@@ -540,6 +541,7 @@ def _check_pruned_equals_dense(path: Path, caps: int) -> None:
 
     items = pruned.catalog.item_ids.astype(str)
     users = pd.read_parquet(path / "context" / "profiles.parquet")["user_id"].astype(str).tolist()[:120]
+    users += [f"new-{j}" for j in range(30)]  # cold start: the popular block, with fresh events
     contexts = [
         Context(),
         Context(cart=(items[3], items[40])),
@@ -559,8 +561,11 @@ def _check_pruned_equals_dense(path: Path, caps: int) -> None:
         for k in (10, 60):
             cx = contexts[j % len(contexts)]
             assert pruned.recommend(uid, k, cx, now=NOW) == dense.recommend(uid, k, cx, now=NOW)
-        user = pruned._users[uid]
-        if user.midx >= 0:
+        it = items[(j * 31) % len(items)]
+        assert pruned.bought_together([it], 10, uid) == dense.bought_together([it], 10, uid)
+        assert pruned.popular(10, segment="active") == dense.popular(10, segment="active")
+        user = pruned._users.get(uid)
+        if user is not None and user.midx >= 0:
             allowed = np.ones(pruned.catalog.n, dtype=bool)
             scanned.append(
                 len(pruned._by_length.scan(pruned._user_factors[user.midx], allowed, 40, 32).items)
