@@ -252,7 +252,6 @@ class Engine:
             self._seg_pop[s] = np.asarray(ui[np.asarray(rows)].sum(axis=0)).ravel().astype(np.float64)
 
         self._pop_squashed = _squash(self._pop)
-        self._pop_order = np.argsort(-self._pop_squashed, kind="stable")
         self._pop_orders: dict[str | None, np.ndarray] = {}
         self._user_factors, self._item_factors = _plain_factor_model(self.model)
         self._by_length = (
@@ -420,7 +419,7 @@ class Engine:
         path's arithmetic (same bits), and needing items past the m-th most popular raises
         _NeedsAllScores (then the dense path answers)."""
         n = self.catalog.n
-        pop, order = self._pop_squashed, self._pop_order
+        pop, order = self._pop_squashed, self._popularity_order(None)  # (squashing keeps the order)
         if len(parent) >= n:
             raise _NeedsAllScores
         # _squash(fill)'s extremes, exactly: the parent's most popular + 1, and the least popular
@@ -1027,12 +1026,8 @@ class Engine:
     def _fill_vector(self, src: list[int]) -> np.ndarray:
         """Fallback order for a short complement block: popular, the sources' categories first."""
         fill = self._pop_squashed.copy()
-        for s in src:
-            path = self.catalog.categories[s]
-            parent = path.rsplit("/", 1)[0] if "/" in path else path
-            under = self.catalog.prefix_items.get(parent) if parent else None
-            if under is not None:
-                fill[under] += 1.0
+        for under in self._parents(src):
+            fill[under] += 1.0
         return fill
 
 
