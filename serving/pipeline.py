@@ -253,6 +253,7 @@ class Engine:
 
         self._pop_squashed = _squash(self._pop)
         self._pop_orders: dict[str | None, np.ndarray] = {}
+        self._pop_rank: np.ndarray | None = None
         self._user_factors, self._item_factors = _plain_factor_model(self.model)
         self._by_length = (
             NormOrdered.build(self._item_factors)
@@ -437,7 +438,8 @@ class Engine:
         s[parent] = ((pop[parent] + 1.0) - lo) / (hi - lo) * 0.999
         s[top] = (pop[top] - lo) / (hi - lo) * 0.999
         s[primary] = 2.0 + np.clip(_norm(np.nan_to_num(base[primary], neginf=0.0)), 0, 1)
-        extra = primary[~(_in_sorted(parent, primary) | np.isin(primary, top))]
+        in_top = self._popularity_rank()[primary] < m
+        extra = primary[~(_in_sorted(parent, primary) | in_top)]
         support = np.concatenate([parent, top, extra])
         # Items left out are neither primary nor in the parent, and no more popular than order[m].
         bound = float((pop[order[m]] - lo) / (hi - lo) * 0.999) if n > m else None
@@ -685,6 +687,16 @@ class Engine:
                 except _NeedsAllScores:
                     pass
         return self._rank(base, allowed, k, boost=boost, boosted=boosted, tier=tier, reason=reason)
+
+    def _popularity_rank(self) -> np.ndarray:
+        """Each item's position in `_popularity_order(None)` (computed once)."""
+        if self._pop_rank is None:
+            order = self._popularity_order(None)
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            rank.setflags(write=False)
+            self._pop_rank = rank
+        return self._pop_rank
 
     def _popularity_order(self, segment: str | None) -> np.ndarray:
         """Items most popular first (overall, or in `segment`), computed once per segment."""
