@@ -86,6 +86,8 @@ SEARCH_SPACES: dict[str, tuple[Param, ...]] = {
         # validation picked DLAE p=0.75 on MovieLens-100K random (benchmarks/bench_training.py)
         Param("dropout", "float", 0.0, 0.8),
         Param("zero_diagonal", "categorical", choices=(True, False)),
+        # popularity-normalised columns: beta 0.1 won ML-100K random validation (bench_training)
+        Param("pop_beta", "float", 0.0, 0.3),
     ),
     "sasrec": (
         Param("dim", "categorical", choices=(32, 64, 128)),
@@ -102,6 +104,8 @@ SEARCH_SPACES: dict[str, tuple[Param, ...]] = {
         Param("label_smoothing", "float", 0.0, 0.2),
         # a seed ensemble (mean logits): each extra network costs a whole fit's CPU
         Param("n_models", "int", 1, 3),
+        # the DLAE blend (0 = the transformer alone; 0.2 won ML-100K leave-one-out validation)
+        Param("ease_weight", "float", 0.0, 0.5),
     ),
     "bought-together": (
         Param("metric", "categorical", choices=("confidence", "lift")),
