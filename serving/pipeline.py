@@ -109,7 +109,8 @@ class EngineConfig:
 
 
 class _NeedsAllScores(Exception):
-    """A pruned ranking (Engine._pruned_rank) cannot be certain of its block: score every item."""
+    """A ranking over a candidate set (`_rank` with `support`) cannot be certain of its block: the
+    caller ranks every item instead."""
 
 
 class _User(NamedTuple):
@@ -431,7 +432,7 @@ class Engine:
         lo, hi = pop[order[j]], pop[parent].max() + 1.0
         if not hi > lo:
             raise _NeedsAllScores
-        m = max(16 * max(k * self.config.overfetch, k + 10), 1024)
+        m = self._candidate_reach(k)
         top = order[:m]
         top = top[~_in_sorted(parent, top)]
         s = np.empty(n)  # _rank reads `support` entries only
@@ -616,7 +617,7 @@ class Engine:
         Gives the same block as scoring every item; raises _NeedsAllScores when it cannot."""
         cfg = self.config
         u = self._user_factors[midx]
-        need = max(k * cfg.overfetch, k + 10)  # _rank's first candidate count
+        need = self._first_candidates(k)
         scan = self._by_length.scan(u, allowed, need, cfg.prune_block)
         base = np.full(self.catalog.n, -np.inf, dtype=np.float32)
         base[scan.items] = scan.scores
@@ -676,7 +677,7 @@ class Engine:
             # Popularity is fixed: its most popular items (and the boosted ones) hold the top of
             # the block, unless the rules leave too few of them (then every item is ranked).
             order = self._popularity_order(segment if base is not self._pop else None)
-            m = max(16 * max(k * self.config.overfetch, k + 10), 1024)
+            m = self._candidate_reach(k)
             if len(order) > m:
                 support = np.concatenate([order[:m], boosted[~np.isin(boosted, order[:m])]])
                 try:
@@ -709,6 +710,15 @@ class Engine:
         return got
 
     # -- ranking -----------------------------------------------------------------------------------
+    def _first_candidates(self, k: int) -> int:
+        """How many candidates `_rank` orders first for a block of k (grown when diversity cuts)."""
+        return max(k * self.config.overfetch, k + 10)
+
+    def _candidate_reach(self, k: int) -> int:
+        """How deep a popularity order a candidate-set ranking takes: room for `_rank` to grow its
+        first candidates several times before it needs every item."""
+        return max(16 * self._first_candidates(k), 1024)
+
     def _rank(
         self,
         base: np.ndarray,
@@ -775,7 +785,7 @@ class Engine:
             """How many of the top candidates are certain (all when nothing lies outside)."""
             return n_allowed if pool is None or bound is None else int(np.count_nonzero(s[pool] > bound))
 
-        c = min(n_allowed, max(k * cfg.overfetch, k + 10))
+        c = min(n_allowed, self._first_candidates(k))
         if c > certain():
             raise _NeedsAllScores
         scale: tuple[float, float] | None = None  # (lo, hi - lo): `s` not yet min-max normalised
