@@ -9,7 +9,10 @@ cannot say:
 - request bodies are size-limited (413), read fully and checked to be JSON (400 with the parser's
   message) before BentoML parses them, so a malformed body is never a 5xx;
 - `/readyz` keeps BentoML's status code but answers a JSON detail (model versions, online store
-  state, last hot-swap error) instead of an empty line.
+  state, last hot-swap error) instead of an empty line;
+- given `direct(path, body)`, a JSON POST it answers (bytes) is sent as is, without BentoML's
+  dispatch; when it answers None the request goes on to BentoML (serving.service's read endpoints
+  use this: the same models and methods, a shorter path).
 
 `AccessLogMiddleware` is the service's lean access log (one line per request, no customer id).
 
@@ -38,7 +41,11 @@ async def send_json(
     send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()
 ) -> None:
     """Send one complete JSON response."""
-    raw = json.dumps(body).encode()
+    await send_raw_json(send, status, json.dumps(body).encode(), headers)
+
+
+async def send_raw_json(send: Send, status: int, raw: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """Send one complete response whose body `raw` is JSON already."""
     await send(
         {
             "type": "http.response.start",
@@ -81,8 +88,10 @@ class GuardMiddleware:
         ready_detail: Callable[[], dict[str, Any]],
         max_body_bytes: int,
         write_paths: frozenset[str] = WRITE_PATHS,
+        direct: Callable[[str, bytes], bytes | None] | None = None,
     ) -> None:
         self.app = app
+        self.direct = direct
         self.api_key = api_key
         self.ready_detail = ready_detail
         self.max_body_bytes = max_body_bytes
@@ -130,6 +139,11 @@ class GuardMiddleware:
                 break
         body = b"".join(chunks)
         content_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if self.direct is not None and content_type == "application/json":
+            answer = self.direct(path, body)
+            if answer is not None:
+                await send_raw_json(send, 200, answer)
+                return
         if content_type in ("application/json", "", "text/plain"):
             try:
                 parsed = json.loads(body) if body else None

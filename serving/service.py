@@ -69,6 +69,11 @@ def _api_key() -> str | None:
     return svc.config.api_key if svc is not None else None
 
 
+def _direct(path: str, body: bytes) -> bytes | None:
+    svc = _LIVE.get("service")
+    return svc.answer_direct(path, body) if svc is not None else None
+
+
 def _ready_detail() -> dict[str, Any]:
     svc = _LIVE.get("service")
     if svc is None:
@@ -173,10 +178,6 @@ RecommendOut = _plain_json_output(RecommendResponse)
 RecommendBatchOut = _plain_json_output(RecommendBatchResponse)
 
 
-class BadRequest(ValueError):
-    """Input that passed the schema but is still wrong (e.g. an event type the store refuses)."""
-
-
 def _finite(x: float) -> float:
     # JSON has no infinity; a -inf padding score must never reach a client.
     x = float(x)
@@ -227,6 +228,18 @@ class ShopRec:
                 engine.forget(user_id)
             return engine
 
+        # The read endpoints the guard middleware answers directly (answer_direct); SHOPREC_DIRECT=0
+        # leaves every request to BentoML's dispatch (the benchmark's comparison).
+        self._direct: dict[str, tuple[type, Callable[[Any], RecommendResponse]]] = (
+            {
+                "/recommend": (RecommendRequest, self.answer_recommend),
+                "/bought_together": (BoughtTogetherRequest, self.answer_bought_together),
+                "/similar_items": (SimilarItemsRequest, self.answer_similar_items),
+                "/popular": (PopularRequest, self.answer_popular),
+            }
+            if _env_flag("SHOPREC_DIRECT", True)
+            else {}
+        )
         self.holder = ModelHolder(make_source(self.config), factory, self.config.poll_seconds)
         self.holder.load()
         self.impressions = _impression_log(self._impression_path())
@@ -338,68 +351,108 @@ class ShopRec:
         return RecommendResponse(items=items, model_version=version, variant=variant, recommendation_id=rid)
 
     # -- read endpoints ---------------------------------------------------------------------------
-    # The single-block endpoints are `async def`: BentoML then runs them on the event loop instead of
-    # handing each request to a worker thread and back. A block costs ~1-2 ms of numpy work, less than
-    # the thread hop and the GIL ping-pong it causes under load (measured: benchmarks/bench_serving.py).
-    # recommend_batch (up to 500 users) and the write endpoints (Redis I/O) stay in the thread pool
-    # so they never hold up the loop.
+    # Each read endpoint is one plain method taking its validated request model (`answer_*`), called
+    # by the BentoML endpoint below it and by the direct route (`answer_direct`).
+    def answer_recommend(self, req: RecommendRequest) -> RecommendResponse:
+        """Personal recommendations for one customer in a context (page, cart, channel, size)."""
+        models = self.holder.models
+        variant = self._variant(models, req.user_id)
+        engine, version = self._engine(models, variant)
+        cx = self._context(req.context)
+        if variant == "control":
+            recs = engine.popular(req.k, None, req.context.page_category, cx)
+        else:
+            recs = engine.recommend(req.user_id, req.k, cx)
+        return self._respond("recommend", req.user_id, variant, version, recs)
+
+    def answer_bought_together(self, req: BoughtTogetherRequest) -> RecommendResponse:
+        """Complements of one item or of a whole cart (never the items themselves)."""
+        models = self.holder.models
+        variant = self._variant(models, req.user_id)
+        engine, version = self._engine(models, variant)
+        cx = self._context(req.context)
+        if variant == "control":
+            recs = engine.popular(req.k, None, req.context.page_category, cx)
+        else:
+            recs = engine.bought_together(list(req.item_ids), req.k, req.user_id, cx)
+        return self._respond("bought_together", req.user_id, variant, version, recs)
+
+    def answer_similar_items(self, req: SimilarItemsRequest) -> RecommendResponse:
+        """Items like this one (context.max_price: cheaper alternatives)."""
+        models = self.holder.models
+        variant = self._variant(models, req.user_id)
+        engine, version = self._engine(models, variant)
+        cx = self._context(req.context)
+        if variant == "control":
+            recs = engine.popular(req.k, None, req.context.page_category, cx)
+        else:
+            recs = engine.similar_items(req.item_id, req.k, req.user_id, cx)
+        return self._respond("similar_items", req.user_id, variant, version, recs)
+
+    def answer_popular(self, req: PopularRequest) -> RecommendResponse:
+        """Popular items, overall or for a customer segment and/or category (non-personal)."""
+        models = self.holder.models
+        engine, version = models.champion, models.champion_version
+        recs = engine.popular(req.k, req.segment, req.category, self._context(req.context))
+        return self._respond("popular", None, "champion", version, recs)
+
+    def answer_direct(self, path: str, body: bytes) -> bytes | None:
+        """The JSON answer of read endpoint `path` for a JSON request `body`, or None to let
+        BentoML's own dispatch answer (an unknown path, a body that fails validation, any error).
+
+        serving.app.GuardMiddleware calls this for the read endpoints before BentoML routes the
+        request: the same request model, the same method, the same JSON, minus BentoML's generic
+        dispatch (routing, request objects, IO-descriptor conversion, response wrapping), which
+        cost more CPU per request than the 100k-item engine (benchmarks/bench_serving.py:
+        `shoprec` against `shoprec-bentoml-dispatch`). Everything that fails here is answered by
+        BentoML exactly as without this route: its 400s name the field, its 500s are logged."""
+        route = self._direct.get(path)
+        if route is None:
+            return None
+        model, answer = route
+        try:
+            return answer(model.model_validate_json(body)).model_dump_json().encode()
+        except Exception:  # BentoML's path answers it, with its own error format and logging
+            return None
+
+    # BentoML's endpoints. The single-block ones are `async def`: BentoML then runs them on the event
+    # loop instead of handing each request to a worker thread and back. A block costs ~1-2 ms of
+    # numpy work, less than the thread hop and the GIL ping-pong it causes under load (measured:
+    # benchmarks/bench_serving.py). recommend_batch (up to 500 users) and the write endpoints (Redis
+    # I/O) stay in the thread pool so they never hold up the loop.
     @bentoml.api(route="/recommend", input_spec=RecommendRequest, output_spec=RecommendOut)
     async def recommend(
         self, user_id: str, k: int, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendResponse:
         """Personal recommendations for one customer in a context (page, cart, channel, size)."""
-        models = self.holder.models
-        variant = self._variant(models, user_id)
-        engine, version = self._engine(models, variant)
-        cx = self._context(context)
-        try:
-            if variant == "control":
-                recs = engine.popular(k, None, context.page_category if context else None, cx)
-            else:
-                recs = engine.recommend(user_id, k, cx)
-        except BadRequest as e:
-            return _bad_request(ctx, str(e))
-        return self._respond("recommend", user_id, variant, version, recs)
+        return self.answer_recommend(RecommendRequest.model_construct(user_id=user_id, k=k, context=context))
 
     @bentoml.api(route="/bought_together", input_spec=BoughtTogetherRequest, output_spec=RecommendOut)
     async def bought_together(
         self, item_ids: list[str], k: int, user_id: str | None, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendResponse:
         """Complements of one item or of a whole cart (never the items themselves)."""
-        models = self.holder.models
-        variant = self._variant(models, user_id)
-        engine, version = self._engine(models, variant)
-        cx = self._context(context)
-        if variant == "control":
-            recs = engine.popular(k, None, context.page_category if context else None, cx)
-        else:
-            recs = engine.bought_together(list(item_ids), k, user_id, cx)
-        return self._respond("bought_together", user_id, variant, version, recs)
+        return self.answer_bought_together(
+            BoughtTogetherRequest.model_construct(item_ids=item_ids, k=k, user_id=user_id, context=context)
+        )
 
     @bentoml.api(route="/similar_items", input_spec=SimilarItemsRequest, output_spec=RecommendOut)
     async def similar_items(
         self, item_id: str, k: int, user_id: str | None, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendResponse:
         """Items like this one (context.max_price: cheaper alternatives)."""
-        models = self.holder.models
-        variant = self._variant(models, user_id)
-        engine, version = self._engine(models, variant)
-        cx = self._context(context)
-        if variant == "control":
-            recs = engine.popular(k, None, context.page_category if context else None, cx)
-        else:
-            recs = engine.similar_items(item_id, k, user_id, cx)
-        return self._respond("similar_items", user_id, variant, version, recs)
+        return self.answer_similar_items(
+            SimilarItemsRequest.model_construct(item_id=item_id, k=k, user_id=user_id, context=context)
+        )
 
     @bentoml.api(route="/popular", input_spec=PopularRequest, output_spec=RecommendOut)
     async def popular(
         self, k: int, segment: str | None, category: str | None, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendResponse:
         """Popular items, overall or for a customer segment and/or category (non-personal)."""
-        models = self.holder.models
-        engine, version = models.champion, models.champion_version
-        recs = engine.popular(k, segment, category, self._context(context))
-        return self._respond("popular", None, "champion", version, recs)
+        return self.answer_popular(
+            PopularRequest.model_construct(k=k, segment=segment, category=category, context=context)
+        )
 
     @bentoml.api(route="/recommend_batch", input_spec=RecommendBatchRequest, output_spec=RecommendBatchOut)
     def recommend_batch(
@@ -463,5 +516,9 @@ class ShopRec:
 if _env_flag("SHOPREC_ACCESS_LOG", True):
     ShopRec.add_asgi_middleware(AccessLogMiddleware, logger=access_logger)
 ShopRec.add_asgi_middleware(
-    GuardMiddleware, api_key=_api_key, ready_detail=_ready_detail, max_body_bytes=MAX_BODY_BYTES
+    GuardMiddleware,
+    api_key=_api_key,
+    ready_detail=_ready_detail,
+    max_body_bytes=MAX_BODY_BYTES,
+    direct=_direct,
 )

@@ -229,6 +229,41 @@ def test_asgi_recommend_shape(client) -> None:
     assert len(body["items"]) == 3 and {"item_id", "score", "reason"} == set(body["items"][0])
 
 
+def test_asgi_direct_route_answers_exactly_as_bentoml_dispatch(client) -> None:
+    """The read endpoints are answered by the guard's direct route (serving.service.answer_direct);
+    with it off, BentoML's own dispatch must give the same JSON (bar the recommendation id)."""
+    from serving.service import _LIVE
+
+    svc = _LIVE["service"]
+    bodies = {
+        "/recommend": {"user_id": "u2", "k": 4, "context": {"channel": "web", "cart": ["i1"]}},
+        "/bought_together": {"item_ids": ["i1", "i2"], "k": 3, "user_id": "u3"},
+        "/similar_items": {"item_id": "i2", "k": 3, "context": {"max_price": 1000}},
+        "/popular": {"k": 5, "segment": "vip"},
+    }
+    taken: list[str] = []
+    routes = dict(svc._direct)
+    assert set(routes) == set(bodies)
+
+    def counting(path: str):
+        model, answer = routes[path]
+        return model, lambda req: (taken.append(path), answer(req))[1]
+
+    svc._direct = {path: counting(path) for path in routes}
+    try:
+        direct = {path: client.post(path, json=body) for path, body in bodies.items()}
+        svc._direct = {}
+        dispatched = {path: client.post(path, json=body) for path, body in bodies.items()}
+    finally:
+        svc._direct = routes
+    assert taken == list(bodies)  # every read endpoint went the direct way, once
+    for path in bodies:
+        assert direct[path].status_code == dispatched[path].status_code == 200, path
+        a, b = direct[path].json(), dispatched[path].json()
+        assert a.pop("recommendation_id") != b.pop("recommendation_id")
+        assert a == b and a["items"], path
+
+
 def test_asgi_purchase_event_changes_next_answer(client) -> None:
     first = client.post("/recommend", json={"user_id": "u4", "k": 3}).json()["items"][0]["item_id"]
     r = client.post(
