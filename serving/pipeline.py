@@ -121,6 +121,13 @@ class _User(NamedTuple):
     consent: bool
 
 
+class _FillOrder(NamedTuple):
+    """A category's items in bought-together fill order: most popular first, ties by lower index."""
+
+    items: np.ndarray
+    leaves: np.ndarray | None  # the leaf categories among them; None when some item has none
+
+
 def _label(category: str) -> str:
     """A category path as a marketer reads it: the leaf, words not slugs ('litter boxes')."""
     leaf = category.strip("/").rsplit("/", 1)[-1]
@@ -254,7 +261,8 @@ class Engine:
 
         self._pop_squashed = _squash(self._pop)
         self._pop_orders: dict[str | None, np.ndarray] = {}
-        self._pop_rank: np.ndarray | None = None
+        self._fill_orders: OrderedDict[str | None, _FillOrder] = OrderedDict()
+        self._n_leaves = int(cat.leaf.max(initial=-1)) + 2  # leaf codes + 1 (0: no leaf)
         self._user_factors, self._item_factors = _plain_factor_model(self.model)
         self._by_length = (
             NormOrdered.build(self._item_factors)
@@ -367,43 +375,46 @@ class Engine:
         cart = _known(cat, context.cart)
         if not src:
             return self.popular(k, context=context)
-        agg = np.zeros(cat.n)  # (calloc'd: only the pages written below are ever touched)
-        best = np.zeros(cat.n)
-        source = np.full(cat.n, -1, dtype=np.int64)
-        found: list[np.ndarray] = []
-        for s in src:
-            ids, sc = self._complements_of(s)
-            if not len(ids):
-                continue
-            found.append(ids)
+        # Complement scores summed over the sources, on the touched items only (a few dozen per
+        # source): the catalogue-wide arrays cost more than the rest of a pruned request.
+        found = [(s, *self._complements_of(s)) for s in src]
+        found = [f for f in found if len(f[1])]
+        touched = np.unique(np.concatenate([f[1] for f in found])) if found else np.zeros(0, np.int64)
+        agg = np.zeros(len(touched))
+        best = np.zeros(len(touched))
+        source = np.full(len(touched), -1, dtype=np.int64)
+        for s, ids, sc in found:
+            at = np.searchsorted(touched, ids)
             norm = sc / (sc.max() if sc.max() > 0 else 1.0)
-            agg[ids] += norm
-            better = norm > best[ids]
-            best[ids[better]] = norm[better]
-            source[ids[better]] = s
+            agg[at] += norm
+            better = norm > best[at]
+            best[at[better]] = norm[better]
+            source[at[better]] = s
         allowed = self._context_mask(context, user if personal else None)
         allowed[src] = False
         allowed[cart] = False
         if personal:
             allowed &= ~self._purchased_mask(user, [], time.time())[0]
-        touched = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
-        primary = touched[(agg[touched] > 0) & allowed[touched]]
+        keep = (agg > 0) & allowed[touched]
+        primary = touched[keep]
         titles = cat.titles
 
         def reason(i: int) -> str:
-            if source[i] >= 0:
-                return f"bought together with {titles[source[i]]}"
+            j = int(np.searchsorted(touched, i)) if len(touched) else 0
+            if j < len(touched) and touched[j] == i and source[j] >= 0:
+                return f"bought together with {titles[source[j]]}"
             return f"popular in {_label(cat.categories[i])}"
 
         # Complements first; popular items of the sources' categories fill a short block.
-        parents = self._parents(src)
-        if len(parents) == 1 and cat.n >= self.config.prune_min_items:
+        if cat.n >= self.config.prune_min_items:
             try:
-                return self._fill_rank(agg, allowed, k, primary, parents[0], reason)
+                return self._fill_rank(agg[keep], allowed, k, primary, self._parent_keys(src), reason)
             except _NeedsAllScores:
                 pass
+        base = np.zeros(cat.n)
+        base[touched] = agg
         fill = self._fill_vector(src)
-        return self._rank(agg, allowed, k, primary=primary, fill=fill, reason=reason)
+        return self._rank(base, allowed, k, primary=primary, fill=fill, reason=reason)
 
     def _fill_rank(
         self,
@@ -411,51 +422,188 @@ class Engine:
         allowed: np.ndarray,
         k: int,
         primary: np.ndarray,
-        parent: np.ndarray,
+        parents: list[str],
         reason: Callable[[int], str],
     ) -> list[Rec]:
-        """`_rank(base, primary=primary, fill=_fill_vector(src))` for sources with one parent
-        category (sorted items `parent`), without a pass over the catalogue. The fill order is
-        popularity with the parent's items first, so the primary items, the parent's items and the
-        `m` most popular items hold the top of the block; every value is computed with the dense
-        path's arithmetic (same bits), and needing items past the m-th most popular raises
-        _NeedsAllScores (then the dense path answers)."""
-        n = self.catalog.n
-        pop, order = self._pop_squashed, self._popularity_order(None)  # (squashing keeps the order)
-        if len(parent) >= n:
-            raise _NeedsAllScores
-        # _squash(fill)'s extremes, exactly: the parent's most popular + 1, and the least popular
-        # item outside the parent (parent items fill >= 1 > any popularity squashed into [0, 1)).
-        j = n - 1
-        while _in_sorted(parent, order[j]):
-            j -= 1
-        lo, hi = pop[order[j]], pop[parent].max() + 1.0
+        """`_rank(b, allowed, k, primary=primary, fill=_fill_vector(src))` without a pass over the
+        catalogue, where b[primary] = `base` (the allowed complements and their summed scores) and
+        `parents` are the sources' parent categories (one per source, repeats kept). Raises
+        _NeedsAllScores when two parents are nested or the fill cannot be normalised.
+
+        That dense ranking walks every allowed item in one order (value down, lower index first:
+        what its doubling candidate sets give `diversify`) and keeps the first k that fit the brand
+        and leaf caps. The order has three tiers that never interleave: the primary items (values
+        in [2, 3]); the parents' items, lifted by 1.0 once per source under the parent (values by
+        lift, then popularity); every other item (by popularity, values in [0, 1)). So the walk
+        here takes the primary items, and only when they leave the block short draws more, most
+        popular first, from each parent's precomputed order (`_fill_order`, built once per parent)
+        and from the catalogue's, passing on to `diversify` only items that no undrawn item can
+        reach (a threshold walk). It skips the items the request rules out (`allowed`), the primary
+        items, those whose brand or leaf the block already fills, and a whole parent once all its
+        leaf categories are full. Every value comes from the dense path's arithmetic on the same
+        operands (same bits). A t-shirt's complements usually fill the block by themselves; the
+        25k items of its parent category are then never touched."""
+        cat, cfg = self.catalog, self.config
+        kept = np.zeros(0, dtype=np.int64)
+        scores: list[float] = []
+        capped: Callable[[np.ndarray], np.ndarray] | None = None
+        sources: list[list[Any]] = []  # [order, next position, next chunk, lifts, leaves or None]
+
+        def admit(items: np.ndarray, vals: np.ndarray) -> None:
+            """Walk on from the block so far through `items`, which no undrawn item can outrank."""
+            nonlocal kept, capped
+            order = np.lexsort((items, -vals))  # value down, lower index first
+            items, vals = items[order], vals[order]
+            before = len(kept)
+            kept = F.diversify(
+                np.concatenate([kept, items]), cat, k,
+                max_per_brand=cfg.max_per_brand, max_per_category=cfg.max_per_category,
+            )  # fmt: skip
+            if len(kept) == before:
+                return
+            # The new kept items are a subsequence of `items`, in the same order.
+            by_id = np.argsort(items, kind="stable")
+            scores.extend(vals[by_id[np.searchsorted(items[by_id], kept[before:])]].tolist())
+            if len(kept) < k:
+                capped = F.capped(kept, cat, cfg.max_per_brand, cfg.max_per_category)
+                full = np.bincount(cat.leaf[kept] + 1, minlength=n_leaves) >= cfg.max_per_category
+                for src in sources:
+                    if src[4] is not None and full[src[4] + 1].all():
+                        src[1] = len(src[0])  # every leaf category there is full: none fits
+
+        n_leaves = self._n_leaves
+        prim = np.asarray(primary, dtype=np.int64)
+        if len(prim):
+            if not np.isfinite(base).all():  # (nan_to_num costs more than the rest when idle)
+                base = np.nan_to_num(base, neginf=0.0)
+            admit(prim, 2.0 + np.clip(_norm(base), 0, 1))
+        if len(kept) < k:
+            self._fill_walk(
+                allowed, prim, parents, sources, admit,
+                short=lambda: len(kept) < k,
+                blocked=lambda items: capped(items) if capped is not None else np.zeros(len(items), bool),
+            )  # fmt: skip
+        ids = cat.item_ids
+        return [Rec(str(ids[i]), v, reason(i)) for i, v in zip(kept.tolist(), scores, strict=True)]
+
+    def _fill_walk(
+        self,
+        allowed: np.ndarray,
+        primary: np.ndarray,
+        parents: list[str],
+        sources: list[list[Any]],
+        admit: Callable[[np.ndarray, np.ndarray], None],
+        *,
+        short: Callable[[], bool],
+        blocked: Callable[[np.ndarray], np.ndarray],
+    ) -> None:
+        """The fill tiers of `_fill_rank`: feed `admit` every allowed non-primary item in
+        (value down, index up) order, in batches, while `short()`; items that `blocked` says the
+        block's brand / leaf caps already shut out are dropped on the way (diversify would skip
+        them)."""
+        cat = self.catalog
+        pop = self._pop_squashed
+        lifts: dict[str, int] = {}
+        for p in parents:
+            lifts[p] = lifts.get(p, 0) + 1
+        names = list(lifts)
+        if any(b.startswith(a + "/") for a in names for b in names):
+            raise _NeedsAllScores  # nested parents lift the inner one's items twice: dense path
+        members = [cat.prefix_items[p] for p in names]  # sorted item indices under each parent
+        orders = [self._fill_order(p) for p in names]
+        catalogue = self._fill_order(None)
+        everything = catalogue.items
+
+        def outside(items: np.ndarray) -> np.ndarray:
+            out = np.ones(len(items), dtype=bool)
+            for m in members:
+                out &= ~_in_sorted(m, items)
+            return out
+
+        def lifted(x: np.ndarray, times: int) -> np.ndarray:
+            for _ in range(times):  # _fill_vector's `fill[under] += 1.0`, once per source
+                x = x + 1.0
+            return x
+
+        # _squash(fill)'s extremes, exactly: the least popular item under no parent (every lifted
+        # value is >= 1 > any popularity squashed into [0, 1)), and the most lifted parent item.
+        lo = None
+        end, step = len(everything), 64
+        while end > 0 and lo is None:
+            part = everything[max(0, end - step) : end]
+            ok = np.flatnonzero(outside(part))
+            if len(ok):
+                lo = pop[part[ok[-1]]]
+            end, step = end - len(part), step * 2
+        if lo is None:
+            raise _NeedsAllScores  # the parents hold every item
+        hi = pop[everything[0]]
+        for o, p in zip(orders, names, strict=True):
+            hi = max(hi, lifted(pop[o.items[:1]], lifts[p])[0])
         if not hi > lo:
             raise _NeedsAllScores
-        m = self._candidate_reach(k)
-        top = order[:m]
-        top = top[~_in_sorted(parent, top)]
-        s = np.empty(n)  # _rank reads `support` entries only
-        s[parent] = ((pop[parent] + 1.0) - lo) / (hi - lo) * 0.999
-        s[top] = (pop[top] - lo) / (hi - lo) * 0.999
-        s[primary] = 2.0 + np.clip(_norm(np.nan_to_num(base[primary], neginf=0.0)), 0, 1)
-        in_top = self._popularity_rank()[primary] < m
-        extra = primary[~(_in_sorted(parent, primary) | in_top)]
-        support = np.concatenate([parent, top, extra])
-        # Items left out are neither primary nor in the parent, and no more popular than order[m].
-        bound = float((pop[order[m]] - lo) / (hi - lo) * 0.999) if n > m else None
-        return self._rank(s, allowed, k, reason=reason, support=support, bound=bound, normalise=False)
 
-    def _parents(self, src: list[int]) -> list[np.ndarray]:
-        """Each source's parent category items, as _fill_vector adds them."""
+        def value(items: np.ndarray, times: int) -> np.ndarray:
+            return (lifted(pop[items], times) - lo) / (hi - lo) * 0.999
+
+        prim_sorted = np.sort(primary)
+        sources += [[o.items, 0, 64, lifts[p], o.leaves] for o, p in zip(orders, names, strict=True)]
+        sources.append([everything, 0, 64, 0, catalogue.leaves])
+        pool, pool_v = np.zeros(0, dtype=np.int64), np.zeros(0)
+        while short():
+            live = [src for src in sources if src[1] < len(src[0])]
+            fronts = [float(value(src[0][src[1] : src[1] + 1], src[3])[0]) for src in live]
+            bound = max(fronts, default=-np.inf)  # no undrawn item has a higher value
+            if len(pool):
+                out = pool_v > bound
+                if out.any():
+                    admit(pool[out], pool_v[out])
+                    pool, pool_v = pool[~out], pool_v[~out]
+                    continue
+            if not live:
+                break
+            src = live[int(np.argmax(fronts))]
+            part = src[0][src[1] : src[1] + src[2]]
+            src[1], src[2] = src[1] + len(part), src[2] * 2
+            ok = allowed[part]
+            if len(prim_sorted):
+                ok &= ~_in_sorted(prim_sorted, part)
+            if src[3] == 0:
+                ok &= outside(part)
+            part = part[ok]
+            part = part[~blocked(part)]
+            if len(part):
+                pool = np.concatenate([pool, part])
+                pool_v = np.concatenate([pool_v, value(part, src[3])])
+
+    def _fill_order(self, parent: str | None) -> _FillOrder:
+        """The items under category prefix `parent` (None: every item) most popular first, as a
+        short bought-together block takes them; one per parent, kept in a bounded cache."""
+        got = self._fill_orders.get(parent)
+        if got is None:
+            items = self.catalog.prefix_items[parent] if parent is not None else np.arange(self.catalog.n)
+            items = items[np.argsort(-self._pop_squashed[items], kind="stable")]  # ties: lower index
+            leaves = np.unique(self.catalog.leaf[items])
+            got = _FillOrder(items, None if (leaves < 0).any() else leaves)
+            got.items.setflags(write=False)
+            self._fill_orders[parent] = got
+            if len(self._fill_orders) > 256:
+                self._fill_orders.popitem(last=False)
+        return got
+
+    def _parent_keys(self, src: list[int]) -> list[str]:
+        """Each source's parent category prefix (repeats kept), as _fill_vector lifts them."""
         out = []
         for i in src:
             path = self.catalog.categories[i]
             parent = path.rsplit("/", 1)[0] if "/" in path else path
-            under = self.catalog.prefix_items.get(parent) if parent else None
-            if under is not None:
-                out.append(under)
+            if parent and parent in self.catalog.prefix_items:
+                out.append(parent)
         return out
+
+    def _parents(self, src: list[int]) -> list[np.ndarray]:
+        """Each source's parent category items, as _fill_vector adds them."""
+        return [self.catalog.prefix_items[p] for p in self._parent_keys(src)]
 
     def similar_items(
         self, item_id: str, k: int, user_id: str | None = None, context: Context = Context()
@@ -689,16 +837,6 @@ class Engine:
                     pass
         return self._rank(base, allowed, k, boost=boost, boosted=boosted, tier=tier, reason=reason)
 
-    def _popularity_rank(self) -> np.ndarray:
-        """Each item's position in `_popularity_order(None)` (computed once)."""
-        if self._pop_rank is None:
-            order = self._popularity_order(None)
-            rank = np.empty_like(order)
-            rank[order] = np.arange(len(order))
-            rank.setflags(write=False)
-            self._pop_rank = rank
-        return self._pop_rank
-
     def _popularity_order(self, segment: str | None) -> np.ndarray:
         """Items most popular first (overall, or in `segment`), computed once per segment."""
         got = self._pop_orders.get(segment)
@@ -776,10 +914,12 @@ class Engine:
             return []
 
         def pick(c: int) -> np.ndarray:
-            """The top c of `s` among the allowed items (all of them when c covers them)."""
+            """The top c of `s` among the allowed items (all of them when c covers them), equal
+            values at the cut by lower index: argpartition alone takes an arbitrary few of them,
+            which then differ between the candidate-set and the dense ranking."""
             if pool is not None:
-                return pool if c >= len(pool) else pool[np.argpartition(-s[pool], c - 1)[:c]]
-            return np.argpartition(-s, c - 1)[:c] if c < n else np.flatnonzero(finite)
+                return pool if c >= len(pool) else pool[_top_by_index(s[pool], c, pool)]
+            return _top_by_index(s, c) if c < n else np.flatnonzero(finite)
 
         def certain() -> int:
             """How many of the top candidates are certain (all when nothing lies outside)."""
@@ -1204,6 +1344,21 @@ def _squash(x: np.ndarray) -> np.ndarray:
         x = np.nan_to_num(x, nan=0.0, neginf=0.0, posinf=0.0)
         lo, hi = x.min(), x.max()
     return (x - lo) / (hi - lo) * 0.999 if hi > lo else np.zeros_like(x)
+
+
+def _top_by_index(values: np.ndarray, c: int, index: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the c largest `values` (0 < c < len), equal values at the cut taken by lower
+    `index` (default: the position), so that the set is the first c of (value down, index up)."""
+    top = np.argpartition(-values, c - 1)[:c]
+    cut = values[top].min()
+    at_cut = values == cut
+    if np.count_nonzero(at_cut) == np.count_nonzero(values[top] == cut):
+        return top  # no tie straddles the cut
+    ties = np.flatnonzero(at_cut)
+    if index is not None:
+        ties = ties[np.argsort(index[ties], kind="stable")]
+    above = top[values[top] > cut]
+    return np.concatenate([above, ties[: c - len(above)]])
 
 
 def _keys(d: dict[int, str]) -> np.ndarray:

@@ -538,6 +538,9 @@ def _check_pruned_equals_dense(path: Path, caps: int) -> None:
     pruned = Engine.from_bundle(path, config=EngineConfig(prune_min_items=1, prune_block=32, **tight))
     dense = Engine.from_bundle(path, config=EngineConfig(prune_min_items=10**9, **tight))
     assert pruned._by_length is not None and dense._by_length is None
+    fallbacks = []  # bought-together answers the candidate walk left to the dense ranking
+    fill_vector = pruned._fill_vector
+    pruned._fill_vector = lambda src: fallbacks.append(src) or fill_vector(src)  # type: ignore[method-assign]
 
     items = pruned.catalog.item_ids.astype(str)
     users = pd.read_parquet(path / "context" / "profiles.parquet")["user_id"].astype(str).tolist()[:120]
@@ -563,6 +566,9 @@ def _check_pruned_equals_dense(path: Path, caps: int) -> None:
             assert pruned.recommend(uid, k, cx, now=NOW) == dense.recommend(uid, k, cx, now=NOW)
         it = items[(j * 31) % len(items)]
         assert pruned.bought_together([it], 10, uid) == dense.bought_together([it], 10, uid)
+        cart = [it, items[(j * 17) % len(items)], items[(j * 29 + 5) % len(items)]][: 2 + j % 2]
+        for k in (10, 40):  # k=40: past the complements, into the parents' and popular items
+            assert pruned.bought_together(cart, k, uid) == dense.bought_together(cart, k, uid)
         assert pruned.popular(10, segment="active") == dense.popular(10, segment="active")
         user = pruned._users.get(uid)
         if user is not None and user.midx >= 0:
@@ -571,3 +577,4 @@ def _check_pruned_equals_dense(path: Path, caps: int) -> None:
                 len(pruned._by_length.scan(pruned._user_factors[user.midx], allowed, 40, 32).items)
             )
     assert np.median(scanned) < 0.7 * pruned.catalog.n  # the pruning is real, not a full scan
+    assert fallbacks == []

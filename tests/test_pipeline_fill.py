@@ -1,0 +1,95 @@
+"""Bought-together without a pass over the catalogue (Engine._fill_rank) gives exactly the blocks
+of the dense ranking: same items, order, score bits and reasons, for single items and carts.
+
+The tiny shop of tests/test_pipeline.py is small enough to try every item and every cart of two or
+three items, under each request rule (size, gender, cart, a customer's purchases) and with
+tight brand / leaf caps, so the fill tiers (the parents' items, then the rest by popularity) and
+the "all leaf categories of a parent are full" skip are all exercised.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.pipeline import Context, Engine, EngineConfig, _top_by_index
+from tests.test_pipeline import ITEMS, write_tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_bundle(tmp_path_factory.mktemp("fill"))
+
+
+def _engines(path: Path, caps: int) -> tuple[Engine, Engine, dict[str, int]]:
+    """(candidate-set engine, dense engine, call counts of the pruned one's paths)."""
+    tight = {"max_per_brand": caps, "max_per_category": caps}
+    pruned = Engine.from_bundle(path, config=EngineConfig(prune_min_items=1, **tight))
+    dense = Engine.from_bundle(path, config=EngineConfig(prune_min_items=10**9, **tight))
+    calls = {"dense": 0, "fill_walk": 0}
+    fill_vector, fill_walk = pruned._fill_vector, pruned._fill_walk
+
+    def counted_fill_vector(*a, **kw):  # only the dense bought-together path builds the vector
+        calls["dense"] += 1
+        return fill_vector(*a, **kw)
+
+    def counted_fill_walk(*a, **kw):
+        calls["fill_walk"] += 1
+        return fill_walk(*a, **kw)
+
+    pruned._fill_vector = counted_fill_vector  # type: ignore[method-assign]
+    pruned._fill_walk = counted_fill_walk  # type: ignore[method-assign]
+    return pruned, dense, calls
+
+
+@pytest.mark.parametrize("caps", [3, 1])
+def test_bought_together_candidate_walk_equals_dense_for_items_and_carts(tiny: Path, caps: int) -> None:
+    pruned, dense, calls = _engines(tiny, caps)
+    names = [row[0] for row in ITEMS]
+    carts = [[x] for x in names] + [list(c) for r in (2, 3) for c in itertools.combinations(names, r)]
+    contexts = [
+        Context(),
+        Context(size="M"),
+        Context(gender="men", cart=("scoop",)),
+        Context(size="S", gender="women"),
+    ]
+    compared = 0
+    for j, cart in enumerate(carts):
+        for k in (1, 3, 5, 13):
+            cx = contexts[j % len(contexts)]
+            user = ("alice", None, "carl")[j % 3]
+            got = pruned.bought_together(cart, k, user, cx)
+            want = dense.bought_together(cart, k, user, cx)
+            assert got == want, (cart, k, user, cx)
+            assert [r.score for r in got] == [r.score for r in want]  # (== on floats: same bits)
+            compared += 1
+    assert calls["dense"] == 0  # every answer came from the candidate walk, none from the fallback
+    assert calls["fill_walk"] > compared // 4  # and the fill tiers were walked, not only complements
+
+
+def test_carts_with_repeated_parents_lift_them_once_per_source(tiny: Path) -> None:
+    # Two sources under pets/cats lift its items by 1.0 twice, as the dense fill vector does.
+    pruned, dense, calls = _engines(tiny, 1)
+    for cart in (["lbox_a", "catfood"], ["lbox_a", "lbox_b", "cattoy"], ["lbox_new", "dogtoy", "catfood"]):
+        for k in (4, 8, 12):
+            assert pruned.bought_together(cart, k) == dense.bought_together(cart, k)
+    assert calls["dense"] == 0 and calls["fill_walk"] > 0
+
+
+def test_top_by_index_takes_equal_values_at_the_cut_by_lower_index() -> None:
+    # argpartition alone returns an arbitrary few of the tied values; the dense and candidate-set
+    # rankings then disagree on which equal-scored complements a cart's block shows.
+    values = np.array([3.0, 1.0, 3.0, 2.0, 3.0, 3.0, 0.5, 3.0])
+    assert sorted(_top_by_index(values, 3).tolist()) == [0, 2, 4]
+    assert sorted(_top_by_index(values, 6).tolist()) == [0, 2, 3, 4, 5, 7]
+    index = np.array([70, 10, 60, 5, 20, 30, 1, 0])  # ties by the item index given, not position
+    assert sorted(index[_top_by_index(values, 2, index)].tolist()) == [0, 20]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        v = rng.integers(0, 4, size=40).astype(np.float64)
+        c = int(rng.integers(1, 40))
+        want = np.lexsort((np.arange(40), -v))[:c]
+        assert sorted(_top_by_index(v, c).tolist()) == sorted(want.tolist())
