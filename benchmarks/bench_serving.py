@@ -11,6 +11,9 @@ started alone with `bentoml serve` / uvicorn on a free loopback port and load-te
 - `shoprec-nolog`         the same without an access log (SHOPREC_ACCESS_LOG=0);
 - `shoprec-traced`        the same with BentoML's per-request OpenTelemetry span on
                           (SHOPREC_TRACING=1, the BentoML default; shoprec turns it off);
+- `shoprec-bentoml-dispatch`  `shoprec` with every request dispatched by BentoML's own routing and
+                          IO descriptors (SHOPREC_DIRECT=0); by default the guard middleware
+                          answers the read endpoints itself (serving.service.answer_direct);
 - `shoprec-2workers`      `shoprec` with two worker processes (SHOPREC_WORKERS=2), one per core:
                           a deployment setting, not compared with the one-worker minimal services;
 - `minimal-bentoml`       a one-endpoint BentoML service, `async def` like shoprec's endpoints: dot
@@ -426,6 +429,7 @@ def bench_shop(name: str, bundle: Path, seconds: float, servers: tuple[str, ...]
                 "SHOPREC_ACCESS_LOG": "0" if kind == "shoprec-nolog" else "1",
                 "SHOPREC_TRACING": "1" if kind == "shoprec-traced" else "0",
                 "SHOPREC_WORKERS": "2" if kind == "shoprec-2workers" else "1",
+                "SHOPREC_DIRECT": "0" if kind == "shoprec-bentoml-dispatch" else "1",
             }
             routes.append("/bought_together")
         launch = (
@@ -475,6 +479,7 @@ def main(quick: bool = False) -> dict:
             "shoprec",
             "shoprec-nolog",
             "shoprec-traced",
+            "shoprec-bentoml-dispatch",
             "shoprec-2workers",
             "minimal-bentoml",
             "minimal-bentoml-lean",
