@@ -111,6 +111,35 @@ class NormOrdered:
         scores = self._tail_bits(items, np.concatenate(parts), q)
         return Scan(items, scores, None if start >= n else bound)
 
+    def rescan(self, approx: np.ndarray, query: np.ndarray, allowed: np.ndarray, need: int) -> Scan | None:
+        """A `scan` from approximate scores `approx` of the first len(approx) items in length order
+        (a matrix product for many queries at once: it rounds differently from the matrix-vector
+        product, but by far less than `_SLACK` x |query| x the longest item). Only the allowed
+        items whose approximate score may reach the `need`-th best allowed one are scored, exactly
+        (the bits of `item_factors @ query`); every allowed item left unscored scores at most the
+        bound, and at least `need` scored ones above it. None when the prefix cannot make `need`
+        allowed items certain (then `scan`)."""
+        q = np.asarray(query, dtype=np.float32)
+        q_len = float(np.linalg.norm(q.astype(np.float64)))
+        m = len(approx)
+        need = max(int(need), 1)
+        items = self.order[:m]
+        ok = allowed[items]
+        good = approx[ok]
+        if len(good) < need:
+            return None
+        kth = float(np.partition(good, len(good) - need)[len(good) - need])
+        # |approximate - exact| <= d * 2**-24 * |item| * |query| for float32 dot products of d terms;
+        # delta also covers rounding the threshold below to float32 (a relative 2**-24).
+        slack = max(_SLACK, 4.0 * len(q) * 2.0**-24)
+        delta = q_len * float(self.lengths[0]) * slack
+        beyond = q_len * float(self.lengths[m]) * (1.0 + _SLACK) if m < self.n else -np.inf
+        bound = max(kth - 2.0 * delta, beyond)
+        if not kth - delta > bound:
+            return None  # the unscored items (past the prefix) may reach the top `need`
+        chosen = items[np.flatnonzero(ok & (approx > np.float32(bound - 2.0 * delta)))]
+        return Scan(chosen, self.score(chosen, q), bound)
+
     def score(self, items: np.ndarray, query: np.ndarray) -> np.ndarray:
         """The scores of `items` (any item indices) with the bits of `item_factors @ query`."""
         items = np.asarray(items, dtype=np.int64)

@@ -68,3 +68,36 @@ def test_products_over_any_rows_keep_the_full_products_bits() -> None:
 def test_build_refuses_what_it_cannot_score_exactly() -> None:
     with pytest.raises(ValueError, match="float32"):
         NormOrdered.build(np.ones((4, 3), dtype=np.float64))
+
+
+@pytest.mark.parametrize("prefix", [256, 1003])
+def test_rescan_from_a_batch_products_scores_gives_the_exact_top(prefix: int) -> None:
+    # recommend_batch scores many users' longest items with one matrix product, which rounds
+    # differently from a single user's matrix-vector product: those scores only choose which items
+    # to score exactly, so the top `need` are still the bits of scoring everything.
+    n = 1003
+    x = _skewed_factors(n)
+    index = NormOrdered.build(x)
+    rng = np.random.default_rng(4)
+    queries = (rng.standard_normal((60, x.shape[1])) * 0.1 + x[:60]).astype(np.float32)
+    approx = queries @ index.factors[:prefix].T  # (queries, prefix): the batch product
+    assert not np.array_equal(approx[0], index.factors[:prefix] @ queries[0])  # really other bits
+    answered = 0
+    for j, q in enumerate(queries):
+        allowed = rng.random(n) > 0.3
+        need = int(rng.integers(1, 40))
+        got = index.rescan(approx[j], q, allowed, need)
+        if got is None:  # the prefix cannot make the top certain: the caller scans
+            assert prefix < n
+            continue
+        answered += 1
+        full = x @ q
+        assert np.array_equal(got.scores, full[got.items])  # exact bits
+        assert allowed[got.items].all()
+        ok = np.flatnonzero(allowed)
+        assert _top(got.items, got.scores, need) == _top(ok, full[ok], need)
+        rest = np.setdiff1d(ok, got.items)
+        assert not len(rest) or full[rest].max() <= got.bound  # nothing unscored reaches the bound
+        assert np.count_nonzero(got.scores > got.bound) >= need
+        assert len(got.items) < len(ok) / 2  # only the few near the top are scored exactly
+    assert answered >= (50 if prefix == n else 10)  # a short prefix leaves some to the scan
