@@ -434,10 +434,12 @@ class Engine:
         primary = touched[keep]
         titles = cat.titles
 
+        source_of = dict(zip(touched.tolist(), source.tolist(), strict=True))
+
         def reason(i: int) -> str:
-            j = int(np.searchsorted(touched, i)) if len(touched) else 0
-            if j < len(touched) and touched[j] == i and source[j] >= 0:
-                return f"bought together with {titles[source[j]]}"
+            s = source_of.get(i, -1)
+            if s >= 0:
+                return f"bought together with {titles[s]}"
             return f"popular in {_label(cat.categories[i])}"
 
         # Complements first; popular items of the sources' categories fill a short block.
