@@ -465,13 +465,14 @@ class Engine:
         """`_rank(b, allowed, k, primary=primary, fill=_fill_vector(src))` without a pass over the
         catalogue, where b[primary] = `base` (the allowed complements and their summed scores) and
         `parents` are the sources' parent categories (one per source, repeats kept). Raises
-        _NeedsAllScores when two parents are nested or the fill cannot be normalised.
+        _NeedsAllScores when the fill cannot be normalised (every item under a parent).
 
         That dense ranking walks every allowed item in one order (value down, lower index first:
         what its doubling candidate sets give `diversify`) and keeps the first k that fit the brand
         and leaf caps. The order has three tiers that never interleave: the primary items (values
         in [2, 3]); the parents' items, lifted by 1.0 once per source under the parent (values by
-        lift, then popularity); every other item (by popularity, values in [0, 1)). So the walk
+        lift, then popularity; an item under nested parents is lifted for each); every other item
+        (by popularity, values in [0, 1)). So the walk
         here takes the primary items, and only when they leave the block short draws more, most
         popular first, from each parent's precomputed order (`_fill_order`, built once per parent)
         and from the catalogue's, passing on to `diversify` only items that no undrawn item can
@@ -484,7 +485,7 @@ class Engine:
         kept = np.zeros(0, dtype=np.int64)
         scores: list[float] = []
         capped: Callable[[np.ndarray], np.ndarray] | None = None
-        sources: list[list[Any]] = []  # [order, next position, next chunk, lifts, leaves or None]
+        sources: list[list[Any]] = []  # filled by _fill_walk
 
         def admit(items: np.ndarray, vals: np.ndarray) -> None:
             """Walk on from the block so far through `items`, which no undrawn item can outrank."""
@@ -540,22 +541,38 @@ class Engine:
         them)."""
         cat = self.catalog
         pop = self._pop_squashed
-        lifts: dict[str, int] = {}
+        counts: dict[str, int] = {}
         for p in parents:
-            lifts[p] = lifts.get(p, 0) + 1
-        names = list(lifts)
-        if any(b.startswith(a + "/") for a in names for b in names):
-            raise _NeedsAllScores  # nested parents lift the inner one's items twice: dense path
+            counts[p] = counts.get(p, 0) + 1
+        names = list(counts)
+        # Category prefixes nest or are disjoint. An item under nested parents is lifted once per
+        # source under each of them, and drawn from the innermost parent's order only.
+        lifts = [sum(c for q, c in counts.items() if p == q or p.startswith(q + "/")) for p in names]
+        inner = [[cat.prefix_items[q] for q in names if q.startswith(p + "/")] for p in names]
         members = [cat.prefix_items[p] for p in names]  # sorted item indices under each parent
         orders = [self._fill_order(p) for p in names]
         catalogue = self._fill_order(None)
         everything = catalogue.items
 
-        def outside(items: np.ndarray) -> np.ndarray:
+        def outside(items: np.ndarray, under: list[np.ndarray]) -> np.ndarray:
             out = np.ones(len(items), dtype=bool)
-            for m in members:
+            for m in under:
                 out &= ~_in_sorted(m, items)
             return out
+
+        def first(order: np.ndarray, under: list[np.ndarray], from_end: bool = False) -> np.ndarray:
+            """The first (or last) item of `order` under none of `under`; empty when none is."""
+            pos, step = 0, 64
+            while pos < len(order):
+                if from_end:
+                    part = order[max(0, len(order) - pos - step) : len(order) - pos]
+                else:
+                    part = order[pos : pos + step]
+                ok = np.flatnonzero(outside(part, under))
+                if len(ok):
+                    return part[ok[-1:]] if from_end else part[ok[:1]]
+                pos, step = pos + len(part), step * 2
+            return order[:0]
 
         def lifted(x: np.ndarray, times: int) -> np.ndarray:
             for _ in range(times):  # _fill_vector's `fill[under] += 1.0`, once per source
@@ -564,19 +581,18 @@ class Engine:
 
         # _squash(fill)'s extremes, exactly: the least popular item under no parent (every lifted
         # value is >= 1 > any popularity squashed into [0, 1)), and the most lifted parent item.
-        lo = None
-        end, step = len(everything), 64
-        while end > 0 and lo is None:
-            part = everything[max(0, end - step) : end]
-            ok = np.flatnonzero(outside(part))
-            if len(ok):
-                lo = pop[part[ok[-1]]]
-            end, step = end - len(part), step * 2
-        if lo is None:
+        least = first(everything, members, from_end=True)
+        if not len(least):
             raise _NeedsAllScores  # the parents hold every item
+        lo = pop[least[0]]
         hi = pop[everything[0]]
-        for o, p in zip(orders, names, strict=True):
-            hi = max(hi, lifted(pop[o.items[:1]], lifts[p])[0])
+        # [order, next position, next chunk, lifts, leaf codes or None, parents drawn elsewhere]
+        sources += [[everything, 0, 64, 0, catalogue.leaves, members]]
+        for o, times, under in zip(orders, lifts, inner, strict=True):
+            top = first(o.items, under)
+            if len(top):  # (else every item of the parent lies in inner ones)
+                hi = max(hi, lifted(pop[top], times)[0])
+                sources.append([o.items, 0, 64, times, o.leaves, under])
         if not hi > lo:
             raise _NeedsAllScores
 
@@ -584,8 +600,6 @@ class Engine:
             return (lifted(pop[items], times) - lo) / (hi - lo) * 0.999
 
         prim_sorted = np.sort(primary)
-        sources += [[o.items, 0, 64, lifts[p], o.leaves] for o, p in zip(orders, names, strict=True)]
-        sources.append([everything, 0, 64, 0, catalogue.leaves])
         pool, pool_v = np.zeros(0, dtype=np.int64), np.zeros(0)
         while short():
             live = [src for src in sources if src[1] < len(src[0])]
@@ -605,8 +619,8 @@ class Engine:
             ok = allowed[part]
             if len(prim_sorted):
                 ok &= ~_in_sorted(prim_sorted, part)
-            if src[3] == 0:
-                ok &= outside(part)
+            if src[5]:
+                ok &= outside(part, src[5])
             part = part[ok]
             part = part[~blocked(part)]
             if len(part):

@@ -10,9 +10,11 @@ the "all leaf categories of a parent are full" skip are all exercised.
 from __future__ import annotations
 
 import itertools
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from serving.pipeline import Context, Engine, EngineConfig, _top_by_index
@@ -22,6 +24,19 @@ from tests.test_pipeline import ITEMS, write_tiny_bundle
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_bundle(tmp_path_factory.mktemp("fill"))
+
+
+@pytest.fixture(scope="module")
+def nested(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny shop with a shallower tree in places: the cat toy sits in 'pets/cats' and the dog
+    toy and leash in 'pets', so a cart's parents can nest ('pets' holds 'pets/cats')."""
+    path = tmp_path_factory.mktemp("nested") / "bundle"
+    shutil.copytree(tiny, path)
+    items = pd.read_parquet(path / "context" / "items.parquet")
+    moved = {"cattoy": "pets/cats", "dogtoy": "pets", "leash": "pets"}
+    items["category"] = [moved.get(i, c) for i, c in zip(items["item_id"], items["category"], strict=True)]
+    items.to_parquet(path / "context" / "items.parquet", index=False)
+    return path
 
 
 def _engines(path: Path, caps: int) -> tuple[Engine, Engine, dict[str, int]]:
@@ -45,9 +60,11 @@ def _engines(path: Path, caps: int) -> tuple[Engine, Engine, dict[str, int]]:
     return pruned, dense, calls
 
 
-@pytest.mark.parametrize("caps", [3, 1])
-def test_bought_together_candidate_walk_equals_dense_for_items_and_carts(tiny: Path, caps: int) -> None:
-    pruned, dense, calls = _engines(tiny, caps)
+@pytest.mark.parametrize(("shop", "caps"), [("tiny", 3), ("tiny", 1), ("nested", 3), ("nested", 1)])
+def test_bought_together_candidate_walk_equals_dense_for_items_and_carts(
+    shop: str, caps: int, request: pytest.FixtureRequest
+) -> None:
+    pruned, dense, calls = _engines(request.getfixturevalue(shop), caps)
     names = [row[0] for row in ITEMS]
     carts = [[x] for x in names] + [list(c) for r in (2, 3) for c in itertools.combinations(names, r)]
     contexts = [
@@ -56,8 +73,10 @@ def test_bought_together_candidate_walk_equals_dense_for_items_and_carts(tiny: P
         Context(gender="men", cart=("scoop",)),
         Context(size="S", gender="women"),
     ]
-    compared = 0
+    compared = nesting = 0
     for j, cart in enumerate(carts):
+        parents = set(pruned._parent_keys([pruned.catalog.index[x] for x in cart]))
+        nesting += any(b.startswith(a + "/") for a in parents for b in parents)
         for k in (1, 3, 5, 13):
             cx = contexts[j % len(contexts)]
             user = ("alice", None, "carl")[j % 3]
@@ -68,6 +87,7 @@ def test_bought_together_candidate_walk_equals_dense_for_items_and_carts(tiny: P
             compared += 1
     assert calls["dense"] == 0  # every answer came from the candidate walk, none from the fallback
     assert calls["fill_walk"] > compared // 4  # and the fill tiers were walked, not only complements
+    assert (nesting > 0) == (shop == "nested")  # carts whose parents nest ('pets' > 'pets/cats')
 
 
 def test_carts_with_repeated_parents_lift_them_once_per_source(tiny: Path) -> None:
