@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,17 @@ class Catalog:
     @property
     def n(self) -> int:
         return len(self.item_ids)
+
+    @cached_property
+    def brand_slots(self) -> int:
+        """Brand codes + 1 (slot 0: unknown brand): the size of a per-brand table, found once,
+        not by a pass over every item in each request (diversify runs in every block)."""
+        return int(self.brand.max(initial=-1)) + 2
+
+    @cached_property
+    def leaf_slots(self) -> int:
+        """Leaf category codes + 1 (slot 0: unknown category), as `brand_slots`."""
+        return int(self.leaf.max(initial=-1)) + 2
 
     def title(self, i: int) -> str:
         return str(self.titles[i])
@@ -319,8 +331,8 @@ def capped(
     """A test `items -> bool array`: which of `items` have a brand or leaf category that `kept`
     already fills to its cap (so diversify would skip them). Unknown brand/category never fills."""
     kept = np.asarray(kept, dtype=np.int64)
-    b = np.bincount(cat.brand[kept] + 1, minlength=int(cat.brand.max(initial=-1)) + 2)
-    c = np.bincount(cat.leaf[kept] + 1, minlength=int(cat.leaf.max(initial=-1)) + 2)
+    b = np.bincount(cat.brand[kept] + 1, minlength=cat.brand_slots)
+    c = np.bincount(cat.leaf[kept] + 1, minlength=cat.leaf_slots)
     brand_full, leaf_full = b >= max_per_brand, c >= max_per_category
     brand_full[0] = leaf_full[0] = False
 
@@ -346,8 +358,8 @@ def diversify(
     leaf_n: dict[int, int] = {}
     kept: list[int] = []
     # Codes shifted by one, so that -1 (unknown, never capped) is slot 0 and never marked full.
-    brand_full = np.zeros(int(cat.brand.max(initial=-1)) + 2, dtype=bool)
-    leaf_full = np.zeros(int(cat.leaf.max(initial=-1)) + 2, dtype=bool)
+    brand_full = np.zeros(cat.brand_slots, dtype=bool)
+    leaf_full = np.zeros(cat.leaf_slots, dtype=bool)
     pos, step = 0, max(4 * k, 64)
     while pos < len(ordered) and len(kept) < k:
         part = ordered[pos : pos + step]

@@ -38,11 +38,14 @@ def tail_items(n: int) -> np.ndarray:
 class Scan:
     """Scores of a prefix of the items in decreasing-length order. `items`/`scores` are every
     scored item (allowed or not) and its exact score; no unscored item scores above `bound`
-    (None when every item was scored), and at least `need` allowed scored items score above it."""
+    (None when every item was scored), and at least `need` allowed scored items score above it.
+    `prefix`: `items` are the first len(items) items in length order (`NormOrdered.order`), so
+    an item's score is at its `NormOrdered.position`."""
 
     items: np.ndarray
     scores: np.ndarray
     bound: float | None
+    prefix: bool = False
 
     @property
     def complete(self) -> bool:
@@ -109,7 +112,7 @@ class NormOrdered:
                     break
         items = self.order[:start]
         scores = self._tail_bits(items, np.concatenate(parts), q)
-        return Scan(items, scores, None if start >= n else bound)
+        return Scan(items, scores, None if start >= n else bound, prefix=True)
 
     def rescan(self, approx: np.ndarray, query: np.ndarray, allowed: np.ndarray, need: int) -> Scan | None:
         """A `scan` from approximate scores `approx` of the first len(approx) items in length order

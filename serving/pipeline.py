@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 MAX_K = 1000
 _FILL_ORDERS = 256  # parent categories whose bought-together fill order is kept
+# Context masks (stock in the size(s), gender) kept: n bytes each, 12.8 MB at 100k items.
+_CONTEXT_MASKS = 128
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,40 @@ class _FillOrder(NamedTuple):
 
     items: np.ndarray
     leaves: np.ndarray | None  # the leaf categories among them; None when some item has none
+
+
+class _Boost:
+    """A request's boosts (complements, session, re-buy) of a few dozen items, kept sparse: a
+    catalogue-sized float64 array per request (800 KB at 100k items) cost more to allocate and
+    zero than every boost together. `add` sums in float64 exactly as `dense[ids] += vals` on a
+    zeroed array does (same operands, a repeated id takes its last value), and `at` reads back what
+    that array holds, so rankings keep their bits."""
+
+    __slots__ = ("_v",)
+
+    def __init__(self) -> None:
+        self._v: dict[int, float] = {}
+
+    def add(self, ids: np.ndarray, vals: np.ndarray | float) -> None:
+        ids_l = np.asarray(ids, dtype=np.int64).tolist()
+        vals_l = np.broadcast_to(np.asarray(vals, dtype=np.float64), (len(ids_l),)).tolist()
+        v = self._v
+        self._v.update([(i, v.get(i, 0.0) + x) for i, x in zip(ids_l, vals_l, strict=True)])
+
+    def at(self, items: np.ndarray) -> np.ndarray:
+        """(len(items),) float64 boosts of `items` (sorted ascending, unique), 0 where none."""
+        out = np.zeros(len(items))
+        if self._v and len(items):
+            keys = np.fromiter(self._v.keys(), dtype=np.int64, count=len(self._v))
+            vals = np.fromiter(self._v.values(), dtype=np.float64, count=len(self._v))
+            pos = np.minimum(np.searchsorted(items, keys), len(items) - 1)
+            hit = items[pos] == keys
+            out[pos[hit]] = vals[hit]
+        return out
+
+    def nonzero(self) -> np.ndarray:
+        """The boosted items, ascending (np.flatnonzero of the dense array)."""
+        return np.sort(np.fromiter((i for i, x in self._v.items() if x != 0), dtype=np.int64))
 
 
 def _label(category: str) -> str:
@@ -262,6 +299,11 @@ class Engine:
 
         self._pop_squashed = _squash(self._pop)
         self._pop_orders: dict[str | None, np.ndarray] = {}
+        self._pop_ranks: dict[str | None, np.ndarray] = {}
+        # Context masks by (size, learned sizes, gender): they depend on nothing else (the stock
+        # table is fixed at load), so a request copies one instead of recomputing it.
+        self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._masks_lock = threading.Lock()
         self._fill_orders: OrderedDict[str, _FillOrder] = OrderedDict()
         self._fill_all: _FillOrder | None = None  # the whole catalogue's
         self._n_leaves = int(cat.leaf.max(initial=-1)) + 2  # leaf codes + 1 (0: no leaf)
@@ -442,7 +484,7 @@ class Engine:
         allowed[src] = False
         allowed[cart] = False
         if personal:
-            allowed &= ~self._purchased_mask(user, [], time.time())[0]
+            allowed[self._purchased(user, [], time.time())[0]] = False
         keep = (agg > 0) & allowed[touched]
         primary = touched[keep]
         titles = cat.titles
@@ -780,15 +822,15 @@ class Engine:
             row, seq = self._history(user, fresh)
             scores = self._model_scores(user.midx, row, seq)
         allowed = self._context_mask(context, user)
-        out, due = self._purchased_mask(user, fresh, now)
-        allowed &= ~out
+        out, due = self._purchased(user, fresh, now)
+        allowed[out] = False
         cur = cat.idx(context.current_item)
         cart = _known(cat, context.cart)
         allowed[cart] = False
         if cur is not None:
             allowed[cur] = False
 
-        boost = np.zeros(cat.n)
+        boost = _Boost()
         reasons: dict[int, str] = {}
         # Complements of the cart, the current item and fresh purchases: "bought together with".
         anchors = (
@@ -799,7 +841,7 @@ class Engine:
         comp_of_current = self._add_complement_boost(anchors, boost, reasons)
         self._add_session_boost(fresh, boost, reasons)
         if len(due):
-            boost[due] += cfg.rebuy_boost
+            boost.add(due, cfg.rebuy_boost)
             for i in due.tolist():
                 reasons[i] = "buy it again"
         tier = (
@@ -829,7 +871,7 @@ class Engine:
         midx: int,
         allowed: np.ndarray,
         k: int,
-        boost: np.ndarray,
+        boost: _Boost,
         boosted: np.ndarray,
         reason: Callable[[int], str],
         ahead: np.ndarray | None = None,
@@ -859,20 +901,54 @@ class Engine:
         u: np.ndarray,
         allowed: np.ndarray,
         k: int,
-        boost: np.ndarray,
+        boost: _Boost,
         boosted: np.ndarray,
         reason: Callable[[int], str],
     ) -> list[Rec]:
-        """`_rank` over the items `scan` scored exactly, plus the boosted items (scored here)."""
-        base = np.full(self.catalog.n, -np.inf, dtype=np.float32)
-        base[scan.items] = scan.scores
-        missing = boosted[np.isneginf(base[boosted])]
+        """`_rank` over the items `scan` scored exactly, plus the boosted items (scored here).
+        The scores stay beside their items (`support_scores`, `lookup`), not in a catalogue-sized
+        -inf array: filling that array and scattering thousands of scores into it cost more than
+        the ranking's own reads."""
+        by_length = self._by_length
+        if scan.prefix:  # an item's score is at its place in length order
+            m = len(scan.items)
+            position = by_length.position
+
+            def known(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                at = position[items]
+                hit = at < m
+                return hit, scan.scores[at[hit]]
+
+            at_scan = known
+        else:
+            order = np.argsort(scan.items, kind="stable")
+            at_scan = _sorted_lookup(scan.items[order], scan.scores[order])
+        hit, _ = at_scan(boosted)
+        missing = boosted[~hit]
         if len(missing):  # boosted items may jump the queue: score them exactly too
-            base[missing] = self._by_length.score(missing, u)
-        support = np.concatenate([scan.items, missing]) if len(missing) else scan.items
+            m_order = np.argsort(missing, kind="stable")
+            at_missing = _sorted_lookup(missing[m_order], by_length.score(missing, u)[m_order])
+        else:
+            at_missing = None
+
+        def lookup(items: np.ndarray) -> np.ndarray:
+            out = np.full(len(items), -np.inf, dtype=np.float32)
+            hit, vals = at_scan(items)
+            out[hit] = vals
+            if at_missing is not None and not hit.all():
+                rest = np.flatnonzero(~hit)
+                hit2, vals2 = at_missing(items[rest])
+                out[rest[hit2]] = vals2
+            return out
+
+        if len(missing):
+            support = np.concatenate([scan.items, missing])
+            support_scores = np.concatenate([scan.scores, lookup(missing)])
+        else:
+            support, support_scores = scan.items, scan.scores
         return self._rank(
-            base, allowed, k, boost=boost, boosted=boosted, reason=reason,
-            support=support, bound=scan.bound,
+            None, allowed, k, boost=boost, boosted=boosted, reason=reason,
+            support=support, support_scores=support_scores, lookup=lookup, bound=scan.bound,
         )  # fmt: skip
 
     def _popular_block(
@@ -889,16 +965,16 @@ class Engine:
         allowed = self._context_mask(context, user)
         if category:
             under = cat.prefix_items.get(category.strip("/"))
-            if under is not None:
-                only = np.zeros(cat.n, dtype=bool)
-                only[under] = True
-                allowed &= only
+            if under is not None:  # only the items under it (without another n-sized mask)
+                keep = allowed[under]
+                allowed[:] = False
+                allowed[under] = keep
         cur = cat.idx(context.current_item)
         cart = _known(cat, context.cart)
         allowed[cart] = False
         if cur is not None:
             allowed[cur] = False
-        boost = np.zeros(cat.n)
+        boost = _Boost()
         reasons: dict[int, str] = {}
         fresh = [e for e in events if e.item_id in cat.index]
         if fresh:
@@ -921,10 +997,14 @@ class Engine:
         if tier is None and not category and cat.n >= self.config.prune_min_items:
             # Popularity is fixed: its most popular items (and the boosted ones) hold the top of
             # the block, unless the rules leave too few of them (then every item is ranked).
-            order = self._popularity_order(segment if base is not self._pop else None)
+            key = segment if base is not self._pop else None
+            order = self._popularity_order(key)
             m = self._candidate_reach(k)
             if len(order) > m:
-                support = np.concatenate([order[:m], boosted[~np.isin(boosted, order[:m])]])
+                # The boosted items outside the first m: by their place in the order (np.isin
+                # here built an n-sized table per request).
+                outside = boosted[self._popularity_rank(key)[boosted] >= m] if len(boosted) else boosted
+                support = np.concatenate([order[:m], outside])
                 try:
                     return self._rank(
                         base, allowed, k, boost=boost, boosted=boosted, reason=reason,
@@ -944,6 +1024,17 @@ class Engine:
             self._pop_orders[segment] = got
         return got
 
+    def _popularity_rank(self, segment: str | None) -> np.ndarray:
+        """(n,) each item's place in `_popularity_order(segment)`, computed once per segment."""
+        got = self._pop_ranks.get(segment)
+        if got is None:
+            order = self._popularity_order(segment)
+            got = np.empty(len(order), dtype=np.int64)
+            got[order] = np.arange(len(order))
+            got.setflags(write=False)
+            self._pop_ranks[segment] = got
+        return got
+
     # -- ranking -----------------------------------------------------------------------------------
     def _first_candidates(self, k: int) -> int:
         """How many candidates `_rank` orders first for a block of k (grown when diversity cuts)."""
@@ -961,12 +1052,14 @@ class Engine:
         k: int,
         *,
         reason: Callable[[int], str],
-        boost: np.ndarray | None = None,
+        boost: _Boost | None = None,
         boosted: np.ndarray | None = None,
         tier: np.ndarray | None = None,
         primary: np.ndarray | None = None,
         fill: np.ndarray | None = None,
         support: np.ndarray | None = None,
+        support_scores: np.ndarray | None = None,
+        lookup: Callable[[np.ndarray], np.ndarray] | None = None,
         bound: float | None = None,
         normalise: bool = True,
     ) -> list[Rec]:
@@ -983,15 +1076,20 @@ class Engine:
         catalogue. `bound`: no allowed item outside `support` has a `base` above it (None: support
         holds them all), so only the items of `support` above it are certain to be the catalogue's
         best (serving/mips.py); needing deeper raises _NeedsAllScores. `normalise=False`: `base`
-        already holds the final values, as the `primary` path makes them."""
+        already holds the final values, as the `primary` path makes them. With `support`, `base`
+        may be None when `support_scores` (aligned with `support`) and `lookup` (items of
+        `support` -> their `base` values, -inf for any other item) stand in for it."""
         cfg = self.config
         n = allowed.size
         pool: np.ndarray | None = None  # with `support`: the allowed items that have a score
+        pool_s: np.ndarray | None = None  # ... and their `base` values
         finite: np.ndarray | None = None
+        s = base
         if support is not None:
-            pool = support[allowed[support]]
-            pool = pool[np.isfinite(base[pool])]
-            s = base
+            if support_scores is None:
+                support_scores = base[support]
+            keep = allowed[support] & np.isfinite(support_scores)
+            pool, pool_s = support[keep], support_scores[keep]
             n_allowed = len(pool)
         elif primary is not None:
             # Primary items score in [2, 3]; all others follow in `fill` order, squeezed into [0, 1).
@@ -1015,12 +1113,16 @@ class Engine:
             values at the cut by lower index: argpartition alone takes an arbitrary few of them,
             which then differ between the candidate-set and the dense ranking."""
             if pool is not None:
-                return pool if c >= len(pool) else pool[_top_by_index(s[pool], c, pool)]
+                return pool if c >= len(pool) else pool[_top_by_index(pool_s, c, pool)]
             return _top_by_index(s, c) if c < n else np.flatnonzero(finite)
 
         def certain() -> int:
             """How many of the top candidates are certain (all when nothing lies outside)."""
-            return n_allowed if pool is None or bound is None else int(np.count_nonzero(s[pool] > bound))
+            return n_allowed if pool is None or bound is None else int(np.count_nonzero(pool_s > bound))
+
+        def at(idx: np.ndarray) -> np.ndarray:
+            """`s` of items `idx`."""
+            return s[idx] if lookup is None or s is not base else lookup(idx)
 
         c = min(n_allowed, self._first_candidates(k))
         if c > certain():
@@ -1029,7 +1131,8 @@ class Engine:
         if primary is None and normalise:
             # Min-max over the top candidates: boosts (in these units) mean the same for any model.
             top = pick(c)
-            hi, lo = float(s[top].max()), float(s[top].min())
+            top_s = at(top)
+            hi, lo = float(top_s.max()), float(top_s.min())
             if pool is not None and hi <= lo:
                 raise _NeedsAllScores  # every candidate ties: the dense path's flat normalisation
             if tier is not None or hi <= lo:  # the whole normalised array is needed
@@ -1041,19 +1144,19 @@ class Engine:
 
         def value(idx: np.ndarray) -> np.ndarray:
             if scale is None:
-                return s[idx]
-            return (s[idx].astype(np.float64) - scale[0]) / scale[1]
+                return at(idx)
+            return (at(idx).astype(np.float64) - scale[0]) / scale[1]
 
         # Boosted items may jump the queue: few, scored exactly; every other item ranks by `s`,
         # so the top c of `s` plus the boosted ones hold the true top c.
         if boost is None:
             boosted = np.zeros(0, np.int64)
         elif boosted is None:  # callers that know which items they boosted save a full scan
-            boosted = np.flatnonzero(boost)
+            boosted = boost.nonzero()
         if finite is not None:
             boosted = boosted[finite[boosted]]
         else:
-            boosted = boosted[allowed[boosted] & np.isfinite(s[boosted])]
+            boosted = boosted[allowed[boosted] & np.isfinite(at(boosted))]
         reuse = primary is None and tier is None and normalise  # the normalisation's top c
         while True:
             if not reuse:
@@ -1062,12 +1165,12 @@ class Engine:
             # The sorted union of the top c and the boosted items (np.union1d, without its hashing).
             if finite is not None:
                 top = top[finite[top]]
-            if len(boosted):
-                in_top = np.zeros(n, dtype=bool)
-                in_top[top] = True
-                top = np.concatenate([top, boosted[~in_top[boosted]]])
+            if len(boosted) and len(top):  # (a few dozen each: no n-sized mask)
+                top = np.concatenate([top, boosted[~_in_sorted(np.sort(top), boosted)]])
+            elif len(boosted):
+                top = boosted
             cand = np.sort(top)
-            key = value(cand) if boost is None else value(cand) + boost[cand]
+            key = value(cand) if boost is None else value(cand) + boost.at(cand)
             ordered = cand[np.argsort(-key, kind="stable")]
             kept = F.diversify(
                 ordered,
@@ -1090,7 +1193,7 @@ class Engine:
             if pool is not None:
                 drop = blocked(pool)
                 drop[_in_sorted(np.sort(kept), pool)] = False
-                pool = pool[~drop]
+                pool, pool_s = pool[~drop], pool_s[~drop]
                 n_allowed = len(pool)
             else:
                 drop = blocked(np.arange(n))
@@ -1125,18 +1228,34 @@ class Engine:
 
     def _context_mask(self, context: Context, user: _User | None) -> np.ndarray:
         """Stock (in the customer's size) and gender, from the request, else the learned profile
-        (only for a consenting `user`)."""
+        (only for a consenting `user`). A fresh (n,) bool array the caller may change: a copy of
+        the mask kept for the same size, learned sizes and gender (a bounded LRU cache)."""
         sizes = self._sizes.get(user.fidx) if user is not None and not context.size else None
-        mask = F.stock_mask(self.catalog, size=context.size, sizes_by_garment=sizes)
         gender = F.resolve_gender(context.gender, user.gender_affinity if user is not None else None)
-        if gender in ("women", "men"):
-            mask &= F.gender_mask(self.catalog, gender)
-        return mask
+        if gender not in ("women", "men"):
+            gender = None
+        # Learned sizes keyed in their own order: nested garment paths apply one after another.
+        key = (context.size or None, tuple(sizes.items()) if sizes else (), gender)
+        with self._masks_lock:
+            mask = self._masks.get(key)
+            if mask is not None:
+                self._masks.move_to_end(key)
+        if mask is None:
+            mask = F.stock_mask(self.catalog, size=context.size, sizes_by_garment=sizes)
+            if gender is not None:
+                mask &= F.gender_mask(self.catalog, gender)
+            mask.setflags(write=False)
+            with self._masks_lock:
+                self._masks[key] = mask
+                if len(self._masks) > _CONTEXT_MASKS:
+                    self._masks.popitem(last=False)
+        return mask.copy()
 
-    def _purchased_mask(self, user: _User, fresh: list[Event], now: float) -> tuple[np.ndarray, np.ndarray]:
-        """(keep_out (n,) bool, due item indices): past purchases inside their learned re-buy window
-        (RebuyPolicy) and every purchase in the online store (the very next answer)."""
-        out = np.zeros(self.catalog.n, dtype=bool)
+    def _purchased(self, user: _User, fresh: list[Event], now: float) -> tuple[np.ndarray, np.ndarray]:
+        """(keep_out, due) item indices: keep_out, past purchases inside their learned re-buy window
+        (RebuyPolicy) and every purchase in the online store (the very next answer); due, the other
+        past purchases (never one just bought). Indices, not an (n,) mask: a customer has a handful."""
+        keep_out = np.zeros(0, dtype=np.int64)
         due = np.zeros(0, dtype=np.int64)
         if user.fidx >= 0 and len(self._lp_user):
             lo, hi = np.searchsorted(self._lp_user, [user.fidx, user.fidx + 1])
@@ -1144,12 +1263,12 @@ class Engine:
                 bought = self._lp_item[lo:hi]
                 excluded = bought[now < self._lp_back[lo:hi]]  # inside the window (or never)
                 keep_out, due = F.rebuy_split(bought, excluded)
-                out[keep_out] = True
-        for e in fresh:
-            if e.event_type == "purchase":
-                out[self.catalog.index[e.item_id]] = True
-        due = due[~out[due]]
-        return out, due
+        just = [self.catalog.index[e.item_id] for e in fresh if e.event_type == "purchase"]
+        if just:
+            keep_out = np.concatenate([keep_out, np.asarray(just, dtype=np.int64)])
+            gone = set(just)
+            due = due[np.fromiter((i not in gone for i in due.tolist()), dtype=bool, count=len(due))]
+        return keep_out, due
 
     def _history(self, user: _User, fresh: list[Event]) -> tuple[sp.csr_matrix, np.ndarray]:
         """The user's interaction row (1, n_model_items, the model's item space) and sequence (bundle
@@ -1256,29 +1375,27 @@ class Engine:
         keep = sc > 0
         return ids[keep], sc[keep]
 
-    def _add_complement_boost(
-        self, anchors: list[int], boost: np.ndarray, reasons: dict[int, str]
-    ) -> np.ndarray:
+    def _add_complement_boost(self, anchors: list[int], boost: _Boost, reasons: dict[int, str]) -> np.ndarray:
         """Boost complements of `anchors` (reason "bought together with <title>"); returns them."""
         found: list[np.ndarray] = []
         for a in dict.fromkeys(anchors):
             ids, sc = self._complements_of(a)
             if not len(ids):
                 continue
-            boost[ids] += self.config.complement_boost * _norm(sc)
+            boost.add(ids, self.config.complement_boost * _norm(sc))
             for i in ids.tolist():
                 reasons.setdefault(i, f"bought together with {self.catalog.titles[a]}")
             found.append(ids)
         return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
-    def _add_session_boost(self, fresh: list[Event], boost: np.ndarray, reasons: dict[int, str]) -> None:
+    def _add_session_boost(self, fresh: list[Event], boost: _Boost, reasons: dict[int, str]) -> None:
         """Boost neighbours of the newest distinct views (newest weighs most): session-aware."""
         views = [self.catalog.index[e.item_id] for e in fresh if e.event_type in ("view", "add_to_cart")]
         for rank, v in enumerate(list(dict.fromkeys(views))[: self.config.session_views]):
             ids, sc = self._neighbours(v)
             if not len(ids):
                 continue
-            boost[ids] += self.config.session_boost * _norm(sc) / (1 + rank)
+            boost.add(ids, self.config.session_boost * _norm(sc) / (1 + rank))
             for i in ids.tolist():
                 reasons.setdefault(i, f"because you viewed {self.catalog.titles[v]}")
 
@@ -1456,6 +1573,22 @@ def _top_by_index(values: np.ndarray, c: int, index: np.ndarray | None = None) -
         ties = ties[np.argsort(index[ties], kind="stable")]
     above = top[values[top] > cut]
     return np.concatenate([above, ties[: c - len(above)]])
+
+
+def _sorted_lookup(
+    items: np.ndarray, values: np.ndarray
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """For `items` sorted ascending (unique) and their `values`: a function of query items
+    returning (which of them are among `items`, the values of those, in query order)."""
+
+    def get(query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not len(items):
+            return np.zeros(len(query), dtype=bool), values[:0]
+        at = np.minimum(np.searchsorted(items, query), len(items) - 1)
+        hit = items[at] == query
+        return hit, values[at[hit]]
+
+    return get
 
 
 def _keys(d: dict[int, str]) -> np.ndarray:

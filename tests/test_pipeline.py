@@ -216,6 +216,48 @@ def test_stock_size_and_gender_rules_apply_to_the_block(engine: Engine) -> None:
     assert "shirt" not in ids(engine.recommend("carl", 12, Context(gender="women"), now=NOW))
 
 
+def test_cached_context_masks_are_the_rules_own_and_private_to_each_request(engine: Engine) -> None:
+    from serving import filters as F
+
+    cat = engine.catalog
+    cases = [(None, "alice"), (None, "carl"), ("M", "alice"), ("S", None), (None, None)]
+    for _ in range(2):  # the second pass answers from the cache
+        for size, uid in cases:
+            user = engine._user(uid)
+            mask = engine._context_mask(Context(size=size), user)
+            learned = engine._sizes.get(user.fidx) if user is not None and not size else None
+            want = F.stock_mask(cat, size=size, sizes_by_garment=learned)
+            gender = F.resolve_gender(None, user.gender_affinity if user is not None else None)
+            if gender in ("women", "men"):
+                want &= F.gender_mask(cat, gender)
+            np.testing.assert_array_equal(mask, want)
+            assert mask.flags.writeable
+            mask[:] = False  # a request excludes its cart in place: the next one must not see it
+    assert engine._context_mask(Context(), None).all() == F.stock_mask(cat).all()
+    assert len(engine._masks) == len(cases)
+
+
+def test_sparse_boosts_add_and_read_back_as_a_dense_array_would() -> None:
+    from serving.pipeline import _Boost
+
+    rng = np.random.default_rng(3)
+    dense, sparse = np.zeros(50), _Boost()
+    for step in range(20):
+        ids_ = rng.integers(0, 50, size=int(rng.integers(0, 8)))  # repeats within one add, too
+        vals = (rng.random(len(ids_)) * 0.5).astype(np.float32 if step % 2 else np.float64)
+        dense[ids_] += vals
+        sparse.add(ids_, vals)
+        if step % 5 == 0:
+            dense[ids_[:2]] += 0.3  # the re-buy boost: one scalar
+            sparse.add(ids_[:2], 0.3)
+    items = np.arange(50)
+    assert sparse.at(items).tobytes() == dense.tobytes()  # same bits
+    some = np.array([2, 7, 30, 49])
+    assert sparse.at(some).tobytes() == dense[some].tobytes()
+    np.testing.assert_array_equal(sparse.nonzero(), np.sort(np.flatnonzero(dense)))
+    assert _Boost().at(some).tobytes() == np.zeros(4).tobytes()
+
+
 def test_block_is_full_whenever_enough_items_are_eligible(engine: Engine) -> None:
     # 13 items: alice loses laptop, lbox_a (purchased), leash (stock), dress (size), shirt (gender).
     # With the diversity cap raised nothing else removes items, so exactly 8 remain.
