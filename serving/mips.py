@@ -40,12 +40,17 @@ class Scan:
     scored item (allowed or not) and its exact score; no unscored item scores above `bound`
     (None when every item was scored), and at least `need` allowed scored items score above it.
     `prefix`: `items` are the first len(items) items in length order (`NormOrdered.order`), so
-    an item's score is at its `NormOrdered.position`."""
+    an item's score is at its `NormOrdered.position`. `floor`: the `need`-th best allowed score
+    among `items` where the scan found it (None otherwise), above `bound`: a ranking can pick its
+    top `need` allowed items among the few that score at least this. Found before the leftover
+    rows' re-scoring (`_tail_bits`), which may move one of those items by a last bit: a user
+    counts the items at or above it before relying on it."""
 
     items: np.ndarray
     scores: np.ndarray
     bound: float | None
     prefix: bool = False
+    floor: float | None = None
 
     @property
     def complete(self) -> bool:
@@ -95,6 +100,7 @@ class NormOrdered:
         kept: list[np.ndarray] = []  # allowed scores so far, per block
         start, block = 0, max(-(-int(first_block) // ROWS) * ROWS, ROWS)
         bound: float | None = None
+        floor: float | None = None
         while start < n:
             end = min(n, start + block)
             s = (self.factors[start : -(-end // ROWS) * ROWS] @ q)[: end - start]
@@ -108,11 +114,13 @@ class NormOrdered:
                 kth = float(np.partition(good, len(good) - need)[len(good) - need])
                 limit = q_len * self.lengths[start] * (1.0 + _SLACK)
                 if kth > limit:
-                    bound = limit
+                    bound, floor = limit, kth
                     break
         items = self.order[:start]
         scores = self._tail_bits(items, np.concatenate(parts), q)
-        return Scan(items, scores, None if start >= n else bound, prefix=True)
+        if start >= n:
+            bound = floor = None
+        return Scan(items, scores, bound, prefix=True, floor=floor)
 
     def rescan(self, approx: np.ndarray, query: np.ndarray, allowed: np.ndarray, need: int) -> Scan | None:
         """A `scan` from approximate scores `approx` of the first len(approx) items in length order

@@ -949,6 +949,7 @@ class Engine:
         return self._rank(
             None, allowed, k, boost=boost, boosted=boosted, reason=reason,
             support=support, support_scores=support_scores, lookup=lookup, bound=scan.bound,
+            floor=scan.floor,
         )  # fmt: skip
 
     def _popular_block(
@@ -1061,6 +1062,7 @@ class Engine:
         support_scores: np.ndarray | None = None,
         lookup: Callable[[np.ndarray], np.ndarray] | None = None,
         bound: float | None = None,
+        floor: float | None = None,
         normalise: bool = True,
     ) -> list[Rec]:
         """Order the allowed items and cut a diverse block of k.
@@ -1078,19 +1080,34 @@ class Engine:
         best (serving/mips.py); needing deeper raises _NeedsAllScores. `normalise=False`: `base`
         already holds the final values, as the `primary` path makes them. With `support`, `base`
         may be None when `support_scores` (aligned with `support`) and `lookup` (items of
-        `support` -> their `base` values, -inf for any other item) stand in for it."""
+        `support` -> their `base` values, -inf for any other item) stand in for it. `floor` (a
+        scan's, serving/mips.py): a value that at least the first candidates' number of allowed
+        items of `support` reach, and above `bound`; the first candidates are then chosen among
+        those items only (checked here: when too few reach it, from all of `support`)."""
         cfg = self.config
         n = allowed.size
         pool: np.ndarray | None = None  # with `support`: the allowed items that have a score
         pool_s: np.ndarray | None = None  # ... and their `base` values
+        head: tuple[np.ndarray, np.ndarray] | None = None  # ... those at or above `floor`
         finite: np.ndarray | None = None
         s = base
         if support is not None:
             if support_scores is None:
                 support_scores = base[support]
-            keep = allowed[support] & np.isfinite(support_scores)
-            pool, pool_s = support[keep], support_scores[keep]
-            n_allowed = len(pool)
+            if floor is not None and (bound is None or floor > bound):
+                at_floor = np.flatnonzero(support_scores >= floor)
+                items, vals = support[at_floor], support_scores[at_floor]
+                ok = allowed[items] & np.isfinite(vals)
+                if np.count_nonzero(ok) >= self._first_candidates(k):
+                    # The top candidates all lie here (at least that many allowed items score at
+                    # least `floor`), and they are certain (above `bound`): the rest of `support`
+                    # is needed only when diversity asks for more.
+                    head = (items[ok], vals[ok])
+                    n_allowed = len(support)  # an upper bound, made exact before it decides
+            if head is None:
+                keep = allowed[support] & np.isfinite(support_scores)
+                pool, pool_s = support[keep], support_scores[keep]
+                n_allowed = len(pool)
         elif primary is not None:
             # Primary items score in [2, 3]; all others follow in `fill` order, squeezed into [0, 1).
             primary = np.asarray(primary, dtype=np.int64)
@@ -1102,22 +1119,34 @@ class Engine:
             # is the O(n) part of a request, and float32 halves it. Values are normalised below in
             # float64, for the candidates only.
             s = np.where(allowed, base, -np.inf)
-        if pool is None:
+        if support is None:
             finite = np.isfinite(s)
             n_allowed = int(np.count_nonzero(finite))
         if n_allowed == 0:
             return []
 
-        def pick(c: int) -> np.ndarray:
+        def pick(c: int) -> tuple[np.ndarray, np.ndarray | None]:
             """The top c of `s` among the allowed items (all of them when c covers them), equal
             values at the cut by lower index: argpartition alone takes an arbitrary few of them,
-            which then differ between the candidate-set and the dense ranking."""
+            which then differ between the candidate-set and the dense ranking. With their `s`
+            values where at hand (a candidate set), else None."""
+            if pool is None and head is not None:  # the first candidates, among the head
+                items, vals = head
+                if c >= len(items):
+                    return items, vals
+                at_top = _top_by_index(vals, c, items)
+                return items[at_top], vals[at_top]
             if pool is not None:
-                return pool if c >= len(pool) else pool[_top_by_index(pool_s, c, pool)]
-            return _top_by_index(s, c) if c < n else np.flatnonzero(finite)
+                if c >= len(pool):
+                    return pool, pool_s
+                at_top = _top_by_index(pool_s, c, pool)
+                return pool[at_top], pool_s[at_top]
+            return (_top_by_index(s, c) if c < n else np.flatnonzero(finite)), None
 
         def certain() -> int:
             """How many of the top candidates are certain (all when nothing lies outside)."""
+            if pool is None and head is not None:
+                return len(head[0])  # a lower bound, enough for the first candidates
             return n_allowed if pool is None or bound is None else int(np.count_nonzero(pool_s > bound))
 
         def at(idx: np.ndarray) -> np.ndarray:
@@ -1130,10 +1159,10 @@ class Engine:
         scale: tuple[float, float] | None = None  # (lo, hi - lo): `s` not yet min-max normalised
         if primary is None and normalise:
             # Min-max over the top candidates: boosts (in these units) mean the same for any model.
-            top = pick(c)
-            top_s = at(top)
+            top, top_v = pick(c)
+            top_s = at(top) if top_v is None else top_v
             hi, lo = float(top_s.max()), float(top_s.min())
-            if pool is not None and hi <= lo:
+            if support is not None and hi <= lo:
                 raise _NeedsAllScores  # every candidate ties: the dense path's flat normalisation
             if tier is not None or hi <= lo:  # the whole normalised array is needed
                 s = (s.astype(np.float64) - lo) / (hi - lo) if hi > lo else np.where(finite, 0.0, -np.inf)
@@ -1142,10 +1171,11 @@ class Engine:
         if tier is not None:
             s = s + 10.0 * tier
 
-        def value(idx: np.ndarray) -> np.ndarray:
+        def value(vals: np.ndarray) -> np.ndarray:
+            """The ranking values of items whose `s` values are `vals`."""
             if scale is None:
-                return at(idx)
-            return (at(idx).astype(np.float64) - scale[0]) / scale[1]
+                return vals
+            return (vals.astype(np.float64) - scale[0]) / scale[1]
 
         # Boosted items may jump the queue: few, scored exactly; every other item ranks by `s`,
         # so the top c of `s` plus the boosted ones hold the true top c.
@@ -1155,22 +1185,27 @@ class Engine:
             boosted = boost.nonzero()
         if finite is not None:
             boosted = boosted[finite[boosted]]
-        else:
+        elif len(boosted):
             boosted = boosted[allowed[boosted] & np.isfinite(at(boosted))]
         reuse = primary is None and tier is None and normalise  # the normalisation's top c
         while True:
             if not reuse:
-                top = pick(c)
+                top, top_v = pick(c)
             reuse = False
             # The sorted union of the top c and the boosted items (np.union1d, without its hashing).
             if finite is not None:
                 top = top[finite[top]]
             if len(boosted) and len(top):  # (a few dozen each: no n-sized mask)
-                top = np.concatenate([top, boosted[~_in_sorted(np.sort(top), boosted)]])
+                extra = boosted[~_in_sorted(np.sort(top), boosted)]
+                top = np.concatenate([top, extra])
+                if top_v is not None:
+                    top_v = np.concatenate([top_v, at(extra)])
             elif len(boosted):
-                top = boosted
-            cand = np.sort(top)
-            key = value(cand) if boost is None else value(cand) + boost.at(cand)
+                top, top_v = boosted, None
+            by_item = np.argsort(top, kind="stable")
+            cand = top[by_item]  # = np.sort(top): the items are distinct
+            cand_s = at(cand) if top_v is None else top_v[by_item]
+            key = value(cand_s) if boost is None else value(cand_s) + boost.at(cand)
             ordered = cand[np.argsort(-key, kind="stable")]
             kept = F.diversify(
                 ordered,
@@ -1181,6 +1216,10 @@ class Engine:
             )
             if len(kept) >= k:
                 break
+            if pool is None and head is not None:  # diversity needs more: the whole candidate set
+                keep = allowed[support] & np.isfinite(support_scores)
+                pool, pool_s = support[keep], support_scores[keep]
+                n_allowed = len(pool)
             if c >= n_allowed:
                 if pool is not None and bound is not None:
                     raise _NeedsAllScores  # allowed items beyond the scored ones may exist

@@ -40,6 +40,11 @@ def test_scan_finds_the_exact_top_allowed_items_while_scoring_few(n: int) -> Non
         if not scan.complete:  # no unscored item can beat `bound`, and `need` scored ones do
             assert full[~np.isin(np.arange(n), scan.items)].max() <= scan.bound
             assert np.count_nonzero(scan.scores[got_ok] > scan.bound) >= need
+            # `floor`, the need-th best allowed score found, lies above the bound (the ranking
+            # then picks its first candidates among the few items at or above it)
+            assert scan.floor is not None and scan.floor > scan.bound
+            assert np.count_nonzero(scan.scores[got_ok] >= scan.floor) >= need - ROWS  # tail bits
+        assert scan.prefix and np.array_equal(scan.items, index.order[: len(scan.items)])
         scored.append(len(scan.items))
     assert np.median(scored) < n / 2  # the bound prunes: most items are never scored
 
