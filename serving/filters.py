@@ -233,11 +233,13 @@ def rebuy_split(bought: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, n
     bought: item indices the user purchased before; excluded: the indices the policy keeps out
     (inside their re-buy window, or durables). Returns (keep_out, due): `due` are purchased items
     whose window has passed; they come back with the reason "buy it again"."""
-    bought = np.unique(np.asarray(bought, dtype=np.int64))
-    # A customer's purchases are a handful of items: a set lookup beats np.isin's sorting here.
+    # A customer's purchases are a handful of items: Python sets and lists beat np.unique's and
+    # np.isin's sorting here (both answers ascending, without repeats, as np.unique gives them).
+    items = sorted(set(np.asarray(bought, dtype=np.int64).tolist()))
     ex = set(np.asarray(excluded, dtype=np.int64).tolist())
-    out = np.fromiter((b in ex for b in bought.tolist()), dtype=bool, count=len(bought))
-    return bought[out], bought[~out]
+    keep_out = [b for b in items if b in ex]
+    due = [b for b in items if b not in ex]
+    return np.asarray(keep_out, dtype=np.int64), np.asarray(due, dtype=np.int64)
 
 
 def policy_windows(

@@ -45,6 +45,7 @@ MAX_K = 1000
 _FILL_ORDERS = 256  # parent categories whose bought-together fill order is kept
 # Context masks (stock in the size(s), gender) kept: n bytes each, 12.8 MB at 100k items.
 _CONTEXT_MASKS = 128
+_POPULAR_BLOCKS = 1024  # plain popular blocks kept (k Recs each)
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,9 @@ class Engine:
         # table is fixed at load), so a request copies one instead of recomputing it.
         self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._masks_lock = threading.Lock()
+        # Plain popular blocks (no session, cart, page or category) by (k, segment, mask key):
+        # the cold-start and no-consent answer depends on nothing else while the bundle is loaded.
+        self._popular_blocks: OrderedDict[tuple, tuple[Rec, ...]] = OrderedDict()
         self._fill_orders: OrderedDict[str, _FillOrder] = OrderedDict()
         self._fill_all: _FillOrder | None = None  # the whole catalogue's
         self._n_leaves = int(cat.leaf.max(initial=-1)) + 2  # leaf codes + 1 (0: no leaf)
@@ -852,9 +856,10 @@ class Engine:
             else None  # page_tier would be all zeros
         )
         tail = list(dict.fromkeys(seq[-3:][::-1].tolist()))
+        history_reason = _history_reasons(cat, tail)
 
         def reason(i: int) -> str:
-            return reasons.get(i) or _history_reason(cat, i, tail)
+            return reasons.get(i) or history_reason(i)
 
         boosted = _keys(reasons)
         if factors and self._by_length is not None and tier is None:
@@ -961,6 +966,42 @@ class Engine:
         user: _User | None,
         events: list[Event],
     ) -> list[Rec]:
+        plain = (
+            not category
+            and not context.cart
+            and context.current_item is None
+            and not context.page_category
+            and not any(e.item_id in self.catalog.index for e in events)
+        )
+        if not plain:
+            return self._rank_popular(k, segment, category, context, user, events)
+        key = (
+            k,
+            segment if segment and segment in self._seg_pop else None,
+            self._context_key(context, user)[0],
+        )
+        with self._masks_lock:
+            hit = self._popular_blocks.get(key)
+            if hit is not None:
+                self._popular_blocks.move_to_end(key)
+        if hit is None:
+            hit = tuple(self._rank_popular(k, segment, category, context, user, events))
+            with self._masks_lock:
+                self._popular_blocks[key] = hit
+                if len(self._popular_blocks) > _POPULAR_BLOCKS:
+                    self._popular_blocks.popitem(last=False)
+        return list(hit)
+
+    def _rank_popular(
+        self,
+        k: int,
+        segment: str | None,
+        category: str | None,
+        context: Context,
+        user: _User | None,
+        events: list[Event],
+    ) -> list[Rec]:
+        """The popular block (`_popular_block`), ranked."""
         cat = self.catalog
         base = self._seg_pop.get(segment, self._pop) if segment else self._pop
         allowed = self._context_mask(context, user)
@@ -1269,12 +1310,7 @@ class Engine:
         """Stock (in the customer's size) and gender, from the request, else the learned profile
         (only for a consenting `user`). A fresh (n,) bool array the caller may change: a copy of
         the mask kept for the same size, learned sizes and gender (a bounded LRU cache)."""
-        sizes = self._sizes.get(user.fidx) if user is not None and not context.size else None
-        gender = F.resolve_gender(context.gender, user.gender_affinity if user is not None else None)
-        if gender not in ("women", "men"):
-            gender = None
-        # Learned sizes keyed in their own order: nested garment paths apply one after another.
-        key = (context.size or None, tuple(sizes.items()) if sizes else (), gender)
+        key, sizes, gender = self._context_key(context, user)
         with self._masks_lock:
             mask = self._masks.get(key)
             if mask is not None:
@@ -1289,6 +1325,17 @@ class Engine:
                 if len(self._masks) > _CONTEXT_MASKS:
                     self._masks.popitem(last=False)
         return mask.copy()
+
+    def _context_key(
+        self, context: Context, user: _User | None
+    ) -> tuple[tuple, dict[str, str] | None, str | None]:
+        """(key, learned sizes, gender) of `_context_mask`: the mask depends on the key alone."""
+        sizes = self._sizes.get(user.fidx) if user is not None and not context.size else None
+        gender = F.resolve_gender(context.gender, user.gender_affinity if user is not None else None)
+        if gender not in ("women", "men"):
+            gender = None
+        # Learned sizes keyed in their own order: nested garment paths apply one after another.
+        return (context.size or None, tuple(sizes.items()) if sizes else (), gender), sizes, gender
 
     def _purchased(self, user: _User, fresh: list[Event], now: float) -> tuple[np.ndarray, np.ndarray]:
         """(keep_out, due) item indices: keep_out, past purchases inside their learned re-buy window
@@ -1566,19 +1613,39 @@ def _history_reason(cat: F.Catalog, i: int, tail: list[int]) -> str:
     """Reason for a personal pick without a more specific one: "because you viewed <title>" of the
     recent history item sharing the deepest part of the category tree with it (the most recent on
     ties); computed for the k shown items only, so it costs nothing per catalogue item."""
-    parts = _parts(cat.categories[i])
-    best, best_depth = None, 0
-    for j in tail:
-        depth = 0
-        for a, b in zip(parts, _parts(cat.categories[j]), strict=False):
-            if a != b:
-                break
-            depth += 1
-        if depth > best_depth:
-            best, best_depth = j, depth
-    if best is not None:
-        return f"because you viewed {cat.titles[best]}"
-    return f"picked for you in {_label(cat.categories[i])}"
+    return _history_reasons(cat, tail)(i)
+
+
+def _history_reasons(cat: F.Catalog, tail: list[int]) -> Callable[[int], str]:
+    """`_history_reason(cat, i, tail)` as a function of i for one request: the history items'
+    category levels split once, and one answer per category path (it depends on nothing else)."""
+    history = [(j, _parts(cat.categories[j])) for j in tail]
+    by_path: dict[str, str] = {}
+
+    def reason(i: int) -> str:
+        path = cat.categories[i]
+        got = by_path.get(path)
+        if got is not None:
+            return got
+        parts = _parts(path)
+        best, best_depth = None, 0
+        for j, other in history:
+            depth = 0
+            for a, b in zip(parts, other, strict=False):
+                if a != b:
+                    break
+                depth += 1
+            if depth > best_depth:
+                best, best_depth = j, depth
+        got = (
+            f"because you viewed {cat.titles[best]}"
+            if best is not None
+            else f"picked for you in {_label(path)}"
+        )
+        by_path[path] = got
+        return got
+
+    return reason
 
 
 def _norm(x: np.ndarray) -> np.ndarray:

@@ -237,6 +237,22 @@ def test_cached_context_masks_are_the_rules_own_and_private_to_each_request(engi
     assert len(engine._masks) == len(cases)
 
 
+def test_plain_popular_blocks_are_kept_per_k_segment_and_context(engine: Engine) -> None:
+    contexts = [Context(), Context(gender="men"), Context(size="S"), Context(size="M", gender="women")]
+    for _ in range(2):  # the second pass answers from the kept blocks
+        for cx in contexts:
+            for k, segment in ((3, None), (8, None), (8, "active"), (8, "unknown-segment")):
+                got = engine.popular(k, segment=segment, context=cx)
+                assert got == engine._rank_popular(k, segment, None, cx, None, [])
+                got.clear()  # the caller's list is its own
+    assert len(engine._popular_blocks) == len(contexts) * 3  # an unknown segment is no segment
+    # a cold-start customer with a session is ranked afresh: the views boost their neighbours
+    engine.record_events([{"user_id": "new-1", "item_id": "dogfood", "event_type": "view", "timestamp": NOW}])
+    fresh = engine.recommend("new-1", 5, now=NOW)
+    assert fresh == engine._rank_popular(5, "new", None, Context(), None, engine.store.recent("new-1", 50))
+    assert len(engine._popular_blocks) == len(contexts) * 3  # (that block is not kept)
+
+
 def test_sparse_boosts_add_and_read_back_as_a_dense_array_would() -> None:
     from serving.pipeline import _Boost
 
