@@ -75,6 +75,49 @@ class Catalog:
         """Leaf category codes + 1 (slot 0: unknown category), as `brand_slots`."""
         return int(self.leaf.max(initial=-1)) + 2
 
+    @cached_property
+    def _garment_sizes(self) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+        return {}
+
+    def garment_size(self, garment: str, size: str) -> tuple[np.ndarray, np.ndarray]:
+        """(the sized items under category path `garment`, whether each is in stock in `size`),
+        found once per pair (garments and sizes are the bundle's learned ones: few pairs). A
+        customer's learned sizes otherwise cost a pass over every garment's items per mask."""
+        key = (garment, size)
+        got = self._garment_sizes.get(key)
+        if got is None:
+            under = self.prefix_items.get(garment.strip("/"))
+            if under is None:
+                under = np.zeros(0, dtype=np.int64)
+            under = under[self.sized[under]]
+            in_size = self.size_stock.get(size)
+            got = (under, np.zeros(len(under), dtype=bool) if in_size is None else in_size[under])
+            for a in got:
+                a.setflags(write=False)
+            self._garment_sizes[key] = got
+        return got
+
+    @cached_property
+    def _garment_keeps(self) -> dict[tuple[str, str], np.ndarray | None]:
+        return {}
+
+    def garment_keep(self, garment: str, size: str) -> np.ndarray | None:
+        """(n,) bool: False for the sized items under `garment` not in stock in `size`. ANDed into
+        `in_stock` it sets those items as `garment_size` does (one pass over n bytes instead of
+        a scatter to every item of the garment), as long as no other garment path overlaps and
+        in stock in `size` implies in stock (None where it does not; the stock table's
+        construction makes it so). Found once per pair, as `garment_size`."""
+        key = (garment, size)
+        if key not in self._garment_keeps:
+            under, in_size = self.garment_size(garment, size)
+            keep: np.ndarray | None = None
+            if not (in_size & ~self.in_stock[under]).any():
+                keep = np.ones(self.n, dtype=bool)
+                keep[under] = in_size
+                keep.setflags(write=False)
+            self._garment_keeps[key] = keep
+        return self._garment_keeps[key]
+
     def title(self, i: int) -> str:
         return str(self.titles[i])
 
@@ -184,13 +227,18 @@ def stock_mask(
         in_size = cat.size_stock.get(size)
         mask &= ~cat.sized if in_size is None else (~cat.sized | in_size)
         return mask
-    for garment, s in (sizes_by_garment or {}).items():
-        under = cat.prefix_items.get(str(garment).strip("/"))
-        if under is None or not s:
-            continue
-        under = under[cat.sized[under]]
-        in_size = cat.size_stock.get(str(s))
-        mask[under] = False if in_size is None else in_size[under]
+    pairs = [(str(g), str(s)) for g, s in (sizes_by_garment or {}).items() if s]
+    paths = [g.strip("/") for g, _ in pairs]
+    # Garment paths that nest (or repeat) overwrite each other's items in order: scatter those.
+    nested = any(a == b or a.startswith(b + "/") or b.startswith(a + "/") for i, a in enumerate(paths)
+                 for b in paths[:i])  # fmt: skip
+    for garment, s in pairs:
+        keep = None if nested else cat.garment_keep(garment, s)
+        if keep is not None:
+            mask &= keep
+        else:
+            under, in_size = cat.garment_size(garment, s)
+            mask[under] = in_size
     return mask
 
 

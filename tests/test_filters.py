@@ -75,6 +75,36 @@ def test_learned_size_applies_per_garment_type(cat: F.Catalog) -> None:
     assert "dress" in where(m)
 
 
+def test_learned_sizes_of_nested_garments_apply_in_order(cat: F.Catalog) -> None:
+    """The per-garment fast path (one AND per garment) gives the scatter's answer, also when
+    garment paths nest and a later, deeper one overrides an earlier one."""
+
+    def scatter(sizes: dict[str, str]) -> np.ndarray:  # the rule as first written
+        mask = cat.in_stock.copy()
+        for garment, s in sizes.items():
+            under = cat.prefix_items.get(garment.strip("/"))
+            if under is None or not s:
+                continue
+            under = under[cat.sized[under]]
+            in_size = cat.size_stock.get(s)
+            mask[under] = False if in_size is None else in_size[under]
+        return mask
+
+    cases = [
+        {"fashion/women/dresses": "S"},
+        {"fashion/women/dresses": "M", "fashion/men/shirts": "L", "fashion/unisex/tshirts": "S"},
+        {"fashion": "S", "fashion/women/dresses": "M"},  # nested: dresses in M, the rest in S
+        {"fashion/women/dresses": "M", "fashion": "S"},  # nested the other way: all in S
+        {"fashion/women": "XXL", "/fashion/women/": "M"},  # the same path twice
+        {"fashion/men/shirts": "M", "pets/cats": "S", "nowhere": "M", "fashion/women/shoes": ""},
+    ]
+    for _ in range(2):  # the second pass from the kept per-garment arrays
+        for sizes in cases:
+            np.testing.assert_array_equal(F.stock_mask(cat, sizes_by_garment=sizes), scatter(sizes))
+    assert "dress" in where(F.stock_mask(cat, sizes_by_garment=cases[2]))
+    assert "dress" not in where(F.stock_mask(cat, sizes_by_garment=cases[3]))
+
+
 def test_gender_rule(cat: F.Catalog) -> None:
     everything = set(ITEMS["item_id"])
     assert where(F.gender_mask(cat, "women")) == everything - {"shirt"}
