@@ -66,6 +66,7 @@ class NormOrdered:
     lengths: np.ndarray  # (n,) float64, decreasing; lengths[n] appended as 0 for the bound
     tail_factors: np.ndarray  # the unsorted factors' rows from tail_items(n) on: their own bits
     position: np.ndarray  # (n,) int64: the row of each item in `factors`
+    tail_rows: np.ndarray  # rows of the tail_items(n) in `factors`, ascending
 
     @classmethod
     def build(cls, item_factors: np.ndarray) -> NormOrdered:
@@ -79,8 +80,9 @@ class NormOrdered:
         tail = np.ascontiguousarray(x[len(x) - len(tail_items(len(x))) :])
         position = np.empty_like(order)
         position[order] = np.arange(len(order))
-        out = cls(order, factors, np.append(lengths[order], 0.0), tail, position)
-        for a in (out.order, out.factors, out.lengths, out.tail_factors, out.position):
+        tail_rows = np.sort(position[tail_items(len(x))])
+        out = cls(order, factors, np.append(lengths[order], 0.0), tail, position, tail_rows)
+        for a in (out.order, out.factors, out.lengths, out.tail_factors, out.position, out.tail_rows):
             a.setflags(write=False)
         return out
 
@@ -111,13 +113,20 @@ class NormOrdered:
                 break
             good = np.concatenate(kept) if len(kept) > 1 else kept[0]
             if len(good) >= need:
-                kth = float(np.partition(good, len(good) - need)[len(good) - need])
                 limit = q_len * self.lengths[start] * (1.0 + _SLACK)
+                # The need-th best is above the limit only if `need` scores are: a count is
+                # cheaper than the partition, which most first blocks would do in vain.
+                if np.count_nonzero(good > limit) < need:
+                    continue
+                kth = float(np.partition(good, len(good) - need)[len(good) - need])
                 if kth > limit:
                     bound, floor = limit, kth
                     break
         items = self.order[:start]
-        scores = self._tail_bits(items, np.concatenate(parts), q)
+        scores = np.concatenate(parts)
+        at = self.tail_rows[: np.searchsorted(self.tail_rows, start)]  # the tail items scored
+        if len(at):  # as _tail_bits, knowing where they are in a prefix of the length order
+            scores[at] = (self.tail_factors @ q)[items[at] - (self.n - len(self.tail_factors))]
         if start >= n:
             bound = floor = None
         return Scan(items, scores, bound, prefix=True, floor=floor)

@@ -37,6 +37,7 @@ def test_scan_finds_the_exact_top_allowed_items_while_scoring_few(n: int) -> Non
         got_ok = allowed[scan.items]
         got = _top(scan.items[got_ok], scan.scores[got_ok], need)
         assert got == want  # same items, bit-identical scores
+        assert scan.scores.tobytes() == full[scan.items].tobytes()  # every scored item, tail rows too
         if not scan.complete:  # no unscored item can beat `bound`, and `need` scored ones do
             assert full[~np.isin(np.arange(n), scan.items)].max() <= scan.bound
             assert np.count_nonzero(scan.scores[got_ok] > scan.bound) >= need
