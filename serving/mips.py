@@ -65,8 +65,9 @@ class NormOrdered:
     factors: np.ndarray  # (n + padding, d) float32, C-contiguous; zero rows pad to a multiple of ROWS
     lengths: np.ndarray  # (n,) float64, decreasing; lengths[n] appended as 0 for the bound
     tail_factors: np.ndarray  # the unsorted factors' rows from tail_items(n) on: their own bits
-    position: np.ndarray  # (n,) int64: the row of each item in `factors`
+    position: np.ndarray  # (n,) int64: the row of each item in `factors` (empty in a `subset`)
     tail_rows: np.ndarray  # rows of the tail_items(n) in `factors`, ascending
+    tail_first: int = -1  # the first of the catalogue's tail_items (-1: n - len(tail_factors))
 
     @classmethod
     def build(cls, item_factors: np.ndarray) -> NormOrdered:
@@ -89,6 +90,29 @@ class NormOrdered:
     @property
     def n(self) -> int:
         return len(self.order)
+
+    @property
+    def _first_tail(self) -> int:
+        return self.tail_first if self.tail_first >= 0 else self.n - len(self.tail_factors)
+
+    def subset(self, items: np.ndarray) -> NormOrdered:
+        """The same structure over `items` (item indices) alone, for `scan`s restricted to them (a
+        category page ranks its own items first): the same length order and the same bits as
+        the whole catalogue's. Its scans are not a prefix of the catalogue's order; no `score`."""
+        rows = np.sort(self.position[np.asarray(items, dtype=np.int64)])
+        pad = np.zeros((-len(rows) % ROWS, self.factors.shape[1]), dtype=np.float32)
+        out = NormOrdered(
+            self.order[rows],
+            np.ascontiguousarray(np.concatenate([self.factors[rows], pad])),
+            np.append(self.lengths[rows], 0.0),
+            self.tail_factors,
+            np.zeros(0, dtype=np.int64),
+            np.flatnonzero(np.isin(rows, self.tail_rows)),
+            tail_first=self._first_tail,
+        )
+        for a in (out.order, out.factors, out.lengths, out.tail_rows):
+            a.setflags(write=False)
+        return out
 
     def scan(self, query: np.ndarray, allowed: np.ndarray, need: int, first_block: int = 2048) -> Scan:
         """Score items longest first, in blocks that double, until the `need` best allowed items
@@ -126,10 +150,10 @@ class NormOrdered:
         scores = np.concatenate(parts)
         at = self.tail_rows[: np.searchsorted(self.tail_rows, start)]  # the tail items scored
         if len(at):  # as _tail_bits, knowing where they are in a prefix of the length order
-            scores[at] = (self.tail_factors @ q)[items[at] - (self.n - len(self.tail_factors))]
+            scores[at] = (self.tail_factors @ q)[items[at] - self._first_tail]
         if start >= n:
             bound = floor = None
-        return Scan(items, scores, bound, prefix=True, floor=floor)
+        return Scan(items, scores, bound, prefix=len(self.position) > 0, floor=floor)
 
     def rescan(self, approx: np.ndarray, query: np.ndarray, allowed: np.ndarray, need: int) -> Scan | None:
         """A `scan` from approximate scores `approx` of the first len(approx) items in length order
@@ -174,7 +198,7 @@ class NormOrdered:
     def _tail_bits(self, items: np.ndarray, scores: np.ndarray, q: np.ndarray) -> np.ndarray:
         """Re-score the items a full product computes by its leftover-rows path, as it does."""
         if len(self.tail_factors):
-            first = self.n - len(self.tail_factors)
+            first = self._first_tail
             at = np.flatnonzero(items >= first)
             if len(at):
                 scores[at] = (self.tail_factors @ q)[items[at] - first]

@@ -309,6 +309,7 @@ class Engine:
         # the cold-start and no-consent answer depends on nothing else while the bundle is loaded.
         self._popular_blocks: OrderedDict[tuple, tuple[Rec, ...]] = OrderedDict()
         self._fill_orders: OrderedDict[str, _FillOrder] = OrderedDict()
+        self._page_orders: OrderedDict[str, Any] = OrderedDict()  # category prefix -> NormOrdered
         self._fill_all: _FillOrder | None = None  # the whole catalogue's
         self._n_leaves = int(cat.leaf.max(initial=-1)) + 2  # leaf codes + 1 (0: no leaf)
         self._user_factors, self._item_factors = _plain_factor_model(self.model)
@@ -862,11 +863,16 @@ class Engine:
             return reasons.get(i) or history_reason(i)
 
         boosted = _keys(reasons)
-        if factors and self._by_length is not None and tier is None:
+        if factors and self._by_length is not None:
             try:
-                return self._pruned_rank(user.midx, allowed, k, boost, boosted, reason, ahead)
+                if tier is None:
+                    return self._pruned_rank(user.midx, allowed, k, boost, boosted, reason, ahead)
+                pages = self._page_prefixes(context.page_category, cur)
+                return self._pruned_page_rank(
+                    user.midx, allowed, k, boost, boosted, reason, tier, pages, comp_of_current
+                )
             except _NeedsAllScores:
-                pass  # the block needs deeper candidates than the scan made certain
+                pass  # the block needs deeper candidates than the scans made certain
         if scores is None:
             scores = self._factor_scores(user.midx)
         return self._rank(scores, allowed, k, boost=boost, boosted=boosted, tier=tier, reason=reason)
@@ -899,6 +905,109 @@ class Engine:
                     pass
         scan = self._by_length.scan(u, allowed, need, cfg.prune_block)
         return self._rank_scan(scan, u, allowed, k, boost, boosted, reason)
+
+    def _pruned_page_rank(
+        self,
+        midx: int,
+        allowed: np.ndarray,
+        k: int,
+        boost: _Boost,
+        boosted: np.ndarray,
+        reason: Callable[[int], str],
+        tier: np.ndarray,
+        pages: list[str],
+        complements: np.ndarray,
+    ) -> list[Rec]:
+        """`_pruned_rank` on a category or item page, where `tier` lifts the items under the
+        category prefixes `pages` (tier 1) and the current item's `complements` (tier 2) above the
+        rest. Scored exactly: the catalogue's longest factors until its top candidates are certain
+        (they set the scores' normalisation), the longest of each page's own items until its top
+        candidates are certain (a scan over that category alone), the complements and the boosted
+        items. Gives the same block as scoring every item; raises _NeedsAllScores when it cannot."""
+        need = self._first_candidates(k)
+        args = (self._user_factors[midx], allowed, k, boost, boosted, reason, tier, pages, complements)
+        # A page of few leaf categories cannot fill the block alone (at most max_per_category items
+        # of each): the rest comes from the whole catalogue, whose scan then goes deeper.
+        leaves = sum(self._page_order(p)[1] for p in pages)
+        deep = leaves * self.config.max_per_category < 2 * k
+        try:
+            return self._page_rank(*args, 4 * need if deep else need, 2 * need)
+        except _NeedsAllScores:
+            # Diversity filled the page's leaf categories or brands: their other items drop out
+            # and the block needs deeper candidates, on the page or past it (a page of three leaf
+            # categories holds at most 9 items of a block). Deeper scans still cost far less
+            # than scoring every item.
+            return self._page_rank(*args, 4 * need, 8 * need)
+
+    def _page_rank(
+        self,
+        u: np.ndarray,
+        allowed: np.ndarray,
+        k: int,
+        boost: _Boost,
+        boosted: np.ndarray,
+        reason: Callable[[int], str],
+        tier: np.ndarray,
+        pages: list[str],
+        complements: np.ndarray,
+        need_all: int,
+        need_page: int,
+    ) -> list[Rec]:
+        """_pruned_page_rank with scans that make `need_all` candidates of the catalogue and
+        `need_page` of each page certain."""
+        by_length, block = self._by_length, self.config.prune_block
+        scans = [by_length.scan(u, allowed, need_all, block)]
+        scans += [self._page_order(p)[0].scan(u, allowed, need_page, block) for p in pages]
+        base = np.full(allowed.size, -np.inf, dtype=np.float32)
+        parts = []
+        for scan in scans:  # (they overlap; an item scores the same bits in each)
+            new = np.isneginf(base[scan.items])
+            base[scan.items[new]] = scan.scores[new]
+            parts.append(scan.items[new])
+        extra = np.concatenate([complements, boosted]) if len(complements) else boosted
+        extra = _sorted_unique(extra[np.isneginf(base[extra])])
+        if len(extra):
+            base[extra] = by_length.score(extra, u)
+            parts.append(extra)
+        # The page items no scan reached: at most their scans' largest bound, a tier up.
+        unscored = [
+            self.catalog.prefix_items[p] for p, sc in zip(pages, scans[1:], strict=True) if not sc.complete
+        ]
+        if unscored:
+            left = np.concatenate(unscored) if len(unscored) > 1 else unscored[0]
+            left = left[allowed[left] & np.isneginf(base[left]) & (tier[left] > 0)]
+        else:
+            left = np.zeros(0, dtype=np.int64)
+        tier_bound = max((sc.bound for sc in scans[1:] if not sc.complete), default=None)
+        return self._rank(
+            base, allowed, k, boost=boost, boosted=boosted, reason=reason, tier=tier,
+            support=np.concatenate(parts), bound=scans[0].bound, unscored=left, tier_bound=tier_bound,
+        )  # fmt: skip
+
+    def _page_prefixes(self, page_category: str | None, current: int | None) -> list[str]:
+        """The category prefixes whose items F.page_tier lifts to tier 1 (the known ones)."""
+        cat = self.catalog
+        out = []
+        if page_category and page_category.strip("/") in cat.prefix_items:
+            out.append(page_category.strip("/"))
+        if current is not None:
+            path = cat.categories[current]
+            parent = path.rsplit("/", 1)[0] if "/" in path else path
+            if parent and parent in cat.prefix_items and parent not in out:
+                out.append(parent)
+        return out
+
+    def _page_order(self, prefix: str) -> tuple[Any, int]:
+        """The length-ordered factors of the items under a category prefix, and how many leaf
+        categories they fall in (built on first use, ~1 ms for 10k items; 256 most recent kept)."""
+        order = self._page_orders.get(prefix)
+        if order is None:
+            under = self.catalog.prefix_items[prefix]
+            order = (self._by_length.subset(under), len(_sorted_unique(self.catalog.leaf[under])))
+            self._page_orders[prefix] = order
+            while len(self._page_orders) > 256:
+                self._page_orders.popitem(last=False)
+        return order
 
     def _rank_scan(
         self,
@@ -1104,6 +1213,8 @@ class Engine:
         lookup: Callable[[np.ndarray], np.ndarray] | None = None,
         bound: float | None = None,
         floor: float | None = None,
+        unscored: np.ndarray | None = None,
+        tier_bound: float | None = None,
         normalise: bool = True,
     ) -> list[Rec]:
         """Order the allowed items and cut a diverse block of k.
@@ -1114,7 +1225,7 @@ class Engine:
         (default: popularity). Candidates are over-fetched and grown until the block is full or
         the allowed items run out.
 
-        `support`: the only items whose `base` was computed (the rest are -inf), with no `tier` or
+        `support`: the only items whose `base` was computed (the rest are -inf), with no
         `primary`; the candidates then come from those items alone, without a pass over the
         catalogue. `bound`: no allowed item outside `support` has a `base` above it (None: support
         holds them all), so only the items of `support` above it are certain to be the catalogue's
@@ -1124,7 +1235,10 @@ class Engine:
         `support` -> their `base` values, -inf for any other item) stand in for it. `floor` (a
         scan's, serving/mips.py): a value that at least the first candidates' number of allowed
         items of `support` reach, and above `bound`; the first candidates are then chosen among
-        those items only (checked here: when too few reach it, from all of `support`)."""
+        those items only (checked here: when too few reach it, from all of `support`). With
+        `support` and a `tier`, `unscored` are the allowed tier-1 items outside
+        `support`, whose `base` is at most `tier_bound` (every other item outside has tier 0): the
+        bound holds a tier up while any of them can still be kept."""
         cfg = self.config
         n = allowed.size
         pool: np.ndarray | None = None  # with `support`: the allowed items that have a score
@@ -1205,11 +1319,23 @@ class Engine:
             hi, lo = float(top_s.max()), float(top_s.min())
             if support is not None and hi <= lo:
                 raise _NeedsAllScores  # every candidate ties: the dense path's flat normalisation
-            if tier is not None or hi <= lo:  # the whole normalised array is needed
+            if tier is not None and pool is not None:
+                # The candidates' values only, with the dense path's arithmetic (same bits); every
+                # step is monotone, so the bounds map to bounds.
+                pool_s = (pool_s.astype(np.float64) - lo) / (hi - lo) + 10.0 * tier[pool]
+                s = np.full(n, -np.inf)
+                s[pool] = pool_s
+                if bound is not None:
+                    raw0 = bound
+                    bound = bound0 = float((np.float64(raw0) - lo) / (hi - lo))
+                    if unscored is not None and len(unscored):
+                        raw1 = raw0 if tier_bound is None else min(tier_bound, raw0)
+                        bound = max(bound0, float((np.float64(raw1) - lo) / (hi - lo)) + 10.0)
+            elif tier is not None or hi <= lo:  # the whole normalised array is needed
                 s = (s.astype(np.float64) - lo) / (hi - lo) if hi > lo else np.where(finite, 0.0, -np.inf)
             else:  # a monotone map: the order of `s` is the order of the normalised scores
                 scale = (lo, hi - lo)
-        if tier is not None:
+        if tier is not None and pool is None:
             s = s + 10.0 * tier
 
         def value(vals: np.ndarray) -> np.ndarray:
@@ -1282,6 +1408,10 @@ class Engine:
                 finite = np.isfinite(s)
                 n_allowed = int(np.count_nonzero(finite))
             boosted = boosted[~blocked(boosted) | np.isin(boosted, kept)]
+            if unscored is not None and len(unscored) and pool is not None and tier is not None:
+                unscored = unscored[~blocked(unscored)]  # (unscored items are never kept)
+                if not len(unscored) and bound is not None:
+                    bound = bound0  # the page items no scan reached can no longer be kept
             c = min(n_allowed, c * 2)
             if c > certain():
                 raise _NeedsAllScores
@@ -1679,6 +1809,12 @@ def _top_by_index(values: np.ndarray, c: int, index: np.ndarray | None = None) -
         ties = ties[np.argsort(index[ties], kind="stable")]
     above = top[values[top] > cut]
     return np.concatenate([above, ties[: c - len(above)]])
+
+
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    """np.unique of item indices by sorting (numpy's hashing unique costs ~10x on these)."""
+    x = np.sort(x)
+    return x[np.concatenate(([True], x[1:] != x[:-1]))] if len(x) > 1 else x
 
 
 def _sorted_lookup(

@@ -107,3 +107,32 @@ def test_rescan_from_a_batch_products_scores_gives_the_exact_top(prefix: int) ->
         assert np.count_nonzero(got.scores > got.bound) >= need
         assert len(got.items) < len(ok) / 2  # only the few near the top are scored exactly
     assert answered >= (50 if prefix == n else 10)  # a short prefix leaves some to the scan
+
+
+def test_a_subsets_scan_finds_the_exact_top_of_its_items_tail_rows_included() -> None:
+    # A category page ranks its own items first: a scan over a subset (here half the items,
+    # including the catalogue's leftover tail rows) gives its exact top with the full bits.
+    n = 10 * ROWS * 8 + 11
+    x = _skewed_factors(n, seed=7)
+    index = NormOrdered.build(x)
+    rng = np.random.default_rng(8)
+    subset = np.sort(np.concatenate([rng.choice(n - 11, size=n // 2, replace=False), np.arange(n - 11, n)]))
+    part = index.subset(subset)
+    assert part.n == len(subset) and set(part.order.tolist()) == set(subset.tolist())
+    assert np.all(np.diff(part.lengths[:-1]) <= 0)  # longest first
+    for trial in range(30):
+        q = (rng.standard_normal(x.shape[1]) * 0.1 + x[subset[trial]]).astype(np.float32)
+        allowed = rng.random(n) > 0.2
+        need = int(rng.integers(1, 40))
+        scan = part.scan(q, allowed, need, first_block=32)
+        full = x @ q
+        assert np.isin(scan.items, subset).all() and not scan.prefix
+        assert scan.scores.tobytes() == full[scan.items].tobytes()  # tail rows: the full product's bits
+        ok = subset[allowed[subset]]
+        got_ok = allowed[scan.items]
+        assert _top(scan.items[got_ok], scan.scores[got_ok], need) == _top(ok, full[ok], need)
+        if not scan.complete:
+            rest = np.setdiff1d(subset, scan.items)
+            assert full[rest].max() <= scan.bound
+    tail_scored = part.scan(x[-1], np.ones(n, dtype=bool), need=len(subset)).items
+    assert set(range(n - 11, n)) <= set(tail_scored.tolist())  # the tail rows were exercised

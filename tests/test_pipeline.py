@@ -603,13 +603,30 @@ def _check_pruned_equals_dense(path: Path, caps: int) -> None:
     items = pruned.catalog.item_ids.astype(str)
     users = pd.read_parquet(path / "context" / "profiles.parquet")["user_id"].astype(str).tolist()[:120]
     users += [f"new-{j}" for j in range(30)]  # cold start: the popular block, with fresh events
+    cats = pruned.catalog.categories
     contexts = [
         Context(),
         Context(cart=(items[3], items[40])),
         Context(current_item=items[7]),
         Context(size="M", gender="women"),
-        Context(page_category=pruned.catalog.categories[11].rsplit("/", 1)[0]),
+        Context(page_category=cats[11].rsplit("/", 1)[0]),
     ]
+    # Item and category pages rank their part of the catalogue first (tiers): their own scans.
+    pages = [
+        lambda j: Context(current_item=items[(j * 37) % len(items)]),
+        lambda j: Context(page_category=cats[(j * 41) % len(items)].rsplit("/", 1)[0]),
+        lambda j: Context(page_category=cats[(j * 43) % len(items)].split("/", 1)[0], size="M"),
+        lambda j: Context(current_item=items[(j * 47) % len(items)], cart=(items[j % len(items)],)),
+    ]
+    page_blocks = []  # page blocks the page scans answered (not the dense ranking)
+    page_rank = pruned._page_rank
+
+    def counting_page_rank(*args):  # type: ignore[no-untyped-def]
+        out = page_rank(*args)
+        page_blocks.append(len(out))
+        return out
+
+    pruned._page_rank = counting_page_rank  # type: ignore[method-assign]
     scanned = []
     for j, uid in enumerate(users):
         if j % 3 == 0:  # fresh events: views boost neighbours, a purchase is excluded
@@ -621,6 +638,8 @@ def _check_pruned_equals_dense(path: Path, caps: int) -> None:
             assert pruned.record_events(events) == dense.record_events(events)
         for k in (10, 60):
             cx = contexts[j % len(contexts)]
+            assert pruned.recommend(uid, k, cx, now=NOW) == dense.recommend(uid, k, cx, now=NOW)
+            cx = pages[j % len(pages)](j)
             assert pruned.recommend(uid, k, cx, now=NOW) == dense.recommend(uid, k, cx, now=NOW)
         it = items[(j * 31) % len(items)]
         assert pruned.bought_together([it], 10, uid) == dense.bought_together([it], 10, uid)
@@ -635,4 +654,5 @@ def _check_pruned_equals_dense(path: Path, caps: int) -> None:
                 len(pruned._by_length.scan(pruned._user_factors[user.midx], allowed, 40, 32).items)
             )
     assert np.median(scanned) < 0.7 * pruned.catalog.n  # the pruning is real, not a full scan
+    assert len(page_blocks) >= 50  # page contexts took their own scans, not only the dense path
     assert fallbacks == []
