@@ -22,6 +22,10 @@ started alone with `bentoml serve` / uvicorn on a free loopback port and load-te
 - `minimal-bentoml-lean`  the same with BentoML's access log and tracing off;
 - `minimal-starlette`     the same scoring in a plain Starlette app under uvicorn, no access log.
 
+`shoprec` also serves `/recommend` with a shop's mix of pages (`/recommend shop mix`: two in ten
+requests on an item page, one in ten on a category page, which rank that part of the catalogue
+first); the engine timings give those page requests alone.
+
 Per server and endpoint: throughput and p50/p99 at saturation (wrk, 8 connections), and at a
 paced ~200 req/s: wrk paces with a per-connection delay, so 32 connections wait a random
 (exponential) delay whose mean a short calibration run sets so that connections / (delay +
@@ -211,9 +215,26 @@ def write_inputs(bundle: Path, out: Path, n: int = 2000, seed: int = 0) -> dict[
     # one in ten requests is a customer the model has never seen (the cold-start path)
     rec = [r if j % 10 else json.dumps({"user_id": f"new-{j}", "k": 10}) for j, r in enumerate(rec)]
     bt = [json.dumps({"item_ids": [items.iloc[i]], "k": 10}) for i in rng.choice(len(items), size=n)]
-    paths = {"recommend": out / "recommend.jsonl", "bought_together": out / "bought_together.jsonl"}
+    # A shop's /recommend traffic: the same customers, one in ten unknown, but two in ten on an
+    # item page and one in ten on a category page (the item's parent), which rank that part of
+    # the catalogue first; the rest with no page (home page, e-mail).
+    cats = pd.read_parquet(bundle / "context" / "items.parquet", columns=["category"])["category"].astype(str)
+    mix = []
+    for j, (body, i) in enumerate(zip(rec, rng.choice(len(items), size=n), strict=True)):
+        req = json.loads(body)
+        if j % 10 in (1, 2):
+            req["context"]["current_item"] = items.iloc[i]
+        elif j % 10 == 3:
+            req["context"]["page_category"] = cats.iloc[i].rsplit("/", 1)[0]
+        mix.append(json.dumps(req))
+    paths = {
+        "recommend": out / "recommend.jsonl",
+        "bought_together": out / "bought_together.jsonl",
+        "recommend_shop_mix": out / "recommend_shop_mix.jsonl",
+    }
     paths["recommend"].write_text("\n".join(rec) + "\n")
     paths["bought_together"].write_text("\n".join(bt) + "\n")
+    paths["recommend_shop_mix"].write_text("\n".join(mix) + "\n")
     dim = 64
     np.savez(
         out / "factors.npz",
@@ -386,16 +407,24 @@ def engine_timings(bundle: Path, bodies: dict[str, Path], repeats: int = 2) -> d
         "pruned": Engine(loaded, config=EngineConfig(prune_min_items=1)),
         "all_items": Engine(loaded, config=EngineConfig(prune_min_items=10**9)),
     }
-    rec = [json.loads(line) for line in bodies["recommend"].read_text().splitlines()][:1000]
-    bt = [json.loads(line) for line in bodies["bought_together"].read_text().splitlines()][:1000]
+
+    def read(name: str) -> list[dict]:
+        return [json.loads(line) for line in bodies[name].read_text().splitlines()][:1000]
+
     now = time.time()
-    calls = {
-        "/recommend": lambda e, b: e.recommend(b["user_id"], b["k"], Context(), now=now),
-        "/bought_together": lambda e, b: e.bought_together(b["item_ids"], b["k"]),
+
+    def recommend(e: Engine, b: dict) -> Any:
+        return e.recommend(b["user_id"], b["k"], Context(**b.get("context", {})), now=now)
+
+    mix = read("recommend_shop_mix")
+    routes = {
+        "/recommend": (recommend, read("recommend")),
+        "/bought_together": (lambda e, b: e.bought_together(b["item_ids"], b["k"]), read("bought_together")),
+        # item and category pages alone (they rank that part of the catalogue first)
+        "/recommend on a page": (recommend, [b for b in mix if len(b.get("context", {})) > 1]),
     }
-    out: dict[str, Any] = {"calls_per_route": len(rec)}
-    for route, call in calls.items():
-        reqs = rec if route == "/recommend" else bt
+    out: dict[str, Any] = {"calls_per_route": len(routes["/recommend"][1])}
+    for route, (call, reqs) in routes.items():
         answers = {}
         for name, engine in engines.items():
             best = float("inf")
@@ -404,6 +433,7 @@ def engine_timings(bundle: Path, bodies: dict[str, Path], repeats: int = 2) -> d
                 answers[name] = [call(engine, b) for b in reqs]
                 best = min(best, time.perf_counter() - t0)
             out[f"{route} {name} ms"] = round(best * 1000 / len(reqs), 3)
+        out[f"{route} calls"] = len(reqs)
         out[f"{route} speedup"] = round(out[f"{route} all_items ms"] / out[f"{route} pruned ms"], 2)
         out[f"{route} answers differing"] = sum(
             a != b for a, b in zip(answers["pruned"], answers["all_items"], strict=True)
@@ -439,11 +469,13 @@ def bench_shop(name: str, bundle: Path, seconds: float, servers: tuple[str, ...]
             if kind.startswith("minimal")
             else kind
         )
+        runs = [(route, route, inputs[route.strip("/")]) for route in routes]
+        if kind == "shoprec":  # the shop's mix of pages on the same endpoint
+            runs.append(("/recommend shop mix", "/recommend", inputs["recommend_shop_mix"]))
         with server(launch, env) as (url, pid):
-            for route in routes:
-                bodies = inputs[route.strip("/")]
-                result[f"{kind} {route}"] = load_test(url, route, bodies, inputs["lua"], seconds, pid)
-                print(f"  {name} {kind} {route}: {json.dumps(result[f'{kind} {route}'])}", flush=True)
+            for label, route, bodies in runs:
+                result[f"{kind} {label}"] = load_test(url, route, bodies, inputs["lua"], seconds, pid)
+                print(f"  {name} {kind} {label}: {json.dumps(result[f'{kind} {label}'])}", flush=True)
     for base_kind, key in BASELINES.items():
         base = result.get(f"{base_kind} /recommend", {}).get("saturation", {})
         if not base.get("rps"):
