@@ -931,7 +931,7 @@ class Engine:
         leaves = sum(self._page_order(p)[1] for p in pages)
         deep = leaves * self.config.max_per_category < 2 * k
         try:
-            return self._page_rank(*args, 4 * need if deep else need, 2 * need)
+            return self._page_rank(*args, 2 * need if deep else need, 2 * need)
         except _NeedsAllScores:
             # Diversity filled the page's leaf categories or brands: their other items drop out
             # and the block needs deeper candidates, on the page or past it (a page of three leaf
@@ -1323,14 +1323,21 @@ class Engine:
                 # The candidates' values only, with the dense path's arithmetic (same bits); every
                 # step is monotone, so the bounds map to bounds.
                 pool_s = (pool_s.astype(np.float64) - lo) / (hi - lo) + 10.0 * tier[pool]
-                s = np.full(n, -np.inf)
-                s[pool] = pool_s
                 if bound is not None:
                     raw0 = bound
                     bound = bound0 = float((np.float64(raw0) - lo) / (hi - lo))
                     if unscored is not None and len(unscored):
                         raw1 = raw0 if tier_bound is None else min(tier_bound, raw0)
                         bound = max(bound0, float((np.float64(raw1) - lo) / (hi - lo)) + 10.0)
+                    # No item at or below the lowest bound is ever certain, so never picked; the
+                    # boosted ones join the candidates anyway.
+                    keep = pool_s > bound0
+                    if boosted is not None and len(boosted):
+                        keep |= _in_sorted(np.sort(boosted), pool)
+                    pool, pool_s = pool[keep], pool_s[keep]
+                    n_allowed = len(pool)
+                by_item = np.argsort(pool, kind="stable")
+                lookup, s = _values_of(pool[by_item], pool_s[by_item]), base
             elif tier is not None or hi <= lo:  # the whole normalised array is needed
                 s = (s.astype(np.float64) - lo) / (hi - lo) if hi > lo else np.where(finite, 0.0, -np.inf)
             else:  # a monotone map: the order of `s` is the order of the normalised scores
@@ -1815,6 +1822,19 @@ def _sorted_unique(x: np.ndarray) -> np.ndarray:
     """np.unique of item indices by sorting (numpy's hashing unique costs ~10x on these)."""
     x = np.sort(x)
     return x[np.concatenate(([True], x[1:] != x[:-1]))] if len(x) > 1 else x
+
+
+def _values_of(items: np.ndarray, values: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """For sorted unique `items` and their `values`: query items -> values (-inf for others)."""
+    get = _sorted_lookup(items, values)
+
+    def lookup(query: np.ndarray) -> np.ndarray:
+        out = np.full(len(query), -np.inf)
+        hit, vals = get(query)
+        out[hit] = vals
+        return out
+
+    return lookup
 
 
 def _sorted_lookup(
