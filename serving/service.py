@@ -353,41 +353,46 @@ class ShopRec:
     # -- read endpoints ---------------------------------------------------------------------------
     # Each read endpoint is one plain method taking its validated request model (`answer_*`), called
     # by the BentoML endpoint below it and by the direct route (`answer_direct`).
+    def _routed(
+        self,
+        endpoint: str,
+        user_id: str | None,
+        k: int,
+        context: RequestContext,
+        personal: Callable[[Any, Any], Any],
+    ) -> RecommendResponse:
+        """The A/B step of every personal read endpoint: the user's variant picks the engine
+        (`personal(engine, context)` answers); the control variant gets the popular block for the
+        same context."""
+        models = self.holder.models
+        variant = self._variant(models, user_id)
+        engine, version = self._engine(models, variant)
+        cx = self._context(context)
+        if variant == "control":
+            recs = engine.popular(k, None, context.page_category, cx)
+        else:
+            recs = personal(engine, cx)
+        return self._respond(endpoint, user_id, variant, version, recs)
+
     def answer_recommend(self, req: RecommendRequest) -> RecommendResponse:
         """Personal recommendations for one customer in a context (page, cart, channel, size)."""
-        models = self.holder.models
-        variant = self._variant(models, req.user_id)
-        engine, version = self._engine(models, variant)
-        cx = self._context(req.context)
-        if variant == "control":
-            recs = engine.popular(req.k, None, req.context.page_category, cx)
-        else:
-            recs = engine.recommend(req.user_id, req.k, cx)
-        return self._respond("recommend", req.user_id, variant, version, recs)
+        return self._routed(
+            "recommend", req.user_id, req.k, req.context, lambda e, cx: e.recommend(req.user_id, req.k, cx)
+        )
 
     def answer_bought_together(self, req: BoughtTogetherRequest) -> RecommendResponse:
         """Complements of one item or of a whole cart (never the items themselves)."""
-        models = self.holder.models
-        variant = self._variant(models, req.user_id)
-        engine, version = self._engine(models, variant)
-        cx = self._context(req.context)
-        if variant == "control":
-            recs = engine.popular(req.k, None, req.context.page_category, cx)
-        else:
-            recs = engine.bought_together(list(req.item_ids), req.k, req.user_id, cx)
-        return self._respond("bought_together", req.user_id, variant, version, recs)
+        return self._routed(
+            "bought_together", req.user_id, req.k, req.context,
+            lambda e, cx: e.bought_together(list(req.item_ids), req.k, req.user_id, cx),
+        )  # fmt: skip
 
     def answer_similar_items(self, req: SimilarItemsRequest) -> RecommendResponse:
         """Items like this one (context.max_price: cheaper alternatives)."""
-        models = self.holder.models
-        variant = self._variant(models, req.user_id)
-        engine, version = self._engine(models, variant)
-        cx = self._context(req.context)
-        if variant == "control":
-            recs = engine.popular(req.k, None, req.context.page_category, cx)
-        else:
-            recs = engine.similar_items(req.item_id, req.k, req.user_id, cx)
-        return self._respond("similar_items", req.user_id, variant, version, recs)
+        return self._routed(
+            "similar_items", req.user_id, req.k, req.context,
+            lambda e, cx: e.similar_items(req.item_id, req.k, req.user_id, cx),
+        )  # fmt: skip
 
     def answer_popular(self, req: PopularRequest) -> RecommendResponse:
         """Popular items, overall or for a customer segment and/or category (non-personal)."""
