@@ -344,6 +344,24 @@ def _guess_windows(policy: Any, categories: np.ndarray) -> np.ndarray | None:
 
 
 # -- ordering: page context ----------------------------------------------------------------------
+def parent_category(path: str) -> str:
+    """The category one level up ('pets/cats/litter' -> 'pets/cats'; a top level stays itself)."""
+    return path.rsplit("/", 1)[0] if "/" in path else path
+
+
+def page_prefixes(cat: Catalog, page_category: str | None, current_item: int | None) -> list[str]:
+    """The known category prefixes a page lifts to tier 1: the page's category, and the current
+    item's parent category (each once)."""
+    out = []
+    if page_category and page_category.strip("/") in cat.prefix_items:
+        out.append(page_category.strip("/"))
+    if current_item is not None:
+        parent = parent_category(cat.categories[current_item])
+        if parent and parent in cat.prefix_items and parent not in out:
+            out.append(parent)
+    return out
+
+
 def page_tier(
     cat: Catalog,
     *,
@@ -358,16 +376,9 @@ def page_tier(
     and the current item's complements (bought together: the scoop) tier 2. The current item itself
     is not tiered (the pipeline excludes it). Unknown categories tier nothing."""
     tier = np.zeros(cat.n, dtype=np.float64)
-    if page_category:
-        under = cat.prefix_items.get(page_category.strip("/"))
-        if under is not None:
-            tier[under] = 1.0
+    for prefix in page_prefixes(cat, page_category, current_item):
+        tier[cat.prefix_items[prefix]] = 1.0
     if current_item is not None:
-        path = cat.categories[current_item]
-        parent = path.rsplit("/", 1)[0] if "/" in path else path
-        under = cat.prefix_items.get(parent) if parent else None
-        if under is not None:
-            tier[under] = np.maximum(tier[under], 1.0)
         if complements is not None and len(complements):
             tier[np.asarray(complements, dtype=np.int64)] = 2.0
         tier[current_item] = 0.0

@@ -363,7 +363,7 @@ class Engine:
         parent costs ~2 ms to sort, the whole catalogue ~10 ms: not for the first requests)."""
         if self.catalog.n >= self.config.prune_min_items:
             self._fill_order(None)
-            paths = {c.rsplit("/", 1)[0] if "/" in c else c for c in set(self.catalog.categories.tolist())}
+            paths = {F.parent_category(c) for c in set(self.catalog.categories.tolist())}
             known = sorted(
                 (p for p in paths if p and p in self.catalog.prefix_items),
                 key=lambda p: -len(self.catalog.prefix_items[p]),
@@ -709,8 +709,7 @@ class Engine:
         """Each source's parent category prefix (repeats kept), as _fill_vector lifts them."""
         out = []
         for i in src:
-            path = self.catalog.categories[i]
-            parent = path.rsplit("/", 1)[0] if "/" in path else path
+            parent = F.parent_category(self.catalog.categories[i])
             if parent and parent in self.catalog.prefix_items:
                 out.append(parent)
         return out
@@ -867,7 +866,7 @@ class Engine:
             try:
                 if tier is None:
                     return self._pruned_rank(user.midx, allowed, k, boost, boosted, reason, ahead)
-                pages = self._page_prefixes(context.page_category, cur)
+                pages = F.page_prefixes(cat, context.page_category, cur)
                 return self._pruned_page_rank(
                     user.midx, allowed, k, boost, boosted, reason, tier, pages, comp_of_current
                 )
@@ -984,22 +983,9 @@ class Engine:
             support=np.concatenate(parts), bound=scans[0].bound, unscored=left, tier_bound=tier_bound,
         )  # fmt: skip
 
-    def _page_prefixes(self, page_category: str | None, current: int | None) -> list[str]:
-        """The category prefixes whose items F.page_tier lifts to tier 1 (the known ones)."""
-        cat = self.catalog
-        out = []
-        if page_category and page_category.strip("/") in cat.prefix_items:
-            out.append(page_category.strip("/"))
-        if current is not None:
-            path = cat.categories[current]
-            parent = path.rsplit("/", 1)[0] if "/" in path else path
-            if parent and parent in cat.prefix_items and parent not in out:
-                out.append(parent)
-        return out
-
     def _page_order(self, prefix: str) -> tuple[Any, int]:
         """The length-ordered factors of the items under a category prefix, and how many leaf
-        categories they fall in (built on first use, ~1 ms for 10k items; 256 most recent kept)."""
+        categories they fall in (built on first use; the 256 most recent kept)."""
         order = self._page_orders.get(prefix)
         if order is None:
             under = self.catalog.prefix_items[prefix]

@@ -1,11 +1,36 @@
-"""Shared test configuration. Fixtures that belong to one area live in that area's test module."""
+"""Shared test configuration. Fixtures that belong to one area live in that area's test module;
+those several modules share live here."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 # Tests run on a 2-core machine beside other work: one BLAS/OpenMP thread per library keeps
 # implicit, numpy and torch from oversubscribing the cores (implicit warns about exactly this).
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@pytest.fixture(scope="session")
+def als_shop_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real ALS serving bundle of a small synthetic shop (400 customers, 1500 items), built once
+    for the tests that compare the pruned engine with the one that ranks every item."""
+    from features.build import FeatureConfig, build_features
+    from features.synthetic import generate
+    from features.workspace import Workspace
+    from training.bundle import write_bundle
+    from training.data import load_train_data
+    from training.models import get_model_class
+
+    tmp = tmp_path_factory.mktemp("als-shop")
+    ws = Workspace.at(tmp / "shop")
+    generate(ws.root, customers=400, items=1500, days=60, seed=5, progress=False)
+    build_features(ws, FeatureConfig())
+    data = load_train_data(ws)
+    als = get_model_class("als")
+    model = als(als.Config.from_dict({"num_threads": 1, "factors": 16, "iterations": 8})).fit(data)
+    return write_bundle(model, ws, tmp / "bundle", data=data)

@@ -569,24 +569,12 @@ def test_engine_serves_a_real_bundle_from_the_synthetic_shop(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_pruned_factor_scoring_gives_exactly_the_blocks_of_scoring_every_item(tmp_path: Path) -> None:
+def test_pruned_factor_scoring_gives_exactly_the_blocks_of_scoring_every_item(als_shop_bundle: Path) -> None:
     """serving/mips.py on a real ALS bundle: with pruning on for any catalogue, every block (page
     contexts, carts, size and gender rules, fresh views and purchases that boost and exclude; the
     cold-start popular block; bought-together with its popular fill) is the block of the engine
     that ranks all items, while most requests score far fewer items."""
-    from features.build import FeatureConfig, build_features
-    from features.synthetic import generate
-    from features.workspace import Workspace
-    from training.bundle import write_bundle
-    from training.data import load_train_data
-
-    ws = Workspace.at(tmp_path / "shop")
-    generate(ws.root, customers=400, items=1500, days=60, seed=5, progress=False)
-    build_features(ws, FeatureConfig())
-    data = load_train_data(ws)
-    als = get_model_class("als")
-    model = als(als.Config.from_dict({"num_threads": 1, "factors": 16, "iterations": 8})).fit(data)
-    path = write_bundle(model, ws, tmp_path / "bundle", data=data)
+    path = als_shop_bundle
     for caps in (3, 1):  # 1 per brand and leaf: short blocks that must fetch past full groups
         _check_pruned_equals_dense(path, caps)
 

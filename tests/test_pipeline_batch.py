@@ -12,40 +12,22 @@ import pytest
 from serving import pipeline
 from serving.mips import NormOrdered
 from serving.pipeline import Context, Engine, EngineConfig
-from tests.test_pipeline import NOW, get_model_class
-
-
-@pytest.fixture(scope="module")
-def als_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from features.build import FeatureConfig, build_features
-    from features.synthetic import generate
-    from features.workspace import Workspace
-    from training.bundle import write_bundle
-    from training.data import load_train_data
-
-    tmp = tmp_path_factory.mktemp("batch")
-    ws = Workspace.at(tmp / "shop")
-    generate(ws.root, customers=400, items=1500, days=60, seed=5, progress=False)
-    build_features(ws, FeatureConfig())
-    data = load_train_data(ws)
-    als = get_model_class("als")
-    model = als(als.Config.from_dict({"num_threads": 1, "factors": 16, "iterations": 8})).fit(data)
-    return write_bundle(model, ws, tmp / "bundle", data=data)
+from tests.test_pipeline import NOW
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("block", "caps"), [(256, 3), (256, 1), (512, 3)])
 def test_recommend_batch_equals_recommend_per_user(
-    als_bundle: Path, block: int, caps: int, monkeypatch: pytest.MonkeyPatch
+    als_shop_bundle: Path, block: int, caps: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """block 256: the batch product covers the 1024 longest of the 1500 items (about half the users
     need more: the scan answers those); 512: it covers every item."""
     monkeypatch.setattr(pipeline.time, "time", lambda: NOW)  # one clock for the re-buy windows
     tight = {"max_per_brand": caps, "max_per_category": caps}
     engine = Engine.from_bundle(
-        als_bundle, config=EngineConfig(prune_min_items=1, prune_block=block, **tight)
+        als_shop_bundle, config=EngineConfig(prune_min_items=1, prune_block=block, **tight)
     )
-    dense = Engine.from_bundle(als_bundle, config=EngineConfig(prune_min_items=10**9, **tight))
+    dense = Engine.from_bundle(als_shop_bundle, config=EngineConfig(prune_min_items=10**9, **tight))
     assert engine._by_length is not None
     rescans = {"certain": 0, "scan": 0}
     rescan = NormOrdered.rescan
@@ -57,7 +39,11 @@ def test_recommend_batch_equals_recommend_per_user(
 
     monkeypatch.setattr(NormOrdered, "rescan", counted)
     items = engine.catalog.item_ids.astype(str)
-    users = pd.read_parquet(als_bundle / "context" / "profiles.parquet")["user_id"].astype(str).tolist()[:150]
+    users = (
+        pd.read_parquet(als_shop_bundle / "context" / "profiles.parquet")["user_id"]
+        .astype(str)
+        .tolist()[:150]
+    )
     users += [f"new-{j}" for j in range(10)] + users[:5]  # cold start and repeats
     for j, uid in enumerate(users[:60:3]):  # fresh events: views boost neighbours, purchases leave
         events = [
