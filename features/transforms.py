@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from features.consent import consent_sql
+
 DAY_S = 86400
 
 
@@ -232,7 +234,7 @@ def profiles_sql(
     >= `gender_share` on one side names it, otherwise "unisex"; fewer than `gender_min_events`
     gendered events -> null.
     """
-    consent = "coalesce(c.consent_personalisation, TRUE)" if has_customers else "TRUE"
+    consent = consent_sql("c.consent_personalisation", has_customers_table=has_customers)
     customers_join = "LEFT JOIN customers c ON c.user_id = u.user_id" if has_customers else ""
     segment = _segment_case(ref=str(int(ref_ts)), cycle_days=cycle_days, has_money=has_money)
     return f"""
