@@ -93,15 +93,13 @@ def test_train_logs_params_tags_metrics_and_bundle(ws: Workspace, trained) -> No
     assert meta["metrics"]["ndcg@10"] == pytest.approx(trained.metrics["ndcg@10"])
     assert json.loads((bundle / "model" / "config.json").read_text())["model"] == "itemknn"
     assert json.loads((bundle / "complements" / "config.json").read_text())["model"] == "bought-together"
-    import scipy.sparse as sp
-
-    ui = sp.load_npz(bundle / "context" / "user_items.npz")
-    users = pd.read_parquet(ws.feature("users"))
-    items = pd.read_parquet(bundle / "context" / "items.parquet")
-    assert ui.shape == (len(users), len(items))  # the full matrix, not the split's
-    assert {"popularity", "pop_rank"} <= set(items.columns)
-    for name in ("profiles", "last_purchases", "category_rebuy", "sequences", "stock"):
-        assert (bundle / "context" / f"{name}.parquet").exists(), name
+    # Only what was learned: the model fitted on all data (every user of the features, not the
+    # split's training part), the re-buy policy and the event weights; never the shop's tables.
+    model_users = pd.read_parquet(bundle / "model" / "users.parquet")
+    assert len(model_users) == len(pd.read_parquet(ws.feature("users")))
+    assert (bundle / "policy" / "policy.json").exists()
+    assert meta["event_weights"] == json.loads((ws.features_dir / "interactions.json").read_text())["weights"]
+    assert not (bundle / "context").exists(), "shop state (stock, customers, histories) is live, not bundled"
     arts = {a.path for a in client.list_artifacts(trained.run_id, "plots")}
     assert arts == {"plots/recall_at_k.png", "plots/popularity.png"}
 

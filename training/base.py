@@ -23,22 +23,26 @@ import pandas as pd
 import scipy.sparse as sp
 
 
+def strict_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` checked against the dataclass `cls`'s fields and coerced to their types (strings
+    from `--set key=value` or the environment become int/float/bool): the one rule every small
+    config follows. Unknown keys are an error naming the known ones, never a silent default."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return {key: _coerce(raw, known[key].type, key) for key, raw in values.items()}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Base for a model's own small frozen config. Unknown keys are an error, never a silent default."""
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(
-                f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        typed = {}
-        for key, raw in values.items():
-            typed[key] = _coerce(raw, known[key].type, key)
-        return cls(**typed)
+        return cls(**strict_fields(cls, values))
 
     def with_overrides(self, values: dict[str, Any]) -> ModelConfig:
         merged = {**dataclasses.asdict(self), **values}
@@ -188,6 +192,36 @@ class Recommender(ABC):
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k most similar items per query item (the item itself excluded), -1 padded."""
         raise NotImplementedError(f"{self.name} does not define item similarity")
+
+    # -- what a caller may know about the model (serving asks these, never the model's class) ----
+    def factors(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(user_factors (n_users, d), item_factors (n_items, d)), both C-contiguous float32, when
+        `score` for a known user u is exactly user_factors[u] @ item_factorsᵀ (matrix
+        factorisation); None otherwise. Serving then scores with one product over the item factors
+        and prunes by factor length (serving/mips.py)."""
+        return None
+
+    def neighbour_table(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Every item's `similar_items(item, k)` at once as a CSR-like table (indptr (n_items+1,),
+        ids, scores), best first, the item itself and non-positive scores left out, ties by lower
+        index; None when the model has no cheaper way than asking per item."""
+        return None
+
+    def forget_users(self, user_ids: list[str]) -> int:
+        """Remove these customers (ids) from the model's user mapping and per-user state, so the
+        model no longer knows them; returns how many it knew. Models without per-user state only
+        drop the mapping rows."""
+        ids = {str(u) for u in user_ids}
+        known = self.users["user_id"].astype(str).isin(ids)
+        if known.any():
+            rows = self.users.loc[known, "user_idx"].to_numpy(dtype=np.int64)
+            self._forget_rows(rows)
+            self.users = self.users.loc[~known].reset_index(drop=True)
+        return int(known.sum())
+
+    def _forget_rows(self, rows: np.ndarray) -> None:  # noqa: B027 - optional hook
+        """Erase the per-user state of these user indices (factor rows, ...), keeping the others'
+        indices unchanged."""
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -1,13 +1,14 @@
-"""The serving bundle: everything serving needs at request time, in one directory that MLflow logs
-with each registered version (docs/workspace.md, "The serving bundle"). Serving reads it with
-`serving.bundle.load_bundle(path)` and never touches the workspace.
+"""The serving bundle: what one registered version learned, in one directory that MLflow logs with
+it (docs/workspace.md, "The serving bundle"). Serving reads it with `serving.bundle.load_bundle`.
 
     bundle/
-      bundle.json        {"model", "data_hash", "created_at", "metrics", "complements", "context"}
+      bundle.json        {"model", "data_hash", "created_at", "metrics", "complements", "event_weights"}
       model/             the main model (Recommender.save)
       complements/       a `bought-together` model fitted on the same data
-      context/           items (+ item statistics), stock, profiles, sizes, last purchases,
-                         category re-buy, the full user x item matrix, sequences
+      policy/            the learned re-buy policy (training.policy.RebuyPolicy.save)
+
+Only what was learned: the shop's catalogue, stock, customers and histories are live state that
+serving reads from the workspace (serving/state.py), never a copy frozen here.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 if TYPE_CHECKING:
     from features.workspace import Workspace
@@ -66,7 +65,8 @@ def write_bundle(
     if complements is not None:
         complements.save(path / "complements")
 
-    context = write_context(ws, data, path / "context")
+    policy = learned_policy(ws)
+    policy.save(path / "policy")
     meta = {
         "format": BUNDLE_FORMAT,
         "model": model.name,
@@ -74,7 +74,7 @@ def write_bundle(
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "metrics": dict(metrics or {}),
         "complements": complements.name if complements is not None else None,
-        "context": context,
+        "event_weights": event_weights(ws),
         "n_users": int(data.n_users),
         "n_items": int(data.n_items),
     }
@@ -95,51 +95,36 @@ def fit_complements(data: TrainData) -> Recommender | None:
         return None
 
 
-def write_context(ws: Workspace, data: TrainData, out: Path) -> list[str]:
-    """Copy the request-time context from the workspace's features into `out`; returns the file
-    names written. Tables that the workspace lacks (no catalogue, no stock) are left out."""
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
+def learned_policy(ws: Workspace) -> Any:
+    """The re-buy policy learned by the features build on all data (training.policy)."""
+    from training.policy import RebuyPolicy
 
-    def put(name: str, frame: pd.DataFrame | None) -> None:
-        if frame is not None:
-            frame.to_parquet(out / f"{name}.parquet", index=False)
-            written.append(f"{name}.parquet")
+    return RebuyPolicy.from_frame(_read(ws.feature("category_rebuy")))
 
-    items = data.items.copy()
-    stats = _read(ws.feature("item_stats"))
-    if stats is not None and "item_idx" in stats:
-        keep = ["item_idx", *[c for c in ITEM_STAT_COLUMNS if c in stats.columns]]
-        if "category" not in items.columns and "category" in stats.columns:
-            keep.append("category")
-        items = items.merge(stats[keep], on="item_idx", how="left")
-    put("items", items)
-    put("stock", _read(ws.validated("stock")))
-    profiles = _read(ws.feature("profiles"))
-    if profiles is None and {"user_idx", "user_id"} <= set(data.users.columns):
-        profiles = data.users
-    put("profiles", profiles)
-    sizes = _read(ws.feature("sizes"))
-    put(
-        "sizes",
-        sizes[[c for c in ("user_idx", "garment", "size") if c in sizes.columns]]
-        if sizes is not None
-        else None,
-    )
-    put("last_purchases", _read(ws.feature("last_purchases")))
-    put("category_rebuy", _read(ws.feature("category_rebuy")))
 
-    sp.save_npz(out / "user_items.npz", sp.csr_matrix(data.user_items, dtype=np.float32))
-    written.append("user_items.npz")
-    if data.sequences:
-        seqs = pd.DataFrame(
-            {
-                "user_idx": np.arange(len(data.sequences), dtype=np.int32),
-                "item_idx": [np.asarray(s, dtype=np.int32) for s in data.sequences],
-            }
-        )
-        put("sequences", seqs)
-    return written
+def event_weights(ws: Workspace) -> dict[str, float]:
+    """event type -> weight the workspace's interaction matrix was built with (features'
+    interactions.json), so serving weighs real-time events as training weighed them."""
+    meta = ws.features_dir / "interactions.json"
+    if meta.exists():
+        weights = json.loads(meta.read_text()).get("weights")
+        if isinstance(weights, dict) and weights:
+            return {str(k): float(v) for k, v in weights.items()}
+    return default_event_weights()
+
+
+def default_event_weights() -> dict[str, float]:
+    from features.config import FeatureConfig
+
+    return dict(FeatureConfig().weight_map)
+
+
+def read_event_weights(meta: dict[str, Any]) -> dict[str, float]:
+    """A bundle's event weights (bundle.json), else the feature build's defaults."""
+    weights = meta.get("event_weights")
+    if isinstance(weights, dict) and weights:
+        return {str(k): float(v) for k, v in weights.items()}
+    return default_event_weights()
 
 
 def read_bundle_meta(path: str | Path) -> dict[str, Any]:

@@ -17,7 +17,9 @@ most often" fall the same way. A shop that wants a cooling-off period sets `wind
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -57,6 +59,49 @@ class RebuyPolicy:
         """category -> median re-buy interval in days."""
         return dict(self.windows)
 
+    @property
+    def rebuyable_categories(self) -> frozenset[str]:
+        return frozenset(c for c, _ in self.windows)
+
+    @property
+    def durable_categories(self) -> frozenset[str]:
+        return frozenset()
+
+    # -- the vectorised interface serving calls (no pandas per call) ------------------------------
+    def window_seconds(self, categories: np.ndarray, user_ids: np.ndarray | None = None) -> np.ndarray:
+        """(len(categories),) seconds after a purchase at which the same item may come back;
+        np.inf where the category is never re-bought."""
+        days = self.rebuyable
+        return np.array(
+            [days[c] * self.window_fraction * _DAY if c in days else np.inf for c in _cats(categories)],
+            dtype=np.float64,
+        )
+
+    def back_at(self, user_ids: np.ndarray, categories: np.ndarray, last_ts: np.ndarray) -> np.ndarray:
+        """Per past purchase: the epoch second from which that item may be recommended again to
+        that customer; np.inf = never."""
+        return np.asarray(last_ts, dtype=np.float64) + self.window_seconds(categories, user_ids)
+
+    def durable_until(
+        self, user_ids: np.ndarray, categories: np.ndarray, bought_ts: np.ndarray
+    ) -> np.ndarray:
+        """Per purchase: until when the other items of its category stay out; -np.inf where the
+        category is not durable."""
+        return np.full(len(categories), -np.inf)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "policy.json").write_text(
+            json.dumps({"windows": [list(w) for w in self.windows], "window_fraction": self.window_fraction})
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RebuyPolicy:
+        meta = json.loads((Path(path) / "policy.json").read_text())
+        return cls(tuple((str(c), float(d)) for c, d in meta["windows"]), float(meta["window_fraction"]))
+
     def exclusions(
         self,
         users: np.ndarray,
@@ -93,3 +138,19 @@ class RebuyPolicy:
         M.sum_duplicates()
         M.data[:] = 1.0
         return M
+
+
+def _cats(categories: np.ndarray) -> list[str]:
+    return ["" if c is None or (isinstance(c, float) and np.isnan(c)) else str(c) for c in categories]
+
+
+def load_policy(bundle: str | Path) -> RebuyPolicy:
+    """The policy a serving bundle carries (`policy/`); bundles written before it was carried
+    learn it from their `context/category_rebuy.parquet`; with neither, no category is re-bought."""
+    bundle = Path(bundle)
+    if (bundle / "policy" / "policy.json").exists():
+        return RebuyPolicy.load(bundle / "policy")
+    legacy = bundle / "context" / "category_rebuy.parquet"
+    if legacy.exists():
+        return RebuyPolicy.from_frame(pd.read_parquet(legacy))
+    return RebuyPolicy()

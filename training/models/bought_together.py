@@ -138,6 +138,26 @@ class BoughtTogether(Recommender):
     def score(self, users: np.ndarray, history: History) -> np.ndarray:
         return np.asarray((self._recent_weights(history) @ self.similarity_).toarray(), dtype=np.float32)
 
+    def neighbour_table(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Every item's top-k complements from the sparse similarity, vectorised over its stored
+        entries (~1 s for 100k items, where asking per item densifies a 100k-wide row each);
+        exactly what `similar_items` gives per item, restricted to positive scores."""
+        sim = sp.csr_matrix(self.similarity_, copy=True)
+        sim.sum_duplicates()  # canonical: one entry per (row, col), columns ascending
+        m = sim.shape[0]
+        rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(sim.indptr))
+        cols = sim.indices.astype(np.int64)
+        vals = sim.data.astype(np.float64)
+        keep = (vals > 0) & (cols != rows)
+        rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        order = np.lexsort((-vals, rows))  # stable: equal scores keep ascending columns
+        rows, cols, vals = rows[order], cols[order], vals[order]
+        rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+        top = rank < k
+        rows, cols, vals = rows[top], cols[top], vals[top]
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=m))]).astype(np.int64)
+        return indptr, cols, vals
+
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The complements of each item (co-occurrence first, then the cosine fallback)."""
         return sparse_neighbours(self.similarity_, items, k)

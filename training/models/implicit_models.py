@@ -74,6 +74,18 @@ class _FactorModel(Recommender):
     def score(self, users: np.ndarray, history: History) -> np.ndarray:
         return self._user_vectors(users, history) @ self.item_factors_.T
 
+    def factors(self) -> tuple[np.ndarray, np.ndarray] | None:
+        uf, itf = self.user_factors_, self.item_factors_
+        if not all(isinstance(a, np.ndarray) and a.ndim == 2 and a.dtype == np.float32 for a in (uf, itf)):
+            return None  # another dtype would change the product's rounding: let `score` answer
+        return np.ascontiguousarray(uf), np.ascontiguousarray(itf)
+
+    def _forget_rows(self, rows: np.ndarray) -> None:
+        rows = rows[(rows >= 0) & (rows < len(self.user_factors_))]
+        if len(rows):
+            self.user_factors_ = self.user_factors_.copy()
+            self.user_factors_[rows] = 0.0
+
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Cosine similarity of item factors, the item itself excluded."""
         # Normalised once per fitted/loaded state, not per call: at 100k items re-normalising every
