@@ -4,7 +4,9 @@ those several modules share live here."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,8 +17,30 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+@dataclass(frozen=True)
+class Shop:
+    """A workspace with features and a serving bundle trained on it."""
+
+    ws: Any  # features.workspace.Workspace
+    bundle: Path
+
+    def state(self) -> Any:
+        """A fresh live shop state of the workspace (serving.state.ShopState)."""
+        from serving.state import ShopState
+
+        return ShopState.from_workspace(self.ws)
+
+    @property
+    def user_ids(self) -> list[str]:
+        import pandas as pd
+
+        return (
+            pd.read_parquet(self.ws.feature("profiles"), columns=["user_id"])["user_id"].astype(str).tolist()
+        )
+
+
 @pytest.fixture(scope="session")
-def als_shop_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def als_shop(tmp_path_factory: pytest.TempPathFactory) -> Shop:
     """A real ALS serving bundle of a small synthetic shop (400 customers, 1500 items), built once
     for the tests that compare the pruned engine with the one that ranks every item."""
     from features.build import FeatureConfig, build_features
@@ -33,4 +57,4 @@ def als_shop_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = load_train_data(ws)
     als = get_model_class("als")
     model = als(als.Config.from_dict({"num_threads": 1, "factors": 16, "iterations": 8})).fit(data)
-    return write_bundle(model, ws, tmp / "bundle", data=data)
+    return Shop(ws, write_bundle(model, ws, tmp / "bundle", data=data))

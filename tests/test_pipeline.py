@@ -18,8 +18,10 @@ import pytest
 import scipy.sparse as sp
 
 from serving.pipeline import Context, Engine, EngineConfig, Rec  # noqa: F401 - used below
+from serving.state import Customer, ShopState, histories_from_purchases
 from serving.store import InMemoryStore
 from training.base import TrainData
+from training.policy import RebuyPolicy
 
 try:  # the real models (training/); without them these tests cannot mean anything
     from training.models import get_model_class
@@ -81,16 +83,10 @@ def _shop() -> tuple[pd.DataFrame, pd.DataFrame, list[np.ndarray], dict[str, lis
 
 
 def write_tiny_bundle(path: Path, model_name: str = "itemknn") -> Path:
-    """The tiny shop as a serving bundle (docs/workspace.md layout), real itemknn (or `model_name`)
-    + bought-together."""
+    """The tiny shop's learned part as a serving bundle (docs/workspace.md layout): real itemknn
+    (or `model_name`) + bought-together + the re-buy policy learned from CATEGORY_REBUY."""
     users, items, baskets, history = _shop()
-    rows, cols = [], []
-    for u, uid in enumerate(users["user_id"]):
-        for it in history[uid]:
-            rows.append(u)
-            cols.append(IDX[it])
-    ui = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), len(items)))
-    sequences = [np.array([IDX[i] for i in history[uid]]) for uid in users["user_id"]]
+    ui, sequences = _history_matrix(users, items, history)
     data = TrainData(user_items=ui, users=users, items=items, sequences=sequences, baskets=baskets)
     settings = (
         {"num_threads": 1} if model_name != "als" else {"num_threads": 1, "factors": 8, "iterations": 5}
@@ -98,58 +94,68 @@ def write_tiny_bundle(path: Path, model_name: str = "itemknn") -> Path:
     model = get_model_class(model_name)(get_model_class(model_name).Config.from_dict(settings)).fit(data)
     comp_cls = get_model_class("bought-together")
     comp = comp_cls(comp_cls.Config.from_dict({"min_count": 2, "fallback_neighbours": 0})).fit(data)
-
     model.save(path / "model")
     comp.save(path / "complements")
-    ctx = path / "context"
-    ctx.mkdir(parents=True)
+    RebuyPolicy.from_frame(CATEGORY_REBUY).save(path / "policy")
+    (path / "bundle.json").write_text(json.dumps({"model": model_name, "data_hash": "tiny", "metrics": {}}))
+    return path
+
+
+CATEGORY_REBUY = pd.DataFrame(
+    {
+        "category": ["pets/cats/food", "electronics/laptops"],
+        "n_buyers": [20, 4],
+        "n_repeat_buyers": [15, 0],
+        "rebuy_rate": [0.75, 0.0],
+        "median_interval_days": [30.0, None],
+        "rebuyable": [True, False],
+    }
+)
+STOCK = pd.DataFrame(
+    [
+        ("dress", "S", 0), ("dress", "M", 3), ("shirt", "M", 2), ("shirt", "L", 0),
+        ("tee", "S", 0), ("tee", "M", 1), ("leash", "", 0), ("dogfood", "", 7),
+    ],
+    columns=["item_id", "size", "quantity"],
+)  # fmt: skip
+
+
+def _history_matrix(users: pd.DataFrame, items: pd.DataFrame, history: dict[str, list[str]]) -> tuple:
+    rows, cols = [], []
+    for u, uid in enumerate(users["user_id"]):
+        for it in history[uid]:
+            rows.append(u)
+            cols.append(IDX[it])
+    ui = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), len(items)))
+    sequences = [np.array([IDX[i] for i in history[uid]]) for uid in users["user_id"]]
+    return ui, sequences
+
+
+def tiny_state() -> ShopState:
+    """The tiny shop's live state: catalogue with popularity, stock, customers (bob refuses
+    personalisation; alice shops women's and wears S dresses; carl shops men's) and histories
+    (alice bought cat food, a laptop and a litter box 40 days before NOW)."""
+    users, items, _, history = _shop()
+    ui, sequences = _history_matrix(users, items, history)
     pop = np.asarray(ui.sum(axis=0)).ravel()
-    items.assign(n_users=pop, popularity=pop.astype(float)).to_parquet(ctx / "items.parquet", index=False)
-    pd.DataFrame(
-        [
-            ("dress", "S", 0), ("dress", "M", 3), ("shirt", "M", 2), ("shirt", "L", 0),
-            ("tee", "S", 0), ("tee", "M", 1), ("leash", "", 0), ("dogfood", "", 7),
-        ],
-        columns=["item_id", "size", "quantity"],
-    ).to_parquet(ctx / "stock.parquet", index=False)  # fmt: skip
+    catalog = items.drop(columns="item_idx").assign(n_users=pop, popularity=pop.astype(float))
     uidx = dict(zip(users["user_id"], users["user_idx"], strict=True))
-    profiles = users.assign(
-        segment=["active"] * len(users),
-        gender_affinity=[None] * len(users),
-        consent_personalisation=[True] * len(users),
-    )
-    profiles.loc[profiles.user_id == "alice", "gender_affinity"] = "women"
-    profiles.loc[profiles.user_id == "carl", "gender_affinity"] = "men"
-    profiles.loc[profiles.user_id == "bob", "consent_personalisation"] = False
-    profiles.to_parquet(ctx / "profiles.parquet", index=False)
-    pd.DataFrame(
-        {"user_idx": [uidx["alice"]], "garment": ["fashion/women/dresses"], "size": ["S"]}
-    ).to_parquet(ctx / "sizes.parquet", index=False)
-    pd.DataFrame(
+    affinity = {"alice": "women", "carl": "men"}
+    customers = {
+        uid: Customer(int(row), uid != "bob", True, "active", affinity.get(uid)) for uid, row in uidx.items()
+    }
+    last = pd.DataFrame(
         {
             "user_idx": [uidx["alice"]] * 3,
             "item_idx": [IDX["catfood"], IDX["laptop"], IDX["lbox_a"]],
             "category": ["pets/cats/food", "electronics/laptops", "pets/cats/litter-boxes"],
             "last_ts": [int(NOW - 40 * DAY)] * 3,
-            "n_purchases": [3, 1, 1],
         }
-    ).to_parquet(ctx / "last_purchases.parquet", index=False)
-    pd.DataFrame(
-        {
-            "category": ["pets/cats/food", "electronics/laptops"],
-            "n_buyers": [20, 4],
-            "n_repeat_buyers": [15, 0],
-            "rebuy_rate": [0.75, 0.0],
-            "median_interval_days": [30.0, None],
-            "rebuyable": [True, False],
-        }
-    ).to_parquet(ctx / "category_rebuy.parquet", index=False)
-    sp.save_npz(ctx / "user_items.npz", ui)
-    pd.DataFrame(
-        {"user_idx": users["user_idx"], "item_idx": [s.astype(np.int32) for s in sequences]}
-    ).to_parquet(ctx / "sequences.parquet", index=False)
-    (path / "bundle.json").write_text(json.dumps({"model": "itemknn", "data_hash": "tiny", "metrics": {}}))
-    return path
+    )
+    histories = histories_from_purchases(
+        ui, dict(enumerate(sequences)), {uidx["alice"]: {"fashion/women/dresses": "S"}}, last
+    )
+    return ShopState(catalog, stock=STOCK, customers=customers, histories=histories, has_customers_table=True)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +165,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def engine(bundle_dir: Path) -> Engine:
-    return Engine.from_bundle(bundle_dir, store=InMemoryStore(), model_version="v7")
+    return Engine.from_bundle(bundle_dir, tiny_state(), store=InMemoryStore(), model_version="v7")
 
 
 def ids(recs: list[Rec]) -> list[str]:
@@ -175,7 +181,7 @@ def test_engine_loads_and_reports_health(engine: Engine) -> None:
 
 
 def test_purchases_stay_out_for_their_window_and_staples_come_back_with_buy_it_again(
-    engine: Engine, bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, bundle_dir: Path, tmp_path: Path
 ) -> None:
     # Alice bought cat food, a laptop and a litter box 40 days ago. Cat food is re-bought every
     # ~30 days: back, "buy it again". Laptops and litter boxes are not rebuyable categories: never.
@@ -187,14 +193,13 @@ def test_purchases_stay_out_for_their_window_and_staples_come_back_with_buy_it_a
     # purchase the cat food is already back, the laptop still out.
     soon = {r.item_id: r.reason for r in engine.recommend("alice", 8, now=NOW - 35 * DAY)}
     assert soon.get("catfood") == "buy it again" and "laptop" not in soon
-    # A shop's cooling-off window (half the median interval, 15 days) keeps it out for now.
-    from training.policy import RebuyPolicy
+    # A shop's cooling-off window (half the median interval, 15 days) keeps it out for now: the
+    # policy is the bundle's (learned), the purchases the shop state's.
+    import shutil
 
-    plain = RebuyPolicy.from_frame.__func__
-    monkeypatch.setattr(
-        RebuyPolicy, "from_frame", classmethod(lambda cls, f: plain(cls, f, window_fraction=0.5))
-    )
-    cooling = Engine.from_bundle(bundle_dir, store=InMemoryStore())
+    shutil.copytree(bundle_dir, tmp_path / "cooling")
+    RebuyPolicy.from_frame(CATEGORY_REBUY, window_fraction=0.5).save(tmp_path / "cooling" / "policy")
+    cooling = Engine.from_bundle(tmp_path / "cooling", tiny_state(), store=InMemoryStore())
     soon = ids(cooling.recommend("alice", 8, now=NOW - 35 * DAY))
     assert "catfood" not in soon and "laptop" not in soon
     assert "catfood" in ids(cooling.recommend("alice", 8, now=NOW - 20 * DAY))  # 20 days > 15
@@ -219,13 +224,14 @@ def test_stock_size_and_gender_rules_apply_to_the_block(engine: Engine) -> None:
 def test_cached_context_masks_are_the_rules_own_and_private_to_each_request(engine: Engine) -> None:
     from serving import filters as F
 
-    cat = engine.catalog
+    snap = engine.state.current
+    cat = snap.catalog
     cases = [(None, "alice"), (None, "carl"), ("M", "alice"), ("S", None), (None, None)]
     for _ in range(2):  # the second pass answers from the cache
         for size, uid in cases:
-            user = engine._user(uid)
-            mask = engine._context_mask(Context(size=size), user)
-            learned = engine._sizes.get(user.fidx) if user is not None and not size else None
+            user = engine._customer(uid)
+            mask = engine._context_mask(snap, Context(size=size), user)
+            learned = engine.state.histories.sizes.get(user.row) if user is not None and not size else None
             want = F.stock_mask(cat, size=size, sizes_by_garment=learned)
             gender = F.resolve_gender(None, user.gender_affinity if user is not None else None)
             if gender in ("women", "men"):
@@ -233,31 +239,34 @@ def test_cached_context_masks_are_the_rules_own_and_private_to_each_request(engi
             np.testing.assert_array_equal(mask, want)
             assert mask.flags.writeable
             mask[:] = False  # a request excludes its cart in place: the next one must not see it
-    assert engine._context_mask(Context(), None).all() == F.stock_mask(cat).all()
-    assert len(engine._masks) == len(cases)
+    assert engine._context_mask(snap, Context(), None).all() == F.stock_mask(cat).all()
+    assert len(snap.masks) == len(cases)
 
 
 def test_plain_popular_blocks_are_kept_per_k_segment_and_context(engine: Engine) -> None:
+    snap = engine.state.current
     contexts = [Context(), Context(gender="men"), Context(size="S"), Context(size="M", gender="women")]
     for _ in range(2):  # the second pass answers from the kept blocks
         for cx in contexts:
             for k, segment in ((3, None), (8, None), (8, "active"), (8, "unknown-segment")):
                 got = engine.popular(k, segment=segment, context=cx)
-                assert got == engine._rank_popular(k, segment, None, cx, None, [])
+                assert got == engine._rank_popular(snap, k, segment, None, cx, None, [])
                 got.clear()  # the caller's list is its own
-    assert len(engine._popular_blocks) == len(contexts) * 3  # an unknown segment is no segment
+    assert len(snap.popular_blocks) == len(contexts) * 3  # an unknown segment is no segment
     # a cold-start customer with a session is ranked afresh: the views boost their neighbours
     engine.record_events([{"user_id": "new-1", "item_id": "dogfood", "event_type": "view", "timestamp": NOW}])
     fresh = engine.recommend("new-1", 5, now=NOW)
-    assert fresh == engine._rank_popular(5, "new", None, Context(), None, engine.store.recent("new-1", 50))
-    assert len(engine._popular_blocks) == len(contexts) * 3  # (that block is not kept)
+    assert fresh == engine._rank_popular(
+        snap, 5, "new", None, Context(), None, engine.store.recent("new-1", 50)
+    )
+    assert len(snap.popular_blocks) == len(contexts) * 3  # (that block is not kept)
 
 
 def test_sparse_boosts_add_and_read_back_as_a_dense_array_would() -> None:
-    from serving.pipeline import _Boost
+    from serving.ranking import Boost
 
     rng = np.random.default_rng(3)
-    dense, sparse = np.zeros(50), _Boost()
+    dense, sparse = np.zeros(50), Boost()
     for step in range(20):
         ids_ = rng.integers(0, 50, size=int(rng.integers(0, 8)))  # repeats within one add, too
         vals = (rng.random(len(ids_)) * 0.5).astype(np.float32 if step % 2 else np.float64)
@@ -271,13 +280,13 @@ def test_sparse_boosts_add_and_read_back_as_a_dense_array_would() -> None:
     some = np.array([2, 7, 30, 49])
     assert sparse.at(some).tobytes() == dense[some].tobytes()
     np.testing.assert_array_equal(sparse.nonzero(), np.sort(np.flatnonzero(dense)))
-    assert _Boost().at(some).tobytes() == np.zeros(4).tobytes()
+    assert Boost().at(some).tobytes() == np.zeros(4).tobytes()
 
 
 def test_block_is_full_whenever_enough_items_are_eligible(engine: Engine) -> None:
     # 13 items: alice loses laptop, lbox_a (purchased), leash (stock), dress (size), shirt (gender).
     # With the diversity cap raised nothing else removes items, so exactly 8 remain.
-    loose = Engine(engine.bundle, config=EngineConfig(max_per_brand=10, max_per_category=10))
+    loose = Engine(engine.bundle, tiny_state(), config=EngineConfig(max_per_brand=10, max_per_category=10))
     assert len(loose.recommend("alice", 8, now=NOW)) == 8
     assert len(loose.recommend("alice", 20, now=NOW)) == 8  # k larger than what is eligible
     # With the default cap (3 per brand) the Paws/Kitty/Mode/Woof brands still fill 8.
@@ -285,7 +294,7 @@ def test_block_is_full_whenever_enough_items_are_eligible(engine: Engine) -> Non
 
 
 def test_diversity_caps_brands_and_leaf_categories_per_block(engine: Engine) -> None:
-    strict = Engine(engine.bundle, config=EngineConfig(max_per_brand=1, max_per_category=1))
+    strict = Engine(engine.bundle, tiny_state(), config=EngineConfig(max_per_brand=1, max_per_category=1))
     recs = strict.recommend("zed", 10)
     brands = [ITEMS[IDX[r.item_id]][3] for r in recs]
     leaves = [ITEMS[IDX[r.item_id]][2] for r in recs]
@@ -408,7 +417,7 @@ def test_bad_input_is_a_clear_error(engine: Engine) -> None:
     with pytest.raises(ValueError, match="event 1: event_type"):
         engine.record_events([{"user_id": "u", "item_id": "a", "event_type": "view"},
                               {"user_id": "u", "item_id": "a", "event_type": "like"}])  # fmt: skip
-    with pytest.raises(ValueError, match="unknown EngineConfig key"):
+    with pytest.raises(ValueError, match="unknown config key.*EngineConfig"):
         EngineConfig.from_dict({"max_per_brnad": 2})
 
 
@@ -423,7 +432,9 @@ def _dead_port() -> int:
 def test_engine_keeps_answering_when_redis_is_gone(bundle_dir: Path) -> None:
     from serving.store import RedisStore
 
-    engine = Engine.from_bundle(bundle_dir, store=RedisStore(f"redis://127.0.0.1:{_dead_port()}/0"))
+    engine = Engine.from_bundle(
+        bundle_dir, tiny_state(), store=RedisStore(f"redis://127.0.0.1:{_dead_port()}/0")
+    )
     recs = engine.recommend("carl", 4, now=NOW)
     assert len(recs) == 4  # the answer without the newest events
     assert engine.record_events([{"user_id": "carl", "item_id": "tee", "event_type": "purchase"}]) == 0
@@ -440,15 +451,15 @@ def test_a_purchase_through_real_redis_changes_the_next_answer_on_another_replic
     if not store.health().startswith("redis ok"):
         pytest.skip(f"no Redis at 127.0.0.1:6379 ({store.health()})")
     try:
-        a = Engine.from_bundle(bundle_dir, store=store)
-        b = Engine.from_bundle(bundle_dir, store=RedisStore(store.url, prefix=store.prefix))
+        a = Engine.from_bundle(bundle_dir, tiny_state(), store=store)
+        b = Engine.from_bundle(bundle_dir, tiny_state(), store=RedisStore(store.url, prefix=store.prefix))
         top = ids(b.recommend("carl", 3, now=NOW))[0]
         assert a.record_events([{"user_id": "carl", "item_id": top, "event_type": "purchase"}]) == 1
         assert top not in ids(b.recommend("carl", 10, now=NOW))
         assert a.health()["store"] == "redis ok"
         # /forget on one replica: the other stops personalising and keeps no new events.
         c = Engine.from_bundle(
-            bundle_dir, store=RedisStore(store.url, prefix=store.prefix, forgotten_refresh_s=0)
+            bundle_dir, tiny_state(), store=RedisStore(store.url, prefix=store.prefix, forgotten_refresh_s=0)
         )
         assert c.recommend("carl", 4, now=NOW) != c.popular(4, segment="new")
         a.forget("carl")
@@ -460,31 +471,31 @@ def test_a_purchase_through_real_redis_changes_the_next_answer_on_another_replic
 
 
 def test_items_added_after_training_are_mapped_not_shifted(tmp_path: Path) -> None:
-    # The bundle's items list an item the model was not trained on, *first*, so every bundle index
-    # differs from the model's: scores must follow the ids, and the new item gets catalogue
-    # neighbours.
-    d = write_tiny_bundle(tmp_path / "b")
-    ctx = d / "context"
-    items = pd.read_parquet(ctx / "items.parquet")
+    # The shop state lists an item the model was not trained on, *first*, so every state index
+    # differs from the model's (another feature build's order): scores must follow the ids, and
+    # the new item gets catalogue neighbours.
+    users, items, _, history = _shop()
+    ui, sequences = _history_matrix(users, items, history)
+    plain_state = tiny_state()
     fresh = pd.DataFrame([{"item_id": "lbox_x", "title": "Litter box X", "category": "pets/cats/litter-boxes",
                            "brand": "Kitty", "price": 29.0, "gender": "unisex", "n_users": 0, "popularity": 0.0}])  # fmt: skip
-    items = pd.concat([fresh, items.drop(columns="item_idx")], ignore_index=True)
-    items.insert(0, "item_idx", np.arange(len(items), dtype=np.int32))
-    items.to_parquet(ctx / "items.parquet", index=False)
-    ui = sp.load_npz(ctx / "user_items.npz").tocsr()
-    sp.save_npz(
-        ctx / "user_items.npz", sp.hstack([sp.csr_matrix((ui.shape[0], 1), dtype=np.float32), ui]).tocsr()
+    catalog = pd.concat([fresh, plain_state.items.drop(columns="active")], ignore_index=True)
+    h = plain_state.histories
+    shifted_h = histories_from_purchases(
+        sp.hstack([sp.csr_matrix((ui.shape[0], 1), dtype=np.float32), ui]).tocsr(),
+        {u: s + 1 for u, s in h.sequences.items()},
+        h.sizes,
+        pd.DataFrame(
+            {"user_idx": h.p_row, "item_idx": h.p_item + 1, "category": h.p_category, "last_ts": h.p_ts}
+        ),
     )
-    lp = pd.read_parquet(ctx / "last_purchases.parquet")
-    lp.assign(item_idx=lp["item_idx"] + 1).to_parquet(ctx / "last_purchases.parquet", index=False)
-    seq = pd.read_parquet(ctx / "sequences.parquet")
-    seq.assign(item_idx=[np.asarray(s) + 1 for s in seq["item_idx"]]).to_parquet(
-        ctx / "sequences.parquet", index=False
+    state = ShopState(
+        catalog, stock=STOCK, customers=plain_state.customers, histories=shifted_h, has_customers_table=True
     )
-
-    shifted = Engine.from_bundle(d)
-    plain = Engine.from_bundle(write_tiny_bundle(tmp_path / "plain"))
-    assert shifted._model_pos is not None  # the mapping path is the one under test
+    d = write_tiny_bundle(tmp_path / "b")
+    shifted = Engine.from_bundle(d, state)
+    plain = Engine.from_bundle(d, tiny_state())
+    assert not shifted.items.identity  # the mapping path is the one under test
     for user in ("alice", "carl"):
         a = [r for r in shifted.recommend(user, 6, now=NOW) if r.item_id != "lbox_x"]
         b = plain.recommend(user, 6, now=NOW)
@@ -497,24 +508,27 @@ def test_items_added_after_training_are_mapped_not_shifted(tmp_path: Path) -> No
 def test_precomputed_complements_are_the_complements_models_own(engine: Engine) -> None:
     # The engine precomputes every item's bought-together list from the sparse similarity at load;
     # each must hold what the model's similar_items gives for that item (best first, scores > 0).
-    assert hasattr(engine._complements_of, "table")  # the precomputed path is the one under test
-    for i in range(engine.catalog.n):
-        ids_t, sc_t = engine._complements_of(i)
-        ids_m, sc_m = engine._compute_complements(i)  # model.similar_items for this one item
+    assert engine.complements.precomputed  # the precomputed path is the one under test
+    for i in range(engine.state.current.n):
+        ids_t, sc_t = engine.complements.of(i)
+        got = engine.complements.batch(np.array([i]))[0]  # model.similar_items for this one item
+        ids_m, sc_m = (got[0][got[1] > 0], got[1][got[1] > 0]) if got is not None else ([], [])
         assert sorted(zip(ids_t.tolist(), sc_t.tolist(), strict=True)) == sorted(
             zip(ids_m.tolist(), sc_m.tolist(), strict=True)
         )
         assert list(sc_t) == sorted(sc_t, reverse=True) and (sc_t > 0).all() and i not in ids_t
-    assert engine.catalog.item_ids[engine._complements_of(IDX["lbox_a"])[0][0]] == "scoop"
+    assert engine.state.current.catalog.item_ids[engine.complements.of(IDX["lbox_a"])[0][0]] == "scoop"
 
 
 def test_factor_model_fast_path_answers_exactly_as_the_model_scores(tmp_path: Path) -> None:
     # For ALS the engine scores a known user with one product over the item factors instead of
     # asking model.score with a sparse history row; every answer must be the same, events included.
-    engine = Engine.from_bundle(write_tiny_bundle(tmp_path / "als", "als"), store=InMemoryStore())
-    assert engine._user_factors is not None  # the fast path is the one under test
-    reference = Engine.from_bundle(tmp_path / "als", store=engine.store)
-    reference._user_factors = None  # model.score with the history row, as for any other model
+    engine = Engine.from_bundle(
+        write_tiny_bundle(tmp_path / "als", "als"), tiny_state(), store=InMemoryStore()
+    )
+    assert engine.scorer.user_factors is not None  # the fast path is the one under test
+    reference = Engine.from_bundle(tmp_path / "als", tiny_state(), store=engine.store)
+    reference.scorer.user_factors = None  # model.score with the history row, as for any other model
     engine.record_events([{"user_id": "carl", "item_id": "lbox_a", "event_type": "view", "timestamp": NOW}])
     contexts = [
         Context(),
@@ -522,7 +536,7 @@ def test_factor_model_fast_path_answers_exactly_as_the_model_scores(tmp_path: Pa
         Context(current_item="lbox_a"),
         Context(cart=("scoop",)),
     ]
-    background = next(u for u in engine._users if u not in ("alice", "bob", "carl"))
+    background = next(u for u in engine.state.customers if u not in ("alice", "bob", "carl"))
     for user in ("alice", "carl", background, "a-new-customer"):
         for cx in contexts:
             assert engine.recommend(user, 5, cx, now=NOW) == reference.recommend(user, 5, cx, now=NOW)
@@ -546,14 +560,17 @@ def test_engine_serves_a_real_bundle_from_the_synthetic_shop(tmp_path: Path) -> 
     model = get_model_class("itemknn")(get_model_class("itemknn").Config.from_dict({"num_threads": 1})).fit(
         data
     )
-    engine = Engine.from_bundle(write_bundle(model, ws, tmp_path / "bundle", data=data), model_version="e2e")
+    state = ShopState.from_workspace(ws)
+    engine = Engine.from_bundle(
+        write_bundle(model, ws, tmp_path / "bundle", data=data), state, model_version="e2e"
+    )
     assert engine.health()["rebuy_policy"] is True and engine.health()["complements"] is True
 
     stock = pd.read_parquet(ws.validated("stock"))
     sold_out = set(stock.groupby("item_id")["quantity"].sum().loc[lambda q: q == 0].index)
-    prof = pd.read_parquet(tmp_path / "bundle" / "context" / "profiles.parquet")
-    consenting = prof[prof["consent_personalisation"].fillna(True).astype(bool)]["user_id"].tolist()[:60]
-    refusing = prof[~prof["consent_personalisation"].fillna(True).astype(bool)]["user_id"].tolist()[:5]
+    consenting = [u for u, c in state.customers.items() if c.consent and c.row >= 0][:60]
+    refusing = [u for u, c in state.customers.items() if not c.consent][:5]
+    assert consenting and refusing
     reasons = []
     for uid in consenting:
         recs = engine.recommend(uid, 10)
@@ -569,29 +586,36 @@ def test_engine_serves_a_real_bundle_from_the_synthetic_shop(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_pruned_factor_scoring_gives_exactly_the_blocks_of_scoring_every_item(als_shop_bundle: Path) -> None:
+def test_pruned_factor_scoring_gives_exactly_the_blocks_of_scoring_every_item(als_shop) -> None:
     """serving/mips.py on a real ALS bundle: with pruning on for any catalogue, every block (page
     contexts, carts, size and gender rules, fresh views and purchases that boost and exclude; the
     cold-start popular block; bought-together with its popular fill) is the block of the engine
     that ranks all items, while most requests score far fewer items."""
-    path = als_shop_bundle
     for caps in (3, 1):  # 1 per brand and leaf: short blocks that must fetch past full groups
-        _check_pruned_equals_dense(path, caps)
+        _check_pruned_equals_dense(als_shop, caps)
 
 
-def _check_pruned_equals_dense(path: Path, caps: int) -> None:
+def _check_pruned_equals_dense(shop, caps: int) -> None:  # noqa: ANN001 - conftest.Shop
+    from serving.fill import Fill
+
+    path = shop.bundle
     tight = {"max_per_brand": caps, "max_per_category": caps}
-    pruned = Engine.from_bundle(path, config=EngineConfig(prune_min_items=1, prune_block=32, **tight))
-    dense = Engine.from_bundle(path, config=EngineConfig(prune_min_items=10**9, **tight))
-    assert pruned._by_length is not None and dense._by_length is None
+    pruned = Engine.from_bundle(
+        path, shop.state(), config=EngineConfig(prune_min_items=1, prune_block=32, **tight)
+    )
+    dense = Engine.from_bundle(path, shop.state(), config=EngineConfig(prune_min_items=10**9, **tight))
+    assert pruned.scorer.by_length is not None and dense.scorer.by_length is None
     fallbacks = []  # bought-together answers the candidate walk left to the dense ranking
-    fill_vector = pruned._fill_vector
-    pruned._fill_vector = lambda src: fallbacks.append(src) or fill_vector(src)  # type: ignore[method-assign]
+    fill = pruned._structure(pruned.state.current)["fill"]
+    fill_vector = fill.vector
+    fill.vector = lambda src: fallbacks.append(src) or fill_vector(src)  # type: ignore[method-assign]
+    assert isinstance(fill, Fill)
 
-    items = pruned.catalog.item_ids.astype(str)
-    users = pd.read_parquet(path / "context" / "profiles.parquet")["user_id"].astype(str).tolist()[:120]
+    catalog = pruned.state.current.catalog
+    items = catalog.item_ids.astype(str)
+    users = shop.user_ids[:120]
     users += [f"new-{j}" for j in range(30)]  # cold start: the popular block, with fresh events
-    cats = pruned.catalog.categories
+    cats = catalog.categories
     contexts = [
         Context(),
         Context(cart=(items[3], items[40])),
@@ -607,14 +631,14 @@ def _check_pruned_equals_dense(path: Path, caps: int) -> None:
         lambda j: Context(current_item=items[(j * 47) % len(items)], cart=(items[j % len(items)],)),
     ]
     page_blocks = []  # page blocks the page scans answered (not the dense ranking)
-    page_rank = pruned._page_rank
+    page_rank = pruned.scorer._page_rank
 
     def counting_page_rank(*args):  # type: ignore[no-untyped-def]
         out = page_rank(*args)
         page_blocks.append(len(out))
         return out
 
-    pruned._page_rank = counting_page_rank  # type: ignore[method-assign]
+    pruned.scorer._page_rank = counting_page_rank  # type: ignore[method-assign]
     scanned = []
     for j, uid in enumerate(users):
         if j % 3 == 0:  # fresh events: views boost neighbours, a purchase is excluded
@@ -635,12 +659,12 @@ def _check_pruned_equals_dense(path: Path, caps: int) -> None:
         for k in (10, 40):  # k=40: past the complements, into the parents' and popular items
             assert pruned.bought_together(cart, k, uid) == dense.bought_together(cart, k, uid)
         assert pruned.popular(10, segment="active") == dense.popular(10, segment="active")
-        user = pruned._users.get(uid)
-        if user is not None and user.midx >= 0:
-            allowed = np.ones(pruned.catalog.n, dtype=bool)
+        midx = pruned.scorer.user_index(uid)
+        if midx >= 0:
+            allowed = np.ones(catalog.n, dtype=bool)
             scanned.append(
-                len(pruned._by_length.scan(pruned._user_factors[user.midx], allowed, 40, 32).items)
+                len(pruned.scorer.by_length.scan(pruned.scorer.user_factors[midx], allowed, 40, 32).items)
             )
-    assert np.median(scanned) < 0.7 * pruned.catalog.n  # the pruning is real, not a full scan
+    assert np.median(scanned) < 0.7 * catalog.n  # the pruning is real, not a full scan
     assert len(page_blocks) >= 50  # page contexts took their own scans, not only the dense path
     assert fallbacks == []

@@ -4,9 +4,6 @@ and reasons. On a real ALS bundle of the synthetic shop, with the length pruning
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pandas as pd
 import pytest
 
 from serving import pipeline
@@ -18,17 +15,22 @@ from tests.test_pipeline import NOW
 @pytest.mark.slow
 @pytest.mark.parametrize(("block", "caps"), [(256, 3), (256, 1), (512, 3)])
 def test_recommend_batch_equals_recommend_per_user(
-    als_shop_bundle: Path, block: int, caps: int, monkeypatch: pytest.MonkeyPatch
+    als_shop,
+    block: int,
+    caps: int,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001 - conftest.Shop
 ) -> None:
     """block 256: the batch product covers the 1024 longest of the 1500 items (about half the users
     need more: the scan answers those); 512: it covers every item."""
     monkeypatch.setattr(pipeline.time, "time", lambda: NOW)  # one clock for the re-buy windows
     tight = {"max_per_brand": caps, "max_per_category": caps}
     engine = Engine.from_bundle(
-        als_shop_bundle, config=EngineConfig(prune_min_items=1, prune_block=block, **tight)
+        als_shop.bundle, als_shop.state(), config=EngineConfig(prune_min_items=1, prune_block=block, **tight)
     )
-    dense = Engine.from_bundle(als_shop_bundle, config=EngineConfig(prune_min_items=10**9, **tight))
-    assert engine._by_length is not None
+    dense = Engine.from_bundle(
+        als_shop.bundle, als_shop.state(), config=EngineConfig(prune_min_items=10**9, **tight)
+    )
+    assert engine.scorer.by_length is not None
     rescans = {"certain": 0, "scan": 0}
     rescan = NormOrdered.rescan
 
@@ -38,12 +40,8 @@ def test_recommend_batch_equals_recommend_per_user(
         return got
 
     monkeypatch.setattr(NormOrdered, "rescan", counted)
-    items = engine.catalog.item_ids.astype(str)
-    users = (
-        pd.read_parquet(als_shop_bundle / "context" / "profiles.parquet")["user_id"]
-        .astype(str)
-        .tolist()[:150]
-    )
+    items = engine.state.current.catalog.item_ids.astype(str)
+    users = als_shop.user_ids[:150]
     users += [f"new-{j}" for j in range(10)] + users[:5]  # cold start and repeats
     for j, uid in enumerate(users[:60:3]):  # fresh events: views boost neighbours, purchases leave
         events = [

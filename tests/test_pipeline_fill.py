@@ -1,4 +1,4 @@
-"""Bought-together without a pass over the catalogue (Engine._fill_rank) gives exactly the blocks
+"""Bought-together without a pass over the catalogue (serving.fill.Fill.rank) gives exactly the blocks
 of the dense ranking: same items, order, score bits and reasons, for single items and carts.
 
 The tiny shop of tests/test_pipeline.py is small enough to try every item and every cart of two or
@@ -10,42 +10,49 @@ the "all leaf categories of a parent are full" skip are all exercised.
 from __future__ import annotations
 
 import itertools
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from serving.pipeline import Context, Engine, EngineConfig, _top_by_index
-from tests.test_pipeline import ITEMS, write_tiny_bundle
+from serving.pipeline import Context, Engine, EngineConfig
+from serving.ranking import top_by_index as _top_by_index
+from serving.state import ShopState
+from tests.test_pipeline import ITEMS, STOCK, tiny_state, write_tiny_bundle
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_bundle(tmp_path_factory.mktemp("fill"))
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Callable[[], ShopState]]:
+    return write_tiny_bundle(tmp_path_factory.mktemp("fill")), tiny_state
 
 
-@pytest.fixture(scope="module")
-def nested(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _nested_state() -> ShopState:
     """The tiny shop with a shallower tree in places: the cat toy sits in 'pets/cats' and the dog
     toy and leash in 'pets', so a cart's parents can nest ('pets' holds 'pets/cats')."""
-    path = tmp_path_factory.mktemp("nested") / "bundle"
-    shutil.copytree(tiny, path)
-    items = pd.read_parquet(path / "context" / "items.parquet")
+    plain = tiny_state()
+    items = plain.items.drop(columns="active")
     moved = {"cattoy": "pets/cats", "dogtoy": "pets", "leash": "pets"}
     items["category"] = [moved.get(i, c) for i, c in zip(items["item_id"], items["category"], strict=True)]
-    items.to_parquet(path / "context" / "items.parquet", index=False)
-    return path
+    return ShopState(
+        items, stock=STOCK, customers=plain.customers, histories=plain.histories, has_customers_table=True
+    )
 
 
-def _engines(path: Path, caps: int) -> tuple[Engine, Engine, dict[str, int]]:
+@pytest.fixture(scope="module")
+def nested(tiny: tuple[Path, Callable[[], ShopState]]) -> tuple[Path, Callable[[], ShopState]]:
+    return tiny[0], _nested_state
+
+
+def _engines(shop: tuple[Path, Callable[[], ShopState]], caps: int) -> tuple[Engine, Engine, dict[str, int]]:
     """(candidate-set engine, dense engine, call counts of the pruned one's paths)."""
+    path, state = shop
     tight = {"max_per_brand": caps, "max_per_category": caps}
-    pruned = Engine.from_bundle(path, config=EngineConfig(prune_min_items=1, **tight))
-    dense = Engine.from_bundle(path, config=EngineConfig(prune_min_items=10**9, **tight))
+    pruned = Engine.from_bundle(path, state(), config=EngineConfig(prune_min_items=1, **tight))
+    dense = Engine.from_bundle(path, state(), config=EngineConfig(prune_min_items=10**9, **tight))
     calls = {"dense": 0, "fill_walk": 0}
-    fill_vector, fill_walk = pruned._fill_vector, pruned._fill_walk
+    fill = pruned._structure(pruned.state.current)["fill"]
+    fill_vector, fill_walk = fill.vector, fill.walk
 
     def counted_fill_vector(*a, **kw):  # only the dense bought-together path builds the vector
         calls["dense"] += 1
@@ -55,8 +62,8 @@ def _engines(path: Path, caps: int) -> tuple[Engine, Engine, dict[str, int]]:
         calls["fill_walk"] += 1
         return fill_walk(*a, **kw)
 
-    pruned._fill_vector = counted_fill_vector  # type: ignore[method-assign]
-    pruned._fill_walk = counted_fill_walk  # type: ignore[method-assign]
+    fill.vector = counted_fill_vector  # type: ignore[method-assign]
+    fill.walk = counted_fill_walk  # type: ignore[method-assign]
     return pruned, dense, calls
 
 
@@ -75,7 +82,8 @@ def test_bought_together_candidate_walk_equals_dense_for_items_and_carts(
     ]
     compared = nesting = 0
     for j, cart in enumerate(carts):
-        parents = set(pruned._parent_keys([pruned.catalog.index[x] for x in cart]))
+        fill = pruned._structure(pruned.state.current)["fill"]
+        parents = set(fill.parent_keys([pruned.state.current.catalog.index[x] for x in cart]))
         nesting += any(b.startswith(a + "/") for a in parents for b in parents)
         for k in (1, 3, 5, 13):
             cx = contexts[j % len(contexts)]
@@ -90,7 +98,7 @@ def test_bought_together_candidate_walk_equals_dense_for_items_and_carts(
     assert (nesting > 0) == (shop == "nested")  # carts whose parents nest ('pets' > 'pets/cats')
 
 
-def test_carts_with_repeated_parents_lift_them_once_per_source(tiny: Path) -> None:
+def test_carts_with_repeated_parents_lift_them_once_per_source(tiny) -> None:  # noqa: ANN001
     # Two sources under pets/cats lift its items by 1.0 twice, as the dense fill vector does.
     pruned, dense, calls = _engines(tiny, 1)
     for cart in (["lbox_a", "catfood"], ["lbox_a", "lbox_b", "cattoy"], ["lbox_new", "dogtoy", "catfood"]):
