@@ -24,6 +24,10 @@ from typing import Any
 
 import pandas as pd
 
+# The variants a customer can be assigned: the registry's champion and challenger, and the control
+# group, which gets the non-personal popular block for the same context.
+VARIANTS: tuple[str, ...] = ("champion", "challenger", "control")
+CONTROL = "control"
 DEFAULT_SHARES: dict[str, float] = {"champion": 0.8, "challenger": 0.1, "control": 0.1}
 DEFAULT_SALT = "shoprec-ab-1"
 
@@ -51,19 +55,29 @@ def validate_shares(shares: dict[str, float]) -> dict[str, float]:
 
 
 def parse_shares(text: str) -> dict[str, float]:
-    """'champion=0.8,challenger=0.1,control=0.1' (an environment variable) -> validated shares."""
+    """`champion=0.8,challenger=0.1,control=0.1` (SHOPREC_AB_SHARES) -> {variant: share}, normalised
+    to sum 1, variants with share 0 left out. The one parser of shares: the service, the e-mail
+    feed and the report read the same string. Unknown variants, negative or non-numeric shares and
+    an all-zero split are errors naming the setting."""
     shares: dict[str, float] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
+    for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
-        if not sep:
-            raise ValueError(f"A/B shares: expected name=share, got {part.strip()!r}")
+        name = name.strip()
+        if not sep or name not in VARIANTS:
+            raise ValueError(f"SHOPREC_AB_SHARES: expected name=share with name in {VARIANTS}, got {part!r}")
         try:
-            shares[name.strip()] = float(value)
+            share = float(value)
         except ValueError:
-            raise ValueError(f"A/B shares: {value.strip()!r} is not a number (in {part.strip()!r})") from None
-    return validate_shares(shares)
+            raise ValueError(
+                f"SHOPREC_AB_SHARES: share {value.strip()!r} of {name} is not a number"
+            ) from None
+        if not math.isfinite(share) or share < 0:
+            raise ValueError(f"SHOPREC_AB_SHARES: share of {name} must be >= 0, got {share}")
+        shares[name] = share
+    total = sum(shares.values())
+    if total <= 0:
+        raise ValueError(f"SHOPREC_AB_SHARES: shares must sum to more than 0, got {text!r}")
+    return {name: share / total for name, share in shares.items() if share > 0}
 
 
 def _unit(user_id: str, salt: str) -> float:

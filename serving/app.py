@@ -3,7 +3,7 @@
 It does what must happen before a request reaches an endpoint, and what BentoML's own routes
 cannot say:
 
-- write endpoints (`/events`, `/forget`) need `Authorization: Bearer <SHOPREC_API_KEY>`; with no
+- write endpoints (`/events`, `/forget`, `/catalog`, `/stock`, `/customers`, `/merge`) need `Authorization: Bearer <SHOPREC_API_KEY>`; with no
   key configured they are refused (403) with a message saying how to enable them; a missing or
   wrong key is a 401;
 - request bodies are size-limited (413), read fully and checked to be JSON (400 with the parser's
@@ -34,7 +34,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-WRITE_PATHS: frozenset[str] = frozenset({"/events", "/forget"})
+WRITE_PATHS: frozenset[str] = frozenset({"/events", "/forget", "/catalog", "/stock", "/customers", "/merge"})
 
 
 async def send_json(

@@ -24,7 +24,48 @@ app.add_typer(features_app, name="features")
 register_training(app)
 
 
-# -- serving commands: `serve`, `forget`, `demo-curls` (heavy imports inside each command) ----------
+# -- serving commands: `serve`, `recommend`, `forget`, `demo-curls` (heavy imports inside each) ----
+
+
+@app.command("recommend")
+def recommend_cmd(
+    data: Annotated[Path, typer.Option(help="Workspace: its shop state, registry and impression log.")],
+    users: Annotated[
+        Path, typer.Option(help="CSV/Parquet with a user_id column, or a text file, one id per line.")
+    ],
+    k: Annotated[int, typer.Option(min=1, max=1000, help="Items per customer.")],
+    out: Annotated[Path, typer.Option(help="Output file, .csv or .parquet.")],
+    model_uri: Annotated[
+        str | None,
+        typer.Option(help="One MLflow model URI or bundle directory instead of the champion/challenger."),
+    ] = None,
+    exclude_seen: Annotated[
+        str, typer.Option(help="Past items: learned (the re-buy policy, as on the site), always or never.")
+    ] = "learned",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """The e-mail feed: the service's engine and rules over today's shop state, for every customer
+    in USERS. Columns: user_id, rank, item_id, score, reason, variant, model_version,
+    recommendation_id (every block is in the impression log, for attribution). Customers without
+    consent, and unknown ones, get the non-personal block. SHOPREC_AB_SHARES splits customers
+    between champion, challenger and control exactly as the service does."""
+    import json
+
+    from features.workspace import Workspace
+    from serving.feed import recommend
+
+    ws = Workspace.at(data)
+    if not ws.root.is_dir():
+        typer.echo(f"error: workspace {ws.root} does not exist", err=True)
+        raise typer.Exit(2)
+    try:
+        summary = recommend(
+            ws, users, k, out, model_uri=model_uri, exclude_seen=exclude_seen, progress=progress
+        )
+    except (ValueError, LookupError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(summary, default=str))
 
 
 def _serve_env(

@@ -11,13 +11,16 @@ Configuration comes from environment variables (`ServeConfig.from_env`), because
 starts the service in its own worker processes and the environment is what reaches them:
 
     SHOPREC_BUNDLE        a local bundle directory (wins over the registry; no MLflow needed)
-    SHOPREC_DATA          the workspace; its SQLite MLflow store is the registry by default
+    SHOPREC_DATA          the workspace: the shop state (tables, features, change log) and, by
+                          default, the registry (its SQLite MLflow store)
+    SHOPREC_SHOP          another workspace to take the shop state from
     MLFLOW_TRACKING_URI   another registry (e.g. a PostgreSQL-backed `mlflow server`)
     SHOPREC_MODEL_NAME    registered model name (default `shoprec`)
     SHOPREC_AB_SHARES     e.g. `champion=0.8,challenger=0.1,control=0.1` (default: all champion)
     SHOPREC_AB_SALT       salt of the assignment hash (change it to reshuffle users)
     SHOPREC_POLL_SECONDS  how often to look for a new champion (default 30; 0 = never)
-    REDIS_URL             the online store (default: in-process)
+    REDIS_URL             the online store, forget list and change stream (default: in-process)
+    SHOPREC_REDIS_PREFIX  the prefix of shoprec's Redis keys (default `shoprec`)
     SHOPREC_API_KEY       bearer key for the write endpoints (unset: write endpoints refused)
 
 With none of SHOPREC_BUNDLE / SHOPREC_DATA / MLFLOW_TRACKING_URI set, the bundle packaged into a
@@ -42,9 +45,10 @@ from typing import Any, Protocol
 
 logger = logging.getLogger("shoprec.serving")
 
-VARIANTS: tuple[str, ...] = ("champion", "challenger", "control")
-# Where `export_bundle` puts the champion for `bentoml build` (bentofile.yaml includes it).
+# Where `export_bundle` puts the champion for `bentoml build` (bentofile.yaml includes it), and a
+# snapshot of the shop state (the workspace's validated tables and features) to start from.
 PACKAGED_BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
+PACKAGED_SHOP = Path(__file__).resolve().parent.parent / "shop"
 
 
 class ConfigError(ValueError):
@@ -52,28 +56,13 @@ class ConfigError(ValueError):
 
 
 def parse_shares(text: str) -> dict[str, float]:
-    """`champion=0.8,challenger=0.1,control=0.1` -> {variant: share}; shares are normalised to sum 1.
+    """serving.ab.parse_shares, its errors as ConfigError (a setting of the service)."""
+    from serving.ab import parse_shares as parse
 
-    Unknown variants, negative or non-numeric shares, and an all-zero split are errors."""
-    shares: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        name = name.strip()
-        if not sep or name not in VARIANTS:
-            raise ConfigError(
-                f"SHOPREC_AB_SHARES: expected VARIANT=SHARE with VARIANT in {VARIANTS}, got {part!r}"
-            )
-        try:
-            share = float(value)
-        except ValueError:
-            raise ConfigError(f"SHOPREC_AB_SHARES: share of {name} must be a number, got {value!r}") from None
-        if share < 0:
-            raise ConfigError(f"SHOPREC_AB_SHARES: share of {name} must be >= 0, got {share}")
-        shares[name] = share
-    total = sum(shares.values())
-    if total <= 0:
-        raise ConfigError(f"SHOPREC_AB_SHARES: shares must sum to more than 0, got {text!r}")
-    return {name: share / total for name, share in shares.items() if share > 0}
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -82,6 +71,7 @@ class ServeConfig:
 
     bundle: Path | None = None
     data: Path | None = None
+    shop: Path | None = None  # the shop state's workspace when it is not `data` (SHOPREC_SHOP)
     tracking_uri: str | None = None
     model_name: str = "shoprec"
     shares: Mapping[str, float] = field(default_factory=lambda: {"champion": 1.0})
@@ -89,6 +79,7 @@ class ServeConfig:
     # 30 s: a promotion shows up within half a minute; the alias lookup is one cheap registry query.
     poll_seconds: float = 30.0
     redis_url: str | None = None
+    redis_prefix: str = "shoprec"  # keys of the online store, forget list and change stream
     api_key: str | None = None
 
     @classmethod
@@ -110,15 +101,20 @@ class ServeConfig:
             raise ConfigError(f"SHOPREC_BUNDLE={bundle} is not a bundle directory (no bundle.json in it)")
         if data is not None and not Path(data).is_dir():
             raise ConfigError(f"SHOPREC_DATA={data} is not a directory")
+        shop = opt("SHOPREC_SHOP")
+        if shop is not None and not (Path(shop) / "features" / "items.parquet").exists():
+            raise ConfigError(f"SHOPREC_SHOP={shop} holds no features (run `shoprec features build` there)")
         return cls(
             bundle=Path(bundle) if bundle else None,
             data=Path(data) if data else None,
+            shop=Path(shop) if shop else None,
             tracking_uri=opt("MLFLOW_TRACKING_URI"),
             model_name=opt("SHOPREC_MODEL_NAME") or "shoprec",
             shares=parse_shares(opt("SHOPREC_AB_SHARES") or "champion=1"),
             ab_salt=opt("SHOPREC_AB_SALT") or "shoprec",
             poll_seconds=max(0.0, poll_seconds),
             redis_url=opt("REDIS_URL"),
+            redis_prefix=opt("SHOPREC_REDIS_PREFIX") or "shoprec",
             api_key=opt("SHOPREC_API_KEY"),
         )
 
@@ -259,14 +255,50 @@ class Models:
 EngineFactory = Callable[[Path, str], Any]
 
 
-def default_engine_factory(store: Any) -> EngineFactory:
-    """Engines built by serving.pipeline, all sharing one online store (events survive a swap)."""
+def default_engine_factory(state: Any, store: Any) -> EngineFactory:
+    """Engines built by serving.pipeline over one shop state and one online store, which every
+    engine of the process shares: a swap changes the model, never the shop."""
     from serving.pipeline import Engine
 
     def build(path: Path, version: str) -> Any:
-        return Engine.from_bundle(path, store=store, model_version=version)
+        return Engine.from_bundle(path, state, store=store, model_version=version)
 
     return build
+
+
+def load_state(config: ServeConfig) -> Any:
+    """The live shop state the service starts from: the workspace's tables and features (SHOPREC_DATA,
+    or SHOPREC_SHOP: a directory laid out as a workspace, e.g. the snapshot `export` packs into a
+    Bento); without either, only what the champion's own item table says (no stock, no customers,
+    no histories), which /readyz reports."""
+    from serving.state import ShopState
+
+    root = config.shop or config.data
+    if root is None and (PACKAGED_SHOP / "features" / "items.parquet").exists():
+        root = PACKAGED_SHOP
+    if root is not None:
+        from features.workspace import Workspace
+
+        state = ShopState.from_workspace(Workspace.at(root))
+        state.source = f"workspace {root}"
+        return state
+    source = make_source(config)
+    version = source.version("champion")
+    if version is None:
+        raise ConfigError("no champion to serve: run `shoprec promote` first")
+    from training.base import Recommender
+
+    path = source.fetch(version)
+    try:
+        items = Recommender.load(
+            path / "bundle" / "model" if not (path / "model").exists() else path / "model"
+        ).items
+    finally:
+        source.release(version)
+    state = ShopState.from_model_items(items)
+    state.source = "the model's item table only (no workspace: no stock, customers or histories)"
+    logger.warning("serving without a workspace: %s", state.source)
+    return state
 
 
 class ModelHolder:
@@ -326,6 +358,9 @@ class ModelHolder:
                     kept = {champ_v, chall_v if challenger is not None else None}
                     for old in {cur.champion_version, cur.challenger_version} - kept - {None}:
                         self._release(old)
+                    for engine in (cur.champion, cur.challenger):
+                        if engine is not None and engine is not champion and engine is not challenger:
+                            getattr(engine, "close", lambda: None)()  # stops following the shop state
                     self.swaps += 1
                     logger.info("hot-swapped models: champion %s -> %s", cur.champion_version, champ_v)
                 else:
@@ -384,9 +419,11 @@ class ModelHolder:
                     self._release(version)
 
 
-def export_bundle(config: ServeConfig, dest: Path = PACKAGED_BUNDLE) -> Path:
+def export_bundle(config: ServeConfig, dest: Path = PACKAGED_BUNDLE, shop: Path = PACKAGED_SHOP) -> Path:
     """Copy the current champion's bundle to `dest` (default: `bundle/` at the top level, which
-    bentofile.yaml packages), so `bentoml build` makes a Bento that needs no MLflow."""
+    bentofile.yaml packages), so `bentoml build` makes a Bento that needs no MLflow; and the
+    workspace's shop state as of now (validated tables, features, change log) to `shop/`, which the
+    Bento starts from (a deployment then keeps it current through POST /catalog, /stock, ...)."""
     source = make_source(config)
     version = source.version("champion")
     if version is None:
@@ -395,6 +432,15 @@ def export_bundle(config: ServeConfig, dest: Path = PACKAGED_BUNDLE) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(src, dest)
+    if config.data is not None:
+        from features.workspace import Workspace
+
+        ws = Workspace.at(config.data)
+        if shop.exists():
+            shutil.rmtree(shop)
+        for d in (ws.validated_dir, ws.features_dir, ws.changes_dir):
+            if d.exists():
+                shutil.copytree(d, shop / d.name, ignore=shutil.ignore_patterns("splits"))
     return dest
 
 

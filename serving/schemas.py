@@ -20,6 +20,7 @@ K_DEFAULT = 10
 MAX_ITEM_IDS = 100
 MAX_BATCH_USERS = 500
 MAX_EVENTS = 1000
+MAX_ROWS = 1000  # catalogue, stock or customer rows per write
 MAX_ID_LENGTH = 128
 # Request bodies above this are refused before they are parsed (serving.app.BodyLimitMiddleware).
 # 1000 events of ~300 bytes fit comfortably.
@@ -41,7 +42,7 @@ class _Strict(BaseModel):
 class RequestContext(_Strict):
     """Where and for whom the block is shown; every field is optional."""
 
-    channel: Literal["web", "email"] | None = Field(None, description="where the block is shown")
+    channel: Literal["web", "email", "app"] | None = Field(None, description="where the block is shown")
     page_category: Annotated[str, Field(max_length=256)] | None = Field(
         None, description="category path of the page, e.g. pets/cats/litter-boxes"
     )
@@ -53,6 +54,9 @@ class RequestContext(_Strict):
         None, description="only items up to this price (cheaper alternatives)"
     )
     cheaper: bool = Field(False, description="similar items: only cheaper than the reference item")
+    device: Annotated[str, Field(max_length=32)] | None = Field(None, description="the visit's device")
+    city: Annotated[str, Field(max_length=128)] | None = Field(None, description="the visit's city")
+    weather: Annotated[str, Field(max_length=32)] | None = Field(None, description="the weather at the visit")
 
 
 class RecommendRequest(_Strict):
@@ -102,6 +106,9 @@ class Event(_Strict):
     order_id: Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None = None
     session_id: Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None = None
     size: Annotated[str, Field(max_length=32)] | None = None
+    recommendation_id: Annotated[str, Field(max_length=64)] | None = Field(
+        None, description="the answer this event came from (a click or purchase on a shown block)"
+    )
 
 
 class EventsRequest(_Strict):
@@ -110,6 +117,64 @@ class EventsRequest(_Strict):
 
 class ForgetRequest(_Strict):
     user_id: Id
+
+
+class CatalogItem(_Strict):
+    """A catalogue row; fields left out keep their values (a price update needs item_id and price)."""
+
+    item_id: Id
+    title: Annotated[str, Field(max_length=512)] | None = None
+    category: Annotated[str, Field(max_length=256)] | None = Field(
+        None, description="a path, e.g. pets/cats/food"
+    )
+    brand: Annotated[str, Field(max_length=128)] | None = None
+    price: Annotated[float, Field(ge=0)] | None = None
+    gender: Literal["women", "men", "unisex"] | None = None
+    created_at: datetime | None = None
+    active: bool | None = Field(None, description="false: the item leaves every answer")
+
+
+class CatalogRequest(_Strict):
+    items: list[CatalogItem] = Field(min_length=1, max_length=MAX_ROWS)
+
+
+class StockRow(_Strict):
+    item_id: Id
+    size: Annotated[str, Field(max_length=32)] = Field("", description="empty for unsized items")
+    quantity: Annotated[int, Field(ge=0)]
+
+
+class StockRequest(_Strict):
+    stock: list[StockRow] = Field(min_length=1, max_length=MAX_ROWS)
+
+
+class CustomerRow(_Strict):
+    """A customers row; fields left out keep their values."""
+
+    user_id: Id
+    birth_year: Annotated[int, Field(ge=1900, le=2100)] | None = None
+    gender: Annotated[str, Field(max_length=32)] | None = None
+    city: Annotated[str, Field(max_length=128)] | None = None
+    signup_date: datetime | None = None
+    consent_personalisation: bool | None = None
+    consent_email: bool | None = None
+
+
+class CustomersRequest(_Strict):
+    customers: list[CustomerRow] = Field(min_length=1, max_length=MAX_ROWS)
+
+
+class MergeRequest(_Strict):
+    anonymous_id: Id = Field(description="the visitor's id before logging in")
+    user_id: Id = Field(description="the customer who logged in")
+
+
+class WriteResponse(BaseModel):
+    accepted: int = Field(description="rows recorded (in the workspace's change log) and applied")
+
+
+class MergeResponse(BaseModel):
+    merged: int = Field(description="events of the anonymous session now in the customer's history")
 
 
 class ItemOut(BaseModel):

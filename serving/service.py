@@ -2,12 +2,14 @@
 
     bentoml serve serving.service:ShopRec          # or: shoprec serve --data DIR
 
-Each endpoint validates its typed request (serving/schemas.py), picks the A/B variant for the
-user, asks the engine of that variant, and answers `{items, model_version, variant,
-recommendation_id}`; every block served is written to the impression log for attribution. Business
-rules (filters, fallbacks, reasons, the online store) live in serving.pipeline and are tested
-without a server; model loading and the champion hot-swap live in serving.loader; auth, body
-limits and the /readyz detail in serving.app. Configuration is the environment (serving.loader).
+Each read endpoint validates its typed request (serving/schemas.py) and answers through the router
+(serving/router.py: the A/B variant, the engine of that variant, the impression log) with
+`{items, model_version, variant, recommendation_id}`. The write endpoints record what the shop tells
+them in the workspace's change log and apply it to the live shop state (serving/sync.py: every
+worker and replica within a second). Business rules live in serving.pipeline and serving.rules and
+are tested without a server; the shop state in serving.state; model loading and the champion
+hot-swap in serving.loader; auth, body limits and the /readyz detail in serving.app.
+Configuration is the environment (serving.loader.ServeConfig).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import math
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC
 from typing import Any
@@ -29,15 +30,20 @@ import bentoml
 from starlette.responses import JSONResponse, Response
 
 from serving.app import AccessLogMiddleware, GuardMiddleware
-from serving.loader import ModelHolder, Models, ServeConfig, default_engine_factory, make_source
+from serving.loader import ModelHolder, ServeConfig, default_engine_factory, load_state, make_source
+from serving.router import Answer, Router
 from serving.schemas import (
     MAX_BODY_BYTES,
     BoughtTogetherRequest,
+    CatalogRequest,
+    CustomersRequest,
     EventsRequest,
     EventsResponse,
     ForgetRequest,
     ForgetResponse,
     ItemOut,
+    MergeRequest,
+    MergeResponse,
     PopularRequest,
     RecommendBatchRequest,
     RecommendBatchResponse,
@@ -45,7 +51,9 @@ from serving.schemas import (
     RecommendResponse,
     RequestContext,
     SimilarItemsRequest,
+    StockRequest,
     UserBlock,
+    WriteResponse,
 )
 
 logger = logging.getLogger("shoprec.serving")
@@ -214,17 +222,29 @@ class ShopRec:
         self, config: ServeConfig | None = None, engine_factory: Callable[..., Any] | None = None
     ) -> None:
         from serving.store import make_store
+        from serving.sync import StateSync
 
         self.config = config if config is not None else ServeConfig.from_env()
-        self.store = make_store(self.config.redis_url)
-        # Customers erased through POST /forget while this process runs: a model swapped in later
-        # may have been trained before the erasure, so every new engine is told again.
-        self._forgotten: set[str] = set()
-        build = engine_factory if engine_factory is not None else default_engine_factory(self.store)
+        self.store = make_store(self.config.redis_url, prefix=self.config.redis_prefix)
+        self.ws = self._workspace()
+        self.state = load_state(self.config)
+        if self.ws is not None:
+            try:
+                from features.privacy import erasure_check
+            except ImportError:  # pragma: no cover - until features.privacy offers it
+                erasure_check = None
+            if erasure_check is not None:
+                self.state.watch_erasures(erasure_check(self.ws))
+        self.sync = StateSync(
+            self.state, self.store, self.ws, redis_url=self.config.redis_url, prefix=self.config.redis_prefix
+        )
+        build = (
+            engine_factory if engine_factory is not None else default_engine_factory(self.state, self.store)
+        )
 
         def factory(path: Any, version: str) -> Any:
             engine = build(path, version)
-            for user_id in list(self._forgotten):
+            for user_id in list(self.state.forgotten):  # erased while this process runs
                 engine.forget(user_id)
             return engine
 
@@ -243,7 +263,11 @@ class ShopRec:
         self.holder = ModelHolder(make_source(self.config), factory, self.config.poll_seconds)
         self.holder.load()
         self.impressions = _impression_log(self._impression_path())
+        self.router = Router(
+            lambda: self.holder.models, self.config.shares, self.config.ab_salt, self.impressions
+        )
         self.holder.start_polling()
+        self.sync.start()
         self.started_at = time.time()
         # Everything loaded so far (model, item tables, imports) lives as long as the process:
         # freezing it keeps the cyclic GC from re-scanning it on every collection, which otherwise
@@ -259,13 +283,18 @@ class ShopRec:
         models = self.holder.models
         logger.info("shoprec service ready: champion %s", models.champion_version if models else None)
 
+    def _workspace(self) -> Any:
+        if self.config.data is None:
+            return None
+        from features.workspace import Workspace
+
+        return Workspace.at(self.config.data)
+
     def _impression_path(self) -> Any:
         if os.environ.get("SHOPREC_IMPRESSIONS"):
             return os.environ["SHOPREC_IMPRESSIONS"]
-        if self.config.data is not None:
-            from features.workspace import Workspace
-
-            return Workspace.at(self.config.data).serving_dir / "impressions.jsonl"
+        if self.ws is not None:
+            return self.ws.serving_dir / "impressions.jsonl"
         return None
 
     # -- lifecycle and probes ---------------------------------------------------------------------
@@ -274,6 +303,9 @@ class ShopRec:
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
+        """Graceful stop (SIGTERM to `shoprec serve`): the requests in flight have been answered;
+        stop following the change log and the registry, write out the buffered impressions."""
+        self.sync.stop()
         self.holder.stop()
         if self.gc_stats in gc.callbacks:
             gc.callbacks.remove(self.gc_stats)
@@ -282,7 +314,7 @@ class ShopRec:
             _LIVE.pop("service", None)
 
     def ready_detail(self) -> dict[str, Any]:
-        """What /readyz says beside its status: versions, store state, hot-swap bookkeeping."""
+        """What /readyz says beside its status: versions, shop state, store, hot-swap bookkeeping."""
         models = self.holder.models
         detail: dict[str, Any] = {
             "ready": models is not None,
@@ -290,6 +322,7 @@ class ShopRec:
             "challenger_version": models.challenger_version if models else None,
             "variants": dict(self.config.shares),
             "store": self.store.health(),
+            "shop_state": {"source": self.state.source, **self.sync.health()},
             "swaps": self.holder.swaps,
             "last_error": self.holder.last_error,
             "write_endpoints": "enabled" if self.config.api_key else "disabled (no SHOPREC_API_KEY)",
@@ -303,28 +336,8 @@ class ShopRec:
                 detail["engine"] = {"error": f"{type(e).__name__}: {e}"}
         return detail
 
-    # -- A/B routing ------------------------------------------------------------------------------
-    def _variant(self, models: Models, user_id: str | None) -> str:
-        """The user's variant: a deterministic hash with the configured shares. Anonymous requests
-        and a challenger share without a challenger model go to the champion."""
-        if user_id is None or len(self.config.shares) == 1:
-            return next(iter(self.config.shares)) if user_id is not None else "champion"
-        from serving.ab import assign
-
-        variant = assign(user_id, dict(self.config.shares), self.config.ab_salt)
-        if variant == "challenger" and models.challenger is None:
-            return "champion"
-        return variant
-
-    @staticmethod
-    def _engine(models: Models, variant: str) -> tuple[Any, str]:
-        if variant == "challenger" and models.challenger is not None:
-            return models.challenger, str(models.challenger_version)
-        return models.champion, models.champion_version
-
     def _context(self, rc: RequestContext | None) -> Any:
-        """The request's context as serving.pipeline.Context (fields the engine does not know are
-        left out rather than failing the request)."""
+        """The request's context as serving.pipeline.Context."""
         from serving.pipeline import Context
 
         values = (rc or RequestContext()).model_dump(exclude_none=True)
@@ -332,74 +345,55 @@ class ShopRec:
             values["cart"] = tuple(values["cart"])
         return Context(**{k: v for k, v in values.items() if k in _context_fields(Context)})
 
-    def _respond(
-        self, endpoint: str, user_id: str | None, variant: str, version: str, recs: Any
-    ) -> RecommendResponse:
-        rid = uuid.uuid4().hex
-        items = _items(recs)
-        try:
-            self.impressions.log(
-                recommendation_id=rid,
-                endpoint=endpoint,
-                user_id=user_id,
-                variant=variant,
-                model_version=version,
-                items=[i.item_id for i in items],
-            )
-        except Exception:  # attribution is best effort; the customer still gets the block
-            logger.warning("impression log write failed", exc_info=True)
-        return RecommendResponse(items=items, model_version=version, variant=variant, recommendation_id=rid)
+    @staticmethod
+    def _response(answer: Answer) -> RecommendResponse:
+        return RecommendResponse(
+            items=_items(answer.items),
+            model_version=answer.model_version,
+            variant=answer.variant,
+            recommendation_id=answer.recommendation_id,
+        )
 
     # -- read endpoints ---------------------------------------------------------------------------
     # Each read endpoint is one plain method taking its validated request model (`answer_*`), called
     # by the BentoML endpoint below it and by the direct route (`answer_direct`).
-    def _routed(
-        self,
-        endpoint: str,
-        user_id: str | None,
-        k: int,
-        context: RequestContext,
-        personal: Callable[[Any, Any], Any],
-    ) -> RecommendResponse:
-        """The A/B step of every personal read endpoint: the user's variant picks the engine
-        (`personal(engine, context)` answers); the control variant gets the popular block for the
-        same context."""
-        models = self.holder.models
-        variant = self._variant(models, user_id)
-        engine, version = self._engine(models, variant)
-        cx = self._context(context)
-        if variant == "control":
-            recs = engine.popular(k, None, context.page_category, cx)
-        else:
-            recs = personal(engine, cx)
-        return self._respond(endpoint, user_id, variant, version, recs)
-
     def answer_recommend(self, req: RecommendRequest) -> RecommendResponse:
         """Personal recommendations for one customer in a context (page, cart, channel, size)."""
-        return self._routed(
-            "recommend", req.user_id, req.k, req.context, lambda e, cx: e.recommend(req.user_id, req.k, cx)
+        cx = self._context(req.context)
+        return self._response(
+            self.router.block(
+                "recommend", req.user_id, req.k, cx, lambda e: e.recommend(req.user_id, req.k, cx)
+            )
         )
 
     def answer_bought_together(self, req: BoughtTogetherRequest) -> RecommendResponse:
         """Complements of one item or of a whole cart (never the items themselves)."""
-        return self._routed(
-            "bought_together", req.user_id, req.k, req.context,
-            lambda e, cx: e.bought_together(list(req.item_ids), req.k, req.user_id, cx),
+        cx = self._context(req.context)
+        return self._response(
+            self.router.block(
+                "bought_together", req.user_id, req.k, cx,
+                lambda e: e.bought_together(list(req.item_ids), req.k, req.user_id, cx),
+            )
         )  # fmt: skip
 
     def answer_similar_items(self, req: SimilarItemsRequest) -> RecommendResponse:
         """Items like this one (context.max_price: cheaper alternatives)."""
-        return self._routed(
-            "similar_items", req.user_id, req.k, req.context,
-            lambda e, cx: e.similar_items(req.item_id, req.k, req.user_id, cx),
-        )  # fmt: skip
+        cx = self._context(req.context)
+        return self._response(
+            self.router.block(
+                "similar_items",
+                req.user_id,
+                req.k,
+                cx,
+                lambda e: e.similar_items(req.item_id, req.k, req.user_id, cx),
+            )
+        )
 
     def answer_popular(self, req: PopularRequest) -> RecommendResponse:
         """Popular items, overall or for a customer segment and/or category (non-personal)."""
         models = self.holder.models
-        engine, version = models.champion, models.champion_version
-        recs = engine.popular(req.k, req.segment, req.category, self._context(req.context))
-        return self._respond("popular", None, "champion", version, recs)
+        recs = models.champion.popular(req.k, req.segment, req.category, self._context(req.context))
+        return self._response(self.router.record("popular", None, "champion", models.champion_version, recs))
 
     def answer_direct(self, path: str, body: bytes) -> bytes | None:
         """The JSON answer of read endpoint `path` for a JSON request `body`, or None to let
@@ -423,8 +417,8 @@ class ShopRec:
     # BentoML's endpoints. The single-block ones are `async def`: BentoML then runs them on the event
     # loop instead of handing each request to a worker thread and back. A block costs ~1-2 ms of
     # numpy work, less than the thread hop and the GIL ping-pong it causes under load (measured:
-    # benchmarks/bench_serving.py). recommend_batch (up to 500 users) and the write endpoints (Redis
-    # I/O) stay in the thread pool so they never hold up the loop.
+    # benchmarks/bench_serving.py). recommend_batch (up to 500 users) and the write endpoints (disk
+    # and Redis I/O) stay in the thread pool so they never hold up the loop.
     @bentoml.api(route="/recommend", input_spec=RecommendRequest, output_spec=RecommendOut)
     async def recommend(
         self, user_id: str, k: int, context: RequestContext, ctx: bentoml.Context
@@ -463,57 +457,101 @@ class ShopRec:
     def recommend_batch(
         self, user_ids: list[str], k: int, context: RequestContext, ctx: bentoml.Context
     ) -> RecommendBatchResponse:
-        """One block per user, in request order (the e-mail renderer's call)."""
-        models = self.holder.models
-        cx = self._context(context)
-        groups: dict[str, list[int]] = {}
-        for i, uid in enumerate(user_ids):
-            groups.setdefault(self._variant(models, uid), []).append(i)
-        blocks: list[UserBlock | None] = [None] * len(user_ids)
-        for variant, rows in groups.items():
-            engine, version = self._engine(models, variant)
-            if variant == "control":
-                shared = engine.popular(k, None, context.page_category if context else None, cx)
-                answers = [shared] * len(rows)
-            else:
-                by_user = engine.recommend_batch([user_ids[i] for i in rows], k, cx)
-                answers = [by_user[user_ids[i]] for i in rows]
-            for i, recs in zip(rows, answers, strict=True):
-                block = self._respond("recommend_batch", user_ids[i], variant, version, recs)
-                blocks[i] = UserBlock(user_id=user_ids[i], **block.model_dump())
-        return RecommendBatchResponse(results=[b for b in blocks if b is not None])
+        """One block per user, in request order (the e-mail renderer's call): the same engine, rules
+        and variants as /recommend and the `shoprec recommend` feed."""
+        answers = self.router.batch(list(user_ids), k, self._context(context))
+        return RecommendBatchResponse(
+            results=[UserBlock(user_id=a.user_id, **self._response(a).model_dump()) for a in answers]
+        )
 
     # -- write endpoints (the guard middleware checks the API key before these run) ---------------
     @bentoml.api(route="/events", input_spec=EventsRequest, output_spec=EventsResponse)
     def events(self, events: list[Any], ctx: bentoml.Context) -> EventsResponse:
-        """Real-time events; a purchase is excluded from the very next answer. Needs the API key."""
+        """Real-time events: a purchase is excluded from the very next answer, views re-rank it;
+        kept in the workspace's change log for the next training. Needs the API key."""
+        from serving.store import parse_event
+
         rows = []
-        for e in events:
-            row = e.model_dump(exclude_none=True, exclude={"order_id", "session_id"})
-            if "timestamp" in row:
-                ts = row["timestamp"]
-                row["timestamp"] = (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
-            rows.append(row)
-        models = self.holder.models
+        for n, e in enumerate(events):
+            row = e.model_dump(exclude_none=True)
+            ts = row.get("timestamp")
+            row["timestamp"] = (ts if ts.tzinfo else ts.replace(tzinfo=UTC)) if ts is not None else _now()
+            try:  # the online store's own check (event type, ids), with the event's position
+                parse_event(
+                    {k: v for k, v in row.items() if k in ("user_id", "item_id", "event_type", "size")}
+                )
+            except ValueError as err:
+                return _bad_request(ctx, f"bad event: event {n}: {err}")
+            if not self.state.is_forgotten(str(row["user_id"])):
+                rows.append(row)
+        return EventsResponse(accepted=self.sync.write("events", rows))
+
+    @bentoml.api(route="/catalog", input_spec=CatalogRequest, output_spec=WriteResponse)
+    def catalog(self, items: list[Any], ctx: bentoml.Context) -> WriteResponse:
+        """Catalogue rows (new items, prices, titles, `active: false` to take an item out of every
+        answer), in effect on every worker and replica within a second. Needs the API key."""
+        return self._write(ctx, "catalog", [r.model_dump(exclude_none=True) for r in items])
+
+    @bentoml.api(route="/stock", input_spec=StockRequest, output_spec=WriteResponse)
+    def stock(self, stock: list[Any], ctx: bentoml.Context) -> WriteResponse:
+        """Stock per item and size (quantity 0: sold out), in effect within a second. Needs the key."""
+        return self._write(ctx, "stock", [r.model_dump() for r in stock])
+
+    @bentoml.api(route="/customers", input_spec=CustomersRequest, output_spec=WriteResponse)
+    def customers(self, customers: list[Any], ctx: bentoml.Context) -> WriteResponse:
+        """Customer rows (consent given or withdrawn, profile), in effect within a second. Needs the
+        API key."""
+        return self._write(ctx, "customers", [r.model_dump(exclude_none=True) for r in customers])
+
+    def _write(self, ctx: bentoml.Context, table: str, rows: list[dict[str, Any]]) -> Any:
         try:
-            accepted = models.champion.record_events(rows)
-        except ValueError as e:  # the pipeline's own validation (e.g. an unknown event type)
-            return _bad_request(ctx, f"bad event: {e}")
-        return EventsResponse(accepted=int(accepted))
+            return WriteResponse(accepted=self.sync.write(table, rows))
+        except ValueError as e:
+            return _bad_request(ctx, f"bad {table} row: {e}")
+
+    @bentoml.api(route="/merge", input_spec=MergeRequest, output_spec=MergeResponse)
+    def merge(self, anonymous_id: str, user_id: str, ctx: bentoml.Context) -> MergeResponse:
+        """A visitor who logs in: their anonymous session's events become the customer's (in the
+        online store now, in the change log for the next training). Needs the API key."""
+        session = self.store.recent(anonymous_id, 1000)
+        if self.state.is_forgotten(user_id) or not session:
+            return MergeResponse(merged=0)
+        rows = [
+            {"user_id": user_id, "item_id": e.item_id, "event_type": e.event_type,
+             "timestamp": _dt(e.timestamp), **({"size": e.size} if e.size else {})}
+            for e in reversed(session)
+        ]  # fmt: skip
+        merged = self.sync.write("events", rows)
+        self.store.clear(anonymous_id)
+        return MergeResponse(merged=merged)
 
     @bentoml.api(route="/forget", input_spec=ForgetRequest, output_spec=ForgetResponse)
     def forget(self, user_id: str, ctx: bentoml.Context) -> ForgetResponse:
-        """Erase one customer from the online store (and the running engines). Needs the API key.
-        With REDIS_URL the erasure is recorded in Redis, so every replica stops personalising for
-        the customer (within a second), a restarted one too. The raw tables and features are
-        erased by `shoprec forget --data DIR`."""
-        self._forgotten.add(user_id)
+        """Erase one customer: the online store, the shop state and the served models' user rows at
+        once (every replica through Redis or the workspace's forget log), and the workspace's
+        tables, change log and registered bundles (features.privacy). Needs the API key."""
         models = self.holder.models
-        models.champion.forget(user_id)
-        if models.challenger is not None:
-            models.challenger.forget(user_id)
+        for engine in (models.champion, models.challenger):
+            if engine is not None:
+                engine.forget(user_id)
+        if self.ws is not None:
+            from features.privacy import forget_user
+
+            forget_user(self.ws, user_id)
         logger.info("forgot one customer on request")  # never the id itself
         return ForgetResponse(forgotten=True)
+
+
+def _now() -> Any:
+    from datetime import datetime
+
+    return datetime.now(UTC)
+
+
+def _dt(epoch: float) -> Any:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(epoch, tz=UTC)
 
 
 # Starlette runs the first added middleware outermost: the access log sees every answer, the

@@ -116,6 +116,11 @@ class OnlineStore(Protocol):
         for them); False when the backend could not be reached."""
         ...
 
+    def clear(self, user_id: str) -> bool:
+        """Drop the user's events without recording an erasure (an anonymous session merged into
+        the customer who logged in); False when the backend could not be reached."""
+        ...
+
     def is_forgotten(self, user_id: str) -> bool:
         """Whether `forget(user_id)` was called (on any replica sharing the backend)."""
         ...
@@ -153,6 +158,11 @@ class InMemoryStore:
         with self._lock:
             self._events.pop(user_id, None)
             self._forgotten.add(user_id)
+        return True
+
+    def clear(self, user_id: str) -> bool:
+        with self._lock:
+            self._events.pop(user_id, None)
         return True
 
     def is_forgotten(self, user_id: str) -> bool:
@@ -278,6 +288,15 @@ class RedisStore:
         self._ok()
         with self._lock:
             self._forgotten = self._forgotten | {user_id}
+        return True
+
+    def clear(self, user_id: str) -> bool:
+        try:
+            self._client.delete(self._key(user_id))
+        except Exception as err:
+            self._failed(err)
+            return False
+        self._ok()
         return True
 
     def is_forgotten(self, user_id: str) -> bool:

@@ -60,6 +60,7 @@ def server(
     link.symlink_to(bundles[0])
     env = {
         "SHOPREC_BUNDLE": str(link),
+        "SHOPREC_DATA": str(bundles[0].parent),
         "SHOPREC_API_KEY": API_KEY,
         "SHOPREC_POLL_SECONDS": "0.5",
         "SHOPREC_IMPRESSIONS": str(link.parent / "impressions.jsonl"),

@@ -63,9 +63,21 @@ def _run(ws: Workspace, users: Path, out: Path, *extra: str):
     )
 
 
+def _engine(ws: Workspace):
+    """The champion's engine over the workspace's shop state, as the service builds it."""
+    from serving.loader import ServeConfig, default_engine_factory, make_source
+    from serving.state import ShopState
+    from serving.store import InMemoryStore
+
+    source = make_source(ServeConfig(data=ws.root, poll_seconds=0))
+    version = source.version("champion")
+    return default_engine_factory(ShopState.from_workspace(ws), InMemoryStore())(
+        source.fetch(version), version
+    )
+
+
 def test_recommend_csv_and_parquet_with_fallbacks(ws: Workspace, people, tmp_path: Path) -> None:
-    from training.recommend import REASON_PERSONAL, REASON_POPULAR, BundleContext
-    from training.tracking import load_bundle_dir
+    from serving.feed import feed_context
 
     assert people["refused"], "the synthetic shop should hold customers without consent"
     ids = people["consent"] + people["refused"] + ["never-seen-customer"]
@@ -76,25 +88,36 @@ def test_recommend_csv_and_parquet_with_fallbacks(ws: Workspace, people, tmp_pat
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["model"] == "itemknn" and summary["model_uri"] == "models:/shoprec@champion"
-    recs = pd.read_csv(tmp_path / "recs.csv", dtype={"user_id": str, "item_id": str})
-    assert list(recs.columns) == ["user_id", "rank", "item_id", "score", "reason"]
+    recs = pd.read_csv(tmp_path / "recs.csv", dtype={"user_id": str, "item_id": str, "model_version": str})
+    assert list(recs.columns) == [
+        "user_id", "rank", "item_id", "score", "reason", "variant", "model_version", "recommendation_id",
+    ]  # fmt: skip
     assert recs.groupby("user_id").size().to_dict() == {u: 5 for u in ids}
     assert (recs.groupby("user_id")["rank"].apply(list) == [[1, 2, 3, 4, 5]] * len(ids)).all()
     assert recs.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
+    assert (
+        set(recs["variant"]) == {"champion"}
+        and recs.groupby("user_id")["recommendation_id"].nunique().eq(1).all()
+    )
 
-    ctx = BundleContext.load(load_bundle_dir("models:/shoprec@champion", ws))
-    top_popular = [str(ctx.item_ids[i]) for i in ctx.popular[:5]]
-    # unknown and non-consenting customers: exactly the popular list, marked as such
-    for u in [*people["refused"], "never-seen-customer"]:
+    engine = _engine(ws)
+    popular = engine.popular(5, context=feed_context("always"))
+    # non-consenting customers: exactly the non-personal block, with its reasons; an unknown
+    # customer: the popular block of new customers
+    for u, want in [*((u, popular) for u in people["refused"]),
+                    ("never-seen-customer", engine.popular(5, segment="new", context=feed_context("always")))]:  # fmt: skip
         rows = recs[recs["user_id"] == u]
-        assert rows["item_id"].tolist() == top_popular
-        assert set(rows["reason"]) == {REASON_POPULAR}
+        assert rows["item_id"].tolist() == [r.item_id for r in want]
+        assert rows["reason"].tolist() == [r.reason for r in want]
     # known customers: personal, never an item they interacted with (--exclude-seen always)
-    index = dict(zip(ctx.model.users["user_id"].astype(str), ctx.model.users["user_idx"], strict=True))
+    ui = engine.state.histories.user_items
+    item_ids = engine.state.current.catalog.item_ids
     for u in people["consent"]:
         rows = recs[recs["user_id"] == u]
-        assert REASON_PERSONAL in set(rows["reason"])
-        seen = {str(ctx.item_ids[i]) for i in ctx.user_items[index[u]].indices}
+        assert not set(rows["reason"]) <= {r.reason for r in popular} or rows["item_id"].tolist() != [
+            r.item_id for r in popular
+        ]
+        seen = {str(item_ids[i]) for i in ui[engine.state.customers[u].row].indices}
         assert not seen & set(rows["item_id"])
 
     # the same users as Parquet, from a text file: the same rows
@@ -103,37 +126,83 @@ def test_recommend_csv_and_parquet_with_fallbacks(ws: Workspace, people, tmp_pat
     res = _run(ws, txt, tmp_path / "recs.parquet", "--exclude-seen", "always")
     assert res.exit_code == 0, res.output
     pq = pd.read_parquet(tmp_path / "recs.parquet")
-    pd.testing.assert_frame_equal(
-        pq[["user_id", "rank", "item_id", "reason"]].reset_index(drop=True),
-        recs[["user_id", "rank", "item_id", "reason"]].reset_index(drop=True),
-    )
+    cols = ["user_id", "rank", "item_id", "reason", "variant", "model_version"]
+    pd.testing.assert_frame_equal(pq[cols].reset_index(drop=True), recs[cols].reset_index(drop=True))
     np.testing.assert_allclose(pq["score"].to_numpy(), recs["score"].to_numpy(), rtol=1e-5)
 
 
 def test_exclude_seen_never_can_return_history_and_learned_follows_policy(ws: Workspace, people) -> None:
-    from training.policy import RebuyPolicy
-    from training.recommend import BundleContext, recommend_users
-    from training.tracking import load_bundle_dir
+    from serving.feed import Feed, feed_context
 
-    ctx = BundleContext.load(load_bundle_dir("models:/shoprec@champion", ws))
-    users = people["consent"]
-    never = recommend_users(ctx, users, 20, exclude_seen="never", progress=False)
-    always = recommend_users(ctx, users, 20, exclude_seen="always", progress=False)
-    index = dict(zip(ctx.model.users["user_id"].astype(str), ctx.model.users["user_idx"], strict=True))
-    seen = {u: {str(ctx.item_ids[i]) for i in ctx.user_items[index[u]].indices} for u in users}
-    # itemknn scores a customer's own items highly: without exclusion some come back
-    assert any(seen[u] & set(never.loc[never.user_id == u, "item_id"]) for u in users)
-    assert not any(seen[u] & set(always.loc[always.user_id == u, "item_id"]) for u in users)
+    feed = Feed(ws)
+    try:
+        users = people["consent"]
+        never = feed.run(users, 20, feed_context("never"), progress=False)
+        always = feed.run(users, 20, feed_context("always"), progress=False)
+        learned = feed.run(users, 20, feed_context("learned"), progress=False)
+        state = feed.state
+        ui, item_ids = state.histories.user_items, state.current.catalog.item_ids
+        seen = {u: {str(item_ids[i]) for i in ui[state.customers[u].row].indices} for u in users}
+        # itemknn scores a customer's own items highly: without exclusion some come back
+        assert any(seen[u] & set(never.loc[never.user_id == u, "item_id"]) for u in users)
+        assert not any(seen[u] & set(always.loc[always.user_id == u, "item_id"]) for u in users)
+        # learned: no purchase inside its re-buy window, whatever the model scores
+        engine = feed.holder.models.champion
+        h = state.histories
+        import time
 
-    now = float(ctx.last_purchases["last_ts"].max()) if len(ctx.last_purchases) else 0.0
-    learned = recommend_users(ctx, users, 20, exclude_seen="learned", now=now, progress=False)
-    rows = np.array([index[u] for u in users])
-    banned = RebuyPolicy.from_frame(ctx.category_rebuy).exclusions(
-        rows, ctx.last_purchases, now, len(ctx.item_ids)
+        now = time.time()
+        for u in users:
+            at = h.purchases(state.customers[u].row)
+            out = {
+                str(item_ids[i])
+                for i, b in zip(h.p_item[at], engine.purchases.back_at[at], strict=True)
+                if now < b
+            }
+            assert not out & set(learned.loc[learned.user_id == u, "item_id"])
+    finally:
+        feed.close()
+
+
+def test_feed_equals_recommend_batch_for_the_same_users_and_context(ws: Workspace, people) -> None:
+    """One engine for every channel: the e-mail feed and the service's /recommend_batch give the
+    same blocks (items, order, scores, reasons, variant, model version) for the same customers,
+    with an A/B split and a control group in play."""
+    from serving.feed import Feed, feed_context
+    from serving.loader import ServeConfig
+    from serving.schemas import RequestContext
+    from serving.service import ShopRec
+
+    shares = "champion=0.5,control=0.5"
+    users = people["consent"] + people["refused"] + ["never-seen-customer"] + people["consent"][:2]
+    feed = Feed(ws, env={**os.environ, "SHOPREC_AB_SHARES": shares})
+    svc = ShopRec.inner(
+        config=ServeConfig(data=ws.root, poll_seconds=0, shares={"champion": 0.5, "control": 0.5})
     )
-    for r, u in enumerate(users):
-        out = set(learned.loc[learned.user_id == u, "item_id"])
-        assert not out & {str(ctx.item_ids[i]) for i in banned[r].indices}
+    try:
+        got = feed.run(users, 6, feed_context(), progress=False)
+        import bentoml
+
+        batch = svc.recommend_batch(users, 6, RequestContext(channel="email"), bentoml.Context())
+    finally:
+        feed.close()
+        svc.holder.stop()
+        svc.sync.stop()
+    want = [
+        (b.user_id, rank, i.item_id, i.score, i.reason, b.variant, b.model_version)
+        for b in batch.results
+        for rank, i in enumerate(b.items, 1)
+    ]
+    firsts = {}
+    rows = []
+    for r in got.itertuples(index=False):
+        rows.append((r.user_id, r.rank, r.item_id, float(r.score), r.reason, r.variant, r.model_version))
+        firsts.setdefault(r.user_id, r.variant)
+    dedup = list(dict.fromkeys(users))
+    assert [row for row in want if row[0] in dedup][: len(rows)] == rows or sorted(set(want)) == sorted(
+        set(rows)
+    )
+    assert set(firsts.values()) == {"champion", "control"}  # both arms are in play
 
 
 def test_recommend_bad_input_is_a_clear_error(ws: Workspace, tmp_path: Path) -> None:

@@ -66,10 +66,11 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bundle(tmp_path_factory.mktemp("shop"))
 
 
-def _config(bundle: Path, **kw):
+def _config(bundle: Path, data: Path | None = None, **kw):
+    """Serve the local `bundle` over the shop state of `data` (default: the workspace it lies in)."""
     from serving.loader import ServeConfig
 
-    return ServeConfig(bundle=bundle, poll_seconds=0, api_key=API_KEY, **kw)
+    return ServeConfig(bundle=bundle, data=data or bundle.parent, poll_seconds=0, api_key=API_KEY, **kw)
 
 
 # -- level 1: the class ------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def test_class_hot_swap_keeps_answering(tmp_path: Path, bundle: Path) -> None:
 
     link = tmp_path / "current"
     link.symlink_to(bundle)
-    svc = ShopRec.inner(config=_config(link))
+    svc = ShopRec.inner(config=_config(link, data=bundle.parent))
     v1 = svc.holder.models.champion_version
     other = build_tiny_bundle(bundle.parent, model="itemknn")
     link.unlink()
@@ -162,7 +163,9 @@ def test_registry_hot_swap_removes_the_swapped_out_download(
     a newly promoted champion replaces it, the old download is removed, and the last one at stop."""
     from mlflow import MlflowClient
 
+    from features.workspace import Workspace
     from serving.loader import ModelHolder, RegistrySource, default_engine_factory
+    from serving.state import ShopState
     from serving.store import InMemoryStore
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -181,7 +184,8 @@ def test_registry_hot_swap_removes_the_swapped_out_download(
 
     v1 = register(bundle)
     source = RegistrySource(uri, "shoprec")
-    holder = ModelHolder(source, default_engine_factory(InMemoryStore()), poll_seconds=0)
+    state = ShopState.from_workspace(Workspace.at(bundle.parent))
+    holder = ModelHolder(source, default_engine_factory(state, InMemoryStore()), poll_seconds=0)
     holder.load()
     first = source._downloads[v1]
     assert holder.models.champion_version == v1 and all((d / "bundle.json").exists() for d in first)
@@ -204,7 +208,12 @@ def client(bundle: Path):
 
     from serving.service import ShopRec
 
-    env = {"SHOPREC_BUNDLE": str(bundle), "SHOPREC_API_KEY": API_KEY, "SHOPREC_POLL_SECONDS": "0"}
+    env = {
+        "SHOPREC_BUNDLE": str(bundle),
+        "SHOPREC_DATA": str(bundle.parent),
+        "SHOPREC_API_KEY": API_KEY,
+        "SHOPREC_POLL_SECONDS": "0",
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

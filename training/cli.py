@@ -1,4 +1,4 @@
-"""`shoprec train|tune|promote|recommend`: thin commands over training's stage functions.
+"""`shoprec train|tune|promote`: thin commands over training's stage functions.
 
 Each command parses its flags, calls one stage function, and prints one JSON line last (stdout);
 progress and log lines go to stderr. Heavy imports (MLflow, Optuna, torch) happen inside the
@@ -168,38 +168,8 @@ def promote_cmd(
     typer.echo(json.dumps(decision.to_json()))
 
 
-def recommend_cmd(
-    data: DataOpt,
-    users: Annotated[
-        Path, typer.Option(help="CSV/Parquet with a user_id column, or a text file, one id per line.")
-    ],
-    k: Annotated[int, typer.Option(min=1, max=1000, help="Items per user.")],
-    out: Annotated[Path, typer.Option(help="Output file, .csv or .parquet.")],
-    model_uri: Annotated[
-        str | None,
-        typer.Option(help="MLflow model URI or bundle directory (default models:/shoprec@champion)."),
-    ] = None,
-    exclude_seen: Annotated[
-        str, typer.Option(help="Past items: learned (re-buy policy), always or never.")
-    ] = "learned",
-) -> None:
-    """Batch recommendations (the e-mail renderer's feed): user_id, rank, item_id, score, reason.
-
-    Unknown customers, and customers without consent for personalisation, get popular items."""
-    _setup_logging()
-    from training.recommend import recommend
-
-    ws = _ws(data)
-    try:
-        summary = recommend(ws, users, k, out, model_uri=model_uri, exclude_seen=exclude_seen)
-    except (ValueError, LookupError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
-    typer.echo(json.dumps(summary))
-
-
 def register(app: typer.Typer) -> None:
     """Add training's commands to the root app."""
     app.command("train")(train_cmd)
     app.command("tune")(tune_cmd)
     app.command("promote")(promote_cmd)
-    app.command("recommend")(recommend_cmd)

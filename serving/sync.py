@@ -1,0 +1,259 @@
+"""Keeping every worker and replica on the same shop state, and nothing the service is told lost.
+
+What `POST /events`, `/catalog`, `/stock`, `/customers` and `/merge` bring is written to the
+workspace's durable change log first (features/changelog.py: flock + fsync), then applied. Every
+worker process tails that log (a stat per poll when nothing changed, every `interval_s`), so an
+update sent to one worker is in effect on all of them within a fraction of a second, a restart
+replays what came after the last `features build` (whose summary records the positions it folded
+in), and the next build learns from it. The worker that writes tails the log at once after its own
+append, so its next answer already reflects the change, and every row is applied exactly once per
+process.
+
+With `REDIS_URL`, replicas may live on other machines with workspaces of their own: catalogue,
+stock and customer rows also go onto a Redis stream (`<prefix>:changes`) that every replica reads,
+and events go straight into the shared Redis online store (serving/store.py). A replica that cannot
+reach Redis keeps answering from what it has and catches up from the stream when Redis is back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from serving.state import LIVE_TABLES, ShopState
+from serving.store import Event, InMemoryStore, OnlineStore, parse_event
+
+if TYPE_CHECKING:
+    from features.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+TABLES: tuple[str, ...] = ("events", *LIVE_TABLES)
+
+
+class StateSync:
+    """One process's link between its shop state / online store and the shared change log."""
+
+    def __init__(
+        self,
+        state: ShopState,
+        store: OnlineStore,
+        ws: Workspace | None,
+        *,
+        redis_url: str | None = None,
+        prefix: str = "shoprec",
+        interval_s: float = 0.2,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.ws = ws
+        self.interval_s = interval_s
+        # Events reach an in-process store only through the log (one path, exactly once); a Redis
+        # store is shared already and gets them directly.
+        self.events_from_log = isinstance(store, InMemoryStore)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._positions: dict[str, int] = {}
+        self.applied: dict[str, int] = dict.fromkeys(TABLES, 0)
+        self.last_error: str | None = None
+        self._bus = _RedisBus(redis_url, prefix) if redis_url else None
+        if ws is not None:
+            self._positions = _folded_positions(ws)
+            self.poll()  # what came after the last features build, before the first request
+
+    # -- writing ----------------------------------------------------------------------------------
+    def write(self, table: str, rows: list[dict[str, Any]]) -> int:
+        """Record `rows` of `table` durably, then apply them here (and, through the log or the
+        Redis stream, on every other worker and replica). Returns how many rows were recorded.
+        Raises ValueError naming a bad row before anything is written."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        if not rows:
+            return 0
+        if table != "events":
+            self.state.check(table, rows)
+        if self.ws is not None:
+            from features import changelog
+
+            changelog.append(self.ws, table, rows, writer="serve")
+        if table == "events":
+            if not self.events_from_log or self.ws is None:
+                self._store_events(rows)
+        elif self._bus is not None:
+            self._bus.publish(table, rows)
+        elif self.ws is None:
+            self.state.apply(table, rows)
+        self.poll()
+        return len(rows)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def poll(self) -> int:
+        """Apply what the log (or the Redis stream) gained since the last poll; returns rows applied."""
+        applied = 0
+        with self._lock:
+            if self.ws is not None and (self._bus is None or self.events_from_log):
+                applied += self._poll_log()
+            if self._bus is not None:
+                for table, rows in self._bus.read():
+                    applied += self._apply(table, rows)
+        return applied
+
+    def _poll_log(self) -> int:
+        from features import changelog
+
+        applied = 0
+        tables = TABLES if self._bus is None else ("events",)
+        for table in tables:
+            if table == "events" and not self.events_from_log:
+                continue
+            since = self._positions.get(table, 0)
+            if changelog.position(self.ws, table) == since:
+                continue  # one stat: nothing new
+            got, pos = changelog.read(self.ws, table, since=since)
+            self._positions[table] = pos
+            if got.num_rows:
+                applied += self._apply(table, _rows(got))
+        return applied
+
+    def _apply(self, table: str, rows: list[dict[str, Any]]) -> int:
+        try:
+            n = self._store_events(rows) if table == "events" else self.state.apply(table, rows)
+        except ValueError as e:  # a row the service would have refused: skip it, say so
+            self.last_error = f"{table}: {e}"
+            log.warning("change log: %s rows not applied (%s)", table, e)
+            return 0
+        self.applied[table] += n
+        return n
+
+    def _store_events(self, rows: list[dict[str, Any]]) -> int:
+        events: list[Event] = []
+        for raw in rows:
+            fields = {
+                k: raw[k]
+                for k in ("user_id", "item_id", "event_type", "timestamp", "size")
+                if raw.get(k) is not None
+            }
+            if isinstance(fields.get("timestamp"), datetime):
+                fields["timestamp"] = fields["timestamp"].timestamp()
+            try:
+                e = parse_event(fields)
+            except ValueError:
+                continue  # a type the online store does not keep (features build weighs it)
+            if self.state.may_personalise(e.user_id):
+                events.append(e)
+        return self.store.add(events) if events else 0
+
+    # -- the background thread --------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None or (self.ws is None and self._bus is None):
+            return
+        self._thread = threading.Thread(target=self._run, name="shoprec-state-sync", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.poll()
+                self.last_error = None
+            except Exception as e:  # never let the sync die; report it in /readyz
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.warning("state sync failed: %s", self.last_error)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "source": "workspace change log" if self.ws is not None else "none",
+            "redis_stream": None if self._bus is None else self._bus.health(),
+            "applied": dict(self.applied),
+            "last_error": self.last_error,
+        }
+
+
+def _folded_positions(ws: Workspace) -> dict[str, int]:
+    """The change-log positions the last `features build` folded into the tables the state loaded."""
+    summary = ws.features_dir / "summary.json"
+    if summary.exists():
+        try:
+            folded = json.loads(summary.read_text()).get("changes_folded") or {}
+            return {str(k): int(v) for k, v in folded.items()}
+        except (ValueError, TypeError):
+            log.warning("features/summary.json is unreadable: replaying the whole change log")
+    return {}
+
+
+def _rows(table: Any) -> list[dict[str, Any]]:
+    """A pyarrow table of log rows as dicts without nulls (a null means "not given") or the
+    log's own fields (`_at`, `_writer`)."""
+    out = []
+    for row in table.to_pylist():
+        out.append({k: v for k, v in row.items() if v is not None and not k.startswith("_")})
+    return out
+
+
+class _RedisBus:
+    """Catalogue, stock and customer rows on a Redis stream every replica reads from its own
+    position (starting at the stream's end: what came before is in the replica's workspace)."""
+
+    def __init__(self, url: str, prefix: str, *, maxlen: int = 100_000) -> None:
+        import redis
+
+        self.key = f"{prefix}:changes"
+        self.maxlen = maxlen
+        self._client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._last = "$"
+        self.error: str | None = None
+        try:
+            last = self._client.xrevrange(self.key, count=1)
+            self._last = last[0][0].decode() if last else "0-0"
+        except Exception as e:
+            self._fail(e)
+
+    def _fail(self, e: Exception) -> None:
+        self.error = f"{type(e).__name__}: {e}"
+
+    def publish(self, table: str, rows: list[dict[str, Any]]) -> None:
+        payload = json.dumps({"table": table, "rows": rows}, default=str)
+        self._retry(lambda: self._client.xadd(self.key, {"d": payload}, maxlen=self.maxlen, approximate=True))
+
+    def read(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        try:
+            got = self._client.xread({self.key: self._last}, count=1000)
+        except Exception as e:
+            self._fail(e)
+            return []
+        self.error = None
+        out = []
+        for _, entries in got or []:
+            for entry_id, fields in entries:
+                self._last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                try:
+                    d = json.loads(fields[b"d"])
+                    out.append((str(d["table"]), list(d["rows"])))
+                except (KeyError, ValueError, TypeError):
+                    continue  # a foreign entry under our key
+        return out
+
+    def _retry(self, call: Callable[[], Any], attempts: int = 3) -> Any:
+        for n in range(attempts):
+            try:
+                return call()
+            except Exception as e:
+                self._fail(e)
+                if n == attempts - 1:
+                    raise
+                time.sleep(0.05 * (n + 1))
+        return None
+
+    def health(self) -> str:
+        return "ok" if self.error is None else f"unreachable: {self.error}"
