@@ -118,12 +118,12 @@ class FeatureConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FeatureConfig:
         """Build from a plain dict (e.g. a saved config); unknown keys are a BuildError."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise BuildError(
-                f"unknown FeatureConfig key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        from features.strict import strict_fields
+
+        try:
+            strict_fields(cls, {k: v for k, v in values.items() if k not in ("weights", "random_ratios")})
+        except ValueError as e:
+            raise BuildError(str(e)) from None
         values = dict(values)
         if "weights" in values and isinstance(values["weights"], dict):
             values["weights"] = tuple((str(k).lower(), float(v)) for k, v in values["weights"].items())

@@ -108,7 +108,7 @@ class EngineConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EngineConfig:
-        from training.base import strict_fields
+        from features.strict import strict_fields
 
         return cls(**strict_fields(cls, values))
 

@@ -8,7 +8,6 @@ tags = model name, split, data snapshot hash, code version, task; artifacts = th
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -35,13 +34,9 @@ class StrictConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Self:
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown {cls.__name__} key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
+        from features.strict import strict_fields
+
+        return cls(**strict_fields(cls, values))
 
 
 @dataclass(frozen=True)
