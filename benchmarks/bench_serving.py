@@ -201,14 +201,14 @@ def build_shop(name: str, customers: int, items: int, model: str = "als") -> Pat
 
 
 def write_inputs(bundle: Path, out: Path, n: int = 2000, seed: int = 0) -> dict[str, Path]:
-    """Request bodies (real user and item ids of the bundle) and the minimal endpoints' factors."""
+    """Request bodies (real user and item ids of the shop the bundle was trained on, its workspace
+    being the bundle's parent) and the minimal endpoints' factors."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    users = pd.read_parquet(bundle / "context" / "profiles.parquet", columns=["user_id"])["user_id"].astype(
-        str
-    )
-    items = pd.read_parquet(bundle / "context" / "items.parquet", columns=["item_id"])["item_id"].astype(str)
+    feat = bundle.parent / "features"
+    users = pd.read_parquet(feat / "profiles.parquet", columns=["user_id"])["user_id"].astype(str)
+    items = pd.read_parquet(feat / "items.parquet", columns=["item_id"])["item_id"].astype(str)
     out.mkdir(parents=True, exist_ok=True)
     picks = rng.choice(len(users), size=n)
     rec = [json.dumps({"user_id": users.iloc[i], "k": 10, "context": {"channel": "web"}}) for i in picks]
@@ -218,7 +218,7 @@ def write_inputs(bundle: Path, out: Path, n: int = 2000, seed: int = 0) -> dict[
     # A shop's /recommend traffic: the same customers, one in ten unknown, but two in ten on an
     # item page and one in ten on a category page (the item's parent), which rank that part of
     # the catalogue first; the rest with no page (home page, e-mail).
-    cats = pd.read_parquet(bundle / "context" / "items.parquet", columns=["category"])["category"].astype(str)
+    cats = pd.read_parquet(feat / "items.parquet", columns=["category"])["category"].astype(str)
     mix = []
     for j, (body, i) in enumerate(zip(rec, rng.choice(len(items), size=n), strict=True)):
         req = json.loads(body)
@@ -399,13 +399,16 @@ def engine_timings(bundle: Path, bodies: dict[str, Path], repeats: int = 2) -> d
     the popular/bought-together candidate sets; the default for catalogues of 20k items or more)
     and with every item ranked, over the load test's own request bodies; plus how many answers
     differ between the two (the pruning is exact, so 0 is the right answer)."""
+    from features.workspace import Workspace
     from serving.bundle import load_bundle
     from serving.pipeline import Context, Engine, EngineConfig
+    from serving.state import ShopState
 
     loaded = load_bundle(bundle)
+    state = ShopState.from_workspace(Workspace.at(bundle.parent))
     engines = {
-        "pruned": Engine(loaded, config=EngineConfig(prune_min_items=1)),
-        "all_items": Engine(loaded, config=EngineConfig(prune_min_items=10**9)),
+        "pruned": Engine(loaded, state, config=EngineConfig(prune_min_items=1)),
+        "all_items": Engine(loaded, state, config=EngineConfig(prune_min_items=10**9)),
     }
 
     def read(name: str) -> list[dict]:
@@ -454,6 +457,7 @@ def bench_shop(name: str, bundle: Path, seconds: float, servers: tuple[str, ...]
         if kind.startswith("shoprec"):
             env = {
                 "SHOPREC_BUNDLE": str(bundle),
+                "SHOPREC_SHOP": str(bundle.parent),
                 "SHOPREC_POLL_SECONDS": "0",
                 "SHOPREC_IMPRESSIONS": str(WORK / name / "impressions.jsonl"),
                 "SHOPREC_ACCESS_LOG": "0" if kind == "shoprec-nolog" else "1",
