@@ -63,6 +63,7 @@ class RecommendRequest(_Strict):
     user_id: Id
     k: K = K_DEFAULT
     context: RequestContext = Field(default_factory=RequestContext)
+    explain: bool = Field(False, description="also return the items the rules removed, and which rule")
 
 
 class BoughtTogetherRequest(_Strict):
@@ -188,6 +189,17 @@ class RecommendResponse(BaseModel):
     model_version: str = Field(description="registry version (or bundle id) that produced the block")
     variant: Literal["champion", "challenger", "control"]
     recommendation_id: str = Field(description="id of this impression, for click/conversion attribution")
+
+
+class RemovedOut(BaseModel):
+    item_id: str
+    rule: str = Field(description="the rule that kept the item out of the block")
+
+
+class ExplainedResponse(RecommendResponse):
+    """A block with `removed`: the items the model ranked highest that the rules kept out."""
+
+    removed: list[RemovedOut]
 
 
 class UserBlock(RecommendResponse):

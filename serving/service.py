@@ -39,6 +39,7 @@ from serving.schemas import (
     CustomersRequest,
     EventsRequest,
     EventsResponse,
+    ExplainedResponse,
     ForgetRequest,
     ForgetResponse,
     ItemOut,
@@ -49,6 +50,7 @@ from serving.schemas import (
     RecommendBatchResponse,
     RecommendRequest,
     RecommendResponse,
+    RemovedOut,
     RequestContext,
     SimilarItemsRequest,
     StockRequest,
@@ -358,12 +360,22 @@ class ShopRec:
     # Each read endpoint is one plain method taking its validated request model (`answer_*`), called
     # by the BentoML endpoint below it and by the direct route (`answer_direct`).
     def answer_recommend(self, req: RecommendRequest) -> RecommendResponse:
-        """Personal recommendations for one customer in a context (page, cart, channel, size)."""
+        """Personal recommendations for one customer in a context (page, cart, channel, size);
+        with `explain`, also the items the rules removed and which rule removed each."""
         cx = self._context(req.context)
-        return self._response(
-            self.router.block(
-                "recommend", req.user_id, req.k, cx, lambda e: e.recommend(req.user_id, req.k, cx)
-            )
+        models = self.holder.models
+        answer = self.router.block(
+            "recommend", req.user_id, req.k, cx, lambda e: e.recommend(req.user_id, req.k, cx), models=models
+        )
+        if not req.explain:
+            return self._response(answer)
+        from serving.explain import removed_items
+
+        engine, _ = self.router.engine(models, answer.variant)
+        removed = removed_items(engine, req.user_id, req.k, cx, answer.items)
+        return ExplainedResponse(
+            **self._response(answer).model_dump(),
+            removed=[RemovedOut(item_id=r.item_id, rule=r.rule) for r in removed],
         )
 
     def answer_bought_together(self, req: BoughtTogetherRequest) -> RecommendResponse:
@@ -421,10 +433,12 @@ class ShopRec:
     # and Redis I/O) stay in the thread pool so they never hold up the loop.
     @bentoml.api(route="/recommend", input_spec=RecommendRequest, output_spec=RecommendOut)
     async def recommend(
-        self, user_id: str, k: int, context: RequestContext, ctx: bentoml.Context
+        self, user_id: str, k: int, context: RequestContext, ctx: bentoml.Context, explain: bool = False
     ) -> RecommendResponse:
         """Personal recommendations for one customer in a context (page, cart, channel, size)."""
-        return self.answer_recommend(RecommendRequest.model_construct(user_id=user_id, k=k, context=context))
+        return self.answer_recommend(
+            RecommendRequest.model_construct(user_id=user_id, k=k, context=context, explain=explain)
+        )
 
     @bentoml.api(route="/bought_together", input_spec=BoughtTogetherRequest, output_spec=RecommendOut)
     async def bought_together(

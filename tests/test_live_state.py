@@ -155,3 +155,18 @@ def test_engines_of_one_state_see_the_same_change(bundle_dir: Path) -> None:
     b = Engine.from_bundle(bundle_dir, state, config=EngineConfig(max_per_brand=1))
     state.apply("stock", [{"item_id": "dogfood", "size": "", "quantity": 0}])
     assert "dogfood" not in ids(a.popular(10)) and "dogfood" not in ids(b.popular(10))
+
+
+def test_explain_names_the_rule_that_removed_each_item(engine: Engine) -> None:
+    from serving.explain import removed_items
+
+    block = engine.recommend("alice", 4, now=NOW)
+    removed = dict(removed_items(engine, "alice", 4, Context(), block, top=13, now=NOW))
+    assert not set(removed) & set(ids(block))
+    assert removed["leash"] == "sold out"
+    assert removed["shirt"] == "not in the women's collection"
+    assert removed["dress"] == "not in stock in the customer's size"  # her learned size S
+    assert removed["laptop"] == "bought: not due again (re-buy policy)"
+    engine.state.apply("catalog", [{"item_id": "dogtoy", "active": False}])
+    block = engine.recommend("alice", 4, now=NOW)
+    assert dict(removed_items(engine, "alice", 4, Context(), block, top=13, now=NOW))["dogtoy"].startswith("inactive")

@@ -285,6 +285,18 @@ def test_asgi_purchase_event_changes_next_answer(client) -> None:
     assert first not in after
 
 
+def test_asgi_explain_returns_the_removed_items_with_their_rule(client) -> None:
+    plain = client.post("/recommend", json={"user_id": "u2", "k": 3}).json()
+    assert "removed" not in plain  # the shape a shop's site parses is unchanged
+    r = client.post("/recommend", json={"user_id": "u2", "k": 3, "explain": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    rules = {x["item_id"]: x["rule"] for x in body["removed"]}
+    # u2 bought i0..i3: the most popular items are kept out by the re-buy policy (never re-bought)
+    assert rules["i0"] == "bought: not due again (re-buy policy)"
+    assert not set(rules) & {i["item_id"] for i in body["items"]}
+
+
 @pytest.mark.parametrize(
     ("headers", "status"),
     [({}, 401), ({"Authorization": "Bearer wrong"}, 401), ({"Authorization": "Basic abc"}, 401), (AUTH, 200)],
