@@ -66,7 +66,8 @@ def build_features(ws: Workspace, config: FeatureConfig, *, now: datetime | None
     """Validate every raw table, build every feature table, write and return the summary.
 
     Returns {"events": {"input_rows", "accepted", "quarantined"}, <other tables>: {...},
-    "features": {counts..., "timings": {step: seconds}}}; the same dict is written to
+    "changes_folded": {table: change-log position folded in}, "features": {counts...,
+    "timings": {step: seconds}}}; the same dict is written to
     DIR/features/summary.json. Raises BuildError when a table is unusable (from validation) or when
     no event survives validation.
     """
@@ -74,13 +75,18 @@ def build_features(ws: Workspace, config: FeatureConfig, *, now: datetime | None
         from features.validate import validate_workspace
     except ModuleNotFoundError as e:  # pragma: no cover - only while the validation module is missing
         raise BuildError(f"validation is not available ({e}); features.validate must be installed") from None
+    from features.changelog import positions
+
     start = time.perf_counter()
-    counts = validate_workspace(ws, now=now or datetime.now(UTC))
+    # The change log's ends now: rows appended while the build runs are left to the next build
+    # (and to the service, which replays the log from these positions).
+    folded = positions(ws)
+    counts = validate_workspace(ws, now=now or datetime.now(UTC), changes=folded)
     validate_s = time.perf_counter() - start
     features = build_from_validated(ws, config)
     features["timings"] = {"validate": round(validate_s, 3), **features["timings"]}
     features["timings"]["total"] = round(time.perf_counter() - start, 3)
-    summary = {**counts, "features": features}
+    summary = {**counts, "changes_folded": folded, "features": features}
     (ws.features_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 

@@ -105,6 +105,8 @@ TABLE_SPECS: dict[str, TableSpec] = {
             ColumnSpec("order_id", "string"),
             ColumnSpec("session_id", "string"),
             ColumnSpec("size", "string"),
+            # the answer (`recommendation_id` of the response) this event came from: attribution
+            ColumnSpec("recommendation_id", "string"),
         ),
     ),
     "catalog": TableSpec(
@@ -117,6 +119,9 @@ TABLE_SPECS: dict[str, TableSpec] = {
             ColumnSpec("price", "price"),
             ColumnSpec("gender", "gender"),
             ColumnSpec("created_at", "timestamp_nullable"),
+            # false: the item leaves every answer. Absent or null in a raw table = active; the
+            # validated catalogue always holds true/false (features.validate).
+            ColumnSpec("active", "bool"),
         ),
         unique=("item_id",),
     ),

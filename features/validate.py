@@ -25,12 +25,14 @@ it. A missing required column or an unreadable file is not a row problem: it rai
 from __future__ import annotations
 
 import csv
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -40,7 +42,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from features import changelog
 from features.errors import BuildError
+from features.fold import upsert
 from features.schemas import GENDERS, TABLE_SPECS, ColumnSpec, arrow_schema
 from features.workspace import TABLES, Workspace
 
@@ -264,9 +268,10 @@ def _check_missing(spec_name: str, names: list[str], where: str) -> None:
         )
 
 
-def _checker_sql(table: str, schema: pa.Schema, now: datetime) -> str:
+def _checker_sql(table: str, schema: pa.Schema, now: datetime, *, unique: bool = True) -> str:
     """One SELECT over `body` (the raw columns + `__row`) giving `__row`, `__reason` (NULL = good)
-    and the canonical columns, for a raw table with `schema`."""
+    and the canonical columns, for a raw table with `schema`. `unique=False` lets keys repeat
+    (change-log rows: several updates of one item are normal)."""
     spec = TABLE_SPECS[table]
     now = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
     now_sql = f"TIMESTAMPTZ {_lit(now.isoformat())}"
@@ -278,7 +283,7 @@ def _checker_sql(table: str, schema: pa.Schema, now: datetime) -> str:
             selects.append(f", {value} AS {_q(col.name)}")
         reasons.extend(why)
     reason = f"NULLIF(concat_ws('; ', {', '.join(reasons)}), '')" if reasons else "NULL::VARCHAR"
-    if spec.unique:
+    if spec.unique and unique:
         # Repeats of a key among otherwise good rows: the first occurrence wins, later ones are
         # quarantined. Rows that are bad anyway do not take the key from a later good row.
         # Key columns are text (id, size): compared as trimmed text, "" when absent or empty.
@@ -360,7 +365,7 @@ def _string_values(column: pa.ChunkedArray | None, kind: str, n: int) -> pa.Chun
 
 
 def validate_table(
-    raw: pa.Table, table: str, *, now: datetime, source: str | None = None
+    raw: pa.Table, table: str, *, now: datetime, source: str | None = None, unique: bool = True
 ) -> tuple[pa.Table, pa.Table]:
     """Split one raw table into (accepted, quarantined). Pure: Arrow in, Arrow out.
 
@@ -368,14 +373,25 @@ def validate_table(
     accepted: rows that pass every rule, typed as `arrow_schema(table)`, in input order.
     quarantined: the other rows, original columns cast to string + `reason` + `row_number` (1-based).
     len(accepted) + len(quarantined) == n always. Raises BuildError when a required column is
-    missing (`source` names the file in the message).
+    missing (`source` names the file in the message). `unique=False`: repeated keys are not
+    quarantined (change-log updates).
     """
     _check_missing(table, raw.column_names, source or f"{table} table")
     con = _connect()
     try:
-        return _check(con, _checker_sql(table, raw.schema, now), raw, table, 0)
+        return _check(con, _checker_sql(table, raw.schema, now, unique=unique), raw, table, 0)
     finally:
         con.close()
+
+
+def with_defaults(table: str, accepted: pa.Table) -> pa.Table:
+    """Defaults that hold only once a row is final (not for a change-log update, where null means
+    "not given"): a catalogue item without `active` is active."""
+    if table == "catalog" and "active" in accepted.column_names:
+        i = accepted.schema.get_field_index("active")
+        filled = pc.fill_null(accepted.column(i), True)
+        return accepted.set_column(i, accepted.schema.field(i), filled)
+    return accepted
 
 
 def _quarantine_rows(
@@ -409,12 +425,20 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 
 def validate_file(
-    path: Path, table: str, validated: Path, quarantine: Path, *, now: datetime
+    path: Path,
+    table: str,
+    validated: Path,
+    quarantine: Path,
+    *,
+    now: datetime,
+    extra: pa.Table | None = None,
 ) -> dict[str, int]:
     """Validate one raw file block by block, writing `validated` and `quarantine` (atomically).
 
     Tables with a unique key (catalog, stock, customers) are checked whole, since a repeat may sit
-    in any block; events stream in blocks of BLOCK_ROWS. Returns input_rows/accepted/quarantined.
+    in any block; events stream in blocks of BLOCK_ROWS. `extra`: rows already validated
+    elsewhere (the change log's events) written after the file's rows. Returns
+    input_rows/accepted/quarantined of the file alone.
     """
     spec = TABLE_SPECS[table]
     malformed: list[MalformedLine] = []
@@ -443,6 +467,7 @@ def validate_file(
             pending: Future[None] | None = None
             for block in blocks:
                 ok, bad = _check(con, sql, block, table, n_in)
+                ok = with_defaults(table, ok)
                 if pending is not None:
                     pending.result()
                 pending = pool.submit(writer.write_table, ok)
@@ -453,6 +478,8 @@ def validate_file(
                 bar.update(block.num_rows)
             if pending is not None:
                 pending.result()
+            if extra is not None and extra.num_rows:
+                writer.write_table(extra.select(arrow_schema(table).names).cast(arrow_schema(table)))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -501,25 +528,143 @@ def _with_malformed(bad: pa.Table, malformed: list[MalformedLine], names: list[s
     return both.take(pc.sort_indices(both["row_number"]))
 
 
-def validate_workspace(ws: Workspace, *, now: datetime | None = None) -> dict[str, dict[str, int]]:
-    """Validate every raw table present in `ws` (only `events` is required).
+def validate_workspace(
+    ws: Workspace, *, now: datetime | None = None, changes: Mapping[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Validate every raw table present in `ws` (only `events` is required) and fold in the change
+    log (features.changelog) up to the positions `changes` (default: each log's current end).
 
     Writes `ws.validated(t)` and `ws.quarantine(t)` for each table present (an empty quarantine file
-    when nothing was rejected) and removes stale ones of tables that are absent. `now` is the build
-    time that timestamps may not exceed (default: the current time, UTC).
+    when nothing was rejected) and removes stale ones of tables that are absent. The change log's
+    rows are validated like raw rows (without the unique-key rule: updates repeat keys); bad ones
+    go to `quarantine/changes/<table>.parquet`. Events from the log are appended to the validated
+    events; catalog, stock and customers rows upsert by key (features.fold). The positions folded
+    are written to `validated/changes_folded.json`. `now` is the build time that timestamps may not
+    exceed (default: the current time, UTC).
+
     Returns {table: {"input_rows": n, "accepted": a, "quarantined": q}} with n == a + q, for the
-    tables present. Raises BuildError when `events` is absent, a file cannot be read, or a required
-    column is missing.
+    tables present; a table with change-log rows adds "sources" (the same three counts for the raw
+    file and for the log) and, when upserted, "rows" (the validated table's rows). Raises BuildError
+    when there are no events (raw or logged), a file cannot be read, or a required column is missing.
     """
     now = now or datetime.now(UTC)
-    if ws.raw("events") is None:
-        raise BuildError(f"{ws.root}: no events table (expected events.parquet or events.csv)")
-    summary: dict[str, dict[str, int]] = {}
+    until = dict(changes) if changes is not None else changelog.positions(ws)
+    until = {table: int(until.get(table, 0)) for table in TABLES}
+    if ws.raw("events") is None and not until["events"]:
+        raise BuildError(
+            f"{ws.root}: no events table (expected events.parquet or events.csv, or events in "
+            f"{changelog.log_path(ws, 'events').relative_to(ws.root)})"
+        )
+    summary: dict[str, dict[str, Any]] = {}
     for table in TABLES:
         path = ws.raw(table)
-        if path is None:
+        logged, log_counts = _validate_changes(ws, table, until[table], now)
+        if path is None and logged is None:
             for stale in (ws.validated(table), ws.quarantine(table)):
                 stale.unlink(missing_ok=True)
             continue
-        summary[table] = validate_file(path, table, ws.validated(table), ws.quarantine(table), now=now)
+        counts = _validate_with_log(ws, table, path, logged, now)
+        if log_counts is not None:
+            sources = {**({path.name: counts} if path is not None else {}), _log_name(table): log_counts}
+            counts = {
+                k: sum(c[k] for c in sources.values()) for k in ("input_rows", "accepted", "quarantined")
+            }
+            counts["sources"] = sources
+            if TABLE_SPECS[table].unique:
+                counts["rows"] = pq.read_metadata(ws.validated(table)).num_rows
+        summary[table] = counts
+    folded = ws.validated_dir / CHANGES_FOLDED
+    folded.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folded.with_name(folded.name + ".tmp")
+    tmp.write_text(json.dumps(until, indent=2))
+    os.replace(tmp, folded)
     return summary
+
+
+# `validated/changes_folded.json`: {table: change-log position} the validated tables include.
+CHANGES_FOLDED = "changes_folded.json"
+
+
+def _log_name(table: str) -> str:
+    return f"changes/{table}.jsonl"
+
+
+def _validate_with_log(
+    ws: Workspace, table: str, path: Path | None, logged: pa.Table | None, now: datetime
+) -> dict[str, int]:
+    """Validate the raw file (when present) into `ws.validated(table)` and fold `logged` (the log's
+    accepted rows) in: appended for events, upserted by key for the others. Returns the raw
+    file's counts (all zero when there is none)."""
+    counts = {"input_rows": 0, "accepted": 0, "quarantined": 0}
+    if path is None:
+        ws.quarantine(table).unlink(missing_ok=True)  # the raw file's quarantine: there is none
+    if TABLE_SPECS[table].unique:
+        if path is not None:
+            counts = validate_file(path, table, ws.validated(table), ws.quarantine(table), now=now)
+        if logged is not None:
+            base = pq.read_table(ws.validated(table)) if path is not None else None
+            _write_parquet(with_defaults(table, upsert(base, logged, table)), ws.validated(table))
+    elif path is not None:
+        counts = validate_file(path, table, ws.validated(table), ws.quarantine(table), now=now, extra=logged)
+    elif logged is not None:  # events from the log alone
+        _write_parquet(logged, ws.validated(table))
+    return counts
+
+
+def _validate_changes(
+    ws: Workspace, table: str, until: int, now: datetime
+) -> tuple[pa.Table | None, dict[str, int] | None]:
+    """Validate the change log of `table` up to position `until`: (accepted rows in log order,
+    counts), or (None, None) when the log holds no line there. Writes the rejected lines to
+    `quarantine/changes/<table>.parquet`: every column as text, `reason`, `row_number` (the line
+    number in the log), `position` (its byte offset) and `line` (the line as written)."""
+    out = ws.quarantine_dir / "changes" / f"{table}.parquet"
+    if until <= 0:
+        out.unlink(missing_ok=True)
+        return None, None
+    rows, lines, malformed = changelog.read_for_build(ws, table, until)
+    if not lines and not malformed:
+        out.unlink(missing_ok=True)
+        return None, None
+    accepted, bad = validate_table(rows, table, now=now, source=_log_name(table), unique=False)
+    # validate_table numbered the rows 1..n: tie them back to their lines in the log.
+    picked = [lines[i - 1] for i in bad["row_number"].to_pylist()]
+    quarantined = _changes_quarantine(bad.drop_columns(["row_number"]), picked, malformed)
+    _write_parquet(quarantined, out)
+    n_in = len(lines) + len(malformed)
+    counts = {"input_rows": n_in, "accepted": accepted.num_rows, "quarantined": quarantined.num_rows}
+    if accepted.num_rows + quarantined.num_rows != n_in:  # a bug here, never the data's fault
+        raise RuntimeError(
+            f"{_log_name(table)}: {n_in} lines in, {counts['accepted']} + {counts['quarantined']} out"
+        )
+    return accepted, counts
+
+
+def _changes_quarantine(
+    bad: pa.Table, picked: list[changelog.Line], malformed: list[tuple[changelog.Line, str]]
+) -> pa.Table:
+    """The rejected change-log lines, in log order: the rows that broke a rule (`bad`: columns as
+    text + `reason`) and the lines that did not parse (columns null), each with its line number,
+    byte offset and text."""
+
+    def where(lines: list[changelog.Line]) -> dict[str, pa.Array]:
+        return {
+            "row_number": pa.array([line.number for line in lines], pa.int64()),
+            "position": pa.array([line.offset for line in lines], pa.int64()),
+            "line": pa.array([line.text.decode("utf-8", "replace") for line in lines], pa.string()),
+        }
+
+    ruled = pa.table({**{n: bad[n] for n in bad.column_names}, **where(picked)})
+    unparsed = pa.table(
+        {
+            **{
+                n: pa.nulls(len(malformed), ruled.schema.field(n).type)
+                for n in bad.column_names
+                if n != "reason"
+            },
+            "reason": pa.array([why for _, why in malformed], pa.string()),
+            **where([line for line, _ in malformed]),
+        }
+    ).select(ruled.column_names)
+    both = pa.concat_tables([ruled, unparsed])
+    return both.take(pc.sort_indices(both["row_number"]))

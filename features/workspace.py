@@ -46,6 +46,11 @@ class Workspace:
         return self.quarantine_dir / f"{table}.parquet"
 
     @property
+    def changes_dir(self) -> Path:
+        """The durable change log: `changes/<table>.jsonl`, appended by the service (features.changelog)."""
+        return self.root / "changes"
+
+    @property
     def features_dir(self) -> Path:
         return self.root / "features"
 
