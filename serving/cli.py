@@ -70,10 +70,13 @@ def serve_cmd(
 
     Configuration also comes from the environment: MLFLOW_TRACKING_URI, REDIS_URL,
     SHOPREC_API_KEY (enables /events and /forget), SHOPREC_AB_SHARES, SHOPREC_WORKERS.
+
+    SIGTERM or Ctrl-C stops the whole service gracefully: requests in flight are answered, the
+    service's shutdown hooks run, and no server process is left; a second Ctrl-C stops it at once.
     """
-    import subprocess
     import sys
 
+    from serving import supervise
     from serving.loader import ConfigError, ServeConfig, make_source
 
     if data is None and bundle is None:
@@ -94,10 +97,9 @@ def serve_cmd(
     cmd = [str(bentoml), "serve", "serving.service:ShopRec", "--host", host, "--port", str(port)]
     cmd += ["--working-dir", str(Path(__file__).resolve().parent.parent)]
     typer.echo(f"serving on http://{host}:{port} (OpenAPI at /docs.json); Ctrl-C stops", err=True)
-    try:
-        raise typer.Exit(subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+    # SIGTERM/SIGINT stop the whole server gracefully (in-flight requests answered, on_shutdown
+    # hooks run), and no BentoML process outlives this one (serving.supervise).
+    raise typer.Exit(supervise.run(cmd, env))
 
 
 @app.command("forget")
