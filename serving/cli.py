@@ -107,21 +107,32 @@ def forget_cmd(
     data: Annotated[Path, typer.Option(help="Workspace holding the customer's data.")],
     user: Annotated[str, typer.Option(help="The customer id to erase.")],
 ) -> None:
-    """Erase one customer everywhere: raw tables, features and (with REDIS_URL) the online store.
+    """Erase one customer everywhere: raw tables, the change log, validated and feature tables,
+    every model bundle in the workspace's MLflow store (registered versions included), and (with
+    REDIS_URL) the online store. A running service learns of it from the workspace's forget log.
 
     Models trained afterwards never see the customer. Prints one JSON summary line (no id in it).
     """
     import json
     import os
 
-    from features.privacy import forget_user
+    from features.privacy import forget_user, log_erasure
     from features.workspace import Workspace
 
     ws = Workspace.at(data)
     if not ws.root.is_dir():
         typer.echo(f"error: workspace {ws.root} does not exist", err=True)
         raise typer.Exit(2)
+    if not user.strip():
+        typer.echo("error: --user must be a non-empty customer id", err=True)
+        raise typer.Exit(2)
     summary: dict[str, object] = {"workspace": forget_user(ws, user)}
+    if ws.mlflow_db.exists() or os.environ.get("MLFLOW_TRACKING_URI"):
+        from training.forget import forget_in_store
+
+        models = forget_in_store(ws, [user])
+        log_erasure(ws, user, {f"{k}/{f}": n for k, v in models.items() for f, n in v.items()}, kind="models")
+        summary["models"] = models
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
         from serving.store import make_store

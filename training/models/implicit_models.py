@@ -94,6 +94,16 @@ class _FactorModel(Recommender):
         ids[~np.isfinite(scores)] = -1
         return ids, scores
 
+    def _forget_rows(self, users: np.ndarray) -> None:
+        """Replace the users' factor rows by the fold-in of an empty history (zeros; BPR keeps the
+        constant bias column): indices keep their meaning, and the row holds nothing of the user,
+        so the model scores them as a customer it never saw."""
+        users = users[users < self.user_factors_.shape[0]]
+        self.user_factors_ = self.user_factors_.copy()
+        self.user_factors_[users] = self._fold_in(
+            sp.csr_matrix((len(users), self.item_factors_.shape[0]), dtype=np.float32)
+        )
+
     def _save_state(self, path: Path) -> None:
         np.save(path / "user_factors.npy", self.user_factors_)
         np.save(path / "item_factors.npy", self.item_factors_)
