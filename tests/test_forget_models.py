@@ -33,16 +33,17 @@ def _no_env_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-def _bundles(ws: Workspace) -> dict[str, Path]:
-    """Every registered version's bundle, downloaded fresh: {version: bundle dir}."""
+def _bundles(ws: Workspace, dst: Path) -> dict[str, Path]:
+    """Every registered version's bundle, downloaded fresh into `dst`: {version: bundle dir}."""
     from training import tracking
 
     client = tracking.configure(ws)
     out = {}
     for mv in client.search_model_versions(f"name='{tracking.REGISTERED_MODEL}'"):
-        out[str(mv.version)] = tracking.load_bundle_dir(
-            f"models:/{tracking.REGISTERED_MODEL}/{mv.version}", ws
-        )
+        where = dst / f"v{mv.version}"
+        where.mkdir(parents=True)
+        uri = f"models:/{tracking.REGISTERED_MODEL}/{mv.version}"
+        out[str(mv.version)] = tracking.load_bundle_dir(uri, ws, dst=where)
     return out
 
 
@@ -84,7 +85,7 @@ def test_forget_reaches_every_bundle_the_change_log_and_every_table_and_stays(tm
     users = pd.read_parquet(ws.feature("users"))
     t_idx = int(users.loc[users["user_id"] == target, "user_idx"].iloc[0])
     o_idx = int(users.loc[users["user_id"] == other, "user_idx"].iloc[0])
-    before = _bundles(ws)
+    before = _bundles(ws, tmp_path / "before")
     assert len(before) == 2 and all(target in _ids_anywhere(b) for b in before.values())
     als_before = next(
         b for b in before.values() if json.loads((b / "bundle.json").read_text())["model"] == "als"
@@ -106,7 +107,7 @@ def test_forget_reaches_every_bundle_the_change_log_and_every_table_and_stays(tm
     assert summary["workspace"]["changes/customers.jsonl"] == 1
 
     # Every registered bundle, downloaded afresh, lost the customer and only the customer.
-    for version, bundle in _bundles(ws).items():
+    for version, bundle in _bundles(ws, tmp_path / "after").items():
         ids = _ids_anywhere(bundle)
         assert target not in ids and other in ids, version
         meta = json.loads((bundle / "bundle.json").read_text())
@@ -148,5 +149,5 @@ def test_forget_reaches_every_bundle_the_change_log_and_every_table_and_stays(tm
     result = train(ws, TrainConfig(model="popular", plots=False))
     from training import tracking
 
-    fresh = tracking.load_bundle_dir(f"runs:/{result.run_id}/bundle", ws)
+    fresh = tracking.load_bundle_dir(f"runs:/{result.run_id}/bundle", ws, dst=tmp_path / "fresh")
     assert target not in _ids_anywhere(fresh) and other in _ids_anywhere(fresh)

@@ -68,7 +68,9 @@ def test_a_copied_then_moved_workspace_trains_promotes_and_serves_from_its_own_f
     decision = promote(ws_b)
     assert decision.champion in {first.version, second.version}
     for version in (first.version, second.version):
-        bundle = tracking.load_bundle_dir(f"models:/{tracking.REGISTERED_MODEL}/{version}", ws_b)
+        where = tmp_path / "downloads" / str(version)
+        where.mkdir(parents=True)
+        bundle = tracking.load_bundle_dir(f"models:/{tracking.REGISTERED_MODEL}/{version}", ws_b, dst=where)
         assert Recommender.load(bundle / "model").n_items > 0
     source = make_source(ServeConfig(data=copy))
     champion = source.version("champion")
