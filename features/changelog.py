@@ -202,7 +202,8 @@ def append(ws: Workspace, table: str, rows: list[dict[str, Any]], *, writer: str
             tailing the log can skip the rows it wrote itself.
 
     Durable: the rows are written with one `write` under an exclusive `flock` and `fsync`ed before
-    this returns, so concurrent appenders (threads or processes) never interleave and a crash never
+    this returns (the fsync runs after the lock is released, so concurrent appenders share disk
+    flushes), so concurrent appenders (threads or processes) never interleave and a crash never
     loses a row that was acknowledged. A line left half-written by a crash is closed with a newline
     first (it is then malformed: `features build` quarantines it)."""
     data = encode_rows(table, rows, writer=writer)
@@ -218,8 +219,11 @@ def append(ws: Workspace, table: str, rows: list[dict[str, Any]], *, writer: str
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
         end = os.fstat(fd).st_size
+        # fsync after the lock is released: the lines are in place, and while this process waits
+        # for the disk the next appender writes; one fsync then covers several appends.
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.fsync(fd)
     if created:
         _fsync_dir(path.parent)  # the new file's directory entry is durable too
     return end

@@ -3,21 +3,27 @@
 `forget_user(ws, user_id)` removes the customer's rows from
 * the raw tables that hold customers (`events`, `customers`: the one place raw tables are ever
   rewritten; the file keeps its format, Parquet or CSV),
-* `validated/*.parquet` and `quarantine/*.parquet`,
+* the change log (`changes/events.jsonl`, `changes/customers.jsonl`: the customer's lines are
+  blanked in place, features.changelog.forget, so every log position stays valid),
+* `validated/*.parquet` and `quarantine/**/*.parquet`,
 * every Parquet file under `features/` (splits included) with a `user_id` column, or a `user_idx`
   column whose index `features/users.parquet` maps to the customer,
+* any other Parquet table of the workspace with a `user_id` column (e.g. the synthetic shop's
+  `truth/`),
 and appends one line to `forget_log.jsonl` in the workspace: the time, a salted SHA-256 of the id
 and the rows removed per file. The id itself is never written: the salt is a random secret kept in
 `.forget_salt` beside the log, so whoever holds the workspace can answer "was this customer erased?"
-by hashing a candidate id, while the log alone reveals nothing.
+by hashing a candidate id (`is_forgotten`, `ForgetList`: what a running service checks), while the
+log alone reveals nothing.
 
-Ids are compared as trimmed text, as validation stores them, so " u1 " in a CSV is u1. Models that
-were already trained keep what they learned until the next retrain; the online store and serving
-state are the serving side's (`serving/`).
+Ids are compared as trimmed text, as validation stores them, so " u1 " in a CSV is u1. The model
+bundles in the MLflow store are the model side's (training.forget, run by `shoprec forget`); the
+online store and serving state are the serving side's (`serving/`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -30,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from features import changelog
 from features.workspace import TABLES, Workspace
 
 SALT_FILE = ".forget_salt"
@@ -48,7 +55,10 @@ def user_hash(ws: Workspace, user_id: str) -> str:
                 f.write(secrets.token_hex(32))
         except FileExistsError:
             pass
-    salt = path.read_text().strip()
+    return _salted(path.read_text().strip(), user_id)
+
+
+def _salted(salt: str, user_id: str) -> str:
     return hashlib.sha256(f"{salt}:{user_id}".encode()).hexdigest()
 
 
@@ -150,19 +160,105 @@ def forget_user(ws: Workspace, user_id: str, *, now: datetime | None = None) -> 
                     else _forget_parquet(path, user_id, None)
                 )
                 note(path, n)
-    for folder in (ws.validated_dir, ws.quarantine_dir):
-        for path in sorted(folder.glob("*.parquet")) if folder.exists() else []:
+    for folder in (ws.validated_dir, ws.quarantine_dir):  # quarantine/changes/ included
+        for path in sorted(folder.rglob("*.parquet")) if folder.exists() else []:
             note(path, _forget_parquet(path, user_id, None))
+    removed.update(changelog.forget(ws, user_id))
+    # Any other table of the workspace that names customers (the synthetic shop's `truth/`, a
+    # user's own exports); model artifacts are the model side's (training.forget).
+    done = (ws.validated_dir, ws.quarantine_dir, ws.features_dir, ws.mlflow_artifacts, ws.changes_dir)
+    for path in sorted(ws.root.rglob("*.parquet")):
+        rel = path.relative_to(ws.root)
+        if len(rel.parts) == 1 or rel.parts[0].startswith(".") or any(path.is_relative_to(d) for d in done):
+            continue
+        note(path, _forget_parquet(path, user_id, None))
     if ws.features_dir.exists():
         for path in sorted(ws.features_dir.rglob("*.parquet")):
             note(path, _forget_parquet(path, user_id, user_idx))
 
-    entry = {
+    log_erasure(ws, user_id, removed, now=now)
+    return removed
+
+
+def log_erasure(
+    ws: Workspace,
+    user_id: str,
+    removed: dict[str, int],
+    *,
+    kind: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Append one line to the forget log: the time, the salted hash of `user_id`, the rows removed
+    per place and their total (`kind` tells other parts of an erasure apart, e.g. "models")."""
+    entry: dict[str, object] = {
         "time": (now or datetime.now(UTC)).isoformat(),
-        "user_hash": user_hash(ws, user_id),
+        "user_hash": user_hash(ws, str(user_id).strip()),
         "rows_removed": removed,
         "total": sum(removed.values()),
     }
-    with (ws.root / LOG_FILE).open("a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
-    return removed
+    if kind is not None:
+        entry["kind"] = kind
+    line = (json.dumps(entry) + "\n").encode("utf-8")
+    fd = os.open(ws.root / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:  # one write of a whole line, fsynced: the erasure is on record before forget returns
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the forget list, for a running service ------------------------------------------------------
+
+
+class ForgetList:
+    """The set of erased customers of a workspace, read from its forget log and re-read only when
+    the log changes (its size or modification time), so `user_id in forgotten` costs one `stat`
+    and one salted SHA-256 per call. The log holds hashes, never ids: membership is answered by
+    hashing the candidate id with the workspace's salt."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self._stamp: tuple[int, int] | None = None
+        self._hashes: frozenset[str] = frozenset()
+        self._salt: str | None = None
+
+    def hashes(self) -> frozenset[str]:
+        """The salted hashes of every erased customer (fresh: re-read when the log has changed)."""
+        path = self.ws.root / LOG_FILE
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._stamp, self._hashes = None, frozenset()
+            return self._hashes
+        stamp = (st.st_size, st.st_mtime_ns)
+        if stamp != self._stamp:
+            found = set()
+            with path.open(encoding="utf-8") as f:
+                for line in f:
+                    with contextlib.suppress(ValueError, AttributeError):
+                        found.add(json.loads(line)["user_hash"])
+            self._hashes, self._stamp = frozenset(found), stamp
+        return self._hashes
+
+    def __contains__(self, user_id: object) -> bool:
+        hashes = self.hashes()
+        if not hashes:
+            return False
+        if self._salt is None:
+            salt_file = self.ws.root / SALT_FILE
+            if not salt_file.exists():  # a log without its salt cannot be checked
+                return False
+            self._salt = salt_file.read_text().strip()
+        return _salted(self._salt, str(user_id).strip()) in hashes
+
+
+_LISTS: dict[Path, ForgetList] = {}
+
+
+def is_forgotten(ws: Workspace, user_id: str) -> bool:
+    """Was `user_id` erased from this workspace (`shoprec forget`)? Cheap enough for every request:
+    one `stat` of the forget log and one hash (see ForgetList)."""
+    forgotten = _LISTS.get(ws.root)
+    if forgotten is None:
+        forgotten = _LISTS.setdefault(ws.root, ForgetList(ws))
+    return user_id in forgotten

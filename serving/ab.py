@@ -194,6 +194,30 @@ class ImpressionLog:
         self.close()
 
 
+def forget_impressions(path: str | Path, user_id: str, salt: str = DEFAULT_SALT) -> int:
+    """Blank the impression-log lines of one customer (their salted hash) in place: each becomes
+    spaces of the same length, which readers skip, so a service appending at the same time loses
+    nothing and no line moves. Returns how many lines were blanked."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    needle = f'"user":"{hash_user(user_id, salt)}"'.encode()
+    data = path.read_bytes()
+    spans, pos = [], 0
+    for line in data.splitlines(keepends=True):
+        if needle in line and line.endswith(b"\n"):
+            spans.append((pos, len(line) - 1))
+        pos += len(line)
+    if spans:
+        with open(path, "r+b") as f:
+            for start, length in spans:
+                f.seek(start)
+                f.write(b" " * length)
+            f.flush()
+            os.fsync(f.fileno())
+    return len(spans)
+
+
 def read_impressions(path: str | Path) -> pd.DataFrame:
     """The impression log as a frame (one row per block); empty frame when the file is absent."""
     path = Path(path)

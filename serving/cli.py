@@ -111,10 +111,13 @@ def serve_cmd(
 
     Configuration also comes from the environment: MLFLOW_TRACKING_URI, REDIS_URL,
     SHOPREC_API_KEY (enables /events and /forget), SHOPREC_AB_SHARES, SHOPREC_WORKERS.
+
+    SIGTERM or Ctrl-C stops the whole service gracefully: requests in flight are answered, the
+    service's shutdown hooks run, and no server process is left; a second Ctrl-C stops it at once.
     """
-    import subprocess
     import sys
 
+    from serving import supervise
     from serving.loader import ConfigError, ServeConfig, make_source
 
     if data is None and bundle is None:
@@ -135,10 +138,9 @@ def serve_cmd(
     cmd = [str(bentoml), "serve", "serving.service:ShopRec", "--host", host, "--port", str(port)]
     cmd += ["--working-dir", str(Path(__file__).resolve().parent.parent)]
     typer.echo(f"serving on http://{host}:{port} (OpenAPI at /docs.json); Ctrl-C stops", err=True)
-    try:
-        raise typer.Exit(subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+    # SIGTERM/SIGINT stop the whole server gracefully (in-flight requests answered, on_shutdown
+    # hooks run), and no BentoML process outlives this one (serving.supervise).
+    raise typer.Exit(supervise.run(cmd, env))
 
 
 @app.command("forget")
@@ -146,28 +148,38 @@ def forget_cmd(
     data: Annotated[Path, typer.Option(help="Workspace holding the customer's data.")],
     user: Annotated[str, typer.Option(help="The customer id to erase.")],
 ) -> None:
-    """Erase one customer everywhere: raw tables, features and (with REDIS_URL) the online store.
+    """Erase one customer everywhere: raw tables, the change log, validated and feature tables,
+    every model bundle in the workspace's MLflow store (registered versions included), and (with
+    REDIS_URL) the online store. A running service learns of it from the workspace's forget log.
 
     Models trained afterwards never see the customer. Prints one JSON summary line (no id in it).
     """
     import json
     import os
 
-    from features.privacy import forget_user
     from features.workspace import Workspace
+    from training.forget import forget_customer
 
     ws = Workspace.at(data)
     if not ws.root.is_dir():
         typer.echo(f"error: workspace {ws.root} does not exist", err=True)
         raise typer.Exit(2)
-    summary: dict[str, object] = {"workspace": forget_user(ws, user)}
+    if not user.strip():
+        typer.echo("error: --user must be a non-empty customer id", err=True)
+        raise typer.Exit(2)
+    summary = forget_customer(ws, user)
+    from serving.ab import forget_impressions
+
+    salt = os.environ.get("SHOPREC_AB_SALT") or "shoprec"
+    summary["impressions"] = forget_impressions(ws.serving_dir / "impressions.jsonl", user, salt)
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
         from serving.store import make_store
 
-        summary["online_store"] = "erased" if make_store(redis_url).forget(user) else "unreachable"
+        store = make_store(redis_url, prefix=os.environ.get("SHOPREC_REDIS_PREFIX") or "shoprec")
+        summary["online_store"] = "erased" if store.forget(user) else "unreachable"
     else:
-        summary["online_store"] = "in-process (erased with the running service's POST /forget)"
+        summary["online_store"] = "a running service on this workspace stops at once (its forget log)"
     typer.echo(json.dumps(summary, default=str))
 
 

@@ -68,12 +68,9 @@ class Feed:
         self.ws = ws
         self.store = make_store(config.redis_url, prefix=config.redis_prefix)
         self.state = ShopState.from_workspace(ws)
-        try:
-            from features.privacy import erasure_check
-        except ImportError:  # pragma: no cover - until features.privacy offers it
-            erasure_check = None
-        if erasure_check is not None:
-            self.state.watch_erasures(erasure_check(ws))
+        from features.privacy import ForgetList
+
+        self.state.watch_erasures(ForgetList(ws).__contains__)
         self.sync = StateSync(
             self.state, self.store, ws, redis_url=config.redis_url, prefix=config.redis_prefix
         )

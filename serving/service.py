@@ -100,7 +100,7 @@ class _NoImpressionLog:
         return None
 
 
-def _impression_log(path: Any) -> Any:
+def _impression_log(path: Any, salt: str) -> Any:
     if path is None:
         logger.warning("no workspace and no SHOPREC_IMPRESSIONS: impressions are not logged")
         return _NoImpressionLog()
@@ -109,7 +109,7 @@ def _impression_log(path: Any) -> Any:
     except ImportError:
         logger.warning("serving.ab is missing: impressions are not logged")
         return _NoImpressionLog()
-    return ImpressionLog(path)
+    return ImpressionLog(path, salt=salt)
 
 
 @functools.cache
@@ -230,13 +230,10 @@ class ShopRec:
         self.store = make_store(self.config.redis_url, prefix=self.config.redis_prefix)
         self.ws = self._workspace()
         self.state = load_state(self.config)
-        if self.ws is not None:
-            try:
-                from features.privacy import erasure_check
-            except ImportError:  # pragma: no cover - until features.privacy offers it
-                erasure_check = None
-            if erasure_check is not None:
-                self.state.watch_erasures(erasure_check(self.ws))
+        if self.ws is not None:  # `shoprec forget` in any process reaches this one (one stat per check)
+            from features.privacy import ForgetList
+
+            self.state.watch_erasures(ForgetList(self.ws).__contains__)
         self.sync = StateSync(
             self.state, self.store, self.ws, redis_url=self.config.redis_url, prefix=self.config.redis_prefix
         )
@@ -264,7 +261,7 @@ class ShopRec:
         )
         self.holder = ModelHolder(make_source(self.config), factory, self.config.poll_seconds)
         self.holder.load()
-        self.impressions = _impression_log(self._impression_path())
+        self.impressions = _impression_log(self._impression_path(), self.config.ab_salt)
         self.router = Router(
             lambda: self.holder.models, self.config.shares, self.config.ab_salt, self.impressions
         )
@@ -549,9 +546,15 @@ class ShopRec:
             if engine is not None:
                 engine.forget(user_id)
         if self.ws is not None:
-            from features.privacy import forget_user
+            from training.forget import forget_customer
 
-            forget_user(self.ws, user_id)
+            forget_customer(self.ws, user_id)
+        path = self._impression_path()
+        if path is not None:
+            from serving.ab import forget_impressions
+
+            self.impressions.flush() if hasattr(self.impressions, "flush") else None
+            forget_impressions(path, user_id, self.config.ab_salt)
         logger.info("forgot one customer on request")  # never the id itself
         return ForgetResponse(forgotten=True)
 

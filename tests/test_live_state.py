@@ -169,4 +169,6 @@ def test_explain_names_the_rule_that_removed_each_item(engine: Engine) -> None:
     assert removed["laptop"] == "bought: not due again (re-buy policy)"
     engine.state.apply("catalog", [{"item_id": "dogtoy", "active": False}])
     block = engine.recommend("alice", 4, now=NOW)
-    assert dict(removed_items(engine, "alice", 4, Context(), block, top=13, now=NOW))["dogtoy"].startswith("inactive")
+    assert dict(removed_items(engine, "alice", 4, Context(), block, top=13, now=NOW))["dogtoy"].startswith(
+        "inactive"
+    )

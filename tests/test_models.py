@@ -222,6 +222,31 @@ def test_unknown_user_is_scored_from_history(name, fitted):
     assert (ids[0] >= GROUP_ITEMS).all(), ids
 
 
+# Models that keep something per user: before a forget, a known customer with no history in the
+# request scores differently from a stranger; afterwards, never.
+PER_USER_STATE = {"als", "bpr"}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_forget_users_leaves_nothing_of_the_customer_in_the_model(name, fitted, tmp_path):
+    """After forget_users, the customer's id is unknown and the model scores their index exactly
+    as a customer it never saw (with the same, empty, history), also after save -> load."""
+    model, data, _ = fitted[name]
+    model = Recommender.load(model.save(tmp_path / "copy"))  # the shared fixture stays as it was
+    u = 3
+    empty = History(sp.csr_matrix((2, data.n_items), dtype=np.float32), [np.zeros(0, np.int64)] * 2)
+    before = model.score(np.array([u, -1]), empty)
+    if name in PER_USER_STATE:
+        assert not np.allclose(before[0], before[1])  # what the model knew about u
+    assert model.forget_users([" u3 ", "not-a-customer"]).tolist() == [u]
+    assert "u3" not in set(model.users["user_id"]) and len(model.users) == data.n_users - 1
+    for m in (model, Recommender.load(model.save(tmp_path / "forgotten"))):
+        after = m.score(np.array([u, -1]), empty)
+        np.testing.assert_allclose(after[0], after[1], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(after[1], before[1], rtol=1e-6, atol=1e-6)  # strangers unchanged
+    assert model.forget_users(["u3"]).size == 0  # forgetting twice is harmless
+
+
 def test_every_registered_name_resolves_and_unknown_is_an_error():
     for name in MODELS:
         assert get_model_class(name).name == name

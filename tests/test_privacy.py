@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from features.privacy import LOG_FILE, forget_user, user_hash
+from features.privacy import LOG_FILE, ForgetList, forget_user, is_forgotten, user_hash
 from features.validate import validate_workspace
 from features.workspace import Workspace
 
@@ -132,3 +132,17 @@ def test_forget_log_holds_a_salted_hash_never_the_id(ws: Workspace) -> None:
 def test_forget_rejects_an_empty_id(ws: Workspace) -> None:
     with pytest.raises(ValueError, match="non-empty"):
         forget_user(ws, "  ")
+
+
+def test_the_forget_list_follows_the_log_without_being_rebuilt(ws: Workspace) -> None:
+    """A service holds one ForgetList: an erasure written by another process (`shoprec forget`)
+    shows up on the next check, because the list re-reads the log when its size changes."""
+    forgotten = ForgetList(ws)
+    assert "u2" not in forgotten and not is_forgotten(ws, "u2")  # no log, no salt yet: nobody
+    assert not (ws.root / ".forget_salt").exists()  # checking never creates the salt
+    forget_user(ws, "u2")
+    assert "u2" in forgotten and " u2 " in forgotten and "u1" not in forgotten
+    assert is_forgotten(ws, "u2") and not is_forgotten(ws, "u3")
+    forget_user(ws, "u3")
+    assert "u3" in forgotten and is_forgotten(ws, "u3")
+    assert len(forgotten.hashes()) == 2

@@ -427,3 +427,18 @@ def test_control_variant_gets_exactly_the_popular_block(bundle: Path, tmp_path: 
     assert records[0]["variant"] == "control" and records[0]["recommendation_id"] == out.recommendation_id
     assert "u2" not in log.read_text(), "the impression log holds a salted hash, never the id"
     svc.holder.stop()
+
+
+def test_forget_blanks_the_customers_impressions_and_nothing_else(tmp_path: Path) -> None:
+    from serving.ab import ImpressionLog, forget_impressions, read_impressions
+
+    path = tmp_path / "impressions.jsonl"
+    with ImpressionLog(path, salt="s", flush_seconds=0) as log:
+        log.log("r1", "champion", "v1", "alice", ["a"])
+        log.log("r2", "champion", "v1", "bob", ["b"])
+        log.log("r3", "control", "v1", "alice", ["c"])
+    size = path.stat().st_size
+    assert forget_impressions(path, "alice", "s") == 2
+    assert path.stat().st_size == size  # blanked in place: no line moved
+    assert read_impressions(path)["recommendation_id"].tolist() == ["r2"]
+    assert forget_impressions(path, "alice", "s") == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -175,21 +176,27 @@ class Recommender(ABC):
         index; None when the model has no cheaper way than asking per item."""
         return None
 
-    def forget_users(self, user_ids: list[str]) -> int:
-        """Remove these customers (ids) from the model's user mapping and per-user state, so the
-        model no longer knows them; returns how many it knew. Models without per-user state only
-        drop the mapping rows."""
-        ids = {str(u) for u in user_ids}
-        known = self.users["user_id"].astype(str).isin(ids)
-        if known.any():
-            rows = self.users.loc[known, "user_idx"].to_numpy(dtype=np.int64)
-            self._forget_rows(rows)
-            self.users = self.users.loc[~known].reset_index(drop=True)
-        return int(known.sum())
+    # -- privacy --------------------------------------------------------------------------------
+    def forget_users(self, user_ids: Iterable[str]) -> np.ndarray:
+        """Erase customers from the model (CONTRACT "Privacy", `shoprec forget`): their rows leave
+        the id mapping `users` and `_forget_rows` clears what the model keeps per user (factor
+        rows, segment codes), so the model scores them exactly as a customer it never saw.
 
-    def _forget_rows(self, rows: np.ndarray) -> None:  # noqa: B027 - optional hook
-        """Erase the per-user state of these user indices (factor rows, ...), keeping the others'
-        indices unchanged."""
+        Ids are compared as trimmed text. Returns the erased user indices (sorted; empty when none
+        was known). What was learned from everyone together (item factors, similarities) keeps the
+        customers' share until the next training, which no longer sees them."""
+        wanted = {str(u).strip() for u in user_ids}
+        hit = self.users["user_id"].astype(str).str.strip().isin(wanted).to_numpy()
+        idx = np.sort(self.users.loc[hit, "user_idx"].to_numpy(np.int64))
+        if hit.any():
+            self.users = self.users.loc[~hit].reset_index(drop=True)
+            self._forget_rows(idx)
+        return idx
+
+    def _forget_rows(self, users: np.ndarray) -> None:  # noqa: B027 - optional hook
+        """Clear the per-user learned state of these user indices. Every model that keeps state per
+        user implements it (tests/test_models.py checks the result for every model); models that
+        score from the history alone keep nothing per user and do nothing."""
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

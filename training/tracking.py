@@ -80,9 +80,105 @@ def configure(ws: Workspace | None) -> MlflowClient:
     uri = tracking_uri(ws)
     if ws is not None and uri == ws.mlflow_uri:
         ws.root.mkdir(parents=True, exist_ok=True)
+        relocate_store(ws)
+    # MLflow exports both URIs as environment variables (for subprocesses); left there, the first
+    # workspace of a process would capture every later one through `tracking_uri`. Restored.
+    saved = {var: os.environ.get(var) for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for var, value in saved.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def relocate_store(ws: Workspace) -> dict[str, int]:
+    """Make the workspace's SQLite store point at the workspace's own artifacts; returns the rows
+    changed per table ({} when nothing needed changing).
+
+    MLflow records absolute artifact locations (experiments' `artifact_location`, runs'
+    `artifact_uri`), so a workspace copied or moved to another directory would read and write its
+    artifacts in the old one. Every location under an old `.../mlartifacts` directory is rewritten
+    to this workspace's `mlartifacts/`, and the `Default` experiment (which MLflow creates under the
+    current directory's `./mlruns`) is moved inside the workspace too. Cheap when there is nothing
+    to do (one query), idempotent, and safe when several processes run it at once (one SQLite
+    transaction). A store whose `mlartifacts/` was not copied along is left alone, with a warning:
+    its artifacts are only where the old locations say."""
+    import sqlite3
+
+    db = ws.mlflow_db
+    if not db.exists():
+        return {}
+    new = ws.mlflow_artifacts.as_uri()
+    con = sqlite3.connect(db, timeout=60)
+    try:
+        try:
+            rows = con.execute("SELECT experiment_id, name, artifact_location FROM experiments").fetchall()
+        except sqlite3.OperationalError:  # a store MLflow has not initialised yet
+            return {}
+        old = sorted({p for _, _, loc in rows if (p := _artifact_root(loc)) is not None and p != new})
+        default = [
+            (eid, loc)
+            for eid, name, loc in rows
+            if name == "Default" and loc and not _under(_as_uri(loc), new)
+        ]
+        if not old and not default:
+            return {}
+        if not ws.mlflow_artifacts.is_dir():
+            log.warning(
+                "%s records artifacts under %s but %s does not exist: was the workspace copied "
+                "without mlartifacts/? Its artifacts are read from the old place.",
+                db,
+                ", ".join(old) or "another directory",
+                ws.mlflow_artifacts,
+            )
+            return {}
+        changed: dict[str, int] = {}
+        with con:  # one transaction: all locations move, or none
+            for prefix in old:
+                for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+                    cur = con.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                        f"WHERE substr({column}, 1, ?) = ?",
+                        (new, len(prefix) + 1, len(prefix) + 1, prefix + "/"),
+                    )
+                    changed[table] = changed.get(table, 0) + cur.rowcount
+            for eid, _ in default:
+                con.execute(
+                    "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                    (f"{new}/{eid}", eid),
+                )
+                changed["experiments"] = changed.get("experiments", 0) + 1
+        if old:
+            log.info("workspace moved: MLflow artifact locations %s -> %s", ", ".join(old), new)
+        return changed
+    finally:
+        con.close()
+
+
+def _as_uri(location: str) -> str:
+    """A local artifact location as a file URI (MLflow stores both plain paths and file URIs)."""
+    if location.startswith("file:"):
+        return location
+    return Path(location).as_uri() if location.startswith("/") else location
+
+
+def _under(uri: str, prefix: str) -> bool:
+    return uri == prefix or uri.startswith(prefix + "/")
+
+
+def _artifact_root(location: str | None) -> str | None:
+    """The `.../mlartifacts` file URI a workspace experiment's location lies under, else None."""
+    if not location:
+        return None
+    uri = _as_uri(location)
+    if not uri.startswith("file:"):
+        return None  # an artifact server or object store: not the workspace's files
+    marker = "/mlartifacts/"
+    i = uri.rfind(marker)
+    return uri[: i + len(marker) - 1] if i >= 0 else None
 
 
 def experiment_id(client: MlflowClient, name: str, ws: Workspace | None) -> str:

@@ -96,6 +96,12 @@ class RepeatBlend(Recommender):
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.base_.similar_items(items, k)
 
+    def _forget_rows(self, users: np.ndarray) -> None:
+        """The base model keeps its own copy of the id mapping and state."""
+        self.base_.forget_users(
+            self.base_.users.loc[self.base_.users["user_idx"].isin(users), "user_id"].astype(str)
+        )
+
     def _save_state(self, path: Path) -> None:
         self.base_.save(path / "base")
 

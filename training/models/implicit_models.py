@@ -80,12 +80,6 @@ class _FactorModel(Recommender):
             return None  # another dtype would change the product's rounding: let `score` answer
         return np.ascontiguousarray(uf), np.ascontiguousarray(itf)
 
-    def _forget_rows(self, rows: np.ndarray) -> None:
-        rows = rows[(rows >= 0) & (rows < len(self.user_factors_))]
-        if len(rows):
-            self.user_factors_ = self.user_factors_.copy()
-            self.user_factors_[rows] = 0.0
-
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Cosine similarity of item factors, the item itself excluded."""
         # Normalised once per fitted/loaded state, not per call: at 100k items re-normalising every
@@ -105,6 +99,16 @@ class _FactorModel(Recommender):
         ids, scores = topk(s, k)
         ids[~np.isfinite(scores)] = -1
         return ids, scores
+
+    def _forget_rows(self, users: np.ndarray) -> None:
+        """Replace the users' factor rows by the fold-in of an empty history (zeros; BPR keeps the
+        constant bias column): indices keep their meaning, and the row holds nothing of the user,
+        so the model scores them as a customer it never saw."""
+        users = users[users < self.user_factors_.shape[0]]
+        self.user_factors_ = self.user_factors_.copy()
+        self.user_factors_[users] = self._fold_in(
+            sp.csr_matrix((len(users), self.item_factors_.shape[0]), dtype=np.float32)
+        )
 
     def _save_state(self, path: Path) -> None:
         np.save(path / "user_factors.npy", self.user_factors_)

@@ -143,6 +143,12 @@ class Popular(Recommender):
         ids[~np.isfinite(scores)] = -1
         return ids, scores
 
+    def _forget_rows(self, users: np.ndarray) -> None:
+        """The users' segment codes go (they then get the global ranking, as an unknown customer)."""
+        users = users[users < len(self.user_segment_)]
+        self.user_segment_ = self.user_segment_.copy()
+        self.user_segment_[users] = -1
+
     def _save_state(self, path: Path) -> None:
         np.savez(
             path / "popular.npz",
