@@ -199,7 +199,9 @@ def demo_curls_cmd(
     base = f"http://{host}:{port}"
     lines = ["# shoprec HTTP API examples (OpenAPI: " + base + "/docs.json)"]
     for route, body in example_requests(user_id, item_id, other_item_id, category).items():
-        auth = ' -H "Authorization: Bearer $SHOPREC_API_KEY"' if route in ("/events", "/forget") else ""
+        from serving.app import WRITE_PATHS
+
+        auth = ' -H "Authorization: Bearer $SHOPREC_API_KEY"' if route in WRITE_PATHS else ""
         payload = shlex.quote(json.dumps(body))
         lines.append(f"curl -s -X POST {base}{route} -H 'Content-Type: application/json'{auth} -d {payload}")
     lines.append(f"curl -s {base}/readyz")

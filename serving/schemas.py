@@ -235,6 +235,9 @@ def example_requests(user_id: str, item_id: str, other_item_id: str, category: s
             "context": {"channel": "email"},
         },
         "/events": {"events": [{"user_id": user_id, "item_id": other_item_id, "event_type": "purchase"}]},
+        "/stock": {"stock": [{"item_id": item_id, "quantity": 0}]},
+        "/catalog": {"items": [{"item_id": other_item_id, "price": 9.99}]},
+        "/customers": {"customers": [{"user_id": user_id, "consent_email": True}]},
         "/forget": {"user_id": "a-customer-to-erase"},
     }
     models = {
@@ -244,6 +247,9 @@ def example_requests(user_id: str, item_id: str, other_item_id: str, category: s
         "/popular": PopularRequest,
         "/recommend_batch": RecommendBatchRequest,
         "/events": EventsRequest,
+        "/stock": StockRequest,
+        "/catalog": CatalogRequest,
+        "/customers": CustomersRequest,
         "/forget": ForgetRequest,
     }
     for route, body in examples.items():
