@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import httpx
-import pandas as pd
 import psutil
 import pytest
 
@@ -46,7 +45,7 @@ class Served(NamedTuple):
 
 
 @contextlib.contextmanager
-def shoprec_serve(bundle: Path, where: Path) -> Iterator[Served]:
+def shoprec_serve(shop, where: Path) -> Iterator[Served]:  # noqa: ANN001 - conftest.Shop
     """A real `shoprec serve --bundle` on a free port, in its own session; whatever the test does,
     every process it started is gone afterwards."""
     port = free_port()
@@ -60,7 +59,8 @@ def shoprec_serve(bundle: Path, where: Path) -> Iterator[Served]:
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
     }
-    cmd = [str(SHOPREC), "serve", "--bundle", str(bundle), "--port", str(port), "--poll-seconds", "0"]
+    cmd = [str(SHOPREC), "serve", "--bundle", str(shop.bundle), "--data", str(shop.ws.root)]
+    cmd += ["--port", str(port), "--poll-seconds", "0"]
     with log.open("w") as out:
         proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -118,19 +118,19 @@ def _in_progress(url: str, endpoint: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def _users(bundle: Path) -> list[str]:
-    known = pd.read_parquet(bundle / "context" / "profiles.parquet")["user_id"].astype(str).tolist()
-    return (known + [f"new-{i}" for i in range(500)])[:500]
+def _users(shop) -> list[str]:  # noqa: ANN001 - conftest.Shop
+    return (shop.user_ids + [f"new-{i}" for i in range(500)])[:500]
 
 
 def test_sigterm_answers_requests_in_flight_then_leaves_no_process(
-    als_shop_bundle: Path, tmp_path: Path
+    als_shop,
+    tmp_path: Path,  # noqa: ANN001 - conftest.Shop
 ) -> None:
-    users = _users(als_shop_bundle)
+    users = _users(als_shop)
     n = 4
     results: list[tuple[int | str, int, float]] = []
 
-    with shoprec_serve(als_shop_bundle, tmp_path) as served:
+    with shoprec_serve(als_shop, tmp_path) as served:
         assert len(served.tree) >= 2  # the arbiter and at least one worker
 
         def call() -> None:
@@ -165,8 +165,8 @@ def test_sigterm_answers_requests_in_flight_then_leaves_no_process(
         assert not any(served.tmp.glob("bentoml-*"))  # the arbiter cleaned up after itself
 
 
-def test_sigkill_to_shoprec_serve_still_stops_the_server(als_shop_bundle: Path, tmp_path: Path) -> None:
-    with shoprec_serve(als_shop_bundle, tmp_path) as served:
+def test_sigkill_to_shoprec_serve_still_stops_the_server(als_shop, tmp_path: Path) -> None:  # noqa: ANN001
+    with shoprec_serve(als_shop, tmp_path) as served:
         served.proc.send_signal(signal.SIGKILL)  # cannot be caught: the kernel's parent-death signal acts
         served.proc.wait(timeout=10)
         deadline = time.monotonic() + 60

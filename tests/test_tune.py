@@ -189,5 +189,7 @@ def test_stage_configs_reject_unknown_keys_by_name() -> None:
         (TuneConfig, {"model": "als"}),
         (PromoteConfig, {}),
     ):
-        with pytest.raises(ValueError, match=rf"unknown {klass.__name__} key\(s\): trails; known: .*split"):
+        with pytest.raises(
+            ValueError, match=rf"unknown config key\(s\) for {klass.__name__}: trails; known: .*split"
+        ):
             klass.from_dict({**values, "trails": 3})
