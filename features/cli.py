@@ -86,6 +86,5 @@ def build_cmd(
     except BuildError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    table, lines = build_table(summary, str(data))
-    show(table, *lines)
+    show(*build_table(summary, str(data)))
     typer.echo(json.dumps(summary, default=str))

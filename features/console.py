@@ -31,11 +31,14 @@ def console() -> Console:
     return Console(stderr=True, width=None if sys.stderr.isatty() else 100, highlight=False)
 
 
-def show(*renderables: RenderableType | str) -> None:
-    """Print tables and lines for a person (stderr); a line of text is never wrapped."""
+def show(heading: str, table: RenderableType, lines: list[str]) -> None:
+    """Print a report for a person on stderr: a bold heading, the table, then its lines (text is
+    never wrapped; the table fits the terminal)."""
     c = console()
-    for r in renderables:
-        c.print(r, soft_wrap=isinstance(r, str))
+    c.print(f"[bold]{heading}[/]", soft_wrap=True)
+    c.print(table)
+    for line in lines:
+        c.print(line, soft_wrap=True)
 
 
 def quiet_exit() -> None:
@@ -65,12 +68,12 @@ def _n(v: Any) -> str:
     return f"{int(v):,}" if isinstance(v, int | float) else str(v)
 
 
-def build_table(summary: dict[str, Any], data: str = "") -> tuple[Table, list[str]]:
+def build_table(summary: dict[str, Any], data: str = "") -> tuple[str, Table, list[str]]:
     """The `features build` summary for a person: input = accepted + quarantined per table, then a
-    few lines on what was built. Returns (table, lines)."""
+    few lines on what was built. Returns (heading, table, lines)."""
     from rich.table import Table
 
-    table = Table(title=f"shoprec features build {data}".strip(), title_justify="left")
+    table = Table()
     table.add_column("table")
     for col in ("input", "accepted", "quarantined"):
         table.add_column(col, justify="right")
@@ -118,4 +121,4 @@ def build_table(summary: dict[str, Any], data: str = "") -> tuple[Table, list[st
     total = summary.get("features", {}).get("timings", {}).get("total")
     if total is not None:
         lines.append(f"took {float(total):.1f} s")
-    return table, lines
+    return f"shoprec features build {data}".strip(), table, lines

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,11 @@ def invoke(*args: str):
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 1, f"stdout must hold only the JSON line, got {lines[:3]}"
     return json.loads(lines[0]), res.stderr
+
+
+def is_line(stderr: str, text: str) -> bool:
+    """`text` is a whole line of stderr (progress bars end their lines with carriage returns)."""
+    return text in re.split(r"[\r\n]", stderr)
 
 
 def row(stderr: str, label: str) -> list[str]:
@@ -79,7 +85,7 @@ def test_train_and_promote_tables(shop: Path) -> None:
     assert set(first) == {"run_id", "model", "version", "metrics"}  # the scheduler's line, unchanged
     assert len(first["metrics"]) > 50  # every metric stays in the JSON line
     m = first["metrics"]
-    assert "shoprec train: popular on the loo split" in table
+    assert is_line(table, "shoprec train: popular on the loo split")
     assert row(table, "ndcg@10") == ["ndcg@10", f"{m['ndcg@10']:.4f}"]
     assert row(table, "coverage@10") == ["coverage@10", f"{m['coverage@10']:.4f}"]
     n_new = int(m["n_users/new"])
@@ -90,6 +96,7 @@ def test_train_and_promote_tables(shop: Path) -> None:
 
     decision, table = invoke("promote", "--data", str(shop))
     assert decision["champion"] == first["version"] and decision["promoted"]
+    assert is_line(table, "shoprec promote: ndcg@10 on the loo split")
     assert row(table, f"v{first['version']}")[1:] == ["popular", f"{m['ndcg@10']:.4f}", "champion (new)"]
     assert "PROMOTED: no champion yet" in table
 
@@ -122,6 +129,7 @@ def test_tune_table(shop: Path) -> None:
     assert set(result) == {
         "study", "storage", "model", "metric", "best_value", "best_params", "n_trials", "n_complete", "n_pruned",
     }  # fmt: skip
+    assert is_line(table, "shoprec tune: ease")
     assert row(table, "ndcg@10 (validation)")[1] == f"{result['best_value']:.4f}"
     for k, v in result["best_params"].items():
         assert row(table, k)[1] == (f"{v:.4g}" if isinstance(v, float) else str(v))

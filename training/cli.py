@@ -98,8 +98,7 @@ def train_cmd(
     from features.console import show
     from training.report import train_report
 
-    table, lines = train_report(result)
-    show(table, *lines)
+    show(*train_report(result))
     typer.echo(json.dumps(result.to_json(), default=float))
 
 
@@ -154,8 +153,7 @@ def tune_cmd(
     from features.console import show
     from training.report import tune_report
 
-    table, lines = tune_report(result, str(data))
-    show(table, *lines)
+    show(*tune_report(result, str(data)))
     typer.echo(json.dumps(result.to_json(), default=str))
 
 
@@ -184,8 +182,7 @@ def promote_cmd(
     from features.console import show
     from training.report import promote_report
 
-    table, lines = promote_report(decision)
-    show(table, *lines)
+    show(*promote_report(decision))
     typer.echo(json.dumps(decision.to_json()))
 
 

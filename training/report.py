@@ -2,8 +2,8 @@
 headline metrics, the decision and why. The full metrics, plots and model card are in MLflow; the
 JSON line a scheduler parses is printed last on stdout by the commands, unchanged.
 
-Each function returns (rich table, lines) and touches no store, so tests read exactly what a
-person sees (`features.console.show` prints them on stderr).
+Each function returns (heading, rich table, lines) and touches no store, so tests read exactly
+what a person sees (`features.console.show` prints them on stderr).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ def _f(v: float | None) -> str:
     return "–" if v is None else f"{v:.4f}"
 
 
-def train_report(r: TrainResult) -> tuple[Table, list[str]]:
+def train_report(r: TrainResult) -> tuple[str, Table, list[str]]:
     """Headline test metrics overall and per customer segment; then the registration and how the
     run stands against the champion."""
     from rich.table import Table
 
     n = int(r.metrics.get("n_users", r.metrics.get("n_baskets", 0)))
     what = "baskets" if "n_baskets" in r.metrics else "customers"
-    table = Table(title=f"shoprec train: {r.model} on the {r.split} split", title_justify="left")
+    table = Table()
     table.add_column(f"test part ({n:,} {what})" if n else "test part")
     table.add_column(r.model, justify="right")
     champ = r.comparison.champion if r.comparison else None
@@ -65,14 +65,14 @@ def train_report(r: TrainResult) -> tuple[Table, list[str]]:
     else:
         lines.append("decision: a complements model (bought together): serving uses it beside the champion")
     lines.append("every metric, the plots and the model card: in the MLflow run (`make mlflow-ui`)")
-    return table, lines
+    return f"shoprec train: {r.model} on the {r.split} split", table, lines
 
 
-def promote_report(d: Decision) -> tuple[Table, list[str]]:
+def promote_report(d: Decision) -> tuple[str, Table, list[str]]:
     """The versions that competed, best first, with their score and alias; then the decision."""
     from rich.table import Table
 
-    table = Table(title=f"shoprec promote: {d.metric} on the {d.split} split", title_justify="left")
+    table = Table()
     table.add_column("version", justify="right")
     table.add_column("model")
     table.add_column(d.metric, justify="right")
@@ -98,15 +98,14 @@ def promote_report(d: Decision) -> tuple[Table, list[str]]:
             f"{skipped} older version(s) evaluated on another data snapshot or split did not compete "
             "(their numbers are not comparable)"
         )
-    return table, lines
+    return f"shoprec promote: {d.metric} on the {d.split} split", table, lines
 
 
-def tune_report(r: TuneResult, data: str = "DIR") -> tuple[Table, list[str]]:
+def tune_report(r: TuneResult, data: str = "DIR") -> tuple[str, Table, list[str]]:
     """The best trial's parameters; then the study's counts, its top trials and what to run next."""
     from rich.table import Table
 
-    title = f"shoprec tune: {r.model}"
-    table = Table(title=title, title_justify="left")
+    table = Table()
     table.add_column("best trial" + (f" #{r.best_trial}" if r.best_trial is not None else ""))
     table.add_column("value", justify="right")
     table.add_row(f"{r.metric} (validation)", _f(r.best_value), style="bold")
@@ -128,7 +127,7 @@ def tune_report(r: TuneResult, data: str = "DIR") -> tuple[Table, list[str]]:
     lines.append(
         "every trial is an MLflow run (experiment shoprec-tune); `make optuna-dashboard` shows the study"
     )
-    return table, lines
+    return f"shoprec tune: {r.model}", table, lines
 
 
 def _fmt_param(v: Any) -> str:

@@ -1,9 +1,11 @@
 """`shoprec train`: fit one model on a split's training part, evaluate it with full ranking, refit
 on all data for serving, and log it all as one MLflow run that registers a version of `shoprec`.
 
-A run carries: params = the model's config; metrics = the evaluation (MLflow names: `ndcg_at_10`);
-tags = model name, split, data snapshot hash, code version, task; artifacts = the serving bundle
-(`bundle/`) and plots (`plots/`). No customer id goes into params, tags or logs.
+A run carries: params = the model's config; metrics = the evaluation (MLflow names: `ndcg_at_10`),
+plus per-epoch `train_loss` / `valid_ndcg_at_10` steps for models that record them (SASRec); tags =
+model name, split, data snapshot hash, code version, task, and the model card as the run's
+description (`mlflow.note.content`); artifacts = the serving bundle (`bundle/`), plots (`plots/`)
+and `model_card.md`. No customer id goes into params, tags, the card or logs.
 """
 
 from __future__ import annotations
@@ -263,30 +265,8 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         version = str(mv.version)
         log.info("registered %s version %s (run %s)", tracking.REGISTERED_MODEL, version, run_id)
     # The card is written last: it names the registered version.
-    from training.card import RunFacts, train_card
-
-    card = train_card(
-        RunFacts(
-            model=config.model,
-            split=config.split,
-            metrics=metrics,
-            params=model.config.to_dict(),
-            data_hash=snapshot,
-            n_users=full.n_users,
-            n_items=full.n_items,
-            n_interactions=int(full.user_items.nnz),
-            split_meta=getattr(split, "meta", {}) or {},
-            exclude_seen=config.exclude_seen,
-            refit=config.refit,
-            task=task,
-            run_id=run_id,
-            version=version,
-            code_version=tags["code_version"],
-            fit_seconds=fit_seconds,
-            chosen_epochs=chosen_epochs(model),
-            comparison=compared,
-            plots=tuple(plot_files),
-        )
+    card = _card(
+        config, model, metrics, full, split, tags, run_id, version, fit_seconds, compared, plot_files
     )
     tracking.log_card(client, run_id, card)
     return TrainResult(
@@ -298,6 +278,47 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         comparison=compared,
         fit_seconds=fit_seconds,
         card=card,
+    )
+
+
+def _card(
+    config: TrainConfig,
+    model: Recommender,
+    metrics: dict[str, float],
+    full: TrainData,
+    split: Any,
+    tags: dict[str, str],
+    run_id: str,
+    version: str | None,
+    fit_seconds: float,
+    compared: Comparison | None,
+    plot_files: list[str],
+) -> str:
+    """The run's model card (training/card.py) from what `train` knows once the run is logged."""
+    from training.card import RunFacts, train_card
+
+    return train_card(
+        RunFacts(
+            model=config.model,
+            split=config.split,
+            metrics=metrics,
+            params=model.config.to_dict(),
+            data_hash=tags["data_hash"],
+            n_users=full.n_users,
+            n_items=full.n_items,
+            n_interactions=int(full.user_items.nnz),
+            split_meta=getattr(split, "meta", {}) or {},
+            exclude_seen=config.exclude_seen,
+            refit=config.refit,
+            task=tags["task"],
+            run_id=run_id,
+            version=version,
+            code_version=tags["code_version"],
+            fit_seconds=fit_seconds,
+            chosen_epochs=chosen_epochs(model),
+            comparison=compared,
+            plots=tuple(plot_files),
+        )
     )
 
 
