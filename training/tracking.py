@@ -87,13 +87,18 @@ def configure(ws: Workspace | None) -> MlflowClient:
 
 def experiment_id(client: MlflowClient, name: str, ws: Workspace | None) -> str:
     """The id of experiment `name`, created on first use (artifacts under the workspace when the
-    store is the workspace's own SQLite; a server chooses its own artifact root)."""
+    store is the workspace's own SQLite, beside the database for another SQLite store; a server
+    chooses its own artifact root)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = None
-    if ws is not None and tracking_uri(ws) == ws.mlflow_uri:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (ws.mlflow_uri if ws is not None else "")
+    if ws is not None and uri == ws.mlflow_uri:
         location = (ws.mlflow_artifacts / name).as_uri()
+    elif uri.startswith("sqlite:///"):
+        # another local SQLite store keeps its artifacts beside it, not in ./mlruns of the cwd
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # another worker created it between our two calls
