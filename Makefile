@@ -16,14 +16,20 @@ MODELS   ?= popular als bpr itemknn ease bought-together repeat-blend sasrec
 MODEL    ?= als
 TRIALS   ?= 20
 PORT     ?= 3000
+MLFLOW_PORT ?= 5000
+OPTUNA_PORT ?= 8080
+# Where `make` keeps each command's JSON result line (the line a scheduler parses), so the terminal
+# shows the tables meant for a person instead of a hundred metrics per model.
+RESULTS  := $(DATA)/results
 # PyTorch goes in first from the CPU build on this disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH    ?= torch==2.13.0
 
-.PHONY: help install data features train tune promote retrain serve demo test bench lint clean
+.PHONY: help install data features train tune promote retrain serve demo test bench lint clean \
+	notebooks mlflow-ui optuna-dashboard
 
 help: ## list the targets (the default goal)
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: DATA=$(DATA) CUSTOMERS=$(CUSTOMERS) ITEMS=$(ITEMS) SEED=$(SEED) MODELS='$(MODELS)'"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: DATA=$(DATA) CUSTOMERS=$(CUSTOMERS) ITEMS=$(ITEMS) SEED=$(SEED) MODELS='$(MODELS)' MODEL=$(MODEL) TRIALS=$(TRIALS) PORT=$(PORT) MLFLOW_PORT=$(MLFLOW_PORT) OPTUNA_PORT=$(OPTUNA_PORT)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +48,9 @@ $(DATA)/events.parquet: | $(VENV)/.installed
 data: $(DATA)/events.parquet ## generate the synthetic shop into DATA (skipped when it exists)
 
 features: install data ## validate, quarantine and build features for DATA
-	$(SHOPREC) features build --data $(DATA)
+	@mkdir -p $(RESULTS)
+	$(SHOPREC) features build --data $(DATA) > $(RESULTS)/features.json
+	@echo "JSON result: $(RESULTS)/features.json"
 
 # Extra `shoprec train` arguments for SASRec. The default keeps `make demo` to minutes on 2 cores
 # (3 epochs, the split-trained model is the one served); a scheduler sets SASREC_ARGS= for the
@@ -50,16 +58,23 @@ features: install data ## validate, quarantine and build features for DATA
 SASREC_ARGS ?= --set epochs=3 --no-refit
 
 train: install ## train, evaluate and register every model in MODELS on DATA
+	@mkdir -p $(RESULTS)
 	@for m in $(MODELS); do \
 	  extra=""; [ "$$m" = sasrec ] && extra="$(SASREC_ARGS)"; \
-	  $(SHOPREC) train --data $(DATA) --model $$m $$extra || exit 1; \
+	  echo "$(SHOPREC) train --data $(DATA) --model $$m $$extra > $(RESULTS)/train-$$m.json"; \
+	  $(SHOPREC) train --data $(DATA) --model $$m $$extra > $(RESULTS)/train-$$m.json || exit 1; \
 	done
+	@echo "JSON results: $(RESULTS)/train-*.json; every metric, plot and model card: make mlflow-ui"
 
 tune: install ## Optuna study for MODEL with TRIALS trials (each trial an MLflow run)
-	$(SHOPREC) tune --data $(DATA) --model $(MODEL) --trials $(TRIALS)
+	@mkdir -p $(RESULTS)
+	$(SHOPREC) tune --data $(DATA) --model $(MODEL) --trials $(TRIALS) > $(RESULTS)/tune-$(MODEL).json
+	@echo "JSON result: $(RESULTS)/tune-$(MODEL).json; the study's plots: make optuna-dashboard"
 
 promote: install ## move the `champion` alias to the best version, if it beats the current one
-	$(SHOPREC) promote --data $(DATA)
+	@mkdir -p $(RESULTS)
+	$(SHOPREC) promote --data $(DATA) > $(RESULTS)/promote.json
+	@echo "JSON result: $(RESULTS)/promote.json"
 
 retrain: features train promote ## features -> train every model -> promote (what a scheduler runs)
 
@@ -73,6 +88,21 @@ demo: retrain ## install, generate the synthetic shop, build features, train, pr
 test: install ## install what the tests need and run them
 	$(BIN)/python -m pytest -q
 
+notebooks: install ## execute every notebook on a small synthetic shop; writes notebooks/NN_*.ipynb with outputs
+	$(BIN)/python notebooks/execute.py
+
+# The stores are the workspace's own SQLite files; with MLFLOW_TRACKING_URI set (a team server) open
+# that server instead. Both listen on 127.0.0.1 only.
+mlflow-ui: install ## MLflow's UI for DATA's runs, registry, plots and model cards on http://127.0.0.1:MLFLOW_PORT
+	@test -f $(DATA)/mlflow.db || { echo "no MLflow store at $(DATA)/mlflow.db: run make train first"; exit 2; }
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(DATA))/mlflow.db \
+	  --default-artifact-root file://$(abspath $(DATA))/mlartifacts \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+optuna-dashboard: install ## optuna-dashboard for DATA's studies on http://127.0.0.1:OPTUNA_PORT
+	@test -f $(DATA)/optuna.db || { echo "no Optuna study at $(DATA)/optuna.db: run make tune first"; exit 2; }
+	$(BIN)/optuna-dashboard sqlite:///$(abspath $(DATA))/optuna.db --host 127.0.0.1 --port $(OPTUNA_PORT)
+
 bench: install ## run the benchmarks; results as JSON under benchmarks/results/
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || echo "wrk not installable: serving load test falls back to the Python load generator"
 	$(BIN)/python -m benchmarks.run
@@ -82,4 +112,4 @@ lint: install ## ruff
 	$(BIN)/ruff format --check .
 
 clean: ## remove derived data (keeps raw tables) and caches
-	rm -rf $(DATA)/validated $(DATA)/quarantine $(DATA)/features .pytest_cache .ruff_cache
+	rm -rf $(DATA)/validated $(DATA)/quarantine $(DATA)/features $(DATA)/results notebooks/*.ipynb .pytest_cache .ruff_cache

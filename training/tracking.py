@@ -183,13 +183,18 @@ def _artifact_root(location: str | None) -> str | None:
 
 def experiment_id(client: MlflowClient, name: str, ws: Workspace | None) -> str:
     """The id of experiment `name`, created on first use (artifacts under the workspace when the
-    store is the workspace's own SQLite; a server chooses its own artifact root)."""
+    store is the workspace's own SQLite, beside the database for another SQLite store; a server
+    chooses its own artifact root)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = None
-    if ws is not None and tracking_uri(ws) == ws.mlflow_uri:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (ws.mlflow_uri if ws is not None else "")
+    if ws is not None and uri == ws.mlflow_uri:
         location = (ws.mlflow_artifacts / name).as_uri()
+    elif uri.startswith("sqlite:///"):
+        # another local SQLite store keeps its artifacts beside it, not in ./mlruns of the cwd
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # another worker created it between our two calls
@@ -283,7 +288,12 @@ def load_model(uri: str = DEFAULT_MODEL_URI, ws: Workspace | None = None) -> Rec
 
 def run_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
     """A run's metrics in shoprec's naming (`ndcg@10`)."""
-    return {from_mlflow_key(k): float(v) for k, v in client.get_run(run_id).data.metrics.items()}
+    return run_metrics_of(client.get_run(run_id))
+
+
+def run_metrics_of(run: Any) -> dict[str, float]:
+    """The metrics of a fetched MLflow run in shoprec's naming (`ndcg@10`)."""
+    return {from_mlflow_key(k): float(v) for k, v in run.data.metrics.items()}
 
 
 def log_metrics(metrics: dict[str, Any], prefix: str = "") -> None:
@@ -299,3 +309,18 @@ def log_metrics(metrics: dict[str, Any], prefix: str = "") -> None:
     }
     if clean:
         mlflow.log_metrics(clean)
+
+
+def log_card(client: MlflowClient, run_id: str, card: str) -> None:
+    """A run's model card as its MLflow description (the `mlflow.note.content` tag, shown on the
+    run page) and as the `model_card.md` artifact. A tag holds at most 8000 characters: a longer
+    card is cut there with a pointer to the artifact, which keeps it whole."""
+    from training.card import CARD_ARTIFACT, NOTE_TAG
+
+    limit = 8000
+    note = card
+    if len(note) > limit:
+        tail = f"\n\n... (cut: the whole card is the run's `{CARD_ARTIFACT}` artifact)\n"
+        note = note[: limit - len(tail)] + tail
+    client.set_tag(run_id, NOTE_TAG, note)
+    client.log_text(run_id, card, CARD_ARTIFACT)

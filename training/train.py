@@ -1,9 +1,11 @@
 """`shoprec train`: fit one model on a split's training part, evaluate it with full ranking, refit
 on all data for serving, and log it all as one MLflow run that registers a version of `shoprec`.
 
-A run carries: params = the model's config; metrics = the evaluation (MLflow names: `ndcg_at_10`);
-tags = model name, split, data snapshot hash, code version, task; artifacts = the serving bundle
-(`bundle/`) and plots (`plots/`). No customer id goes into params, tags or logs.
+A run carries: params = the model's config; metrics = the evaluation (MLflow names: `ndcg_at_10`),
+plus per-epoch `train_loss` / `valid_ndcg_at_10` steps for models that record them (SASRec); tags =
+model name, split, data snapshot hash, code version, task, and the model card as the run's
+description (`mlflow.note.content`); artifacts = the serving bundle (`bundle/`), plots (`plots/`)
+and `model_card.md`. No customer id goes into params, tags, the card or logs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 if TYPE_CHECKING:
     from features.workspace import Workspace
     from training.base import Recommender, TrainData
+    from training.card import Comparison
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,12 @@ class TrainResult:
     model: str
     version: str | None  # registered version of `shoprec`, None when not registered
     metrics: dict[str, float]
+    # For the person reading the terminal (not in the JSON line a scheduler parses): the split,
+    # what the run was compared with, the seconds fit + evaluation took, the run's model card.
+    split: str = "loo"
+    comparison: Comparison | None = None
+    fit_seconds: float | None = None
+    card: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "model": self.model, "version": self.version, "metrics": self.metrics}
@@ -169,6 +178,8 @@ def refit_params(model: Recommender, params: dict[str, Any]) -> dict[str, Any]:
 def train(ws: Workspace, config: TrainConfig) -> TrainResult:
     """Fit, evaluate, refit on all data, write the bundle and plots, log one MLflow run and
     register a version of `shoprec`. See the module docstring for what the run carries."""
+    import time
+
     import mlflow
 
     from training import tracking
@@ -177,7 +188,9 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
 
     client = tracking.configure(ws)
     snapshot = tracking.data_hash(ws)
+    started = time.perf_counter()
     model, metrics, train_data, split = fit_and_evaluate(ws, config)
+    fit_seconds = time.perf_counter() - started
 
     full = load_train_data(ws)
     if config.refit:
@@ -207,7 +220,9 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         "refit": str(config.refit).lower(),
         "exclude_seen": config.exclude_seen,
     }
+    compared = _comparison(client, snapshot, config, task)
     exp_id = tracking.experiment_id(client, tracking.EXPERIMENT, ws)
+    plot_files: list[str] = []
     with (
         tempfile.TemporaryDirectory(prefix="shoprec-train-") as tmp,
         mlflow.start_run(experiment_id=exp_id, run_name=f"{config.model}-{config.split}") as run,
@@ -216,6 +231,8 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         mlflow.set_tags(tags)
         mlflow.log_params({k: _param(v) for k, v in model.config.to_dict().items()})
         tracking.log_metrics(metrics)
+        mlflow.log_metric("fit_seconds", fit_seconds)
+        _log_history(model)
         if (epochs := chosen_epochs(model)) is not None:
             mlflow.log_metric("chosen_epochs", epochs)
             mlflow.set_tag("early_stopping", "valid ndcg@10")
@@ -224,6 +241,7 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
             extra = _plots(model, metrics, train_data, split, Path(tmp) / "plots", config)
             tracking.log_metrics(extra)
             mlflow.log_artifacts(str(Path(tmp) / "plots"), "plots")
+            plot_files = sorted(f"plots/{p.name}" for p in (Path(tmp) / "plots").glob("*.png"))
         bundle_dir = write_bundle(
             serving_model, ws, Path(tmp) / "bundle", data=full, metrics=metrics, data_hash=snapshot
         )
@@ -241,7 +259,86 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         )
         version = str(mv.version)
         log.info("registered %s version %s (run %s)", tracking.REGISTERED_MODEL, version, run_id)
-    return TrainResult(run_id=run_id, model=config.model, version=version, metrics=metrics)
+    # The card is written last: it names the registered version.
+    card = _card(
+        config, model, metrics, full, split, tags, run_id, version, fit_seconds, compared, plot_files
+    )
+    tracking.log_card(client, run_id, card)
+    return TrainResult(
+        run_id=run_id,
+        model=config.model,
+        version=version,
+        metrics=metrics,
+        split=config.split,
+        comparison=compared,
+        fit_seconds=fit_seconds,
+        card=card,
+    )
+
+
+def _card(
+    config: TrainConfig,
+    model: Recommender,
+    metrics: dict[str, float],
+    full: TrainData,
+    split: Any,
+    tags: dict[str, str],
+    run_id: str,
+    version: str | None,
+    fit_seconds: float,
+    compared: Comparison | None,
+    plot_files: list[str],
+) -> str:
+    """The run's model card (training/card.py) from what `train` knows once the run is logged."""
+    from training.card import RunFacts, train_card
+
+    return train_card(
+        RunFacts(
+            model=config.model,
+            split=config.split,
+            metrics=metrics,
+            params=model.config.to_dict(),
+            data_hash=tags["data_hash"],
+            n_users=full.n_users,
+            n_items=full.n_items,
+            n_interactions=int(full.user_items.nnz),
+            split_meta=getattr(split, "meta", {}) or {},
+            exclude_seen=config.exclude_seen,
+            refit=config.refit,
+            task=tags["task"],
+            run_id=run_id,
+            version=version,
+            code_version=tags["code_version"],
+            fit_seconds=fit_seconds,
+            chosen_epochs=chosen_epochs(model),
+            comparison=compared,
+            plots=tuple(plot_files),
+        )
+    )
+
+
+def _comparison(client: Any, snapshot: str, config: TrainConfig, task: str) -> Comparison | None:
+    """The champion and best other versions evaluated like this run (None for complements models,
+    which never compete for `champion`)."""
+    if task != "recommend":
+        return None
+    from training.promote import comparison
+
+    return comparison(client, snapshot, config.split, config.exclude_seen)
+
+
+def _log_history(model: Recommender) -> None:
+    """Per-epoch metrics a model recorded during its fit (SASRec's `history`: training loss and
+    validation NDCG@10) as MLflow step metrics, so the run page draws the learning curve."""
+    import math
+
+    import mlflow
+
+    for step, h in enumerate(getattr(model, "history", None) or []):
+        values = {"train_loss": h.get("train_loss"), "valid_ndcg_at_10": h.get("valid")}
+        clean = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
+        if clean:
+            mlflow.log_metrics(clean, step=int(h.get("epoch", step)))
 
 
 def _param(value: Any) -> Any:
@@ -258,13 +355,20 @@ def _plots(
     out: Path,
     config: TrainConfig,
 ) -> dict[str, float]:
-    """Recall@K curve and the popularity plot into `out`; returns the popularity medians."""
+    """The run's plots into `out`: the Recall@K curve, the per-segment bars, the learning curve
+    (models that record per-epoch history) and the popularity plot; returns the popularity medians."""
     from training import plots
     from training.base import History
 
     out.mkdir(parents=True, exist_ok=True)
     plots.recall_curve(
         metrics, out / "recall_at_k.png", title=f"{config.model}: ranking quality on {config.split}"
+    )
+    plots.segment_bars(metrics, out / "segments.png", title=f"{config.model}: NDCG@10 per customer segment")
+    plots.learning_curve(
+        getattr(model, "history", None) or [],
+        out / "learning_curve.png",
+        title=f"{config.model}: learning curve",
     )
     if config.model in COMPLEMENT_MODELS:
         return {}

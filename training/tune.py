@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -160,9 +161,17 @@ class TuneResult:
     n_trials: int  # in the whole study (all workers)
     n_complete: int
     n_pruned: int
+    # For the person reading the terminal (not in the JSON line): the best trial's number, the
+    # study's best finished trials as (number, value), best first, and the trials this process ran.
+    best_trial: int | None = None
+    top: tuple[tuple[int, float], ...] = ()
+    n_ran: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        for key in ("best_trial", "top", "n_ran"):
+            out.pop(key)
+        return out
 
 
 def search_space(model: str) -> tuple[Param, ...]:
@@ -218,6 +227,7 @@ def tune(ws: Workspace, config: TuneConfig) -> TuneResult:
     import optuna
 
     from training import tracking
+    from training.card import trial_card
     from training.data import load_split
     from training.train import TrainConfig, build_model, evaluate_model
 
@@ -286,16 +296,29 @@ def tune(ws: Workspace, config: TuneConfig) -> TuneResult:
             )
             mlflow.log_params({k: str(v) for k, v in model.config.to_dict().items()})
             callback = _pruning_callback(trial, model, split, tc, k_metric, config.eval_every)
+            card = functools.partial(
+                trial_card,
+                study=config.study_name,
+                trial=trial.number,
+                model=config.model,
+                split=config.split,
+                metric=k_metric,
+                params=model.config.to_dict(),
+                best_before=_best_so_far(study),
+                data_hash=snapshot,
+            )
             try:
                 model.fit(train_data, callback=callback)
-            except optuna.TrialPruned:
+            except optuna.TrialPruned as e:
                 mlflow.set_tag("state", "pruned")
+                tracking.log_card(client, run.info.run_id, card(metrics=None, state=f"pruned ({e})"))
                 raise
             metrics = evaluate_model(model, split, tc, on="valid")
             if k_metric not in metrics:
                 raise ValueError(f"metric {k_metric!r} not produced; available: {sorted(metrics)}")
             tracking.log_metrics(metrics, prefix="valid/")
             mlflow.set_tag("state", "complete")
+            tracking.log_card(client, run.info.run_id, card(metrics=metrics, state="complete"))
             return float(metrics[k_metric])
 
     study.optimize(
@@ -305,7 +328,7 @@ def tune(ws: Workspace, config: TuneConfig) -> TuneResult:
         show_progress_bar=True,
         catch=(FloatingPointError,),
     )
-    return _result(study, storage, config)
+    return _result(study, storage, config, worker=me)
 
 
 def _pruning_callback(
@@ -339,19 +362,30 @@ def _pruning_callback(
     return callback
 
 
-def _result(study: optuna.Study, storage: str, config: TuneConfig) -> TuneResult:
+def _best_so_far(study: optuna.Study) -> tuple[int, float] | None:
+    """(trial number, value) of the study's best finished trial so far, None before the first."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    return best.number, float(best.value)
+
+
+def _result(study: optuna.Study, storage: str, config: TuneConfig, worker: str | None = None) -> TuneResult:
     import optuna
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
-    best_value, best_params = None, {}
+    best_value, best_params, best_trial = None, {}, None
     if complete:
         best = study.best_trial
         best_value = float(best.value)
         best_params = dict(best.params)
+        best_trial = best.number
         study.set_user_attr("best_params", best_params)
         study.set_user_attr("best_trial", best.number)
+    top = sorted(((t.number, float(t.value)) for t in complete), key=lambda p: (-p[1], p[0]))[:5]
     return TuneResult(
         study=study.study_name,
         storage=_redact(storage),
@@ -362,6 +396,9 @@ def _result(study: optuna.Study, storage: str, config: TuneConfig) -> TuneResult
         n_trials=len(trials),
         n_complete=len(complete),
         n_pruned=len(pruned),
+        best_trial=best_trial,
+        top=tuple(top),
+        n_ran=sum(1 for t in trials if worker is not None and t.user_attrs.get("worker") == worker),
     )
 
 
