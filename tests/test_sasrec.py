@@ -261,8 +261,121 @@ def test_dlae_blend_is_z_logits_plus_weight_times_z_linear_scores_of_the_whole_s
         SASRecConfig(ease_weight=-1.0)
 
 
-def test_dlae_blend_is_skipped_with_a_warning_above_ease_max_items() -> None:
+def _skewed(n_users: int = 80, n_items: int = 40, seed: int = 0) -> TrainData:
+    """Popular and rare items (Zipf-like) walked in a fixed item order from random starts, so the
+    next item is mostly known and the item x item part has popular and rare columns."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, n_items + 1)
+    p /= p.sum()
+    order = rng.permutation(n_items)
+    seqs = []
+    for _ in range(n_users):
+        start = rng.choice(n_items, p=p)
+        walk = order[(np.flatnonzero(order == start)[0] + np.arange(rng.integers(4, 12))) % n_items]
+        noise = rng.choice(n_items, size=len(walk), p=p)
+        seqs.append(np.where(rng.random(len(walk)) < 0.2, noise, walk))
+    return _data(seqs, n_items)
+
+
+def test_bounded_blend_ranks_like_the_exact_blend(tmp_path) -> None:
+    """ease_max_items below the catalogue: DLAE covers the most popular items only, the others
+    get a neutral linear part (0 after the z-score). The same network blended with the exact and
+    the bounded item x item part ranks alike: most of each top 5 agrees."""
+    data = _skewed()
+    cfg = TINY.with_overrides({"epochs": 4, "ease_weight": 0.5, "ease_lambda": 5.0, "ease_dropout": 0.5})
+    exact = SASRec(cfg).fit(data)
+    bounded = SASRec(cfg.with_overrides({"ease_max_items": 20})).fit(data)  # half the catalogue
+    assert exact.ease_kept is None and exact.ease_B.shape == (40, 40)
+    counts = np.diff(sp.csc_matrix(data.user_items).indptr)
+    assert bounded.ease_B.shape == (20, 20) and len(bounded.ease_kept) == 20
+    assert counts[bounded.ease_kept].min() >= np.sort(counts)[::-1][19]  # the 20 most popular
+    users = np.arange(data.n_users)
+    hist = History.of(data, users)
+    a, b = exact.score(users, hist), bounded.score(users, hist)
+    top_a, top_b = np.argsort(-a, axis=1)[:, :5], np.argsort(-b, axis=1)[:, :5]
+    overlap = np.mean([len(set(x) & set(y)) / 5 for x, y in zip(top_a, top_b, strict=True)])
+    assert overlap >= 0.8, overlap
+    # the linear part of items outside the bounded set is neutral: their score is the
+    # transformer's alone (z-scored), as the same network without the blend gives it
+    alone = SASRec(cfg.with_overrides({"ease_weight": 0.0})).fit(data).score(users, hist).astype(np.float64)
+    z_alone = (alone - alone.mean(1, keepdims=True)) / alone.std(1, keepdims=True)
+    out = np.setdiff1d(np.arange(40), bounded.ease_kept)
+    np.testing.assert_allclose(b[:, out], z_alone[:, out], rtol=1e-4, atol=1e-4)
+    bounded.save(tmp_path / "b")
+    np.testing.assert_array_equal(SASRec.load(tmp_path / "b").score(users, hist), b)
+
+
+def test_sampled_softmax_gradient_is_the_full_softmax_gradient_in_the_limit() -> None:
+    """With the logQ correction, the gradient the sampled softmax gives each other item's logit is
+    a self-normalised importance-sampling estimate of its full-softmax probability among the other
+    items: with many draws it matches p_j / (1 - p_target). Drawing by popularity without the
+    correction would weigh item j by q_j as well, and this test would fail."""
+    from training.models.sasrec import _NegativeSampler, _SASRecNet
+
+    torch.manual_seed(0)
+    net = _SASRecNet(N_ITEMS, TINY)
+    net.item_emb.sparse = True
+    counts = np.array([50, 1, 3, 20, 0, 7, 9, 2, 30, 4, 1, 12])  # a skewed proposal
+    sampler = _NegativeSampler(counts, n_negatives=400_000)
+    hidden = torch.randn(1, TINY.dim) * 3
+    target = torch.tensor([3])
+    loss = sampler.loss(net, hidden, target, torch.Generator().manual_seed(0))
+    loss.backward()
+    grad_rows = net.item_emb.weight.grad.to_dense()[1:]  # d loss / d e_j = (d loss / d s_j) * h
+    h = hidden[0]
+    d_scores = (grad_rows @ h / (h @ h)).detach().numpy()
+    with torch.no_grad():
+        p = torch.softmax(net.logits(hidden)[0].double(), dim=0).numpy()
+    want = p / (1 - p[3])
+    others = np.arange(N_ITEMS) != 3
+    np.testing.assert_allclose(d_scores[others], want[others], atol=0.01)
+    assert d_scores[3] == pytest.approx(-1.0, abs=0.01)  # the target's own gradient
+
+
+def test_sampled_softmax_learns_what_the_full_softmax_learns() -> None:
+    """The same network trained with the full and the sampled softmax (3 negatives of 12 items a
+    batch) learns the cyclic next item alike: the same first item for every history, and the same
+    items in each top 3."""
     data = _cyclic()
-    with pytest.warns(UserWarning, match="ease_max_items"):
-        model = SASRec(TINY.with_overrides({"epochs": 1, "ease_max_items": N_ITEMS - 1})).fit(data)
-    assert model.ease_B is None
+    full = SASRec(TINY.with_overrides({"loss": "full"})).fit(data)
+    sampled = SASRec(TINY.with_overrides({"loss": "sampled", "n_negatives": 3})).fit(data)
+    assert sampled.sampled_loss(N_ITEMS) and not full.sampled_loss(N_ITEMS)
+    histories = [CYCLE[(s + np.arange(n)) % len(CYCLE)] for s in range(len(CYCLE)) for n in (2, 5, 9)]
+    expected = [CYCLE[(s + n) % len(CYCLE)] for s in range(len(CYCLE)) for n in (2, 5, 9)]
+    hist = History(sp.csr_matrix((len(histories), N_ITEMS)), histories)
+    a, b = full.score(np.full(len(histories), -1), hist), sampled.score(np.full(len(histories), -1), hist)
+    np.testing.assert_array_equal(b.argmax(axis=1), expected)
+    np.testing.assert_array_equal(a.argmax(axis=1), b.argmax(axis=1))
+    top_a, top_b = np.argsort(-a, axis=1)[:, :3], np.argsort(-b, axis=1)[:, :3]
+    assert np.mean([len(set(x) & set(y)) / 3 for x, y in zip(top_a, top_b, strict=True)]) >= 0.6
+
+
+def test_sampled_softmax_moves_only_the_item_rows_a_batch_touches() -> None:
+    """Lazy updates: one step with one negative changes the rows of the batch's items and the
+    drawn one, and no other item's vector (a dense Adam with decay would move them all)."""
+    from training.models.sasrec import _NegativeSampler, _optimisers, _SASRecNet
+
+    torch.manual_seed(0)
+    cfg = TINY.with_overrides({"loss": "sampled", "n_negatives": 1})
+    net = _SASRecNet(N_ITEMS, cfg)
+    before = net.item_emb.weight.detach().clone()
+    opts = _optimisers(net, cfg, sparse_items=True)
+    sampler = _NegativeSampler(np.ones(N_ITEMS), 1)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.tensor([[1, 4, 8]])  # items 0, 3, 7
+    drawn = int(sampler.draw(torch.Generator().manual_seed(0))[0])
+    loss = sampler.loss(net, net(tokens[:, :-1])[0], tokens[0, 1:] - 1, gen)
+    loss.backward()
+    for o in opts:
+        o.step()
+    moved = np.flatnonzero((net.item_emb.weight.detach() != before).any(dim=1).numpy()[1:])
+    assert set(moved) == {0, 3, 7, drawn}
+
+
+def test_loss_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="loss"):
+        SASRecConfig(loss="softmax")
+    with pytest.raises(ValueError, match="n_negatives"):
+        SASRecConfig(n_negatives=0)
+    model = SASRec(SASRecConfig(full_softmax_max_items=100))
+    assert not model.sampled_loss(100) and model.sampled_loss(101)

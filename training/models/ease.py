@@ -67,7 +67,7 @@ def closed_form(
     lam = lambda_ + dropout / (1.0 - dropout) * np.diag(G)
     A = G.copy()
     A[np.diag_indices_from(A)] += lam
-    P = np.linalg.inv(A)
+    P = spd_inverse(A)
     if zero_diagonal:
         B = P / (-np.diag(P))[None, :]
         B[np.diag_indices_from(B)] = 0.0
@@ -75,6 +75,31 @@ def closed_form(
         B = -P * lam[None, :]
         B[np.diag_indices_from(B)] += 1.0
     return B
+
+
+def spd_inverse(A: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive definite matrix (G + Λ, λ > 0) by Cholesky: n³ flops
+    against LU's 2n³ (np.linalg.inv), which is what a 10k-20k item model's fit time is made of.
+    Falls back to LU if LAPACK finds the matrix not positive definite (rounding)."""
+    from scipy.linalg import lapack
+
+    c, info = lapack.dpotrf(np.asarray(A, dtype=np.float64), lower=False, clean=False)
+    if info == 0:
+        inv, info = lapack.dpotri(c, lower=False)
+    if info != 0:
+        return np.linalg.inv(A)
+    upper = np.triu(inv)
+    return upper + np.triu(inv, 1).T
+
+
+def most_popular(X: sp.spmatrix, max_items: int) -> np.ndarray:
+    """Sorted column indices of the `max_items` columns of X with the most nonzeros (ties: the
+    lower index), or every column when there are no more than that."""
+    n_items = X.shape[1]
+    if n_items <= max_items:
+        return np.arange(n_items)
+    counts = np.diff(sp.csc_matrix(X).indptr)
+    return np.sort(np.argsort(-counts, kind="stable")[:max_items])
 
 
 def column_weights(X: sp.spmatrix, beta: float) -> np.ndarray:
@@ -101,8 +126,7 @@ class EASE(Recommender):
             )
             if c.on_too_large == "error":
                 raise ValueError(msg + "; raise max_items, or set on_too_large=top-items, or use itemknn")
-            counts = np.bincount(X.tocsr().indices, minlength=n_items)
-            self.kept_ = np.sort(np.argsort(-counts, kind="stable")[: c.max_items])
+            self.kept_ = most_popular(X, c.max_items)
             self.fallback_ = f"fitted on the {c.max_items} most popular items only"
             warnings.warn(msg + f"; {self.fallback_}, the rest ranked below them", stacklevel=2)
         else:

@@ -5,8 +5,11 @@ at every position. Choices that make it train in minutes on a 2-core CPU and sti
 
 - every position of each sequence is trained at once (one forward pass per window of `max_len`
   items), not every prefix as a separate example (RecBole's way, ~200 s/epoch on MovieLens-100K);
-- cross-entropy over ALL items (full softmax, no sampled negatives): the scores it learns are the
-  ones full-catalogue ranking needs, and it converges in far fewer epochs than sampled BCE;
+- cross-entropy over ALL items (full softmax) up to `full_softmax_max_items`: the scores it learns
+  are the ones full-catalogue ranking needs, and it converges in far fewer epochs than sampled BCE.
+  Above that, a sampled softmax over the target and 2,048 popularity-drawn items per batch with the
+  logQ correction, and a lazy Adam on the item table (sparse gradients): the cost of a step no
+  longer grows with the catalogue (20k → 100k items: the same seconds per step);
 - the output layer is the item-embedding table itself (weight tying): half the parameters, and the
   same vectors give `similar_items`;
 - sequences longer than `max_len` are cut into consecutive windows, so no interaction is wasted;
@@ -18,7 +21,9 @@ at every position. Choices that make it train in minutes on a 2-core CPU and sti
   model's `closed_form`) fitted on the same sequences: score = z(logits) + ease_weight · z(X·B),
   each z-scored per row. The transformer knows order, the linear model knows the whole history
   (not only the last max_len items) and costs a second of CPU; on MovieLens-100K the blend lifted
-  validation NDCG@10 from 0.122 to 0.144 (see SASRecConfig).
+  validation NDCG@10 from 0.122 to 0.144 (see SASRecConfig). Its item × item matrix is dense, so it
+  covers the `ease_max_items` most popular items (10k: ~1 CPU-min to fit, 400 MB); the other items
+  keep the transformer's score.
 
 Item index i of the recommender is token i + 1 inside the network; token 0 is padding.
 """
@@ -31,7 +36,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from training.base import History, ModelConfig, Recommender, TrainData, topk
-from training.models.ease import closed_form
+from training.models.ease import closed_form, most_popular
 
 # A validation hook scores the model as it stands (higher is better, e.g. NDCG@10 on held-out
 # users); `fit` calls it after every epoch for early stopping and passes it on to the callback.
@@ -89,7 +93,17 @@ class SASRecConfig(ModelConfig):
     # NDCG@10 alone from 0.1217 to 0.1272, but with the DLAE blend 0.1436 vs 0.1442 for one: not
     # worth twice the CPU.
     n_models: int = 1
-    label_smoothing: float = 0.0  # of the cross-entropy targets
+    label_smoothing: float = 0.0  # of the cross-entropy targets (full softmax only)
+    # The output layer. "full": cross-entropy over every item (exact; its cost per trained
+    # position grows with the catalogue). "sampled": a softmax over the target and n_negatives
+    # items drawn per batch in proportion to their training count (+1), shared by the batch's
+    # positions, with the logQ correction (each sampled logit minus log of its draw probability,
+    # so the expected gradient is the full softmax's); the item table then gets sparse gradients
+    # and a lazy Adam (only the rows a batch touches move), so an epoch costs the same at 20k and
+    # 100k items. "auto": full up to full_softmax_max_items, sampled above.
+    loss: str = "auto"
+    n_negatives: int = 2048
+    full_softmax_max_items: int = 8192
     # Blend with DLAE (item × item, fitted on the binary matrix of the training sequences): weight
     # of its row-z-scored scores next to the row-z-scored logits; 0 = the transformer alone. Chosen
     # on validation of the RecBole-file leave-one-out split (benchmarks/bench_sasrec.py, one thread,
@@ -98,9 +112,10 @@ class SASRecConfig(ModelConfig):
     ease_weight: float = 0.2
     ease_lambda: float = 200.0
     ease_dropout: float = 0.5  # > 0: DLAE (free diagonal); 0: plain EASE (zero diagonal)
-    # The item × item matrix is dense (20 000 items = 1.6 GB): above this the blend is skipped,
-    # with a warning, and the transformer ranks alone.
-    ease_max_items: int = 20_000
+    # The item × item part is dense (n² floats, n³ flops to fit): it covers at most this many
+    # items, the most popular by training sequences; the others keep the transformer's score alone
+    # (their linear part is neutral: 0 after the z-score).
+    ease_max_items: int = 10_000
 
     def __post_init__(self) -> None:
         if self.dim % self.n_heads != 0:
@@ -128,6 +143,10 @@ class SASRecConfig(ModelConfig):
                 "ease_weight must be >= 0, ease_lambda > 0 and ease_dropout in [0, 1), got "
                 f"{self.ease_weight}, {self.ease_lambda}, {self.ease_dropout}"
             )
+        if self.loss not in ("auto", "full", "sampled"):
+            raise ValueError(f"loss must be 'auto', 'full' or 'sampled', got {self.loss!r}")
+        if self.n_negatives < 1 or self.full_softmax_max_items < 0:
+            raise ValueError("n_negatives must be >= 1 and full_softmax_max_items >= 0")
         if self.patience < 0 or self.warmup_steps < 0 or self.threads < 0 or self.min_epochs < 0:
             raise ValueError("patience, warmup_steps, threads and min_epochs must be >= 0")
 
@@ -305,6 +324,58 @@ def _batches(windows: list[np.ndarray], batch_size: int, rng: np.random.Generato
     return batches
 
 
+class _NegativeSampler:
+    """Sampled softmax with the logQ correction (Bengio & Senécal 2008; Yi et al. 2019).
+
+    Each batch draws n_negatives items (with replacement) from q ∝ training count + 1, shared by
+    all its positions. Every logit, the target's included, is reduced by log q of its item, so the
+    softmax over [target, negatives] is an estimate of the full one that does not favour popular
+    items; a negative equal to a position's target is masked out (an "accidental hit")."""
+
+    def __init__(self, counts: np.ndarray, n_negatives: int) -> None:
+        q = counts.astype(np.float64) + 1.0
+        q /= q.sum()
+        self.n_negatives = n_negatives
+        self.cdf = torch.from_numpy(np.cumsum(q))
+        self.log_q = torch.from_numpy(np.log(q)).float()
+
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        """n_negatives item indices: O(n_negatives · log n_items), whatever the catalogue size."""
+        u = torch.rand(self.n_negatives, generator=generator, dtype=torch.float64) * self.cdf[-1]
+        return torch.searchsorted(self.cdf, u).clamp_(max=len(self.cdf) - 1)
+
+    def loss(
+        self, net: _SASRecNet, hidden: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Mean sampled-softmax loss of hidden states (N, dim) for item indices `targets` (N,)."""
+        device = hidden.device
+        neg = self.draw(generator).to(device)
+        log_q = self.log_q.to(device)
+        table = net.item_emb.weight  # row i + 1 is item i; sparse gradients: only these rows
+        pos = (hidden * F.embedding(targets + 1, table, sparse=True)).sum(-1) - log_q[targets]
+        negs = hidden @ F.embedding(neg + 1, table, sparse=True).T - log_q[neg]
+        negs = negs.masked_fill(neg[None, :] == targets[:, None], -math.inf)
+        logits = torch.cat([pos[:, None], negs], dim=1)
+        return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=device))
+
+
+def _optimisers(net: _SASRecNet, cfg: SASRecConfig, *, sparse_items: bool) -> list[torch.optim.Optimizer]:
+    """AdamW over the network (decay only on weight matrices, and on the item table when it is
+    trained densely; norms, biases and positions are not decayed). With `sparse_items` the item
+    table is left to a lazy Adam (torch's SparseAdam: only the rows a batch touched move, no decay):
+    its cost per step does not grow with the catalogue, and items that are not in a batch keep
+    their vectors instead of drifting with the moments of earlier batches."""
+    named = [(n, p) for n, p in net.named_parameters() if not (sparse_items and n == "item_emb.weight")]
+    decay = [p for n, p in named if p.dim() >= 2 and not n.startswith("pos_emb")]
+    no_decay = [p for n, p in named if p.dim() < 2 or n.startswith("pos_emb")]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=cfg.lr)]
+    net.item_emb.sparse = sparse_items
+    if sparse_items:
+        opts.append(torch.optim.SparseAdam([net.item_emb.weight], lr=cfg.lr))
+    return opts
+
+
 # -- the recommender -----------------------------------------------------------------------------
 
 
@@ -329,7 +400,9 @@ class SASRec(Recommender):
         self.nets: nn.ModuleList | None = None  # config.n_models networks
         self.popularity = np.zeros(0, dtype=np.float32)  # log(1 + training count) per item
         self.history: list[dict[str, float]] = []  # per-epoch metrics of the last fit
-        self.ease_B: np.ndarray | None = None  # float32 (n_items, n_items) when blended
+        # DLAE's B, float32 (len(kept), len(kept)), over the items ease_kept (None = all items)
+        self.ease_B: np.ndarray | None = None
+        self.ease_kept: np.ndarray | None = None
         self.device = torch.device("cpu")
 
     @property
@@ -352,6 +425,7 @@ class SASRec(Recommender):
             raise ValueError("sasrec needs at least one user sequence with 2 or more items")
 
         self.device = resolve_device(cfg.device)
+        sampler = _NegativeSampler(counts, cfg.n_negatives) if self.sampled_loss(data.n_items) else None
         steps_per_epoch = math.ceil(len(windows) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
         warm = min(cfg.warmup_steps, max(total - 1, 0))
@@ -363,32 +437,23 @@ class SASRec(Recommender):
 
         # One network, optimiser, schedule, batch-order generator and torch random state (dropout)
         # per seed: each network of an ensemble is exactly the 1-network fit of its seed.
-        nets, opts, scheds, rngs, states = [], [], [], [], []
+        nets, opts, scheds, rngs, states, draws = [], [], [], [], [], []
         for i in range(cfg.n_models):
             torch.manual_seed(cfg.seed + i)
             rngs.append(np.random.default_rng(cfg.seed + i))
+            draws.append(torch.Generator().manual_seed(cfg.seed + i))  # negatives, on the CPU
             net = _SASRecNet(data.n_items, cfg).to(self.device)
-            # Decay only weight matrices and the item table; norms, biases and positions are not.
-            named = list(net.named_parameters())
-            decay = [p for n, p in named if p.dim() >= 2 and not n.startswith("pos_emb")]
-            no_decay = [p for n, p in named if p.dim() < 2 or n.startswith("pos_emb")]
-            opt = torch.optim.AdamW(
-                [
-                    {"params": decay, "weight_decay": cfg.weight_decay},
-                    {"params": no_decay, "weight_decay": 0.0},
-                ],
-                lr=cfg.lr,
-            )
+            net_opts = _optimisers(net, cfg, sparse_items=sampler is not None)
             nets.append(net)
-            opts.append(opt)
-            scheds.append(torch.optim.lr_scheduler.LambdaLR(opt, lr_at))
+            opts.append(net_opts)
+            scheds.append([torch.optim.lr_scheduler.LambdaLR(o, lr_at) for o in net_opts])
             states.append(_rng_state(self.device))
         self.nets = nn.ModuleList(nets)
         self.history = []
         # The linear part first: validation during training then scores the blend it will serve.
         # Its seconds are counted in epoch 0 (so time-to-quality figures include it).
         t_ease, c_ease = time.perf_counter(), time.process_time()
-        self.ease_B = self._fit_ease(data)
+        self.ease_kept, self.ease_B = self._fit_ease(data)
         ease_s, ease_cpu = time.perf_counter() - t_ease, time.process_time() - c_ease
         best, best_state, bad_epochs = -math.inf, None, 0
         bar = tqdm(range(cfg.epochs), desc="sasrec", unit="epoch", disable=not cfg.progress, leave=False)
@@ -399,7 +464,8 @@ class SASRec(Recommender):
                 for i, (net, rng, opt, sched) in enumerate(zip(nets, rngs, opts, scheds, strict=True)):
                     _set_rng_state(self.device, states[i])
                     batches = _batches(windows, cfg.batch_size, rng)
-                    losses.append(self._train_epoch(net, windows, batches, opt, sched))
+                    draw = None if sampler is None else (sampler, draws[i])
+                    losses.append(self._train_epoch(net, windows, batches, opt, sched, draw))
                     states[i] = _rng_state(self.device)
                 # CPU seconds as well as wall seconds: on a shared machine wall time mostly
                 # measures the neighbours; CPU time / threads is what an idle machine would take.
@@ -425,35 +491,41 @@ class SASRec(Recommender):
         bar.close()
         if best_state is not None:
             self.nets.load_state_dict(best_state)
+        for net in nets:
+            net.item_emb.sparse = False  # sparse gradients were for training only
         self.nets.eval()
 
-    def _fit_ease(self, data: TrainData) -> np.ndarray | None:
-        """B of DLAE/EASE on the 0/1 matrix of the training sequences, or None when the blend is
-        off (ease_weight 0) or the catalogue is above ease_max_items (warned)."""
+    def sampled_loss(self, n_items: int) -> bool:
+        """Whether a fit on `n_items` items trains the sampled softmax (see SASRecConfig.loss)."""
+        cfg = self.config
+        return cfg.loss == "sampled" or (cfg.loss == "auto" and n_items > cfg.full_softmax_max_items)
+
+    def _fit_ease(self, data: TrainData) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(kept, B) of DLAE/EASE on the 0/1 matrix of the training sequences, restricted to the
+        `ease_max_items` items in the most training sequences (kept: their sorted indices, None
+        when that is every item; B: float32 (len(kept), len(kept))); (None, None) when the blend
+        is off (ease_weight 0)."""
         cfg = self.config
         if cfg.ease_weight == 0:
-            return None
-        if data.n_items > cfg.ease_max_items:
-            warnings.warn(
-                f"sasrec: {data.n_items} items > ease_max_items={cfg.ease_max_items}; "
-                "the DLAE blend is skipped and the transformer ranks alone",
-                stacklevel=3,
-            )
-            return None
+            return None, None
         X = _binary_rows(data.sequences, data.n_items)
-        G = np.asarray((X.T @ X).toarray(), dtype=np.float64)
+        kept = most_popular(X, cfg.ease_max_items)
+        Xk = X[:, kept] if len(kept) < data.n_items else X
+        G = np.asarray((Xk.T @ Xk).toarray(), dtype=np.float64)
         B = closed_form(G, cfg.ease_lambda, cfg.ease_dropout, zero_diagonal=cfg.ease_dropout == 0)
-        return B.astype(np.float32)
+        return (kept if len(kept) < data.n_items else None), B.astype(np.float32)
 
     def _train_epoch(
         self,
         net: _SASRecNet,
         windows: list[np.ndarray],
         batches: list[np.ndarray],
-        opt: torch.optim.Optimizer,
-        sched: torch.optim.lr_scheduler.LRScheduler,
+        opts: list[torch.optim.Optimizer],
+        scheds: list[torch.optim.lr_scheduler.LRScheduler],
+        draw: tuple[_NegativeSampler, torch.Generator] | None = None,
     ) -> float:
-        """One pass of `net` over all windows; returns the mean cross-entropy per trained position."""
+        """One pass of `net` over all windows; returns the mean loss per trained position (the
+        full cross-entropy, or with `draw` = (sampler, generator) the sampled softmax's)."""
         net.train()
         total, n = 0.0, 0
         for idx in batches:
@@ -462,14 +534,19 @@ class SASRec(Recommender):
             tokens = torch.from_numpy(_left_pad(chunk, width)).to(self.device)
             inputs, targets = tokens[:, :-1], tokens[:, 1:]
             hidden = net(inputs)
-            # Only positions with a real target cost softmax work: (N, dim) @ (dim, n_items).
+            # Only positions with a real target cost output-layer work.
             mask = targets > 0
-            logits = net.logits(hidden[mask])
-            loss = F.cross_entropy(logits, targets[mask] - 1, label_smoothing=self.config.label_smoothing)
-            opt.zero_grad(set_to_none=True)
+            if draw is None:  # (N, dim) @ (dim, n_items)
+                logits = net.logits(hidden[mask])
+                loss = F.cross_entropy(logits, targets[mask] - 1, label_smoothing=self.config.label_smoothing)
+            else:
+                loss = draw[0].loss(net, hidden[mask], targets[mask] - 1, draw[1])
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            sched.step()
+            for opt, sched in zip(opts, scheds, strict=True):
+                opt.step()
+                sched.step()
             count = int(mask.sum())
             total += float(loss.detach()) * count
             n += count
@@ -508,11 +585,21 @@ class SASRec(Recommender):
                 logits = (summed / len(nets)).cpu().numpy()
                 if self.ease_B is not None:
                     full = history.sequences[start : start + len(seqs)]  # all items, not max_len
-                    linear = np.asarray(_binary_rows(full, self.n_items) @ self.ease_B)
-                    logits = _zrows(logits) + self.config.ease_weight * _zrows(linear)
+                    logits = _zrows(logits) + self.config.ease_weight * self._linear_z(full)
                 empty = np.array([len(s) == 0 for s in seqs])
                 logits[empty] = self.popularity
                 out[start : start + len(seqs)] = logits
+        return out
+
+    def _linear_z(self, sequences: Sequence[np.ndarray]) -> np.ndarray:
+        """Row-z-scored DLAE scores X·B of whole sequences, (len(sequences), n_items) float64. With
+        a bounded item × item part the z-score is over its items; the others get 0 (neutral)."""
+        assert self.ease_B is not None
+        X = _binary_rows(sequences, self.n_items)
+        if self.ease_kept is None:
+            return _zrows(np.asarray(X @ self.ease_B))
+        out = np.zeros((len(sequences), self.n_items))
+        out[:, self.ease_kept] = _zrows(np.asarray(X[:, self.ease_kept] @ self.ease_B))
         return out
 
     def similar_items(self, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -555,6 +642,8 @@ class SASRec(Recommender):
         np.save(path / "popularity.npy", self.popularity)
         if self.ease_B is not None:
             np.save(path / "ease_B.npy", self.ease_B)
+        if self.ease_kept is not None:
+            np.save(path / "ease_kept.npy", self.ease_kept)
         (path / "history.json").write_text(json.dumps(self.history, indent=1))
 
     def _load_state(self, path: Path) -> None:
@@ -575,5 +664,7 @@ class SASRec(Recommender):
         self.popularity = np.load(path / "popularity.npy")
         ease = path / "ease_B.npy"
         self.ease_B = np.load(ease) if ease.exists() else None
+        kept = path / "ease_kept.npy"
+        self.ease_kept = np.load(kept) if kept.exists() else None
         hist = path / "history.json"
         self.history = json.loads(hist.read_text()) if hist.exists() else []
