@@ -108,7 +108,9 @@ history[history["event_type"] == "purchase"].tail(8)[["timestamp", "item_id", "t
 
 # %%
 from serving.pipeline import Context, Engine  # the serving engine's Python API
+from serving.state import ShopState
 
+state = ShopState.from_workspace(ws)  # the shop as it is now: catalogue, stock, customers, histories
 aliases = {v: a for a, v in client.get_registered_model(tracking.REGISTERED_MODEL).aliases.items()}
 engines, rows = {}, []
 for mv in sorted(
@@ -119,7 +121,7 @@ for mv in sorted(
         continue
     label = f"v{mv.version} {model}" + (f" ({aliases[mv.version]})" if mv.version in aliases else "")
     bundle = tracking.load_bundle_dir(f"models:/{tracking.REGISTERED_MODEL}/{mv.version}", ws)
-    engines[label] = engine = Engine.from_bundle(bundle, model_version=mv.version)
+    engines[label] = engine = Engine.from_bundle(bundle, state, model_version=mv.version)
     for channel in ("web", "email"):
         for rank, rec in enumerate(engine.recommend(CUSTOMER, 10, Context(channel=channel), now=now), 1):
             rows.append(
@@ -161,39 +163,19 @@ overlap
 # %% [markdown]
 # ## What the serving rules changed
 #
-# The champion model's own top 10 for this customer (its scores alone, only the items they have
-# bought excluded) against the block the engine served. Items in the first list but not in the
-# block were removed by a rule (out of stock in their size, the other gender's collection, a
-# purchase still inside its re-buy window, the per-brand / per-category caps) or pushed down by
-# the boosts. The engine will name the rule per removed item once its explain output lands; the
-# blocks above already carry the reason for every item shown.
+# The items the champion model ranks highest for this customer that the served web block does not
+# show, each with the rule that kept it out (`serving.explain`, the same answer as
+# `"explain": true` on `POST /recommend` and the customer page of `/ui`): out of stock in their
+# size, the other gender's collection, a purchase still inside its re-buy window, a durable bought
+# recently, the per-brand / per-category caps, or ranked below the block by the boosts.
 
 # %%
-import scipy.sparse as sp
+from serving.explain import removed_items
 
-from training.base import History
-from training.data import load_train_data
-
-version = champion_label.split()[0][1:]
-model = tracking.load_model(f"models:/{tracking.REGISTERED_MODEL}/{version}", ws)
-data = load_train_data(ws)
-item_idx = data.items.set_index("item_id")["item_idx"]
-uidx = np.array([data.users.set_index("user_id").loc[CUSTOMER, "user_idx"]])
-purchased = item_idx.reindex(history.loc[history["event_type"] == "purchase", "item_id"].unique()).dropna()
-exclude = sp.csr_matrix(
-    (np.ones(len(purchased)), (np.zeros(len(purchased)), purchased.astype(int))), shape=(1, data.n_items)
-)
-ids, scores = model.recommend(uidx, History.of(data, uidx), 10, exclude=exclude)
-keep = ids[0] >= 0
-raw = pd.DataFrame(
-    {
-        "item_id": data.items.set_index("item_idx").loc[ids[0][keep], "item_id"].to_numpy(),
-        "model score": scores[0][keep],
-    }
-)
-served = set(champ[champ["channel"] == "web"]["item_id"])
-raw["in the served block"] = raw["item_id"].isin(served)
-raw.join(catalog[["title", "category"]], on="item_id")
+champion = engines[champion_label]
+web_block = champion.recommend(CUSTOMER, 10, Context(channel="web"), now=now)
+removed = pd.DataFrame(removed_items(champion, CUSTOMER, 10, Context(channel="web"), web_block, now=now))
+removed.join(catalog[["title", "category", "price"]], on="item_id")
 
 # %% [markdown]
 # ## Bought together with their last purchase

@@ -144,7 +144,8 @@ def test_04_inspect_customer() -> None:
         "{'customer': CUSTOMER, 'history': len(history), 'events': int((events['user_id'] == CUSTOMER).sum()),"
         " 'blocks': blocks.groupby(['model', 'channel']).size().to_dict().__repr__(),"
         " 'reasons': bool(blocks['reason'].str.len().gt(0).all()), 'unknown': int(blocks['title'].isna().sum()),"
-        " 'champion': champion_label, 'together': [r.item_id for r in together], 'last': last}",
+        " 'champion': champion_label, 'together': [r.item_id for r in together], 'last': last,"
+        " 'removed': removed.to_dict('records'), 'shown': [r.item_id for r in web_block]}",
     )
     assert got["history"] == got["events"] > 0
     blocks = eval(got["blocks"])  # {(model, channel): rows}
@@ -152,6 +153,9 @@ def test_04_inspect_customer() -> None:
     assert got["reasons"] and got["unknown"] == 0  # every item has a reason and is in the catalogue
     assert "(champion)" in got["champion"]
     assert len(got["together"]) == 5 and got["last"] not in got["together"]
+    # the rules' removals: never an item the block shows, each with a rule a marketer reads
+    assert got["removed"] and not {r["item_id"] for r in got["removed"]} & set(got["shown"])
+    assert all(r["rule"] for r in got["removed"])
     assert images(cells) >= 1
     assert not errors_or_warnings(cells)
 
