@@ -98,6 +98,13 @@ class Recommender(ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type[ModelConfig]]
+    # What a caller may know about a model class, so tuning, promotion and training never ask which
+    # model they hold: its search space for `shoprec tune` (training.space.Param dimensions), its
+    # serving cost rank (the tie-break in promotion: lower is cheaper and simpler), and whether its
+    # fit takes a validation hook to stop early on (`fit(..., validation=...)`).
+    search_space: ClassVar[tuple[Any, ...]] = ()
+    cost: ClassVar[int] = 100
+    early_stopping: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -106,9 +113,13 @@ class Recommender(ABC):
         self.n_items = 0
 
     # -- learning -------------------------------------------------------------------------------
-    def fit(self, data: TrainData, *, callback: Any = None) -> Recommender:
+    def fit(self, data: TrainData, *, callback: Any = None, validation: Any = None) -> Recommender:
         """Learn from `data`. `callback(step, metrics)` may be called by iterative models (for
-        pruning in tuning); it may raise to stop training."""
+        pruning in tuning); it may raise to stop training. `validation(model) -> float` (higher is
+        better), for a class with `early_stopping`, scores the model during training so it stops
+        early and keeps its best state; other models ignore it."""
+        if validation is not None and self.early_stopping:
+            self.validation = validation
         self.users = data.users[["user_idx", "user_id"]].copy()
         self.items = data.items.copy()
         self.n_items = data.n_items

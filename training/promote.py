@@ -9,8 +9,8 @@ training part and evaluated again, so a champion is never kept (or beaten) on st
 
 Ties: a version takes `champion` only with a score strictly above the champion's (plus
 `min_delta`); an equal score keeps the champion. Among versions with equal scores, the simpler and
-cheaper model is preferred (SIMPLICITY: popular < itemknn < ease < als < bpr < bought-together <
-repeat-blend < sasrec; unknown models last), then the earlier-registered version: a tie must not
+cheaper model is preferred (each model class's `cost`: popular < itemknn < ease < als < bpr <
+bought-together < repeat-blend < sasrec; unknown models last), then the earlier-registered version: a tie must not
 hand serving the most expensive model only because it was trained last.
 """
 
@@ -32,18 +32,6 @@ if TYPE_CHECKING:
     from features.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-# Cheapest to serve and simplest to explain first: the tie-break between equal scores.
-SIMPLICITY: tuple[str, ...] = (
-    "popular",
-    "itemknn",
-    "ease",
-    "als",
-    "bpr",
-    "bought-together",
-    "repeat-blend",
-    "sasrec",
-)
 
 
 @dataclass(frozen=True)
@@ -93,10 +81,11 @@ class Decision:
 
 
 def preference(s: Scored) -> tuple[float, int, int]:
-    """Sort key, larger = preferred: the higher score, then the simpler model (SIMPLICITY), then the
+    """Sort key, larger = preferred: the higher score, then the cheaper model (its class's `cost`),
+    then the
     earlier-registered version. A version without a score sorts last."""
     score = float("-inf") if s.score is None else float(s.score)
-    rank = SIMPLICITY.index(s.model) if s.model in SIMPLICITY else len(SIMPLICITY)
+    rank = _cost(s.model)
     return (score, -rank, -int(s.version))
 
 
@@ -323,3 +312,13 @@ def _reevaluate(ws: Workspace, client: MlflowClient, s: Scored, config: PromoteC
             f"metric {config.metric!r} not produced by evaluation; available: {sorted(metrics)}"
         )
     return float(metrics[config.metric])
+
+
+def _cost(model: str) -> int:
+    """The model class's serving cost rank (Recommender.cost); unknown models last."""
+    from training.models import get_model_class
+
+    try:
+        return int(get_model_class(model).cost)
+    except (ValueError, ImportError):
+        return 10**6

@@ -136,27 +136,29 @@ def fit_and_evaluate(
         train_data.n_users,
         train_data.n_items,
     )
-    if _attach_validation(model, split, config):
+    validation = _validation_hook(model, split, config)
+    if validation is not None:
         log.info("%s stops early on validation NDCG@10 (patience from its config)", config.model)
-    model.fit(train_data, callback=callback)
+    model.fit(train_data, callback=callback, validation=validation)
     log.info("evaluating %s on the %s split (full ranking over the catalogue)", config.model, config.split)
     metrics = evaluate_model(model, split, config)
     return model, metrics, train_data, split
 
 
-def _attach_validation(model: Recommender, split: Any, config: TrainConfig) -> bool:
-    """Give a model that takes a per-epoch validation hook (SASRec) one that scores NDCG@10 on the
-    split's validation part, so it stops early and keeps its best epoch. False (nothing attached)
-    when the model takes no hook, already has one, or the split has no validation rows."""
-    if getattr(model, "validation", False) is not None or len(getattr(split, "valid", ())) == 0:
-        return False
+def _validation_hook(model: Recommender, split: Any, config: TrainConfig) -> Any:
+    """For a model class that stops early (`Recommender.early_stopping`), a hook that scores
+    NDCG@10 on the split's validation part; None when the class does not take one, the model has
+    one already, or the split has no validation rows."""
+    if not model.early_stopping or getattr(model, "validation", None) is not None:
+        return None
+    if len(getattr(split, "valid", ())) == 0:
+        return None
     from training import evaluate as ev
 
     def hook(m: Recommender) -> float:
         return ev.evaluate(m, split, on="valid", ks=(10,), exclude_seen=config.exclude_seen)["ndcg@10"]
 
-    model.validation = hook  # type: ignore[attr-defined]
-    return True
+    return hook
 
 
 def chosen_epochs(model: Recommender) -> int | None:

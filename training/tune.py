@@ -30,98 +30,9 @@ if TYPE_CHECKING:
     from features.workspace import Workspace
     from training.base import Recommender
 
+from training.space import Param
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Param:
-    """One dimension of a search space. kind: int | float | categorical."""
-
-    name: str
-    kind: str
-    low: float = 0.0
-    high: float = 0.0
-    log: bool = False
-    choices: tuple[Any, ...] = ()
-
-    def suggest(self, trial: optuna.Trial) -> Any:
-        if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        if self.kind == "float":
-            return trial.suggest_float(self.name, self.low, self.high, log=self.log)
-        return trial.suggest_categorical(self.name, list(self.choices))
-
-
-# Search spaces per model. A model's config may name a knob differently, or not have it: only the
-# dimensions whose name is a field of the model's config are searched (and `search_space` says
-# which were left out), so a renamed field narrows the search instead of crashing every trial.
-SEARCH_SPACES: dict[str, tuple[Param, ...]] = {
-    "popular": (
-        Param("mode", "categorical", choices=("global", "category", "segment")),
-        Param("trending", "categorical", choices=(False, True)),
-    ),
-    "als": (
-        Param("factors", "int", 16, 256, log=True),
-        Param("regularization", "float", 1e-4, 1.0, log=True),
-        Param("alpha", "float", 0.5, 50.0, log=True),
-        Param("iterations", "int", 5, 30),
-        Param("binary", "categorical", choices=(False, True)),
-    ),
-    "bpr": (
-        Param("factors", "int", 16, 256, log=True),
-        Param("learning_rate", "float", 1e-3, 0.1, log=True),
-        Param("regularization", "float", 1e-5, 0.1, log=True),
-        Param("iterations", "int", 20, 200, log=True),
-    ),
-    "itemknn": (
-        Param("similarity", "categorical", choices=("cosine", "bm25", "tfidf")),
-        Param("neighbours", "int", 10, 400, log=True),
-        Param("bm25_k1", "float", 0.5, 2.0),
-        Param("bm25_b", "float", 0.3, 1.0),
-        Param("binary", "categorical", choices=(False, True)),
-    ),
-    "ease": (
-        Param("lambda_", "float", 1.0, 5000.0, log=True),
-        Param("binary", "categorical", choices=(False, True)),
-        # Steck 2020's dropout-emphasised variants (EDLAE with the zero diagonal, DLAE without):
-        # validation picked DLAE p=0.75 on MovieLens-100K random (benchmarks/bench_training.py)
-        Param("dropout", "float", 0.0, 0.8),
-        Param("zero_diagonal", "categorical", choices=(True, False)),
-        # popularity-normalised columns: beta 0.1 won ML-100K random validation (bench_training)
-        Param("pop_beta", "float", 0.0, 0.3),
-    ),
-    "sasrec": (
-        Param("dim", "categorical", choices=(32, 64, 128)),
-        Param("n_layers", "int", 1, 3),
-        Param("n_heads", "categorical", choices=(1, 2)),
-        Param("dropout", "float", 0.0, 0.5),
-        Param("lr", "float", 3e-4, 1e-2, log=True),
-        Param("weight_decay", "float", 1e-4, 0.1, log=True),
-        Param("max_len", "int", 20, 100, log=True),  # 50 beat 200 on ML-100K validation
-        # small batches give more optimiser steps per epoch at the same CPU cost (models/sasrec.py)
-        Param("batch_size", "categorical", choices=(16, 32, 64, 128)),
-        # patience-based early stopping keeps the best epoch, so long schedules rarely pay on 2 cores
-        Param("epochs", "int", 10, 40, log=True),
-        Param("label_smoothing", "float", 0.0, 0.2),
-        # a seed ensemble (mean logits): each extra network costs a whole fit's CPU
-        Param("n_models", "int", 1, 3),
-        # the DLAE blend (0 = the transformer alone; 0.2 won ML-100K leave-one-out validation)
-        Param("ease_weight", "float", 0.0, 0.5),
-    ),
-    "bought-together": (
-        Param("metric", "categorical", choices=("confidence", "lift")),
-        Param("min_count", "int", 1, 10),
-        Param("min_lift", "float", 0.5, 3.0),
-        Param("neighbours", "int", 10, 200, log=True),
-        Param("recent_items", "int", 1, 30, log=True),
-        Param("recency_decay", "float", 0.3, 1.0),
-    ),
-    "repeat-blend": (
-        Param("base", "categorical", choices=("itemknn", "als", "ease")),
-        Param("cf_weight", "float", 0.0, 1.0),
-        Param("recency_half_life", "float", 0.0, 50.0),
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -175,16 +86,18 @@ class TuneResult:
 
 
 def search_space(model: str) -> tuple[Param, ...]:
-    """The dimensions searched for `model`: SEARCH_SPACES filtered to its config's fields."""
+    """The dimensions searched for `model`: its class's `search_space`, filtered to its config's
+    fields (a renamed field narrows the search instead of crashing every trial)."""
     from training.models import get_model_class
 
-    if model not in SEARCH_SPACES:
-        raise ValueError(f"no search space for model {model!r}; known: {', '.join(SEARCH_SPACES)}")
-    fields = {f.name for f in dataclasses.fields(get_model_class(model).Config)}
-    space = tuple(p for p in SEARCH_SPACES[model] if p.name in fields)
+    klass = get_model_class(model)
+    if not klass.search_space:
+        raise ValueError(f"model {model!r} declares no search space (Recommender.search_space)")
+    fields = {f.name for f in dataclasses.fields(klass.Config)}
+    space = tuple(p for p in klass.search_space if p.name in fields)
     if not space:
         raise ValueError(
-            f"none of the search dimensions for {model!r} ({', '.join(p.name for p in SEARCH_SPACES[model])}) "
+            f"none of the search dimensions for {model!r} ({', '.join(p.name for p in klass.search_space)}) "
             f"is a field of its config ({', '.join(sorted(fields))})"
         )
     return space
@@ -276,9 +189,11 @@ def tune(ws: Workspace, config: TuneConfig) -> TuneResult:
             plots=False,
         )
         model = build_model(config.model, params)
-        if hasattr(model, "validation") and model.validation is None:
-            # SASRec scores itself after every epoch (early stopping); the same number drives pruning
-            model.validation = lambda m: evaluate_model(m, split, tc, on="valid")[k_metric]
+        # A model that stops early scores itself on validation after every epoch; the same number
+        # drives pruning (fit ignores the hook for other models).
+        validation = (
+            (lambda m: evaluate_model(m, split, tc, on="valid")[k_metric]) if model.early_stopping else None
+        )
         trial.set_user_attr("config", _jsonable(model.config.to_dict()))
         trial.set_user_attr("worker", me)
         with mlflow.start_run(experiment_id=exp_id, run_name=f"{config.study_name}-{trial.number}") as run:
@@ -308,7 +223,7 @@ def tune(ws: Workspace, config: TuneConfig) -> TuneResult:
                 data_hash=snapshot,
             )
             try:
-                model.fit(train_data, callback=callback)
+                model.fit(train_data, callback=callback, validation=validation)
             except optuna.TrialPruned as e:
                 mlflow.set_tag("state", "pruned")
                 tracking.log_card(client, run.info.run_id, card(metrics=None, state=f"pruned ({e})"))

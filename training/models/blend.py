@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from training.base import History, ModelConfig, Recommender, TrainData
+from training.space import Param
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,14 @@ def _scale_rows(s: np.ndarray) -> np.ndarray:
 class RepeatBlend(Recommender):
     name = "repeat-blend"
     Config = RepeatBlendConfig
+    # Tie-break in promotion: among equal scores the cheaper model to serve wins (a base model plus each customer's re-buy scores).
+    cost = 6
+    # What `shoprec tune` searches (training.tune; only dimensions that are config fields).
+    search_space = (
+        Param("base", "categorical", choices=("itemknn", "als", "ease")),
+        Param("cf_weight", "float", 0.0, 1.0),
+        Param("recency_half_life", "float", 0.0, 50.0),
+    )
     config: RepeatBlendConfig
 
     def _fit(self, data: TrainData, *, callback: Any = None) -> None:

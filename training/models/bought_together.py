@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from training.base import History, ModelConfig, Recommender, TrainData, sparse_neighbours
+from training.space import Param
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,17 @@ def _row_scale(M: sp.csr_matrix) -> sp.csr_matrix:
 class BoughtTogether(Recommender):
     name = "bought-together"
     Config = BoughtTogetherConfig
+    # Tie-break in promotion: among equal scores the cheaper model to serve wins (a sparse product).
+    cost = 5
+    # What `shoprec tune` searches (training.tune; only dimensions that are config fields).
+    search_space = (
+        Param("metric", "categorical", choices=("confidence", "lift")),
+        Param("min_count", "int", 1, 10),
+        Param("min_lift", "float", 0.5, 3.0),
+        Param("neighbours", "int", 10, 200, log=True),
+        Param("recent_items", "int", 1, 30, log=True),
+        Param("recency_decay", "float", 0.3, 1.0),
+    )
     config: BoughtTogetherConfig
 
     def _fit(self, data: TrainData, *, callback: Any = None) -> None:

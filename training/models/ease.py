@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from training.base import History, ModelConfig, Recommender, TrainData, topk
+from training.space import Param
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,19 @@ def column_weights(X: sp.spmatrix, beta: float) -> np.ndarray:
 
 class EASE(Recommender):
     name = "ease"
+    # Tie-break in promotion: among equal scores the cheaper model to serve wins (a dense item x item product).
+    cost = 2
+    # What `shoprec tune` searches (training.tune; only dimensions that are config fields).
+    search_space = (
+        Param("lambda_", "float", 1.0, 5000.0, log=True),
+        Param("binary", "categorical", choices=(False, True)),
+        # Steck 2020's dropout-emphasised variants (EDLAE with the zero diagonal, DLAE without):
+        # validation picked DLAE p=0.75 on MovieLens-100K random (benchmarks/bench_training.py)
+        Param("dropout", "float", 0.0, 0.8),
+        Param("zero_diagonal", "categorical", choices=(True, False)),
+        # popularity-normalised columns: beta 0.1 won ML-100K random validation (bench_training)
+        Param("pop_beta", "float", 0.0, 0.3),
+    )
     Config = EASEConfig
     config: EASEConfig
 

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from training.base import History, ModelConfig, Recommender, TrainData, sparse_neighbours, topk
+from training.space import Param
 
 
 def _confidence(user_items: sp.csr_matrix, binary: bool) -> sp.csr_matrix:
@@ -135,6 +136,16 @@ class ALS(_FactorModel):
     """implicit's AlternatingLeastSquares (conjugate gradient), float32."""
 
     name = "als"
+    # Tie-break in promotion: among equal scores the cheaper model to serve wins (one factor product (pruned at 100k items)).
+    cost = 3
+    # What `shoprec tune` searches (training.tune; only dimensions that are config fields).
+    search_space = (
+        Param("factors", "int", 16, 256, log=True),
+        Param("regularization", "float", 1e-4, 1.0, log=True),
+        Param("alpha", "float", 0.5, 50.0, log=True),
+        Param("iterations", "int", 5, 30),
+        Param("binary", "categorical", choices=(False, True)),
+    )
     Config = ALSConfig
     config: ALSConfig
 
@@ -190,6 +201,15 @@ class BPR(_FactorModel):
     holds a constant 1 there), so unknown users are folded in on the other columns with the bias kept."""
 
     name = "bpr"
+    # Tie-break in promotion: among equal scores the cheaper model to serve wins (one factor product).
+    cost = 4
+    # What `shoprec tune` searches (training.tune; only dimensions that are config fields).
+    search_space = (
+        Param("factors", "int", 16, 256, log=True),
+        Param("learning_rate", "float", 1e-3, 0.1, log=True),
+        Param("regularization", "float", 1e-5, 0.1, log=True),
+        Param("iterations", "int", 20, 200, log=True),
+    )
     Config = BPRConfig
     config: BPRConfig
 
@@ -238,6 +258,16 @@ class ItemKNN(Recommender):
     (repeats are the policy's and the blend's business). Works for unknown users as is."""
 
     name = "itemknn"
+    # Tie-break in promotion: among equal scores the cheaper model to serve wins (a sparse product per customer).
+    cost = 1
+    # What `shoprec tune` searches (training.tune; only dimensions that are config fields).
+    search_space = (
+        Param("similarity", "categorical", choices=("cosine", "bm25", "tfidf")),
+        Param("neighbours", "int", 10, 400, log=True),
+        Param("bm25_k1", "float", 0.5, 2.0),
+        Param("bm25_b", "float", 0.3, 1.0),
+        Param("binary", "categorical", choices=(False, True)),
+    )
     Config = ItemKNNConfig
     config: ItemKNNConfig
 

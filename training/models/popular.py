@@ -17,6 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from training.base import History, ModelConfig, Recommender, TrainData, topk
+from training.space import Param
 
 _MODES = ("global", "category", "segment")
 
@@ -70,6 +71,13 @@ class Popular(Recommender):
     """Popularity ranking; `score` is the same for every user in `global` mode."""
 
     name = "popular"
+    # Tie-break in promotion: among equal scores the cheaper model to serve wins (no model to score: one sort).
+    cost = 0
+    # What `shoprec tune` searches (training.tune; only dimensions that are config fields).
+    search_space = (
+        Param("mode", "categorical", choices=("global", "category", "segment")),
+        Param("trending", "categorical", choices=(False, True)),
+    )
     Config = PopularConfig
     config: PopularConfig
 

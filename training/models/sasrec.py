@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from training.base import History, ModelConfig, Recommender, TrainData, topk
 from training.models.ease import closed_form, most_popular
+from training.space import Param
 
 # A validation hook scores the model as it stands (higher is better, e.g. NDCG@10 on held-out
 # users); `fit` calls it after every epoch for early stopping and passes it on to the callback.
@@ -388,6 +389,28 @@ class SASRec(Recommender):
 
     name: ClassVar[str] = "sasrec"
     Config: ClassVar[type[ModelConfig]] = SASRecConfig
+    early_stopping: ClassVar[bool] = True
+    # Tie-break in promotion: among equal scores the cheaper model to serve wins (a transformer forward pass per customer).
+    cost: ClassVar[int] = 7
+    # What `shoprec tune` searches (training.tune; only dimensions that are config fields).
+    search_space: ClassVar[tuple[Param, ...]] = (
+        Param("dim", "categorical", choices=(32, 64, 128)),
+        Param("n_layers", "int", 1, 3),
+        Param("n_heads", "categorical", choices=(1, 2)),
+        Param("dropout", "float", 0.0, 0.5),
+        Param("lr", "float", 3e-4, 1e-2, log=True),
+        Param("weight_decay", "float", 1e-4, 0.1, log=True),
+        Param("max_len", "int", 20, 100, log=True),  # 50 beat 200 on ML-100K validation
+        # small batches give more optimiser steps per epoch at the same CPU cost (models/sasrec.py)
+        Param("batch_size", "categorical", choices=(16, 32, 64, 128)),
+        # patience-based early stopping keeps the best epoch, so long schedules rarely pay on 2 cores
+        Param("epochs", "int", 10, 40, log=True),
+        Param("label_smoothing", "float", 0.0, 0.2),
+        # a seed ensemble (mean logits): each extra network costs a whole fit's CPU
+        Param("n_models", "int", 1, 3),
+        # the DLAE blend (0 = the transformer alone; 0.2 won ML-100K leave-one-out validation)
+        Param("ease_weight", "float", 0.0, 0.5),
+    )
 
     def __init__(
         self, config: SASRecConfig | None = None, *, validation: ValidationHook | None = None
