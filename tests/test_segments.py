@@ -78,6 +78,8 @@ def test_segment_config_is_typed_and_strict(tmp_path: Path) -> None:
         SegmentConfig.from_dict({"lapsed_cycles": "soon"})
     with pytest.raises(ValueError, match="at_risk_cycles"):
         SegmentConfig(at_risk_cycles=5, lapsed_cycles=4)
+    with pytest.raises(ValueError, match="cycle_days"):
+        SegmentConfig(cycle_days=-1)
     with pytest.raises(ValueError, match="score 1-5"):
         SegmentConfig(vip_min_f_score=6)
     path = tmp_path / "rules.toml"
@@ -218,5 +220,19 @@ def test_segments_filter_and_bad_input(shop: Path, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "unknown segment 'sleepy'" in bad.stderr
     bad = run_cli("--data", str(shop), "--out", str(tmp_path / "x.csv"), "--set", "lapsed_days=3")
     assert bad.returncode == 2 and "unknown segment config key" in bad.stderr
+    # a fixed purchase cycle instead of the learned one: a longer cycle lapses fewer customers
+    fixed = run_cli(
+        "--data",
+        str(shop),
+        "--out",
+        str(tmp_path / "lapsed60.csv"),
+        "--segment",
+        "lapsed",
+        "--set",
+        "cycle_days=60",
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    assert json.loads(fixed.stdout.strip().splitlines()[-1])["cycle_days"] == 60
+    assert len(pd.read_csv(tmp_path / "lapsed60.csv")) < len(lapsed)
     missing = run_cli("--data", str(tmp_path), "--out", str(tmp_path / "x.csv"))
     assert missing.returncode == 2 and "features build" in missing.stderr
