@@ -49,11 +49,22 @@ features: install data ## validate, quarantine and build features for DATA
 # full schedule (30 epochs, refit on all data).
 SASREC_ARGS ?= --set epochs=3 --no-refit
 
-train: install ## train, evaluate and register every model in MODELS on DATA
-	@for m in $(MODELS); do \
+# One model that fails (or cannot take the catalogue) never stops the others: every result line goes
+# to DATA/train-results.jsonl, and the run ends with a summary of failures and fit warnings (EASE
+# fitted on a big catalogue's top items, ...); the exit status is 1 when a model failed.
+train: install ## train, evaluate and register every model in MODELS on DATA (summary: DATA/train-results.jsonl)
+	@results="$(DATA)/train-results.jsonl"; : > "$$results"; failed=""; \
+	for m in $(MODELS); do \
 	  extra=""; [ "$$m" = sasrec ] && extra="$(SASREC_ARGS)"; \
-	  $(SHOPREC) train --data $(DATA) --model $$m $$extra || exit 1; \
-	done
+	  if $(SHOPREC) train --data $(DATA) --model $$m $$extra > "$$results.last"; then \
+	    tail -n 1 "$$results.last" | tee -a "$$results"; \
+	  else \
+	    failed="$$failed $$m"; echo "{\"model\": \"$$m\", \"error\": \"shoprec train failed (log above)\"}" >> "$$results"; \
+	  fi; \
+	done; rm -f "$$results.last"; \
+	echo "== train summary: $(words $(MODELS)) models, failed:$${failed:- none}" >&2; \
+	grep -h '"warnings"' "$$results" | sed 's/.*"model": "\([^"]*\)".*"warnings": \(.*\)}$$/== warning \1: \2/' >&2; \
+	[ -z "$$failed" ]
 
 tune: install ## Optuna study for MODEL with TRIALS trials (each trial an MLflow run)
 	$(SHOPREC) tune --data $(DATA) --model $(MODEL) --trials $(TRIALS)
@@ -61,7 +72,10 @@ tune: install ## Optuna study for MODEL with TRIALS trials (each trial an MLflow
 promote: install ## move the `champion` alias to the best version, if it beats the current one
 	$(SHOPREC) promote --data $(DATA)
 
-retrain: features train promote ## features -> train every model -> promote (what a scheduler runs)
+# A failed model does not stop the promotion of the best of the others; the run still exits 1 then.
+retrain: features ## features -> train every model -> promote (what a scheduler runs)
+	@$(MAKE) --no-print-directory train; status=$$?; \
+	$(SHOPREC) promote --data $(DATA) && exit $$status
 
 serve: install ## serve the champion on http://127.0.0.1:PORT (default 3000)
 	$(SHOPREC) serve --data $(DATA) --port $(PORT)

@@ -3,10 +3,14 @@
 `forget_user(ws, user_id)` removes the customer's rows from
 * the raw tables that hold customers (`events`, `customers`: the one place raw tables are ever
   rewritten; the file keeps its format, Parquet or CSV),
+* a data set's own tables kept beside them (`extra/*.parquet`, e.g. Complete Journey's demographics,
+  campaigns and coupon redemptions),
 * `validated/*.parquet` and `quarantine/*.parquet`,
 * every Parquet file under `features/` (splits included) with a `user_id` column, or a `user_idx`
   column whose index `features/users.parquet` maps to the customer,
-and appends one line to `forget_log.jsonl` in the workspace: the time, a salted SHA-256 of the id
+drops the training cache (`.cache/`: fitted complements reused between the models of one
+retrain, so the next training fits them afresh without the customer), and appends one line to
+`forget_log.jsonl` in the workspace: the time, a salted SHA-256 of the id
 and the rows removed per file. The id itself is never written: the salt is a random secret kept in
 `.forget_salt` beside the log, so whoever holds the workspace can answer "was this customer erased?"
 by hashing a candidate id, while the log alone reveals nothing.
@@ -23,6 +27,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -150,12 +155,13 @@ def forget_user(ws: Workspace, user_id: str, *, now: datetime | None = None) -> 
                     else _forget_parquet(path, user_id, None)
                 )
                 note(path, n)
-    for folder in (ws.validated_dir, ws.quarantine_dir):
+    for folder in (ws.root / "extra", ws.validated_dir, ws.quarantine_dir):
         for path in sorted(folder.glob("*.parquet")) if folder.exists() else []:
             note(path, _forget_parquet(path, user_id, None))
     if ws.features_dir.exists():
         for path in sorted(ws.features_dir.rglob("*.parquet")):
             note(path, _forget_parquet(path, user_id, user_idx))
+    shutil.rmtree(ws.root / ".cache", ignore_errors=True)
 
     entry = {
         "time": (now or datetime.now(UTC)).isoformat(),

@@ -72,9 +72,14 @@ class TrainResult:
     model: str
     version: str | None  # registered version of `shoprec`, None when not registered
     metrics: dict[str, float]
+    # How the model was fitted when not as configured (EASE on the top items of a big catalogue, ...)
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "model": self.model, "version": self.version, "metrics": self.metrics}
+        out = {"run_id": self.run_id, "model": self.model, "version": self.version, "metrics": self.metrics}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -202,6 +207,7 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         )
         serving_model = model
 
+    fit_warnings = tuple(dict.fromkeys([*model.fit_warnings, *serving_model.fit_warnings]))
     task = "complements" if config.model in COMPLEMENT_MODELS else "recommend"
     tags = {
         "model": config.model,
@@ -219,6 +225,8 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
     ):
         run_id = run.info.run_id
         mlflow.set_tags(tags)
+        if fit_warnings:
+            mlflow.set_tag("fit_warnings", _param(" | ".join(fit_warnings)))
         mlflow.log_params({k: _param(v) for k, v in model.config.to_dict().items()})
         tracking.log_metrics(metrics)
         if (epochs := chosen_epochs(model)) is not None:
@@ -246,7 +254,9 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         )
         version = str(mv.version)
         log.info("registered %s version %s (run %s)", tracking.REGISTERED_MODEL, version, run_id)
-    return TrainResult(run_id=run_id, model=config.model, version=version, metrics=metrics)
+    return TrainResult(
+        run_id=run_id, model=config.model, version=version, metrics=metrics, warnings=fit_warnings
+    )
 
 
 def _param(value: Any) -> Any:

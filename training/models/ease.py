@@ -13,7 +13,8 @@ random draw (benchmarks/bench_training.py). `pop_beta` > 0 scales X's columns by
 popularity^-β before all this (see the config). The item × item
 matrix is dense, so the catalogue size is capped (`max_items`): above it the model either refuses
 with an error (`on_too_large="error"`) or, saying so in a warning and in `fallback_`, fits EASE on
-the `max_items` most popular items only and ranks the rest below them (`on_too_large="top-items"`).
+the `max_items` most popular items only and ranks the rest below them (`on_too_large="top-items"`,
+the default: a scheduled retrain on a big shop's catalogue gets a bounded EASE, not a stopped run).
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ class EASEConfig(ModelConfig):
     binary: bool = True  # EASE is defined on the 0/1 matrix; False uses the weighted confidences
     # A dense float32 n × n matrix: 20 000 items = 1.6 GB, and the inverse needs about twice that.
     max_items: int = 20_000
-    on_too_large: str = "error"  # error | top-items
+    # Above max_items: "top-items" fits EASE on the max_items most popular items and ranks the rest
+    # below them (warned, and recorded in the run), so a big catalogue never stops a scheduled
+    # retrain; "error" refuses instead.
+    on_too_large: str = "top-items"  # top-items | error
     # Denoising (Steck 2020): input dropout probability p in [0, 1); 0 = plain EASE.
     dropout: float = 0.0
     zero_diagonal: bool = True  # True: EASE / EDLAE (diag(B) = 0); False: DLAE (B = I - PΛ)
@@ -60,21 +64,33 @@ class EASEConfig(ModelConfig):
 
 
 def closed_form(
-    G: np.ndarray, lambda_: float, dropout: float = 0.0, zero_diagonal: bool = True
+    G: np.ndarray,
+    lambda_: float,
+    dropout: float = 0.0,
+    zero_diagonal: bool = True,
+    *,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """B from the Gram matrix G = XᵀX: Λ = λI + p/(1-p)·diag(G), P = (G + Λ)⁻¹; EASE/EDLAE
-    B = I - P·diag(1/diag(P)) (diag(B) = 0), DLAE B = I - PΛ."""
+    B = I - P·diag(1/diag(P)) (diag(B) = 0), DLAE B = I - PΛ.
+
+    `overwrite=True` lets the solve work inside G (float64, C-contiguous) and returns B in its
+    memory: one n × n matrix at peak instead of four (20 000 items: 3.2 GB, not 13)."""
+    from scipy import linalg
+
     lam = lambda_ + dropout / (1.0 - dropout) * np.diag(G)
-    A = G.copy()
+    A = G if overwrite and G.dtype == np.float64 and G.flags.c_contiguous else np.array(G, dtype=np.float64)
     A[np.diag_indices_from(A)] += lam
-    P = np.linalg.inv(A)
+    # A is symmetric, so its transpose is the same matrix in Fortran order: LAPACK inverts that in
+    # place, and the inverse (symmetric too) is read back through the transpose.
+    P = linalg.inv(A.T, overwrite_a=True, check_finite=False).T
     if zero_diagonal:
-        B = P / (-np.diag(P))[None, :]
-        B[np.diag_indices_from(B)] = 0.0
+        P /= -np.diag(P).copy()[None, :]
+        P[np.diag_indices_from(P)] = 0.0
     else:
-        B = -P * lam[None, :]
-        B[np.diag_indices_from(B)] += 1.0
-    return B
+        P *= -lam[None, :]
+        P[np.diag_indices_from(P)] += 1.0
+    return P
 
 
 def column_weights(X: sp.spmatrix, beta: float) -> np.ndarray:
@@ -104,19 +120,20 @@ class EASE(Recommender):
             counts = np.bincount(X.tocsr().indices, minlength=n_items)
             self.kept_ = np.sort(np.argsort(-counts, kind="stable")[: c.max_items])
             self.fallback_ = f"fitted on the {c.max_items} most popular items only"
-            warnings.warn(msg + f"; {self.fallback_}, the rest ranked below them", stacklevel=2)
+            self.fit_warnings.append(f"{msg}; {self.fallback_}, the rest ranked below them")
+            warnings.warn(self.fit_warnings[-1], stacklevel=2)
         else:
             self.kept_ = np.arange(n_items)
             self.fallback_ = ""
         Xk = X[:, self.kept_]
         w = column_weights(Xk, c.pop_beta)
         Xk = Xk @ sp.diags(w)
-        B = closed_form(
-            np.asarray((Xk.T @ Xk).toarray(), dtype=np.float64), c.lambda_, c.dropout, c.zero_diagonal
-        )
+        G = (Xk.T @ Xk).astype(np.float64).toarray()  # straight to float64: no float32 copy beside it
+        B = closed_form(G, c.lambda_, c.dropout, c.zero_diagonal, overwrite=True)
         # Scoring scales the input the same way: X·diag(w)·B, so diag(w) is folded into B's rows
         # (a row scale leaves each row's ranking, i.e. similar_items, unchanged).
-        self.B_ = (w[:, None] * B).astype(np.float32)
+        B *= w[:, None]
+        self.B_ = B.astype(np.float32)
 
     def _x(self, user_items: sp.csr_matrix) -> sp.csr_matrix:
         X = sp.csr_matrix(user_items, dtype=np.float32, copy=True)

@@ -434,15 +434,17 @@ class SASRec(Recommender):
         if cfg.ease_weight == 0:
             return None
         if data.n_items > cfg.ease_max_items:
-            warnings.warn(
+            self.fit_warnings.append(
                 f"sasrec: {data.n_items} items > ease_max_items={cfg.ease_max_items}; "
-                "the DLAE blend is skipped and the transformer ranks alone",
-                stacklevel=3,
+                "the DLAE blend is skipped and the transformer ranks alone"
             )
+            warnings.warn(self.fit_warnings[-1], stacklevel=3)
             return None
         X = _binary_rows(data.sequences, data.n_items)
-        G = np.asarray((X.T @ X).toarray(), dtype=np.float64)
-        B = closed_form(G, cfg.ease_lambda, cfg.ease_dropout, zero_diagonal=cfg.ease_dropout == 0)
+        G = (X.T @ X).astype(np.float64).toarray()
+        B = closed_form(
+            G, cfg.ease_lambda, cfg.ease_dropout, zero_diagonal=cfg.ease_dropout == 0, overwrite=True
+        )
         return B.astype(np.float32)
 
     def _train_epoch(
