@@ -437,3 +437,20 @@ def test_ease_closed_form_in_place_gives_the_same_matrix():
         ref = np.eye(25) - P / np.diag(P)[None, :] if zero_diagonal else np.eye(25) - P * lam[None, :]
         np.testing.assert_allclose(plain, ref, rtol=1e-8, atol=1e-10)
     np.testing.assert_array_equal(G, X.T @ X)  # without overwrite G is left alone
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 28, 8 * 25 * 7])
+def test_ease_gram_dense_blocks_equal_the_sparse_product(chunk_bytes):
+    """XᵀX from BLAS blocks of users (the memory-bounded route for users with many items) equals
+    the sparse product, whatever the block size (7 users per block in the second case)."""
+    import scipy.sparse as sp
+
+    from training.models.ease import gram
+
+    rng = np.random.default_rng(1)
+    X = sp.csr_matrix((rng.random((50, 25)) < 0.6) * rng.integers(1, 4, (50, 25)), dtype=np.float32)
+    G = gram(X, chunk_bytes=chunk_bytes)  # dense users (k_u ~ 15 of 25 items): the block route
+    assert G.flags.c_contiguous and G.dtype == np.float64
+    np.testing.assert_allclose(G, (X.T @ X).toarray(), rtol=1e-12)
+    sparse = sp.csr_matrix(np.eye(25, dtype=np.float32))  # one item per user: the sparse route
+    np.testing.assert_array_equal(gram(sparse), np.eye(25))

@@ -45,7 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from training.base import History, ModelConfig, Recommender, TrainData, topk
-from training.models.ease import closed_form
+from training.models.ease import closed_form, gram
 
 # A validation hook scores the model as it stands (higher is better, e.g. NDCG@10 on held-out
 # users); `fit` calls it after every epoch for early stopping and passes it on to the callback.
@@ -441,7 +441,7 @@ class SASRec(Recommender):
             warnings.warn(self.fit_warnings[-1], stacklevel=3)
             return None
         X = _binary_rows(data.sequences, data.n_items)
-        G = (X.T @ X).astype(np.float64).toarray()
+        G = gram(X)
         B = closed_form(
             G, cfg.ease_lambda, cfg.ease_dropout, zero_diagonal=cfg.ease_dropout == 0, overwrite=True
         )
