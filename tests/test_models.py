@@ -279,7 +279,8 @@ def test_ease_refuses_or_falls_back_when_catalogue_too_large():
         E(E.Config(max_items=5, on_too_large="error")).fit(data)
     with pytest.warns(UserWarning, match="most popular"):
         m = E(E.Config(max_items=8, lambda_=1.0)).fit(data)  # top-items is the default
-    assert m.fallback_ and len(m.kept_) == 8
+    assert m.fallback_ and len(m.kept_) == 8  # top_items above max_items: max_items bounds it
+    assert len(E(E.Config(max_items=8, top_items=6, lambda_=1.0)).fit(data).kept_) == 6
     assert len(m.fit_warnings) == 1 and "most popular" in m.fit_warnings[0]
     assert E(E.Config(lambda_=1.0)).fit(data).fit_warnings == []  # nothing to say when it fits
     s = m.score(np.arange(data.n_users), History.of(data, np.arange(data.n_users)))

@@ -81,13 +81,15 @@ def test_a_catalogue_too_big_for_ease_gets_the_bounded_variant_and_says_so(
     from training.train import train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the workspace's own SQLite store
-    config = TrainConfig(model="ease", params={"max_items": "40"}, split="loo", plots=False)
+    config = TrainConfig(
+        model="ease", params={"max_items": "40", "top_items": "30"}, split="loo", plots=False
+    )
     result = train(ws, config)
     assert result.version is not None
     assert len(result.warnings) == 1 and "exceeds max_items=40" in result.warnings[0]
     assert result.to_json()["warnings"] == list(result.warnings)
     tag = mlflow.MlflowClient(ws.mlflow_uri).get_run(result.run_id).data.tags["fit_warnings"]
-    assert "fitted on the 40 most popular items only" in tag
+    assert "fitted on the 30 most popular items only" in tag
     assert result.metrics["ndcg@10"] > 0
 
 
