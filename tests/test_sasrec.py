@@ -266,3 +266,19 @@ def test_dlae_blend_is_skipped_with_a_warning_above_ease_max_items() -> None:
     with pytest.warns(UserWarning, match="ease_max_items"):
         model = SASRec(TINY.with_overrides({"epochs": 1, "ease_max_items": N_ITEMS - 1})).fit(data)
     assert model.ease_B is None
+
+
+def test_sampled_softmax_above_full_softmax_items_still_learns_the_cycle() -> None:
+    """A catalogue above `full_softmax_items` trains against a sample of items per step (here 6 of
+    12, fewer than the catalogue); the ranking over the whole catalogue must still be right."""
+    cfg = TINY.with_overrides({"full_softmax_items": 5, "sampled_negatives": 6, "ease_weight": 0.0})
+    model = SASRec(cfg).fit(_cyclic())
+    assert model._proposal is not None and len(model._proposal) == N_ITEMS
+    histories = [CYCLE[(s + np.arange(n)) % len(CYCLE)] for s in range(len(CYCLE)) for n in (2, 5)]
+    expected = [CYCLE[(s + n) % len(CYCLE)] for s in range(len(CYCLE)) for n in (2, 5)]
+    scores = model.score(
+        np.full(len(histories), -1), History(sp.csr_matrix((len(histories), N_ITEMS)), histories)
+    )
+    np.testing.assert_array_equal(scores.argmax(axis=1), expected)
+    # below the threshold the full softmax is used: no proposal
+    assert SASRec(TINY.with_overrides({"epochs": 1})).fit(_cyclic())._proposal is None
