@@ -96,4 +96,4 @@ lint: install ## ruff
 	$(BIN)/ruff format --check .
 
 clean: ## remove derived data (keeps raw tables) and caches
-	rm -rf $(DATA)/validated $(DATA)/quarantine $(DATA)/features .pytest_cache .ruff_cache
+	rm -rf $(DATA)/validated $(DATA)/quarantine $(DATA)/features $(DATA)/.cache $(DATA)/train-results.jsonl .pytest_cache .ruff_cache
