@@ -106,9 +106,10 @@ class SASRecConfig(ModelConfig):
     ease_max_items: int = 20_000
     # Above this many items each training step scores the targets against a shared sample of
     # `sampled_negatives` items instead of the whole catalogue. Complete Journey (92k items, ~1.46M
-    # positions) is ~26 TFLOP per epoch of output layer with the full softmax (1,830 steps of
-    # 800 positions × 92k items × 64 dims, ×3 for the backward pass): hours on 2 cores; 4,096
-    # sampled items cut that ~20x. Scoring always ranks the whole catalogue.
+    # positions) is ~26 TFLOP per epoch of output layer with the full softmax by the flop count
+    # (1,830 steps of 800 positions × 92k items × 64 dims, ×3 for the backward pass); 4,096
+    # sampled items cut that ~20x by the same count (epoch times on it not measured yet: the
+    # shared machine was too loaded). Scoring always ranks the whole catalogue.
     full_softmax_items: int = 20_000
     sampled_negatives: int = 4096
 
