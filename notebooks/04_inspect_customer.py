@@ -29,7 +29,6 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")  # progress bars print as text here
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from training import tracking

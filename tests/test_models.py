@@ -301,10 +301,13 @@ def test_ease_refuses_or_falls_back_when_catalogue_too_large():
     data, answer = group_data()
     E = get_model_class("ease")
     with pytest.raises(ValueError, match="max_items"):
-        E(E.Config(max_items=5)).fit(data)
+        E(E.Config(max_items=5, on_too_large="error")).fit(data)
     with pytest.warns(UserWarning, match="most popular"):
-        m = E(E.Config(max_items=8, on_too_large="top-items", lambda_=1.0)).fit(data)
-    assert m.fallback_ and len(m.kept_) == 8
+        m = E(E.Config(max_items=8, lambda_=1.0)).fit(data)  # top-items is the default
+    assert m.fallback_ and len(m.kept_) == 8  # top_items above max_items: max_items bounds it
+    assert len(E(E.Config(max_items=8, top_items=6, lambda_=1.0)).fit(data).kept_) == 6
+    assert len(m.fit_warnings) == 1 and "most popular" in m.fit_warnings[0]
+    assert E(E.Config(lambda_=1.0)).fit(data).fit_warnings == []  # nothing to say when it fits
     s = m.score(np.arange(data.n_users), History.of(data, np.arange(data.n_users)))
     dropped = np.setdiff1d(np.arange(data.n_items), m.kept_)
     assert (s[:, dropped] < s[:, m.kept_].min(axis=1, keepdims=True)).all()
@@ -439,3 +442,41 @@ def test_popular_trending_follows_recent_weight_and_learned_trend():
     trending = P(P.Config(trending=True)).fit(TrainData(X, users, items, item_stats=stats))
     assert list(trending.popular_items(2)) == [1, 0]
     np.testing.assert_allclose(trending.pop_, [0.3 * 0.5 / 3.0, 1.0], rtol=1e-5)
+
+
+def test_ease_closed_form_in_place_gives_the_same_matrix():
+    """The in-place solve (one n × n matrix at peak) must equal the plain one, for EASE and DLAE."""
+    from training.models.ease import closed_form
+
+    rng = np.random.default_rng(0)
+    X = (rng.random((60, 25)) < 0.2).astype(np.float64)
+    G = X.T @ X
+    for zero_diagonal in (True, False):
+        plain = closed_form(G, 3.0, 0.2, zero_diagonal)
+        work = G.copy()
+        inplace = closed_form(work, 3.0, 0.2, zero_diagonal, overwrite=True)
+        assert np.shares_memory(inplace, work)
+        np.testing.assert_allclose(inplace, plain, rtol=1e-10, atol=1e-12)
+        # against the textbook formula
+        lam = 3.0 + 0.2 / 0.8 * np.diag(G)
+        P = np.linalg.inv(G + np.diag(lam))
+        ref = np.eye(25) - P / np.diag(P)[None, :] if zero_diagonal else np.eye(25) - P * lam[None, :]
+        np.testing.assert_allclose(plain, ref, rtol=1e-8, atol=1e-10)
+    np.testing.assert_array_equal(G, X.T @ X)  # without overwrite G is left alone
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 28, 8 * 25 * 7])
+def test_ease_gram_dense_blocks_equal_the_sparse_product(chunk_bytes):
+    """XᵀX from BLAS blocks of users (the memory-bounded route for users with many items) equals
+    the sparse product, whatever the block size (7 users per block in the second case)."""
+    import scipy.sparse as sp
+
+    from training.models.ease import gram
+
+    rng = np.random.default_rng(1)
+    X = sp.csr_matrix((rng.random((50, 25)) < 0.6) * rng.integers(1, 4, (50, 25)), dtype=np.float32)
+    G = gram(X, chunk_bytes=chunk_bytes)  # dense users (k_u ~ 15 of 25 items): the block route
+    assert G.flags.c_contiguous and G.dtype == np.float64
+    np.testing.assert_allclose(G, (X.T @ X).toarray(), rtol=1e-12)
+    sparse = sp.csr_matrix(np.eye(25, dtype=np.float32))  # one item per user: the sparse route
+    np.testing.assert_array_equal(gram(sparse), np.eye(25))

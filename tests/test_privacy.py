@@ -146,3 +146,23 @@ def test_the_forget_list_follows_the_log_without_being_rebuilt(ws: Workspace) ->
     forget_user(ws, "u3")
     assert "u3" in forgotten and is_forgotten(ws, "u3")
     assert len(forgotten.hashes()) == 2
+
+
+def test_forget_reaches_a_data_sets_extra_tables_and_the_training_cache(ws: Workspace) -> None:
+    """`data fetch complete-journey` keeps demographics, campaigns and redemptions under extra/;
+    the fitted complements cached between the models of a retrain learned from the customer too."""
+    (ws.root / "extra").mkdir()
+    pq.write_table(
+        pa.table({"user_id": ["u1", "u2", "u2"], "campaign_id": [8, 8, 12]}),
+        ws.root / "extra" / "campaigns.parquet",
+    )
+    pq.write_table(
+        pa.table({"coupon_upc": [1, 2], "item_id": ["a", "b"]}), ws.root / "extra" / "coupons.parquet"
+    )
+    cached = ws.root / ".cache" / "complements" / "abc"
+    cached.mkdir(parents=True)
+    (cached / "config.json").write_text("{}")
+    removed = forget_user(ws, "u2")
+    assert removed["extra/campaigns.parquet"] == 2 and "extra/coupons.parquet" not in removed
+    assert pd.read_parquet(ws.root / "extra" / "campaigns.parquet")["user_id"].tolist() == ["u1"]
+    assert not (ws.root / ".cache").exists()

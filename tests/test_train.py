@@ -68,3 +68,61 @@ def test_models_without_a_validation_hook_keep_their_params(ws: Workspace) -> No
     model, _, _, _ = fit_and_evaluate(ws, config)
     assert chosen_epochs(model) is None
     assert refit_params(model, config.params) == {"lambda_": "50"}
+
+
+def test_a_catalogue_too_big_for_ease_gets_the_bounded_variant_and_says_so(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: `make retrain` on Complete Journey stopped at EASE ("catalogue of 68509 items exceeds
+    max_items=20000") and nothing after it trained. Now EASE fits on the most popular items, the
+    run registers a version, and the warning travels in the result line and the MLflow run."""
+    import mlflow
+
+    from training.train import train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the workspace's own SQLite store
+    config = TrainConfig(
+        model="ease", params={"max_items": "40", "top_items": "30"}, split="loo", plots=False
+    )
+    result = train(ws, config)
+    assert result.version is not None
+    assert len(result.warnings) == 1 and "exceeds max_items=40" in result.warnings[0]
+    assert result.to_json()["warnings"] == list(result.warnings)
+    tag = mlflow.MlflowClient(ws.mlflow_uri).get_run(result.run_id).data.tags["fit_warnings"]
+    assert "fitted on the 30 most popular items only" in tag
+    assert result.metrics["ndcg@10"] > 0
+
+
+def test_bundles_of_one_retrain_share_one_complements_fit(
+    ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every bundle carries a bought-together model fitted on the same data; the second bundle
+    reuses the first one's fit (on Complete Journey one fit takes minutes), and other data gets
+    its own."""
+    import numpy as np
+
+    from training.bundle import fit_complements, write_bundle
+    from training.data import load_train_data
+    from training.models.bought_together import BoughtTogether
+
+    data = load_train_data(ws)
+    model = build_model("popular", {}).fit(data)
+    write_bundle(model, ws, tmp_path / "b1", data=data, data_hash="x")
+    keys = list((ws.root / ".cache" / "complements").iterdir())
+    assert len(keys) == 1
+
+    def no_refit(self, *args, **kwargs):
+        raise AssertionError("complements refitted although cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(BoughtTogether, "_fit", no_refit)
+        write_bundle(model, ws, tmp_path / "b2", data=data, data_hash="x")
+    fresh = BoughtTogether().fit(data)
+    cached = fit_complements(data, cache=ws.root / ".cache")
+    assert (cached.similarity_ != fresh.similarity_).nnz == 0
+    # one basket less: another key, fitted afresh, and the old key goes
+    data.baskets = data.baskets[1:]
+    other = fit_complements(data, cache=ws.root / ".cache")
+    assert [p.name for p in (ws.root / ".cache" / "complements").iterdir()] != [k.name for k in keys]
+    assert len(list((ws.root / ".cache" / "complements").iterdir())) == 1
+    assert other is not None and np.isfinite(other.similarity_.data).all()

@@ -111,6 +111,9 @@ class Recommender(ABC):
         self.users = pd.DataFrame({"user_idx": [], "user_id": []})
         self.items = pd.DataFrame({"item_idx": [], "item_id": []})
         self.n_items = 0
+        # What a user of the fitted model must know about how it was fitted (a bounded variant, a
+        # part skipped): logged with the run and printed in `shoprec train`'s result line.
+        self.fit_warnings: list[str] = []
 
     # -- learning -------------------------------------------------------------------------------
     def fit(self, data: TrainData, *, callback: Any = None, validation: Any = None) -> Recommender:
@@ -123,6 +126,7 @@ class Recommender(ABC):
         self.users = data.users[["user_idx", "user_id"]].copy()
         self.items = data.items.copy()
         self.n_items = data.n_items
+        self.fit_warnings = []
         self._fit(data, callback=callback)
         return self
 

@@ -186,8 +186,56 @@ def promote_cmd(
     typer.echo(json.dumps(decision.to_json()))
 
 
+def segments_cmd(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="Output file, .csv or .parquet.")],
+    segment: Annotated[
+        str | None,
+        typer.Option(help="Keep only this segment: new, active, vip, at_risk or lapsed (default: all)."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Segment thresholds from a TOML or JSON file (features.lifecycle.SegmentConfig)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override one threshold, key=value (repeatable), e.g. at_risk_p_alive=0.4."
+        ),
+    ] = None,
+) -> None:
+    """One row per customer: user_id, segment, recency_days, frequency, monetary, p_alive,
+    expected_purchases_90d, clv_90d (BG/NBD + Gamma-Gamma fitted on the workspace's purchases).
+
+    Segments, first rule that matches (C = the shop's purchase cycle): new (first seen within 4 C),
+    lapsed (silent > 4 C or p_alive < 0.2), at_risk (silent > 2 C or p_alive < 0.5), vip (top
+    frequency and spend quintiles), active. Thresholds: --config FILE and --set key=value.
+    Prints one JSON line last: counts per segment, the fitted parameters, warnings."""
+    _setup_logging()
+    from features.lifecycle import SEGMENTS, SegmentConfig
+    from training.segments import customer_segments, write_segments
+    from training.train import parse_sets
+
+    ws = _ws(data)
+    try:
+        if segment is not None and segment not in SEGMENTS:
+            raise ValueError(f"unknown segment {segment!r}; choose one of {', '.join(SEGMENTS)}")
+        rules = SegmentConfig.from_file(config) if config is not None else SegmentConfig()
+        if set_:
+            rules = SegmentConfig.from_dict({**rules.to_dict(), **parse_sets(set_)})
+        result = customer_segments(ws, rules)
+        frame = result.frame if segment is None else result.frame[result.frame["segment"] == segment]
+        path = write_segments(frame, out)
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    for note in result.warnings:
+        logging.getLogger("training").warning(note)
+    typer.echo(json.dumps({"out": str(path), "rows": len(frame), **result.summary()}, default=float))
+
+
 def register(app: typer.Typer) -> None:
     """Add training's commands to the root app."""
     app.command("train")(train_cmd)
     app.command("tune")(tune_cmd)
     app.command("promote")(promote_cmd)
+    app.command("segments")(segments_cmd)

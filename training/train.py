@@ -76,9 +76,14 @@ class TrainResult:
     comparison: Comparison | None = None
     fit_seconds: float | None = None
     card: str = ""
+    # How the model was fitted when not as configured (EASE on the top items of a big catalogue, ...)
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "model": self.model, "version": self.version, "metrics": self.metrics}
+        out = {"run_id": self.run_id, "model": self.model, "version": self.version, "metrics": self.metrics}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:
@@ -212,6 +217,7 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         )
         serving_model = model
 
+    fit_warnings = tuple(dict.fromkeys([*model.fit_warnings, *serving_model.fit_warnings]))
     task = "complements" if config.model in COMPLEMENT_MODELS else "recommend"
     tags = {
         "model": config.model,
@@ -231,6 +237,8 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
     ):
         run_id = run.info.run_id
         mlflow.set_tags(tags)
+        if fit_warnings:
+            mlflow.set_tag("fit_warnings", _param(" | ".join(fit_warnings)))
         mlflow.log_params({k: _param(v) for k, v in model.config.to_dict().items()})
         tracking.log_metrics(metrics)
         mlflow.log_metric("fit_seconds", fit_seconds)
@@ -275,6 +283,7 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         comparison=compared,
         fit_seconds=fit_seconds,
         card=card,
+        warnings=fit_warnings,
     )
 
 
