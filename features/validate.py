@@ -40,6 +40,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from features.engines import Engine
 from features.errors import BuildError
 from features.schemas import GENDERS, TABLE_SPECS, ColumnSpec, arrow_schema
 from features.workspace import TABLES, Workspace
@@ -264,9 +265,10 @@ def _check_missing(spec_name: str, names: list[str], where: str) -> None:
         )
 
 
-def _checker_sql(table: str, schema: pa.Schema, now: datetime) -> str:
+def _checker_sql(table: str, schema: pa.Schema, now: datetime, *, strings: bool = False) -> str:
     """One SELECT over `body` (the raw columns + `__row`) giving `__row`, `__reason` (NULL = good)
-    and the canonical columns, for a raw table with `schema`."""
+    and the canonical columns, for a raw table with `schema`. The text-valued canonical columns are
+    selected only with `strings` (the engine path); the Arrow path computes them in Arrow."""
     spec = TABLE_SPECS[table]
     now = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
     now_sql = f"TIMESTAMPTZ {_lit(now.isoformat())}"
@@ -274,7 +276,7 @@ def _checker_sql(table: str, schema: pa.Schema, now: datetime) -> str:
     for col in spec.columns:
         raw_type = schema.field(col.name).type if col.name in schema.names else None
         value, why = _column_sql(col, raw_type, now_sql, now.year)
-        if col.kind not in _STRING_KINDS:
+        if strings or col.kind not in _STRING_KINDS:
             selects.append(f", {value} AS {_q(col.name)}")
         reasons.extend(why)
     reason = f"NULLIF(concat_ws('; ', {', '.join(reasons)}), '')" if reasons else "NULL::VARCHAR"
@@ -290,10 +292,12 @@ def _checker_sql(table: str, schema: pa.Schema, now: datetime) -> str:
         inner = f"SELECT __row, {reason} AS __reason{''.join(selects)} FROM body"
         label = spec.unique[0] if len(spec.unique) == 1 else f"({', '.join(spec.unique)})"
         key_names = ", ".join(f"__k{i}" for i in range(len(keys)))
+        names = ", ".join(_q(c.name) for c in spec.columns if strings or c.kind not in _STRING_KINDS)
         sql = (
-            f"SELECT * EXCLUDE ({key_names}) REPLACE (CASE WHEN __reason IS NULL AND "
+            f"SELECT __row, CASE WHEN __reason IS NULL AND "
             f"row_number() OVER (PARTITION BY __reason IS NULL, {key_names} ORDER BY __row) > 1 "
-            f"THEN {_lit('duplicate ' + label)} ELSE __reason END AS __reason) FROM ({inner}) ORDER BY __row"
+            f"THEN {_lit('duplicate ' + label)} ELSE __reason END AS __reason"
+            f"{', ' + names if names else ''} FROM ({inner}) checked ORDER BY __row"
         )
     else:
         sql = f"SELECT __row, {reason} AS __reason{''.join(selects)} FROM body"
@@ -501,7 +505,9 @@ def _with_malformed(bad: pa.Table, malformed: list[MalformedLine], names: list[s
     return both.take(pc.sort_indices(both["row_number"]))
 
 
-def validate_workspace(ws: Workspace, *, now: datetime | None = None) -> dict[str, dict[str, int]]:
+def validate_workspace(
+    ws: Workspace, *, now: datetime | None = None, engine: Engine | None = None
+) -> dict[str, dict[str, int]]:
     """Validate every raw table present in `ws` (only `events` is required).
 
     Writes `ws.validated(t)` and `ws.quarantine(t)` for each table present (an empty quarantine file
@@ -510,6 +516,10 @@ def validate_workspace(ws: Workspace, *, now: datetime | None = None) -> dict[st
     Returns {table: {"input_rows": n, "accepted": a, "quarantined": q}} with n == a + q, for the
     tables present. Raises BuildError when `events` is absent, a file cannot be read, or a required
     column is missing.
+
+    With a Spark `engine`, Parquet tables are checked by the same rules on Spark
+    (features.validate_engine); CSV tables (and every table on DuckDB) stream through Arrow blocks
+    here, which is also what numbers a CSV's malformed lines.
     """
     now = now or datetime.now(UTC)
     if ws.raw("events") is None:
@@ -521,5 +531,12 @@ def validate_workspace(ws: Workspace, *, now: datetime | None = None) -> dict[st
             for stale in (ws.validated(table), ws.quarantine(table)):
                 stale.unlink(missing_ok=True)
             continue
-        summary[table] = validate_file(path, table, ws.validated(table), ws.quarantine(table), now=now)
+        if engine is not None and engine.name != "duckdb" and path.suffix == ".parquet":
+            from features.validate_engine import validate_on_engine
+
+            summary[table] = validate_on_engine(
+                engine, path, table, ws.validated(table), ws.quarantine(table), now=now
+            )
+        else:
+            summary[table] = validate_file(path, table, ws.validated(table), ws.quarantine(table), now=now)
     return summary
