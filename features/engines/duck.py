@@ -33,18 +33,19 @@ class DuckDBEngine(Engine):
 
     def source(self, name: str, path: Path, *, row_number: bool = False) -> None:
         extra = ", file_row_number = true" if row_number else ""
-        self.view(name, f"SELECT * FROM read_parquet({sql_str(str(path))}{extra})")
+        self._define("VIEW", name, f"SELECT * FROM read_parquet({sql_str(str(path))}{extra})")
 
     def table(self, name: str, sql: str) -> int:
-        self._forget(name)
-        self.con.execute(f"CREATE TEMP TABLE {name} AS {sql}")
-        self._kinds[name] = "TABLE"
+        self._define("TABLE", name, sql)
         return self.count(name)
 
     def view(self, name: str, sql: str) -> None:
+        self._define("VIEW", name, sql)
+
+    def _define(self, kind: str, name: str, sql: str) -> None:
         self._forget(name)
-        self.con.execute(f"CREATE TEMP VIEW {name} AS {sql}")
-        self._kinds[name] = "VIEW"
+        self.con.execute(f"CREATE TEMP {kind} {name} AS {sql}")
+        self._kinds[name] = kind
 
     def drop(self, name: str) -> None:
         self._forget(name)
