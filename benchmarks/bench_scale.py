@@ -13,7 +13,7 @@ whole process tree (the Spark JVM included) sampled every 0.2 s:
 
 Shops are generated under --work (default /tmp/shoprec-scale) and deleted as soon as they are no
 longer needed (disk is shared). Results: benchmarks/results/scale.json, written after every stage,
-so a run stopped part-way keeps what it measured. A stage that fails or passes --stage-timeout is
+so a run stopped part-way keeps what it measured (`--quick`: scale_quick.json). A stage that fails or passes --stage-timeout is
 recorded with its error, and the run goes on: what breaks first is part of the answer.
 
     python -m benchmarks.bench_scale                 # everything (an hour or more on 2 cores)
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -44,7 +45,11 @@ ITEMS = 100_000
 
 
 def run_stage(cmd: list[str], *, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run `cmd`; seconds, peak RSS (MB) of its process tree, exit status, and its last JSON line."""
+    """Run `cmd`; seconds, CPU seconds and peak RSS (MB) of its process tree, exit status, the load
+    average around it, and its last JSON line. CPU seconds (user + system of the stage and every
+    process it started) say what the work costs whatever else loads the machine."""
+    load_before = os.getloadavg()[0]
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
@@ -81,10 +86,14 @@ def run_stage(cmd: list[str], *, timeout: float, env: dict[str, str] | None = No
         status = "timeout"
     done.set()
     sampler.join()
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     result: dict[str, Any] = {
         "seconds": round(time.perf_counter() - start, 1),
+        "cpu_s": round(cpu, 1),
         "peak_rss_mb": round(peak / 2**20),
         "status": status,
+        "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
     }
     last = next((line for line in reversed(out.splitlines()) if line.startswith("{")), None)
     if last:
@@ -98,6 +107,9 @@ def _shop(work: Path, n_events: float) -> tuple[Path, dict[str, Any]]:
     customers = max(1000, round(n_events / EVENTS_PER_CUSTOMER))
     items = min(ITEMS, max(500, customers // 4))
     path = work / f"shop_{customers}c"
+    done = path / "generated.json"
+    if done.exists():  # the generator is deterministic for a seed: a shop left by a stopped run is reused
+        return path, {**json.loads(done.read_text()), "reused": True}
     shutil.rmtree(path, ignore_errors=True)
     gen = run_stage(
         [
@@ -114,6 +126,8 @@ def _shop(work: Path, n_events: float) -> tuple[Path, dict[str, Any]]:
         timeout=3600,
     )
     gen.update(customers=customers, items=items)
+    if gen["status"] == 0:
+        done.write_text(json.dumps(gen))
     return path, gen
 
 
@@ -135,8 +149,10 @@ def _build(path: Path, engine: str, timeout: float) -> dict[str, Any]:
 
 
 def _save(results: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
+    # A quick run never overwrites the figures of a full one.
+    path = RESULTS.with_name("scale_quick.json") if results["quick"] else RESULTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
 
 
 def main(

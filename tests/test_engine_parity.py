@@ -32,27 +32,6 @@ from features.workspace import Workspace
 NOW = datetime(2031, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(scope="session")
-def spark():
-    """One local SparkSession for every Spark test of the pytest session."""
-    if shutil.which("java") is None:
-        pytest.skip("Java 17 is not installed (`make test` installs openjdk-17-jre-headless with apt-get)")
-    pyspark_sql = pytest.importorskip("pyspark.sql", reason="pyspark is not installed (make install)")
-    from features.engines.spark import DEFAULT_CONF
-
-    builder = pyspark_sql.SparkSession.builder.master("local[2]")
-    for key, value in {
-        **DEFAULT_CONF,
-        "spark.sql.shuffle.partitions": "2",
-        "spark.driver.memory": "1g",
-    }.items():
-        builder = builder.config(key, value)
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
-
-
 def _append(path: Path, rows: list[dict]) -> None:
     table = pq.read_table(path)
     extra = pa.Table.from_pylist(rows, schema=table.schema)
