@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 if TYPE_CHECKING:
@@ -132,13 +134,21 @@ def write_context(ws: Workspace, data: TrainData, out: Path) -> list[str]:
     sp.save_npz(out / "user_items.npz", sp.csr_matrix(data.user_items, dtype=np.float32))
     written.append("user_items.npz")
     if data.sequences:
-        seqs = pd.DataFrame(
-            {
-                "user_idx": np.arange(len(data.sequences), dtype=np.int32),
-                "item_idx": [np.asarray(s, dtype=np.int32) for s in data.sequences],
-            }
+        # Built as one Arrow list column from the flat items and their offsets: a pandas frame of
+        # per-user arrays would hold every positive event as Python objects (1M customers: 60M).
+        lens = np.fromiter((len(s) for s in data.sequences), dtype=np.int64, count=len(data.sequences))
+        offsets = np.concatenate([[0], np.cumsum(lens)])
+        flat = pa.array(np.concatenate([np.asarray(s, dtype=np.int32) for s in data.sequences]), pa.int32())
+        lists = (
+            pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat)
+            if offsets[-1] < 2**31
+            else pa.LargeListArray.from_arrays(pa.array(offsets), flat)
         )
-        put("sequences", seqs)
+        seqs = pa.table(
+            {"user_idx": pa.array(np.arange(len(data.sequences), dtype=np.int32)), "item_idx": lists}
+        )
+        pq.write_table(seqs, out / "sequences.parquet")
+        written.append("sequences.parquet")
     return written
 
 
