@@ -31,6 +31,10 @@ from features.workspace import Workspace
 
 NOW = datetime(2031, 1, 1, tzinfo=UTC)
 
+# The module's first test also builds both workspaces (the fixture), and a JVM on a loaded 2-core
+# machine is slow to warm up: a longer limit than the suite's 600 s, still bounded.
+pytestmark = [pytest.mark.spark, pytest.mark.timeout(1800)]
+
 
 def _append(path: Path, rows: list[dict]) -> None:
     table = pq.read_table(path)
