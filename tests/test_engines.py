@@ -121,3 +121,16 @@ def test_cli_refuses_an_unknown_engine(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["features", "build", "--data", str(tmp_path), "--engine", "trino"])
     assert r.exit_code == 2
     assert "--engine must be one of duckdb, spark" in r.output
+
+
+def test_cli_checks_spark_settings_and_java_before_starting(tmp_path: Path, monkeypatch) -> None:
+    from serving.cli import app
+
+    r = CliRunner().invoke(
+        app, ["features", "build", "--data", str(tmp_path), "--engine", "spark", "--spark-conf", "no-equals"]
+    )
+    assert r.exit_code == 2 and "--spark-conf must look like KEY=VALUE" in r.output
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    r = CliRunner().invoke(app, ["features", "build", "--data", str(tmp_path), "--engine", "spark"])
+    assert r.exit_code == 2 and "Java 17 is not installed" in r.output
