@@ -50,6 +50,13 @@ def spark_missing() -> str | None:
     return None
 
 
+# Settings the definitions' answers depend on: set on any session the engine runs on (a session it
+# did not start gets its own values back on close).
+REQUIRED_SQL_CONF: dict[str, str] = {
+    key: DEFAULT_CONF[key] for key in ("spark.sql.session.timeZone", "spark.sql.parquet.outputTimestampType")
+}
+
+
 class SparkEngine(Engine):
     """A SparkSession running the translated definitions. Working tables are cached DataFrames
     (memory, spilling to local disk) registered as temp views."""
@@ -60,6 +67,10 @@ class SparkEngine(Engine):
         self.spark = spark
         self._owned = owned
         self._cached: dict[str, Any] = {}
+        self._names: set[str] = set()
+        self._restore = {key: spark.conf.get(key, None) for key in REQUIRED_SQL_CONF}
+        for key, value in REQUIRED_SQL_CONF.items():
+            spark.conf.set(key, value)
 
     @classmethod
     def start(cls, master: str | None, conf: dict[str, str]) -> SparkEngine:
@@ -103,12 +114,15 @@ class SparkEngine(Engine):
     def _register(self, name: str, df: Any) -> None:
         self.drop(name)
         df.createOrReplaceTempView(name)
+        self._names.add(name)
 
     def drop(self, name: str) -> None:
         df = self._cached.pop(name, None)
         if df is not None:
             df.unpersist()
-        self.spark.catalog.dropTempView(name)
+        if name in self._names:
+            self.spark.catalog.dropTempView(name)
+            self._names.discard(name)
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self.sql(sql).collect()]
@@ -125,10 +139,16 @@ class SparkEngine(Engine):
         return list(self.spark.table(name).columns)
 
     def close(self) -> None:
-        for name in list(self._cached):
+        for name in list(self._names | set(self._cached)):
             self.drop(name)
         if self._owned:
             self.spark.stop()
+            return
+        for key, value in self._restore.items():
+            if value is None:
+                self.spark.conf.unset(key)
+            else:
+                self.spark.conf.set(key, value)
 
 
 def _join_parts(parts_dir: Path, path: Path) -> int:
