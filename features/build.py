@@ -2,9 +2,10 @@
 
 `build_features(ws, config)` validates the raw tables (features.validate: bad rows to quarantine), then
 `build_from_validated(ws, config)` runs the feature definitions of features.transforms and
-features.split as DuckDB SQL over the validated Parquet files and writes Parquet under
-`DIR/features/`. pandas/numpy are not needed on the hot path: DuckDB streams the Parquet files, keeps
-only integer-indexed working tables in memory and spills to disk past `config.memory_limit`.
+features.split over the validated Parquet files on an engine (features.engines: DuckDB by default,
+or Spark) and writes Parquet under `DIR/features/`. pandas/numpy are not needed on the hot path:
+DuckDB streams the Parquet files, keeps only integer-indexed working tables in memory and spills to
+disk past `config.memory_limit`; Spark keeps its working tables cached on the executors.
 
 The build writes into `features.partial/` and swaps it in at the end, so a failed build never leaves
 a half-written `features/` beside a summary that describes another build.
