@@ -24,7 +24,7 @@ RESULTS  := $(DATA)/results
 # PyTorch goes in first from the CPU build on this disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH    ?= torch==2.13.0
 
-.PHONY: help install data features train tune promote retrain serve demo test bench lint clean \
+.PHONY: help install java data features train tune promote retrain serve demo test bench bench-scale lint clean \
 	notebooks mlflow-ui optuna-dashboard
 
 help: ## list the targets (the default goal)
@@ -98,7 +98,12 @@ demo: retrain ## install, generate the synthetic shop, build features, train, pr
 	@$(SHOPREC) demo-curls --port $(PORT) --data $(DATA) || true
 	$(SHOPREC) serve --data $(DATA) --port $(PORT)
 
-test: install ## install what the tests need and run them
+# Spark (`features build --engine spark` and its parity tests) needs Java 17: Debian's headless JRE.
+java: ## install Java 17 for Spark when `java` is missing (apt-get; Debian/Ubuntu as root)
+	@command -v java >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; } \
+	  || echo "Java 17 could not be installed: the Spark tests will skip, --engine spark will not run"
+
+test: install java ## install what the tests need and run them
 	$(BIN)/python -m pytest -q
 
 notebooks: install ## execute every notebook on a small synthetic shop; writes notebooks/NN_*.ipynb with outputs
@@ -119,6 +124,12 @@ optuna-dashboard: install ## optuna-dashboard for DATA's studies on http://127.0
 bench: install ## run the benchmarks; results as JSON under benchmarks/results/
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } || echo "wrk not installable: serving load test falls back to the Python load generator"
 	$(BIN)/python -m benchmarks.run
+
+# Where bench-scale writes its shops (tens of GB at 100M events); deleted by the benchmark's --clean.
+SCALE_DIR ?= /tmp/shoprec-scale
+
+bench-scale: install java ## the scale run: features at 10M-100M events (DuckDB; Spark at 10M), ALS at 1M customers -> benchmarks/results/scale.json
+	nice $(BIN)/python -m benchmarks.bench_scale --work $(SCALE_DIR)
 
 lint: install ## ruff
 	$(BIN)/ruff check .

@@ -2,9 +2,10 @@
 
 `build_features(ws, config)` validates the raw tables (features.validate: bad rows to quarantine), then
 `build_from_validated(ws, config)` runs the feature definitions of features.transforms and
-features.split as DuckDB SQL over the validated Parquet files and writes Parquet under
-`DIR/features/`. pandas/numpy are not needed on the hot path: DuckDB streams the Parquet files, keeps
-only integer-indexed working tables in memory and spills to disk past `config.memory_limit`.
+features.split over the validated Parquet files on an engine (features.engines: DuckDB by default,
+or Spark) and writes Parquet under `DIR/features/`. pandas/numpy are not needed on the hot path:
+DuckDB streams the Parquet files, keeps only integer-indexed working tables in memory and spills to
+disk past `config.memory_limit`; Spark keeps its working tables cached on the executors.
 
 The build writes into `features.partial/` and swaps it in at the end, so a failed build never leaves
 a half-written `features/` beside a summary that describes another build.
@@ -13,7 +14,6 @@ a half-written `features/` beside a summary that describes another build.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -21,25 +21,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from features.config import FeatureConfig
+from features.engines import Engine, open_engine
 from features.errors import BuildError
 from features.split import write_split
 from features.transforms import (
     DAY_S,
     baskets_sql,
     category_rebuy_sql,
-    copy_parquet,
     cycle_days,
     has_money_sql,
     interactions_sql,
     item_stats_sql,
     last_purchases_sql,
     pairs_sql,
-    parquet_source,
     profiles_sql,
     sequences_sql,
     sizes_sql,
@@ -62,8 +60,20 @@ _CATALOG_TYPES = {
 }
 
 
-def build_features(ws: Workspace, config: FeatureConfig, *, now: datetime | None = None) -> dict[str, Any]:
+def build_features(
+    ws: Workspace,
+    config: FeatureConfig,
+    *,
+    now: datetime | None = None,
+    engine: str = "duckdb",
+    master: str | None = None,
+    spark_conf: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Validate every raw table, build every feature table, write and return the summary.
+
+    `engine` is "duckdb" (embedded, the default) or "spark" (`master`: a Spark master URL, default
+    $SPARK_MASTER or local[2]; `spark_conf`: extra Spark settings); both run the same definitions
+    and write the same tables (features.engines).
 
     Returns {"events": {"input_rows", "accepted", "quarantined"}, <other tables>: {...},
     "changes_folded": {table: change-log position folded in}, "features": {counts...,
@@ -81,9 +91,15 @@ def build_features(ws: Workspace, config: FeatureConfig, *, now: datetime | None
     # The change log's ends now: rows appended while the build runs are left to the next build
     # (and to the service, which replays the log from these positions).
     folded = positions(ws)
-    counts = validate_workspace(ws, now=now or datetime.now(UTC), changes=folded)
-    validate_s = time.perf_counter() - start
-    features = build_from_validated(ws, config)
+    spill = ws.root / ".duckdb_spill"
+    try:
+        with open_engine(engine, config, spill_dir=spill, master=master, spark_conf=spark_conf) as eng:
+            counts = validate_workspace(ws, now=now or datetime.now(UTC), changes=folded, engine=eng)
+            validate_s = time.perf_counter() - start
+            features = build_from_validated(ws, config, engine=eng)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    features["engine"] = engine
     features["timings"] = {"validate": round(validate_s, 3), **features["timings"]}
     features["timings"]["total"] = round(time.perf_counter() - start, 3)
     summary = {**counts, "changes_folded": folded, "features": features}
@@ -91,24 +107,20 @@ def build_features(ws: Workspace, config: FeatureConfig, *, now: datetime | None
     return summary
 
 
-def _duckdb(config: FeatureConfig, spill_dir: Path) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(":memory:")
-    threads = config.threads or os.cpu_count() or 1
-    con.execute(f"SET threads = {int(threads)}")
-    con.execute(f"SET memory_limit = {sql_str(config.memory_limit)}")
-    con.execute(f"SET temp_directory = {sql_str(str(spill_dir))}")
-    # Outputs are explicitly ORDERed where order matters; everywhere else DuckDB may stream freely.
-    con.execute("SET preserve_insertion_order = false")
-    return con
-
-
-def _columns(con: duckdb.DuckDBPyConnection, path: Path) -> set[str]:
-    return {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {parquet_source(path)}").fetchall()}
-
-
-def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]:
+def build_from_validated(
+    ws: Workspace, config: FeatureConfig, *, engine: Engine | None = None
+) -> dict[str, Any]:
     """Build every feature table from DIR/validated/*.parquet (events required; catalog and customers
-    optional) into DIR/features/. Returns the "features" part of the summary: counts and timings."""
+    optional) into DIR/features/ on `engine` (default: an embedded DuckDB engine of its own).
+    Returns the "features" part of the summary: counts and timings."""
+    if engine is None:
+        spill = ws.root / ".duckdb_spill"
+        try:
+            with open_engine("duckdb", config, spill_dir=spill) as own:
+                return build_from_validated(ws, config, engine=own)
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
+    eng = engine
     events_path = ws.validated("events")
     if not events_path.exists():
         raise BuildError(f"{events_path} not found: validation must run before the feature build")
@@ -118,16 +130,14 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
     out = ws.root / "features.partial"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    spill = ws.root / ".duckdb_spill"
-    con = _duckdb(config, spill)
     timings: dict[str, float] = {}
     info: dict[str, Any] = {}
 
     def copy(sql: str, name: str) -> int:
-        return copy_parquet(con, sql, out / f"{name}.parquet")
+        return eng.write(sql, out / f"{name}.parquet")
 
     def load() -> None:
-        info.update(_load(con, config, events_path, catalog_path, customers_path))
+        info.update(_load(eng, config, events_path, catalog_path, customers_path))
 
     def ids() -> None:
         cols = ["item_idx", "item_id"] + (info["catalog_columns"] if catalog_path else [])
@@ -139,7 +149,7 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
         window = max(DAY_S, int(config.trend_window_share * (info["ref_ts"] - info["min_ts"])))
         info["trend_window_days"] = round(window / DAY_S, 3)
         pairs = pairs_sql("ev", ref_ts=info["ref_ts"], half_life_days=config.half_life_days, window_s=window)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE pairs_all AS {pairs}")
+        eng.table("pairs_all", pairs)
         info["nnz"] = copy(interactions_sql("pairs_all"), "interactions")
         meta = {
             "shape": [info["users"], info["items"]],
@@ -154,19 +164,19 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
 
     def sequences() -> None:
         # Kept as a table: each split's training sequences are cut from it.
-        con.execute(f"CREATE OR REPLACE TEMP TABLE seq_all AS {sequences_sql('ev')}")
+        eng.table("seq_all", sequences_sql("ev"))
         info["sequences"] = copy("SELECT * FROM seq_all ORDER BY user_idx", "sequences")
 
     def baskets() -> None:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE baskets AS {baskets_sql()}")
+        eng.table("baskets", baskets_sql())
         info["baskets"] = copy("SELECT * FROM baskets", "baskets")
 
     def profiles() -> None:
-        gap = con.execute(typical_gap_sql()).fetchone()[0]
+        gap = eng.scalar(typical_gap_sql())
         # The purchase cycle scales the lifecycle rules (features.transforms.cycle_days).
         cycle = cycle_days(gap, info["min_ts"], info["ref_ts"])
         info["cycle_days"] = round(cycle, 3)
-        has_money = bool(con.execute(has_money_sql()).fetchone()[0])
+        has_money = bool(eng.scalar(has_money_sql()))
         sql = profiles_sql(
             ref_ts=info["ref_ts"],
             cycle_days=cycle,
@@ -176,9 +186,9 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
             has_customers=customers_path is not None,
         )
         info["profiles"] = copy(sql, "profiles")
-        rows = con.execute(
-            f"SELECT segment, count(*) FROM {parquet_source(out / 'profiles.parquet')} GROUP BY segment ORDER BY segment"
-        ).fetchall()
+        eng.source("profiles_out", out / "profiles.parquet")
+        rows = eng.rows("SELECT segment, count(*) FROM profiles_out GROUP BY segment ORDER BY segment")
+        eng.drop("profiles_out")
         info["segments"] = {s: int(n) for s, n in rows}
 
     def sizes() -> None:
@@ -189,23 +199,23 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
 
     def item_stats() -> None:
         copy(item_stats_sql(pairs="pairs_all"), "item_stats")
-        con.execute("DROP TABLE pairs_all")
+        eng.drop("pairs_all")
 
     def category_rebuy() -> None:
         sql = category_rebuy_sql(
             min_rate=config.rebuy_min_rate, min_repeat_buyers=config.rebuy_min_repeat_buyers
         )
         info["categories"] = copy(sql, "category_rebuy")
+        eng.source("category_rebuy_out", out / "category_rebuy.parquet")
         info["rebuyable_categories"] = int(
-            con.execute(
-                f"SELECT count(*) FROM {parquet_source(out / 'category_rebuy.parquet')} WHERE rebuyable"
-            ).fetchone()[0]
+            eng.scalar("SELECT count(*) FROM category_rebuy_out WHERE rebuyable")
         )
+        eng.drop("category_rebuy_out")
 
     def split(name: str) -> Callable[[], None]:
         def run() -> None:
             meta = write_split(
-                con,
+                eng,
                 name,
                 out / "splits" / name,
                 config,
@@ -248,9 +258,6 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
     except BaseException:  # a failed build leaves no half-written tables behind (features/ is untouched)
         shutil.rmtree(out, ignore_errors=True)
         raise
-    finally:
-        con.close()
-        shutil.rmtree(spill, ignore_errors=True)
 
     # Swap the finished build in; the old features/ goes only once the new one is complete.
     final = ws.features_dir
@@ -288,7 +295,7 @@ def build_from_validated(ws: Workspace, config: FeatureConfig) -> dict[str, Any]
 
 
 def _load(
-    con: duckdb.DuckDBPyConnection,
+    eng: Engine,
     config: FeatureConfig,
     events_path: Path,
     catalog_path: Path | None,
@@ -296,7 +303,8 @@ def _load(
 ) -> dict[str, Any]:
     """Create the working tables `users`, `items`, `ev`, `tgt` (and `customers`) described in
     features.transforms. Returns the facts later steps need (reference time, target types, counts)."""
-    cols = _columns(con, events_path)
+    eng.source("raw_events", events_path, row_number=True)
+    cols = set(eng.columns("raw_events"))
     missing = {"user_id", "item_id", "event_type", "timestamp"} - cols
     if missing:
         raise BuildError(f"{events_path} lacks column(s) {', '.join(sorted(missing))}")
@@ -304,56 +312,56 @@ def _load(
     def opt(name: str, sql_type: str) -> str:
         return f"e.{name}" if name in cols else f"CAST(NULL AS {sql_type})"
 
-    ev_src = f"read_parquet({sql_str(str(events_path))}, file_row_number = true)"
     facts: dict[str, Any] = {}
 
-    con.execute(f"""
-        CREATE TEMP TABLE users AS
-        SELECT CAST(row_number() OVER (ORDER BY user_id) - 1 AS INTEGER) AS user_idx, user_id
-        FROM (SELECT DISTINCT user_id FROM {parquet_source(events_path)})""")
+    eng.table(
+        "users",
+        """SELECT CAST(row_number() OVER (ORDER BY user_id) - 1 AS INTEGER) AS user_idx, user_id
+           FROM (SELECT DISTINCT user_id FROM raw_events) d""",
+    )
     if catalog_path is not None:
-        cat_cols = _columns(con, catalog_path)
+        eng.source("raw_catalog", catalog_path)
+        cat_cols = set(eng.columns("raw_catalog"))
         facts["catalog_columns"] = [c for c in CATALOG_COLUMNS if c in cat_cols]
         cat_select = ", ".join(
             f"c.{c}" if c in cat_cols else f"CAST(NULL AS {t}) AS {c}" for c, t in _CATALOG_TYPES.items()
         )
-        ids_sql = f"SELECT item_id FROM {parquet_source(events_path)} UNION SELECT item_id FROM {parquet_source(catalog_path)}"
-        cat_join = f"LEFT JOIN {parquet_source(catalog_path)} c USING (item_id)"
+        ids_sql = "SELECT item_id FROM raw_events UNION SELECT item_id FROM raw_catalog"
+        cat_join = "LEFT JOIN raw_catalog c USING (item_id)"
     else:
         facts["catalog_columns"] = []
         cat_select = ", ".join(f"CAST(NULL AS {t}) AS {c}" for c, t in _CATALOG_TYPES.items())
-        ids_sql = f"SELECT DISTINCT item_id FROM {parquet_source(events_path)}"
+        ids_sql = "SELECT DISTINCT item_id FROM raw_events"
         cat_join = ""
-    con.execute(f"""
-        CREATE TEMP TABLE items AS
-        SELECT CAST(row_number() OVER (ORDER BY ids.item_id) - 1 AS INTEGER) AS item_idx, ids.item_id, {cat_select}
-        FROM ({ids_sql}) ids {cat_join}""")
+    eng.table(
+        "items",
+        f"""SELECT CAST(row_number() OVER (ORDER BY ids.item_id) - 1 AS INTEGER) AS item_idx, ids.item_id, {cat_select}
+            FROM ({ids_sql}) ids {cat_join}""",
+    )
     if customers_path is not None:
-        cust_cols = _columns(con, customers_path)
+        eng.source("raw_customers", customers_path)
+        cust_cols = set(eng.columns("raw_customers"))
         consent = (
             "consent_personalisation" if "consent_personalisation" in cust_cols else "CAST(NULL AS BOOLEAN)"
         )
-        con.execute(f"""
-            CREATE TEMP TABLE customers AS
-            SELECT user_id, {consent} AS consent_personalisation FROM {parquet_source(customers_path)}""")
+        eng.table("customers", f"SELECT user_id, {consent} AS consent_personalisation FROM raw_customers")
 
     weights = config.weight_map
-    con.execute(f"""
-        CREATE TEMP TABLE ev AS
-        SELECT u.user_idx, i.item_idx,
-               CAST(epoch_us(e.timestamp) // 1000000 AS BIGINT) AS ts,
-               CAST({weight_case(weights, "e.event_type")} AS DOUBLE) AS w,
-               e.file_row_number AS rn
-        FROM {ev_src} e JOIN users u USING (user_id) JOIN items i USING (item_id)""")
-    n_events, min_ts, max_ts = con.execute("SELECT count(*), min(ts), max(ts) FROM ev").fetchone()
+    n_events = eng.table(
+        "ev",
+        f"""SELECT u.user_idx, i.item_idx,
+                   CAST(epoch_us(e.timestamp) // 1000000 AS BIGINT) AS ts,
+                   CAST({weight_case(weights, "e.event_type")} AS DOUBLE) AS w,
+                   e.file_row_number AS rn
+            FROM raw_events e JOIN users u USING (user_id) JOIN items i USING (item_id)""",
+    )
     if not n_events:
         raise BuildError(f"{events_path} holds no accepted events: nothing to build features from")
+    min_ts, max_ts = eng.one("SELECT min(ts), max(ts) FROM ev")
 
     # Target events: purchases when the shop has any, else every positive-weight type (MovieLens
     # ratings are all one type).
-    present = [
-        r[0] for r in con.execute(f"SELECT DISTINCT event_type FROM {parquet_source(events_path)}").fetchall()
-    ]
+    present = [r[0] for r in eng.rows("SELECT DISTINCT event_type FROM raw_events")]
     targets = ["purchase"] if "purchase" in present else sorted(t for t in present if weights.get(t, 0.0) > 0)
     if not targets:
         raise BuildError(
@@ -366,20 +374,20 @@ def _load(
         f"WHEN {opt('session_id', 'VARCHAR')} <> '' THEN 's:' || {opt('session_id', 'VARCHAR')} "
         f"ELSE 'd:' || CAST(epoch_us(e.timestamp) // {DAY_S * 1_000_000} AS VARCHAR) END"
     )
-    con.execute(f"""
-        CREATE TEMP TABLE tgt AS
-        SELECT u.user_idx, i.item_idx,
-               CAST(epoch_us(e.timestamp) // 1000000 AS BIGINT) AS ts,
-               CAST(coalesce({opt("quantity", "BIGINT")}, 1) AS BIGINT) AS quantity,
-               CAST({opt("price", "DOUBLE")} AS DOUBLE) AS price,
-               CAST({opt("size", "VARCHAR")} AS VARCHAR) AS size,
-               {bkey} AS bkey
-        FROM {parquet_source(events_path)} e JOIN users u USING (user_id) JOIN items i USING (item_id)
-        WHERE e.event_type IN ({", ".join(sql_str(t) for t in targets)})""")
-    n_target = int(con.execute("SELECT count(*) FROM tgt").fetchone()[0])
+    n_target = eng.table(
+        "tgt",
+        f"""SELECT u.user_idx, i.item_idx,
+                   CAST(epoch_us(e.timestamp) // 1000000 AS BIGINT) AS ts,
+                   CAST(coalesce({opt("quantity", "BIGINT")}, 1) AS BIGINT) AS quantity,
+                   CAST({opt("price", "DOUBLE")} AS DOUBLE) AS price,
+                   CAST({opt("size", "VARCHAR")} AS VARCHAR) AS size,
+                   {bkey} AS bkey
+            FROM raw_events e JOIN users u USING (user_id) JOIN items i USING (item_id)
+            WHERE e.event_type IN ({", ".join(sql_str(t) for t in targets)})""",
+    )
     facts.update(
         events=int(n_events),
-        target_events=n_target,
+        target_events=int(n_target),
         target_event_types=targets,
         min_ts=int(min_ts),
         ref_ts=int(max_ts),

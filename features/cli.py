@@ -68,6 +68,25 @@ def build_cmd(
         str | None,
         typer.Option(help="Cut-off date (YYYY-MM-DD) for the `time` split; default: last 10% of time."),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="Where the feature definitions run: duckdb (embedded) or spark (needs Java 17). "
+            "Both run the same definitions and write the same tables."
+        ),
+    ] = "duckdb",
+    master: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SPARK_MASTER",
+            help="Spark master URL for --engine spark (e.g. spark://host:7077); default local[2]. "
+            "The workspace must be on a filesystem every executor sees at the same path.",
+        ),
+    ] = None,
+    spark_conf: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra Spark setting KEY=VALUE for --engine spark, repeatable."),
+    ] = None,
 ) -> None:
     """Validate every table (bad rows to quarantine, with a reason), then build the interaction
     matrix, splits, sequences, baskets, profiles, segments and item statistics.
@@ -77,12 +96,30 @@ def build_cmd(
     """
     from features.build import BuildError, FeatureConfig, build_features
     from features.console import build_table, quiet_exit, show
+    from features.engines import ENGINES
     from features.workspace import Workspace
 
+    if engine not in ENGINES:
+        typer.echo(f"error: --engine must be one of {', '.join(ENGINES)}, got {engine!r}", err=True)
+        raise typer.Exit(2)
+    conf: dict[str, str] = {}
+    for item in spark_conf or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            typer.echo(f"error: --spark-conf must look like KEY=VALUE, got {item!r}", err=True)
+            raise typer.Exit(2)
+        conf[key.strip()] = value.strip()
+    if engine == "spark":
+        from features.engines.spark import spark_missing
+
+        why = spark_missing()
+        if why:
+            typer.echo(f"error: --engine spark: {why}", err=True)
+            raise typer.Exit(2)
     quiet_exit()
     try:
         config = FeatureConfig.from_cli(half_life_days=half_life_days, weights=weight or [], cutoff=cutoff)
-        summary = build_features(Workspace.at(data), config)
+        summary = build_features(Workspace.at(data), config, engine=engine, master=master, spark_conf=conf)
     except BuildError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

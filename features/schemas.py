@@ -16,11 +16,13 @@ Two views of the same contract live here:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
-import pandera.pandas as pa_schema
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    import pandera.pandas as pa_schema
 
 # Which rule validates and converts a column (see features.validate._column_sql).
 Kind = Literal[
@@ -160,6 +162,10 @@ _NOT_NULL = {"id", "event_type", "timestamp", "quantity", "stock_quantity", "siz
 
 
 def _pandera_column(c: ColumnSpec) -> pa_schema.Column:
+    # pandera is imported only here: with pyspark installed, importing pandera also imports
+    # pyspark.pandas (which patches pandas and warns about pandas 3) into every process.
+    import pandera.pandas as pa_schema
+
     nullable = c.kind not in _NOT_NULL
     checks: list[pa_schema.Check] = []
     if c.kind in ("timestamp", "timestamp_nullable"):
@@ -201,6 +207,8 @@ def pandera_schema(table: str) -> pa_schema.DataFrameSchema:
     """The contract of a validated table as a pandas frame (`pd.read_parquet(ws.validated(table))`):
     canonical columns in order, no others, dtypes and value ranges of docs/workspace.md, and unique
     keys for catalog/customers/stock."""
+    import pandera.pandas as pa_schema
+
     spec = TABLE_SPECS[table]
     return pa_schema.DataFrameSchema(
         {c.name: _pandera_column(c) for c in spec.columns},

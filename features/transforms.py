@@ -1,8 +1,13 @@
 """The feature definitions, as SQL over tables.
 
-Each function returns one SELECT over the build's working tables, so the same definitions can move to
-another SQL engine (Spark SQL, Trino) when one machine is not enough. The working tables, created by
-`features.build` with DuckDB from the validated Parquet files, are:
+Each function returns one SELECT over the build's working tables, in DuckDB's SQL dialect: DuckDB
+runs it as written, Spark runs its translation (features.engines: `shoprec features build --engine
+spark`). To add a feature table, add a function here and call it from features.build (or
+features.split for a per-split table) through the engine (`eng.write(sql, out / "name.parquet")`):
+it then runs on both engines, and the parity test compares it. Use SQL that translates faithfully:
+`list(x ORDER BY ...)` ascending, `array_length`, `md5` rather than `hash`; the translation refuses
+what it cannot translate faithfully (features.engines.dialect). The working tables, created by
+`features.build` from the validated Parquet files, are:
 
 - `users(user_idx INT, user_id)` and `items(item_idx INT, item_id, category, gender, price, ...)`;
 - `ev(user_idx, item_idx, ts BIGINT epoch s, w DOUBLE event weight, rn BIGINT input row)`: every
@@ -285,8 +290,10 @@ def sizes_sql() -> str:
             WHERE t.size IS NOT NULL AND t.size <> ''
             GROUP BY t.user_idx, i.category, t.size
         )
-        SELECT user_idx, garment, size, n FROM c
-        QUALIFY row_number() OVER (PARTITION BY user_idx, garment ORDER BY n DESC, last DESC, size) = 1
+        SELECT user_idx, garment, size, n FROM (
+            SELECT *, row_number() OVER (PARTITION BY user_idx, garment ORDER BY n DESC, last DESC, size) AS k
+            FROM c
+        ) ranked WHERE k = 1
         ORDER BY user_idx, garment"""
 
 
@@ -313,7 +320,7 @@ def item_stats_sql(*, pairs: str, targets: str = "tgt") -> str:
     """
     return f"""
         WITH e AS (
-            SELECT item_idx, count(*) AS n_users, sum(n_events) AS n_events,
+            SELECT item_idx, count(*) AS n_users, CAST(sum(n_events) AS BIGINT) AS n_events,
                    sum(positive) AS popularity, sum(recent) AS recent, sum(earlier) AS earlier
             FROM {pairs} GROUP BY item_idx
         ), p AS (

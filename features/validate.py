@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from features import changelog
+from features.engines import Engine
 from features.errors import BuildError
 from features.fold import upsert
 from features.schemas import GENDERS, TABLE_SPECS, ColumnSpec, arrow_schema
@@ -268,10 +269,13 @@ def _check_missing(spec_name: str, names: list[str], where: str) -> None:
         )
 
 
-def _checker_sql(table: str, schema: pa.Schema, now: datetime, *, unique: bool = True) -> str:
+def _checker_sql(
+    table: str, schema: pa.Schema, now: datetime, *, unique: bool = True, strings: bool = False
+) -> str:
     """One SELECT over `body` (the raw columns + `__row`) giving `__row`, `__reason` (NULL = good)
     and the canonical columns, for a raw table with `schema`. `unique=False` lets keys repeat
-    (change-log rows: several updates of one item are normal)."""
+    (change-log rows: several updates of one item are normal). The text-valued canonical columns
+    are selected only with `strings` (the engine path); the Arrow path computes them in Arrow."""
     spec = TABLE_SPECS[table]
     now = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
     now_sql = f"TIMESTAMPTZ {_lit(now.isoformat())}"
@@ -279,7 +283,7 @@ def _checker_sql(table: str, schema: pa.Schema, now: datetime, *, unique: bool =
     for col in spec.columns:
         raw_type = schema.field(col.name).type if col.name in schema.names else None
         value, why = _column_sql(col, raw_type, now_sql, now.year)
-        if col.kind not in _STRING_KINDS:
+        if strings or col.kind not in _STRING_KINDS:
             selects.append(f", {value} AS {_q(col.name)}")
         reasons.extend(why)
     reason = f"NULLIF(concat_ws('; ', {', '.join(reasons)}), '')" if reasons else "NULL::VARCHAR"
@@ -295,10 +299,12 @@ def _checker_sql(table: str, schema: pa.Schema, now: datetime, *, unique: bool =
         inner = f"SELECT __row, {reason} AS __reason{''.join(selects)} FROM body"
         label = spec.unique[0] if len(spec.unique) == 1 else f"({', '.join(spec.unique)})"
         key_names = ", ".join(f"__k{i}" for i in range(len(keys)))
+        names = ", ".join(_q(c.name) for c in spec.columns if strings or c.kind not in _STRING_KINDS)
         sql = (
-            f"SELECT * EXCLUDE ({key_names}) REPLACE (CASE WHEN __reason IS NULL AND "
+            f"SELECT __row, CASE WHEN __reason IS NULL AND "
             f"row_number() OVER (PARTITION BY __reason IS NULL, {key_names} ORDER BY __row) > 1 "
-            f"THEN {_lit('duplicate ' + label)} ELSE __reason END AS __reason) FROM ({inner}) ORDER BY __row"
+            f"THEN {_lit('duplicate ' + label)} ELSE __reason END AS __reason"
+            f"{', ' + names if names else ''} FROM ({inner}) checked ORDER BY __row"
         )
     else:
         sql = f"SELECT __row, {reason} AS __reason{''.join(selects)} FROM body"
@@ -529,7 +535,11 @@ def _with_malformed(bad: pa.Table, malformed: list[MalformedLine], names: list[s
 
 
 def validate_workspace(
-    ws: Workspace, *, now: datetime | None = None, changes: Mapping[str, int] | None = None
+    ws: Workspace,
+    *,
+    now: datetime | None = None,
+    changes: Mapping[str, int] | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Validate every raw table present in `ws` (only `events` is required) and fold in the change
     log (features.changelog) up to the positions `changes` (default: each log's current end).
@@ -546,6 +556,10 @@ def validate_workspace(
     tables present; a table with change-log rows adds "sources" (the same three counts for the raw
     file and for the log) and, when upserted, "rows" (the validated table's rows). Raises BuildError
     when there are no events (raw or logged), a file cannot be read, or a required column is missing.
+
+    With a Spark `engine`, raw Parquet tables are checked by the same rules on Spark
+    (features.validate_engine); CSV tables, events with change-log rows to append, and every table
+    on DuckDB stream through Arrow blocks here, which is also what numbers a CSV's malformed lines.
     """
     now = now or datetime.now(UTC)
     until = dict(changes) if changes is not None else changelog.positions(ws)
@@ -563,7 +577,7 @@ def validate_workspace(
             for stale in (ws.validated(table), ws.quarantine(table)):
                 stale.unlink(missing_ok=True)
             continue
-        counts = _validate_with_log(ws, table, path, logged, now)
+        counts = _validate_with_log(ws, table, path, logged, now, engine)
         if log_counts is not None:
             sources = {**({path.name: counts} if path is not None else {}), _log_name(table): log_counts}
             counts = {
@@ -590,7 +604,12 @@ def _log_name(table: str) -> str:
 
 
 def _validate_with_log(
-    ws: Workspace, table: str, path: Path | None, logged: pa.Table | None, now: datetime
+    ws: Workspace,
+    table: str,
+    path: Path | None,
+    logged: pa.Table | None,
+    now: datetime,
+    engine: Engine | None,
 ) -> dict[str, int]:
     """Validate the raw file (when present) into `ws.validated(table)` and fold `logged` (the log's
     accepted rows) in: appended for events, upserted by key for the others. Returns the raw
@@ -600,15 +619,26 @@ def _validate_with_log(
         ws.quarantine(table).unlink(missing_ok=True)  # the raw file's quarantine: there is none
     if TABLE_SPECS[table].unique:
         if path is not None:
-            counts = validate_file(path, table, ws.validated(table), ws.quarantine(table), now=now)
+            counts = _validate_raw(ws, table, path, now, engine)
         if logged is not None:
             base = pq.read_table(ws.validated(table)) if path is not None else None
             _write_parquet(with_defaults(table, upsert(base, logged, table)), ws.validated(table))
     elif path is not None:
-        counts = validate_file(path, table, ws.validated(table), ws.quarantine(table), now=now, extra=logged)
+        counts = _validate_raw(ws, table, path, now, engine, extra=logged)
     elif logged is not None:  # events from the log alone
         _write_parquet(logged, ws.validated(table))
     return counts
+
+
+def _validate_raw(
+    ws: Workspace, table: str, path: Path, now: datetime, engine: Engine | None, extra: pa.Table | None = None
+) -> dict[str, int]:
+    """The raw file's validation: on Spark for a Parquet file (nothing to append), else here."""
+    if engine is not None and engine.name != "duckdb" and path.suffix == ".parquet" and extra is None:
+        from features.validate_engine import validate_on_engine
+
+        return validate_on_engine(engine, path, table, ws.validated(table), ws.quarantine(table), now=now)
+    return validate_file(path, table, ws.validated(table), ws.quarantine(table), now=now, extra=extra)
 
 
 def _validate_changes(

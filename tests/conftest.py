@@ -4,6 +4,7 @@ those several modules share live here."""
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,31 @@ def als_shop(tmp_path_factory: pytest.TempPathFactory) -> Shop:
     als = get_model_class("als")
     model = als(als.Config.from_dict({"num_threads": 1, "factors": 16, "iterations": 8})).fit(data)
     return Shop(ws, write_bundle(model, ws, tmp / "bundle", data=data))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local SparkSession (local[2], two shuffle partitions) for every Spark test of the pytest
+    session. Skips when Java is missing: `make test` installs it (Makefile target `java`)."""
+    if shutil.which("java") is None:
+        pytest.skip("Java 17 is not installed (`make test` installs openjdk-17-jre-headless with apt-get)")
+    pyspark_sql = pytest.importorskip("pyspark.sql", reason="pyspark is not installed (make install)")
+    from features.engines.spark import DEFAULT_CONF
+
+    builder = pyspark_sql.SparkSession.builder.master("local[2]")
+    # Test data is tiny: what costs is per-query overhead, so no code generation (Janino compiles
+    # per query), no adaptive re-planning, and a JVM that does not spend the CPU on its top JIT tier.
+    for key, value in {
+        **DEFAULT_CONF,
+        "spark.sql.shuffle.partitions": "2",
+        "spark.driver.memory": "1g",
+        "spark.sql.codegen.wholeStage": "false",
+        "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+        "spark.sql.adaptive.enabled": "false",
+        "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+    }.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from features.workspace import Workspace
@@ -61,6 +62,57 @@ def coo_to_csr(frame: pd.DataFrame, n_users: int, n_items: int) -> sp.csr_matrix
     M.sum_duplicates()
     M.sort_indices()
     return M
+
+
+def read_matrix(path: Path, n_users: int, n_items: int) -> sp.csr_matrix:
+    """A COO Parquet file (user_idx, item_idx, value) -> CSR, read column by column with Arrow (no
+    pandas frame of the whole matrix: at 1M customers it holds tens of millions of pairs)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `shoprec features build --data DIR` first")
+    t = pq.read_table(path, columns=["user_idx", "item_idx", "value"])
+    if t.num_rows == 0:
+        return sp.csr_matrix((n_users, n_items), dtype=np.float32)
+    M = sp.csr_matrix(
+        (
+            t["value"].to_numpy().astype(np.float32, copy=False),
+            (t["user_idx"].to_numpy().astype(np.int64), t["item_idx"].to_numpy().astype(np.int64)),
+        ),
+        shape=(n_users, n_items),
+        dtype=np.float32,
+    )
+    del t
+    M.sum_duplicates()
+    M.sort_indices()
+    return M
+
+
+def read_sequences(path: Path, n_users: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """sequences.parquet -> (items, ts) lists indexed by user_idx, as views into two flat numpy
+    arrays (Arrow's list offsets), never a pandas frame of every event (a feature build's
+    sequences hold every positive event). Absent users get empty arrays."""
+    empty_i, empty_t = np.empty(0, np.int64), np.empty(0, np.int64)
+    items: list[np.ndarray] = [empty_i] * n_users
+    ts: list[np.ndarray] = [empty_t] * n_users
+    if not path.exists():
+        return items, ts
+    names = pq.read_schema(path).names
+    t = pq.read_table(path, columns=[c for c in ("user_idx", "item_idx", "ts") if c in names])
+    if t.num_rows == 0:
+        return items, ts
+    users = t["user_idx"].to_numpy()
+
+    def split(column: str) -> list[np.ndarray]:
+        lists = t[column].combine_chunks()
+        offsets = lists.offsets.to_numpy()
+        flat = lists.values.to_numpy().astype(np.int64)
+        return np.split(flat, offsets[1:-1] - offsets[0]) if len(offsets) > 2 else [flat]
+
+    for u, seq in zip(users, split("item_idx"), strict=True):
+        items[int(u)] = seq
+    if "ts" in t.column_names:
+        for u, seq in zip(users, split("ts"), strict=True):
+            ts[int(u)] = seq
+    return items, ts
 
 
 def sequences_by_user(frame: pd.DataFrame, n_users: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -130,8 +182,8 @@ def load_train_data(ws: Workspace, split: str | None = None) -> TrainData:
     users = _users_frame(ws)
     items = _read(ws.feature("items")).sort_values("item_idx").reset_index(drop=True)
     n_users, n_items = len(users), len(items)
-    X = coo_to_csr(_read(ws.feature("interactions")), n_users, n_items)
-    seqs, _ = sequences_by_user(_read(ws.feature("sequences"), required=False), n_users)
+    X = read_matrix(ws.feature("interactions"), n_users, n_items)
+    seqs, _ = read_sequences(ws.feature("sequences"), n_users)
     return TrainData(
         user_items=X,
         users=users,
@@ -152,8 +204,8 @@ def load_split(ws: Workspace, split: str) -> Split:
     users = _split_users_frame(ws, d)
     items = _read(ws.feature("items")).sort_values("item_idx").reset_index(drop=True)
     n_users, n_items = len(users), len(items)
-    X = coo_to_csr(_read(d / "train.parquet"), n_users, n_items)
-    seqs, ts = sequences_by_user(_read(d / "train_sequences.parquet", required=False), n_users)
+    X = read_matrix(d / "train.parquet", n_users, n_items)
+    seqs, ts = read_sequences(d / "train_sequences.parquet", n_users)
     valid, test = _read(d / "valid.parquet"), _read(d / "test.parquet")
     meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
     baskets = _read(ws.feature("baskets"), required=False)

@@ -1,0 +1,256 @@
+"""Benchmark: how far one machine goes. `make bench-scale` (not part of `make test` or `make bench`).
+
+Stages, each a real `shoprec` command in its own process, timed from outside with the peak RSS of its
+whole process tree (the Spark JVM included) sampled every 0.2 s:
+
+1. `data generate` of the synthetic shop at about 10M, 30M, 60M and 100M events (100k items; the
+   60M shop is the 1M-customer shop), streamed to Parquet chunk by chunk;
+2. `features build --engine duckdb` at each size (the issue's target: 100M events in <= 10 min and
+   <= 12 GB peak on the 2-core machine), and `--engine spark` (local[2]) on the same 10M shop in the
+   same run;
+3. `train --model als` on the 1M-customer shop (fit on the loo split, evaluation, refit on all data,
+   bundle, MLflow).
+
+Shops are generated under --work (default /tmp/shoprec-scale) and deleted as soon as they are no
+longer needed (disk is shared). Results: benchmarks/results/scale.json, written after every stage,
+so a run stopped part-way keeps what it measured (`--quick`: scale_quick.json). A stage that fails or passes --stage-timeout is
+recorded with its error, and the run goes on: what breaks first is part of the answer.
+
+    python -m benchmarks.bench_scale                 # everything (an hour or more on 2 cores)
+    python -m benchmarks.bench_scale --quick         # 200k/400k events, Spark and ALS: minutes
+    python -m benchmarks.bench_scale --sizes 10 30   # some sizes (millions of events)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).parent / "results" / "scale.json"
+SHOPREC = str(Path(sys.executable).with_name("shoprec"))
+EVENTS_PER_CUSTOMER = 60.0  # the default synthetic shop over 180 days (60M events at 1M customers)
+ITEMS = 100_000
+
+
+def run_stage(cmd: list[str], *, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `cmd`; seconds, CPU seconds and peak RSS (MB) of its process tree, exit status, the load
+    average around it, and its last JSON line. CPU seconds (user + system of the stage and every
+    process it started) say what the work costs whatever else loads the machine."""
+    load_before = os.getloadavg()[0]
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    peak = 0
+    cpu_seen: dict[int, float] = {}  # pid -> last CPU seconds seen (a JVM that is never reaped
+    done = threading.Event()  # by its parent does not show in RUSAGE_CHILDREN)
+
+    def sample() -> None:
+        nonlocal peak
+        p = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                tree = [p, *p.children(recursive=True)]
+                rss = 0
+                for c in tree:
+                    try:
+                        rss += c.memory_info().rss
+                        t = c.cpu_times()
+                        cpu_seen[c.pid] = t.user + t.system
+                    except psutil.Error:
+                        pass
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            done.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        status: Any = proc.returncode
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        out, err = proc.communicate()
+        status = "timeout"
+    done.set()
+    sampler.join()
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = max((cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime), sum(cpu_seen.values()))
+    result: dict[str, Any] = {
+        "seconds": round(time.perf_counter() - start, 1),
+        "cpu_s": round(cpu, 1),
+        "peak_rss_mb": round(peak / 2**20),
+        "status": status,
+        "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+    }
+    last = next((line for line in reversed(out.splitlines()) if line.startswith("{")), None)
+    if last:
+        result["output"] = json.loads(last)
+    if status != 0:
+        result["error"] = err[-2000:]
+    return result
+
+
+def _shop(
+    work: Path, n_events: float, customers: int | None = None, days: int = 180
+) -> tuple[Path, dict[str, Any]]:
+    customers = customers or max(1000, round(n_events / EVENTS_PER_CUSTOMER * 180 / days))
+    items = min(ITEMS, max(500, customers // 4))
+    path = work / f"shop_{customers}c_{days}d"
+    done = path / "generated.json"
+    if done.exists():  # the generator is deterministic for a seed: a shop left by a stopped run is reused
+        return path, {**json.loads(done.read_text()), "reused": True}
+    shutil.rmtree(path, ignore_errors=True)
+    gen = run_stage(
+        [
+            SHOPREC,
+            "data",
+            "generate",
+            "--out",
+            str(path),
+            "--customers",
+            str(customers),
+            "--items",
+            str(items),
+        ],
+        timeout=3600,
+    )
+    gen.update(customers=customers, items=items)
+    if gen["status"] == 0:
+        done.write_text(json.dumps(gen))
+    return path, gen
+
+
+def _build(path: Path, engine: str, timeout: float) -> dict[str, Any]:
+    shutil.rmtree(path / "features", ignore_errors=True)
+    r = run_stage([SHOPREC, "features", "build", "--data", str(path), "--engine", engine], timeout=timeout)
+    summary = r.pop("output", None)
+    if summary:
+        f = summary["features"]
+        r.update(
+            events=summary["events"]["input_rows"],
+            users=f["users"],
+            items=f["items"],
+            nnz=f["nnz"],
+            timings=f["timings"],
+        )
+        r["events_per_s"] = round(r["events"] / r["seconds"])
+    return r
+
+
+def _save(results: dict[str, Any]) -> None:
+    # A quick run never overwrites the figures of a full one.
+    path = Path(results["out"]) if results.get("out") else RESULTS
+    path = path.with_name("scale_quick.json") if results["quick"] else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+
+
+def main(
+    quick: bool = False,
+    sizes: list[float] | None = None,
+    work: Path = Path("/tmp/shoprec-scale"),
+    spark_at: float | None = None,
+    als_at: float | None = None,
+    stage_timeout: float = 1800,
+    customers: int | None = None,
+    days: int = 180,
+    out: Path | None = None,
+) -> dict[str, Any]:
+    sizes = sizes or ([0.2, 0.4] if quick else [10, 30, 60, 100])
+    spark_at = spark_at if spark_at is not None else sizes[0]
+    als_at = als_at if als_at is not None else (sizes[-1] if quick else 60)
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "benchmark": "scale",
+        "quick": quick,
+        "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
+        "load_average_start": os.getloadavg(),
+        "note": "wall seconds and peak RSS of each stage's process tree; the machine was shared",
+        "features": [],
+        "days": days,
+        "out": str(out) if out else None,
+    }
+    spark_shop: Path | None = None
+    als_shop: tuple[Path, int] | None = None
+    for millions in sizes:
+        path, gen = _shop(work, millions * 1e6, customers, days)
+        entry: dict[str, Any] = {"target_events_m": millions, "generate": gen}
+        results["features"].append(entry)
+        if gen["status"] == 0:
+            entry["duckdb"] = _build(path, "duckdb", stage_timeout)
+            entry["load_average"] = os.getloadavg()
+        _save(results)
+        if millions == spark_at and gen["status"] == 0:
+            spark_shop = path  # kept for the Spark build after the curve
+        elif millions == als_at and entry.get("duckdb", {}).get("status") == 0:
+            als_shop = (path, gen["customers"])  # kept for ALS at the end
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    if spark_shop is not None:
+        # Spark beside DuckDB on the same shop, back to back, so both see the same machine load.
+        entry = {"target_events_m": spark_at, "duckdb": _build(spark_shop, "duckdb", stage_timeout)}
+        entry["spark_local2"] = _build(spark_shop, "spark", stage_timeout)
+        entry["load_average"] = os.getloadavg()
+        d, sp = entry["duckdb"], entry["spark_local2"]
+        if d["status"] == 0 and sp["status"] == 0:
+            entry["spark_over_duckdb_seconds"] = round(sp["seconds"] / d["seconds"], 2)
+        results["spark_vs_duckdb"] = entry
+        _save(results)
+        shutil.rmtree(spark_shop, ignore_errors=True)
+    if als_shop is not None:
+        path, customers = als_shop
+        als = {"target_events_m": als_at, "customers": customers}
+        als.update(
+            run_stage(
+                [SHOPREC, "train", "--data", str(path), "--model", "als"],
+                timeout=stage_timeout * 2,
+                env={"MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}"},
+            )
+        )
+        out = als.pop("output", None) or {}
+        metrics = out.get("metrics", {})
+        als["metrics"] = {k: metrics[k] for k in ("ndcg@10", "recall@20", "n_users") if k in metrics}
+        results["als"] = als
+        _save(results)
+        shutil.rmtree(path, ignore_errors=True)
+    results["load_average_end"] = os.getloadavg()
+    _save(results)
+    return results
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sizes", type=float, nargs="*", help="shop sizes in millions of events")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/shoprec-scale"))
+    ap.add_argument("--spark-at", type=float, help="size (M events) that Spark local[2] also builds")
+    ap.add_argument("--als-at", type=float, help="size (M events) that ALS trains on")
+    ap.add_argument("--stage-timeout", type=float, default=1800)
+    ap.add_argument("--customers", type=int, help="customers of every shop (default: events / 60)")
+    ap.add_argument("--days", type=int, default=180, help="days of history of every shop")
+    ap.add_argument("--out", type=Path, help="results file (default benchmarks/results/scale.json)")
+    a = ap.parse_args()
+    r = main(a.quick, a.sizes, a.work, a.spark_at, a.als_at, a.stage_timeout, a.customers, a.days, a.out)
+    print(json.dumps(r, indent=2))
