@@ -19,7 +19,7 @@ PORT     ?= 3000
 # PyTorch goes in first from the CPU build on this disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH    ?= torch==2.13.0
 
-.PHONY: help install data features train tune promote retrain serve demo test bench lint clean
+.PHONY: help install data features train tune promote retrain serve demo test bench lint clean chromium
 
 help: ## list the targets (the default goal)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -66,11 +66,21 @@ retrain: features train promote ## features -> train every model -> promote (wha
 serve: install ## serve the champion on http://127.0.0.1:PORT (default 3000)
 	$(SHOPREC) serve --data $(DATA) --port $(PORT)
 
+# The demo's API key (write endpoints and the /ui pages): SHOPREC_API_KEY when set, else a new
+# random one per `make demo`, printed with the page's address.
 demo: retrain ## install, generate the synthetic shop, build features, train, promote and serve
-	@$(SHOPREC) demo-curls --port $(PORT) --data $(DATA) || true
-	$(SHOPREC) serve --data $(DATA) --port $(PORT)
+	@key="$${SHOPREC_API_KEY:-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(12))')}"; \
+	  $(SHOPREC) demo-curls --port $(PORT) --data $(DATA) --api-key "$$key" || true; \
+	  SHOPREC_API_KEY="$$key" $(SHOPREC) serve --data $(DATA) --port $(PORT)
 
-test: install ## install what the tests need and run them
+# The browser tests drive Debian's Chromium (Playwright cannot download a browser here). Installed
+# when missing and possible (root, apt); without it those tests skip and say why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || \
+	  echo "chromium not installable here: the browser tests (tests/test_ui.py) will skip"
+
+test: install chromium ## install what the tests need (Chromium for the page tests included) and run them
 	$(BIN)/python -m pytest -q
 
 bench: install ## run the benchmarks; results as JSON under benchmarks/results/
