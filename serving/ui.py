@@ -253,8 +253,8 @@ def make_app(service: Callable[[], Any]) -> Starlette:
     routes = [
         Route("/", guarded(index)),
         Route("/find", guarded(find)),
-        Route("/customers/{user_id}", guarded(customer)),
-        Route("/items/{item_id}", guarded(item)),
+        Route("/customers/{user_id:path}", guarded(customer)),
+        Route("/items/{item_id:path}", guarded(item)),
         Route("/models", guarded(registry)),
         Route("/ab", guarded(ab)),
         Route("/login", login, methods=["POST"]),

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pandas as pd
@@ -325,6 +326,11 @@ def test_ui_every_view_in_chromium_matches_the_json_api(
     assert "No customer" in tab.page.inner_text("#unknown")
     tab.open("/ui/items/no-such-item", status=404)
     assert "No item" in tab.page.inner_text("#unknown")
+    odd = "a/b <script>alert(1)</script>"  # a slash and markup in an id: shown as text, never run
+    tab.open("/ui/customers/" + quote(odd, safe=""), status=404)
+    assert odd in tab.page.inner_text("#unknown")
+    # Chromium reports the page's own 404 status in the console; nothing else may be there.
+    assert [e for e in tab.errors if "status of 404" not in e] == []
     tab.context.close()
 
     # The access log names the page, never the customer.
