@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import logging
 import math
 import time
@@ -275,24 +276,21 @@ def _log_path(path: str) -> str:
     return log_path(path)
 
 
-def _example_customers(state: Any, per_segment: int = 2) -> list[dict[str, Any]]:
-    """A few customers to click on: the first of each segment, and one without consent."""
+def _example_customers(state: Any, per_segment: int = 2, scan: int = 50_000) -> list[dict[str, Any]]:
+    """A few customers to click on: the first two of each segment with a history, and one without
+    consent, from the first `scan` customers (a shop may have millions; no sort, no copy)."""
     out: list[dict[str, Any]] = []
     seen: dict[str | None, int] = {}
-    no_consent = None
-    for uid in sorted(state.customers)[:50_000]:
-        c = state.customers[uid]
+    no_consent: dict[str, Any] | None = None
+    for uid, c in itertools.islice(state.customers.items(), scan):
         if c.row < 0:
             continue
         if not c.consent:
-            no_consent = no_consent or (uid, c)
-            continue
-        if seen.get(c.segment, 0) < per_segment:
+            no_consent = no_consent or {"user_id": uid, "segment": c.segment, "consent": False}
+        elif seen.get(c.segment, 0) < per_segment:
             seen[c.segment] = seen.get(c.segment, 0) + 1
             out.append({"user_id": uid, "segment": c.segment, "consent": True})
-    if no_consent is not None:
-        out.append({"user_id": no_consent[0], "segment": no_consent[1].segment, "consent": False})
-    return out
+    return out + ([no_consent] if no_consent is not None else [])
 
 
 def _top_items(state: Any, n: int = 8) -> list[dict[str, Any]]:
