@@ -238,8 +238,8 @@ def test_ui_without_a_configured_key_is_forbidden() -> None:
 
 
 def test_ui_every_view_in_chromium_matches_the_json_api(
-    server: dict, browser: object, screenshots: Path
-) -> None:
+    browser: object, server: dict, screenshots: Path
+) -> None:  # the browser first: without one the test skips before the shop is built
     url, root = server["url"], server["root"]
     user_id, refused = _customers(root)
     tab = Page(browser, url, screenshots)
