@@ -24,8 +24,8 @@ RESULTS  := $(DATA)/results
 # PyTorch goes in first from the CPU build on this disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH    ?= torch==2.13.0
 
-.PHONY: help install java data features train tune promote retrain serve demo test bench bench-scale lint clean \
-	notebooks mlflow-ui optuna-dashboard
+.PHONY: help install java chromium data features train tune promote retrain serve demo test bench bench-scale \
+	lint clean notebooks mlflow-ui optuna-dashboard
 
 help: ## list the targets (the default goal)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -94,16 +94,26 @@ retrain: features ## features -> train every model -> promote (what a scheduler 
 serve: install ## serve the champion on http://127.0.0.1:PORT (default 3000)
 	$(SHOPREC) serve --data $(DATA) --port $(PORT)
 
+# The demo's API key (write endpoints and the /ui pages): SHOPREC_API_KEY when set, else a new
+# random one per `make demo`, printed with the page's address.
 demo: retrain ## install, generate the synthetic shop, build features, train, promote and serve
-	@$(SHOPREC) demo-curls --port $(PORT) --data $(DATA) || true
-	$(SHOPREC) serve --data $(DATA) --port $(PORT)
+	@key="$${SHOPREC_API_KEY:-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(12))')}"; \
+	  $(SHOPREC) demo-curls --port $(PORT) --data $(DATA) --api-key "$$key" || true; \
+	  SHOPREC_API_KEY="$$key" $(SHOPREC) serve --data $(DATA) --port $(PORT)
 
 # Spark (`features build --engine spark` and its parity tests) needs Java 17: Debian's headless JRE.
 java: ## install Java 17 for Spark when `java` is missing (apt-get; Debian/Ubuntu as root)
 	@command -v java >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; } \
 	  || echo "Java 17 could not be installed: the Spark tests will skip, --engine spark will not run"
 
-test: install java ## install what the tests need and run them
+# The browser tests drive Debian's Chromium (Playwright cannot download a browser here). Installed
+# when missing and possible (root, apt); without it those tests skip and say why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || \
+	  echo "chromium not installable here: the browser tests (tests/test_ui.py) will skip"
+
+test: install java chromium ## install what the tests need (Java for Spark, Chromium for the pages) and run them
 	$(BIN)/python -m pytest -q
 
 notebooks: install ## execute every notebook on a small synthetic shop; writes notebooks/NN_*.ipynb with outputs

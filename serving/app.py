@@ -10,6 +10,8 @@ cannot say:
   message) before BentoML parses them, so a malformed body is never a 5xx;
 - `/readyz` keeps BentoML's status code but answers a JSON detail (model versions, online store
   state, last hot-swap error) instead of an empty line;
+- POSTs under `own_paths` (the inspection pages' key form, `/ui/`) go on untouched: that app checks
+  its own key and reads its own (small, bounded) form;
 - given `direct(path, body)`, a JSON POST it answers (bytes) is sent as is, without BentoML's
   dispatch; when it answers None the request goes on to BentoML (serving.service's read endpoints
   use this: the same models and methods, a shorter path).
@@ -89,8 +91,10 @@ class GuardMiddleware:
         max_body_bytes: int,
         write_paths: frozenset[str] = WRITE_PATHS,
         direct: Callable[[str, bytes], bytes | None] | None = None,
+        own_paths: tuple[str, ...] = (),
     ) -> None:
         self.app = app
+        self.own_paths = own_paths
         self.direct = direct
         self.api_key = api_key
         self.ready_detail = ready_detail
@@ -106,7 +110,7 @@ class GuardMiddleware:
         if path == "/readyz":
             await self._readyz(scope, receive, send)
             return
-        if method != "POST":
+        if method != "POST" or path.startswith(self.own_paths):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -191,9 +195,22 @@ class GuardMiddleware:
         await send_json(send, status if detail["ready"] or status != 200 else 503, detail)
 
 
+# Paths that carry a customer id (the inspection pages): logged with the id left out.
+_PERSONAL_PATHS: tuple[str, ...] = ("/ui/customers/",)
+
+
+def log_path(path: str) -> str:
+    """`path` as the logs may show it: a customer id in it is replaced by `-`."""
+    for prefix in _PERSONAL_PATHS:
+        if path.startswith(prefix):
+            return prefix + "-"
+    return path
+
+
 class AccessLogMiddleware:
     """One line per HTTP request at INFO on `logger`: method, path, status, request and response
-    body bytes, latency. Never the query string, headers or body, so no customer id reaches it.
+    body bytes, latency. Never the query string, headers or body, and a path's customer id is left
+    out (`log_path`), so no customer id reaches it.
 
     It replaces BentoML's access log, which costs far more per request (measured in
     benchmarks/bench_serving.py: shoprec against shoprec-nolog)."""
@@ -225,7 +242,7 @@ class AccessLogMiddleware:
             self.logger.info(
                 "%s %s %d in=%s out=%d %.1fms",
                 scope.get("method", ""),
-                scope.get("path", ""),
+                log_path(scope.get("path", "")),
                 status,
                 received.decode("latin-1"),
                 sent,

@@ -110,7 +110,8 @@ def serve_cmd(
     """Serve the champion over HTTP with BentoML (see CONTRACT.md "HTTP API").
 
     Configuration also comes from the environment: MLFLOW_TRACKING_URI, REDIS_URL,
-    SHOPREC_API_KEY (enables /events and /forget), SHOPREC_AB_SHARES, SHOPREC_WORKERS.
+    SHOPREC_API_KEY (enables the write endpoints and the /ui pages), SHOPREC_AB_SHARES,
+    SHOPREC_WORKERS.
 
     SIGTERM or Ctrl-C stops the whole service gracefully: requests in flight are answered, the
     service's shutdown hooks run, and no server process is left; a second Ctrl-C stops it at once.
@@ -137,7 +138,11 @@ def serve_cmd(
     bentoml = Path(sys.executable).with_name("bentoml")
     cmd = [str(bentoml), "serve", "serving.service:ShopRec", "--host", host, "--port", str(port)]
     cmd += ["--working-dir", str(Path(__file__).resolve().parent.parent)]
-    typer.echo(f"serving on http://{host}:{port} (OpenAPI at /docs.json); Ctrl-C stops", err=True)
+    typer.echo(
+        f"serving on http://{host}:{port} (OpenAPI at /docs.json; the inspection pages at "
+        f"http://{host}:{port}/ui); Ctrl-C stops",
+        err=True,
+    )
     # SIGTERM/SIGINT stop the whole server gracefully (in-flight requests answered, on_shutdown
     # hooks run), and no BentoML process outlives this one (serving.supervise).
     raise typer.Exit(supervise.run(cmd, env))
@@ -188,16 +193,24 @@ def demo_curls_cmd(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port the service listens on.")] = 3000,
     host: Annotated[str, typer.Option(help="Host the service listens on.")] = "127.0.0.1",
     data: Annotated[Path | None, typer.Option(help="Workspace to take real user and item ids from.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="The key the service runs with (SHOPREC_API_KEY), to print with the pages."),
+    ] = None,
 ) -> None:
-    """Print example curl calls for every endpoint (real ids from the workspace with --data)."""
+    """Print example curl calls for every endpoint (real ids from the workspace with --data), and
+    last the address of the inspection pages (/ui)."""
     import json
     import shlex
+    from urllib.parse import quote
 
     from serving.schemas import example_requests
 
     user_id, item_id, other_item_id, category = _demo_ids(data)
     base = f"http://{host}:{port}"
     lines = ["# shoprec HTTP API examples (OpenAPI: " + base + "/docs.json)"]
+    if api_key:
+        lines.append(f"export SHOPREC_API_KEY={shlex.quote(api_key)}")
     for route, body in example_requests(user_id, item_id, other_item_id, category).items():
         from serving.app import WRITE_PATHS
 
@@ -205,6 +218,17 @@ def demo_curls_cmd(
         payload = shlex.quote(json.dumps(body))
         lines.append(f"curl -s -X POST {base}{route} -H 'Content-Type: application/json'{auth} -d {payload}")
     lines.append(f"curl -s {base}/readyz")
+    lines.append("")
+    lines.append(f"# The inspection pages: open {base}/ui in a browser and enter the API key once")
+    lines.append(
+        f"#   API key:      {api_key}"
+        if api_key
+        else "#   (start the service with SHOPREC_API_KEY set to open them)"
+    )
+    lines.append(f"#   a customer:   {base}/ui/customers/{quote(user_id, safe='')}")
+    lines.append(f"#   an item:      {base}/ui/items/{quote(item_id, safe='')}")
+    lines.append(f"#   the models:   {base}/ui/models    the A/B report: {base}/ui/ab")
+    lines.append(f"{base}/ui")
     typer.echo("\n".join(lines))
 
 

@@ -82,10 +82,17 @@ class Router:
         """A personal block: `personal(engine)` answers for the customer's variant; the control
         variant gets the popular block for the same context."""
         models = models or self.models()
+        return self.record(endpoint, user_id, *self.choose(models, user_id, k, context, personal))
+
+    def choose(
+        self, models: Any, user_id: str | None, k: int, context: Any, personal: Callable[[Any], list[Any]]
+    ) -> tuple[str, str, list[Any]]:
+        """(variant, model version, block) of `block`, recording nothing: the inspection pages show
+        the block a customer gets without it counting as shown to them."""
         variant = self.variant(models, user_id)
         engine, version = self.engine(models, variant)
         recs = engine.popular(k, context=context) if variant == CONTROL else personal(engine)
-        return self.record(endpoint, user_id, variant, version, recs)
+        return variant, version, recs
 
     def batch(
         self, user_ids: list[str], k: int, context: Any, *, endpoint: str = "recommend_batch"

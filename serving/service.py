@@ -8,7 +8,8 @@ Each read endpoint validates its typed request (serving/schemas.py) and answers 
 them in the workspace's change log and apply it to the live shop state (serving/sync.py: every
 worker and replica within a second). Business rules live in serving.pipeline and serving.rules and
 are tested without a server; the shop state in serving.state; model loading and the champion
-hot-swap in serving.loader; auth, body limits and the /readyz detail in serving.app.
+hot-swap in serving.loader; auth, body limits and the /readyz detail in serving.app; the inspection
+pages (`GET /ui`) in serving.ui.
 Configuration is the environment (serving.loader.ServeConfig).
 """
 
@@ -57,6 +58,7 @@ from serving.schemas import (
     UserBlock,
     WriteResponse,
 )
+from serving.ui import make_app as make_ui_app
 
 logger = logging.getLogger("shoprec.serving")
 # The access log: one line per request (method, path, status, sizes, latency), never a body, so no
@@ -335,7 +337,7 @@ class ShopRec:
                 detail["engine"] = {"error": f"{type(e).__name__}: {e}"}
         return detail
 
-    def _context(self, rc: RequestContext | None) -> Any:
+    def context(self, rc: RequestContext | None) -> Any:
         """The request's context as serving.pipeline.Context."""
         from serving.pipeline import Context
 
@@ -359,7 +361,7 @@ class ShopRec:
     def answer_recommend(self, req: RecommendRequest) -> RecommendResponse:
         """Personal recommendations for one customer in a context (page, cart, channel, size);
         with `explain`, also the items the rules removed and which rule removed each."""
-        cx = self._context(req.context)
+        cx = self.context(req.context)
         models = self.holder.models
         answer = self.router.block(
             "recommend", req.user_id, req.k, cx, lambda e: e.recommend(req.user_id, req.k, cx), models=models
@@ -377,7 +379,7 @@ class ShopRec:
 
     def answer_bought_together(self, req: BoughtTogetherRequest) -> RecommendResponse:
         """Complements of one item or of a whole cart (never the items themselves)."""
-        cx = self._context(req.context)
+        cx = self.context(req.context)
         return self._response(
             self.router.block(
                 "bought_together", req.user_id, req.k, cx,
@@ -387,7 +389,7 @@ class ShopRec:
 
     def answer_similar_items(self, req: SimilarItemsRequest) -> RecommendResponse:
         """Items like this one (context.max_price: cheaper alternatives)."""
-        cx = self._context(req.context)
+        cx = self.context(req.context)
         return self._response(
             self.router.block(
                 "similar_items",
@@ -401,7 +403,7 @@ class ShopRec:
     def answer_popular(self, req: PopularRequest) -> RecommendResponse:
         """Popular items, overall or for a customer segment and/or category (non-personal)."""
         models = self.holder.models
-        recs = models.champion.popular(req.k, req.segment, req.category, self._context(req.context))
+        recs = models.champion.popular(req.k, req.segment, req.category, self.context(req.context))
         return self._response(self.router.record("popular", None, "champion", models.champion_version, recs))
 
     def answer_direct(self, path: str, body: bytes) -> bytes | None:
@@ -470,7 +472,7 @@ class ShopRec:
     ) -> RecommendBatchResponse:
         """One block per user, in request order (the e-mail renderer's call): the same engine, rules
         and variants as /recommend and the `shoprec recommend` feed."""
-        answers = self.router.batch(list(user_ids), k, self._context(context))
+        answers = self.router.batch(list(user_ids), k, self.context(context))
         return RecommendBatchResponse(
             results=[UserBlock(user_id=a.user_id, **self._response(a).model_dump()) for a in answers]
         )
@@ -581,4 +583,7 @@ ShopRec.add_asgi_middleware(
     ready_detail=_ready_detail,
     max_body_bytes=MAX_BODY_BYTES,
     direct=_direct,
+    own_paths=("/ui/",),
 )
+# The inspection pages (serving/ui.py): HTML for people, behind the same API key.
+ShopRec.mount_asgi_app(make_ui_app(lambda: _LIVE.get("service")), path="/ui", name="ui")
