@@ -125,6 +125,18 @@ def rfm_scores(values: pd.Series) -> pd.Series:
     return out
 
 
+def vip_rule(frame: pd.DataFrame, *, config: SegmentConfig, has_money: bool = True) -> pd.Series:
+    """The VIP rule alone (frequent and top-spending: f_score >= `vip_min_f_score` and m_score >=
+    `vip_min_m_score`; without prices f_score >= the larger of the two), whatever the customer's
+    lifecycle: a lapsed VIP is still a VIP to the campaign feeds' VIP template. frame: f_score,
+    m_score (1-5, NaN for non-buyers). Returns a bool Series on frame's index."""
+    if has_money:
+        vip = (frame["f_score"] >= config.vip_min_f_score) & (frame["m_score"] >= config.vip_min_m_score)
+    else:
+        vip = frame["f_score"] >= max(config.vip_min_f_score, config.vip_min_m_score)
+    return vip.fillna(False).astype(bool)
+
+
 def assign_segments(
     frame: pd.DataFrame, *, cycle_days: float, config: SegmentConfig, has_money: bool = True
 ) -> pd.Series:
@@ -139,12 +151,9 @@ def assign_segments(
     is_new = frame["first_days"].astype("float64") <= config.new_cycles * c
     lapsed = (silent > config.lapsed_cycles * c) | (p_alive < config.lapsed_p_alive)
     at_risk = (silent > config.at_risk_cycles * c) | (p_alive < config.at_risk_p_alive)
-    if has_money:
-        vip = (frame["f_score"] >= config.vip_min_f_score) & (frame["m_score"] >= config.vip_min_m_score)
-    else:
-        vip = frame["f_score"] >= max(config.vip_min_f_score, config.vip_min_m_score)
+    vip = vip_rule(frame, config=config, has_money=has_money)
     seg = np.select(
-        [is_new, lapsed, at_risk, vip.fillna(False).astype(bool)],
+        [is_new, lapsed, at_risk, vip],
         ["new", "lapsed", "at_risk", "vip"],
         "active",
     )

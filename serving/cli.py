@@ -68,6 +68,86 @@ def recommend_cmd(
     typer.echo(json.dumps(summary, default=str))
 
 
+_CAMPAIGN_HELP = """An e-mail campaign feed for the customers a trigger selects today (NAME):
+
+\b
+  abandoned-cart  a cart (add_to_cart) left without a purchase for `hours` (24; at most
+                  `max_cart_age_hours`, 72; not removed; nothing of its category bought since).
+                  Price doubt (the item costs more than `spend_ratio` x the median price the
+                  customer pays per item, or they came back to it `repeat_views` times in
+                  `doubt_days` and it costs more than its category's median): cheaper
+                  alternatives of the same category. Otherwise product doubt: the category's
+                  most popular. The reason says which.
+  reactivation    customers in the `segments` (lapsed,at_risk; `shoprec segments`, with
+                  `cycle_days`): their personal block.
+  replenishment   re-buyable items due within `due_days` (7) or overdue by at most
+                  `overdue_days` (7), from the learned re-buy windows at `due_fraction` (1 = the
+                  median interval): the due items first, then the personal block.
+  post-purchase   a durable bought `after_days` (14) ago (within `after_window_days`, 1): what
+                  is bought together with it, never another item of its category.
+
+Only customers with consent_email (abandoned-cart, replenishment and post-purchase also need
+consent_personalisation); every row passes the engine's rules (stock in size, gender, the re-buy
+policy, durables); an item mailed to a customer is not mailed again within `cap_days` (7; from the
+impression log, which the feed writes too). Columns: those of `shoprec recommend` plus campaign,
+trigger (why the customer is in it) and vip (for a VIP template). A funnel table goes to stderr,
+one JSON line last to stdout."""
+
+
+@app.command("campaign", help=_CAMPAIGN_HELP)
+def campaign_cmd(
+    name: Annotated[str, typer.Argument(help="abandoned-cart, reactivation, replenishment or post-purchase.")],
+    data: Annotated[Path, typer.Option(help="Workspace: its events, shop state, registry and impression log.")],
+    out: Annotated[Path, typer.Option(help="Output file, .csv or .parquet.")],
+    k: Annotated[int, typer.Option(min=1, max=1000, help="Items per customer (at most).")] = 10,
+    config: Annotated[
+        Path | None, typer.Option(help="Thresholds from a TOML or JSON file (serving.campaigns.CampaignConfig).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override one threshold, key=value (repeatable), e.g. hours=48."),
+    ] = None,
+    now: Annotated[
+        str | None,
+        typer.Option(help="The moment the triggers look from (ISO time, UTC); default: the newest event."),
+    ] = None,
+    model_uri: Annotated[
+        str | None, typer.Option(help="One MLflow model URI or bundle directory instead of the champion.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    import json
+
+    import pandas as pd
+
+    from features.console import quiet_exit, show
+    from features.workspace import Workspace
+    from serving.campaigns import CampaignConfig, report, run_campaign
+    from training.train import parse_sets
+
+    quiet_exit()
+    ws = Workspace.at(data)
+    if not ws.root.is_dir():
+        typer.echo(f"error: workspace {ws.root} does not exist", err=True)
+        raise typer.Exit(2)
+    try:
+        cfg = CampaignConfig.from_file(config) if config is not None else CampaignConfig()
+        if set_:
+            cfg = CampaignConfig.from_dict({**cfg.to_dict(), **parse_sets(set_)})
+        when = None
+        if now is not None:
+            stamp = pd.Timestamp(now)
+            when = (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp).timestamp()
+        result, summary = run_campaign(
+            ws, name, out, k=k, config=cfg, now=when, model_uri=model_uri, progress=progress
+        )
+    except (ValueError, LookupError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    show(*report(result, summary))
+    typer.echo(json.dumps(summary, default=str))
+
+
 def _serve_env(
     data: Path | None, bundle: Path | None, poll_seconds: float | None, access_log: bool
 ) -> dict[str, str]:

@@ -366,6 +366,28 @@ class Engine:
         k = _check_k(k)
         return self._popular_block(self.state.current, k, segment, category, context, None, [])
 
+    def allowed(self, user_id: str | None, context: Context = Context(), *, now: float | None = None) -> np.ndarray:
+        """What the rules let into this customer's block now: a fresh (n,) bool array over the current
+        catalogue's item indices (`state.current.catalog.index`). For a customer with consent, the
+        personal block's rules (stock in their size, gender, purchases against the re-buy policy at
+        `now`, durables, the online store's newest purchases, cart and page item); for anyone else,
+        the non-personal block's (stock, the request's size and gender, cart and page item). The
+        campaign feeds (serving/campaigns.py) hold every row they add to this mask."""
+        snap = self.state.current
+        now = time.time() if now is None else float(now)
+        customer = self._customer(user_id)
+        if customer is None or not customer.consent:
+            allowed = self._context_mask(snap, context, None)
+            allowed[_known(snap.catalog, context.cart)] = False
+            cur = snap.catalog.idx(context.current_item)
+            if cur is not None:
+                allowed[cur] = False
+            return allowed
+        cat = snap.catalog
+        events = self.store.recent(str(user_id), self.config.recent_events)
+        fresh = [e for e in events if e.item_id in cat.index]
+        return self._personal_rules(snap, context, str(user_id), customer, fresh, now)[0]
+
     def record_events(self, events: list[dict]) -> int:
         """Validate and store real-time events; returns how many were stored. Events of customers
         without consent for personalisation are not stored. Raises ValueError naming the bad event."""
@@ -467,23 +489,9 @@ class Engine:
         scores: np.ndarray | None = None
         if not factors:
             scores = self.scorer.model_scores(midx, self._history_row(customer, fresh, cat), seq, cat.n)
-        allowed = self._context_mask(snap, context, customer)
-        bought = self.purchases.split(
-            snap, customer.row, user_id,
-            [(cat.index[e.item_id], e.timestamp) for e in fresh if e.event_type == "purchase"], now,
-        )  # fmt: skip
-        if context.exclude_seen == "never":
-            bought = bought._replace(keep_out=bought.keep_out[:0], durable=[])
-        elif context.exclude_seen == "always":
-            seen = self._history_row(customer, fresh, cat).indices.astype(np.int64)
-            bought = bought._replace(keep_out=np.union1d(bought.keep_out, seen), due=bought.due[:0])
-        allowed[bought.keep_out] = False
-        allowed[durable_block(cat, bought.durable)] = False
+        allowed, bought = self._personal_rules(snap, context, user_id, customer, fresh, now)
         cur = cat.idx(context.current_item)
         cart = _known(cat, context.cart)
-        allowed[cart] = False
-        if cur is not None:
-            allowed[cur] = False
         exposed = allowed.copy() if cfg.new_item_slots > 0 else None
         self.scorer.restrict(allowed)
 
@@ -571,6 +579,31 @@ class Engine:
         floor = keep[-1].score if keep else 0.0
         ids = cat.item_ids
         return keep + [Rec(str(ids[i]), float(floor), R.new_in(cat.categories[i])) for i in picks]
+
+    def _personal_rules(
+        self, snap: Snapshot, context: Context, user_id: str, customer: Customer, fresh: list[Event], now: float
+    ) -> tuple[np.ndarray, Any]:
+        """(allowed, purchases) of a personal block: the context mask (stock in size, gender), the
+        purchases the re-buy policy keeps out (`context.exclude_seen`), the durables' categories, the
+        cart and the page's item. `allowed` is a fresh (n,) bool array; purchases a `rules.Purchased`."""
+        cat = snap.catalog
+        allowed = self._context_mask(snap, context, customer)
+        bought = self.purchases.split(
+            snap, customer.row, user_id,
+            [(cat.index[e.item_id], e.timestamp) for e in fresh if e.event_type == "purchase"], now,
+        )  # fmt: skip
+        if context.exclude_seen == "never":
+            bought = bought._replace(keep_out=bought.keep_out[:0], durable=[])
+        elif context.exclude_seen == "always":
+            seen = self._history_row(customer, fresh, cat).indices.astype(np.int64)
+            bought = bought._replace(keep_out=np.union1d(bought.keep_out, seen), due=bought.due[:0])
+        allowed[bought.keep_out] = False
+        allowed[durable_block(cat, bought.durable)] = False
+        allowed[_known(cat, context.cart)] = False
+        cur = cat.idx(context.current_item)
+        if cur is not None:
+            allowed[cur] = False
+        return allowed, bought
 
     def _new_items(self, snap: Snapshot) -> np.ndarray:
         """Items without interactions added within `new_item_days` (or with no date: added since
