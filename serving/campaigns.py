@@ -82,7 +82,7 @@ class CampaignConfig:
     after_days: float = 14.0  # a durable bought this many days ago ...
     after_window_days: float = 1.0  # ... give or take this window (a daily run mails each durable once)
     # every campaign
-    cap_days: float = 7.0  # frequency cap: an item mailed to a customer is not mailed again for N days (0: off)
+    cap_days: float = 7.0  # an item mailed to a customer is not mailed again for N days (0: no cap)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CampaignConfig:
@@ -118,7 +118,9 @@ class CampaignConfig:
                 raise ValueError(f"campaign config {f.name} must be a number >= 0, got {v!r}")
         unknown = [s for s in self.segment_list if s not in SEGMENTS]
         if unknown or not self.segment_list:
-            raise ValueError(f"campaign config segments: choose from {', '.join(SEGMENTS)}, got {self.segments!r}")
+            raise ValueError(
+                f"campaign config segments: choose from {', '.join(SEGMENTS)}, got {self.segments!r}"
+            )
         if self.max_cart_age_hours < self.hours:
             raise ValueError("campaign config max_cart_age_hours must be at least hours")
         if self.after_window_days <= 0:
@@ -216,8 +218,10 @@ def campaign_block(
 
     allowed = engine.allowed(trigger.user_id, context, now=now)
     index = engine.state.current.catalog.index
-    want = min(MAX_K, 4 * k + len(capped) + 10)
-    for attempt in (want, MAX_K):
+    # First exactly k (with nothing held back the block is the engine's own answer, to the new
+    # item's place at its end), then deeper answers when rules, cap or campaign held items back.
+    attempts = sorted({k, min(MAX_K, 4 * k + len(capped) + 10), MAX_K})
+    for attempt in attempts:
         if control:
             recs, rule, rewrite = engine.popular(attempt, context=context), None, None
         else:
@@ -312,7 +316,9 @@ def build_campaign(
     from serving.feed import feed_context
 
     sent_at = time.time() if sent_at is None else sent_at
-    capped_by_user = mailed_items(impressions, sent_at - config.cap_days * T.DAY) if config.cap_days > 0 else {}
+    capped_by_user = (
+        mailed_items(impressions, sent_at - config.cap_days * T.DAY) if config.cap_days > 0 else {}
+    )
     context = feed_context("learned")
     state = models.champion.state
     funnel = {"selected": len(triggers), "erased": 0, "no_consent_email": 0, "no_consent_personalisation": 0,
@@ -340,7 +346,9 @@ def build_campaign(
         capped = capped_by_user.get(hash_user(uid, salt), set())
         recs, held = campaign_block(name, engine, tr, k, context, now, capped, control=variant == CONTROL)
         held_total += held
-        if not recs or (name == "replenishment" and variant != CONTROL and not set(tr.items) & {r.item_id for r in recs}):
+        if not recs or (
+            name == "replenishment" and variant != CONTROL and not set(tr.items) & {r.item_id for r in recs}
+        ):
             # nothing to mail (a reminder without a due item that may be shown is no reminder)
             funnel["nothing_left"] += 1
             continue
@@ -354,8 +362,9 @@ def build_campaign(
                 strict=True,
             ):  # fmt: skip
                 cols[col].append(v)
-    frame = pd.DataFrame(cols, columns=list(COLUMNS))
-    frame["vip"] = frame["vip"].astype(bool)
+    frame = pd.DataFrame(cols, columns=list(COLUMNS)).astype(
+        {"rank": "int64", "score": "float64", "vip": bool}
+    )
     return CampaignResult(name, frame, funnel, held_total, now)
 
 
@@ -474,7 +483,7 @@ def run_campaign(
     summary: dict[str, Any] = {
         "campaign": name,
         "out": str(path),
-        "now": pd.Timestamp(when, unit="s", tz="UTC").isoformat(),
+        "now": pd.Timestamp(round(when), unit="s", tz="UTC").isoformat(),
         "model": champion.model.name if model_uri is None else model_uri,
         "model_version": models.champion_version,
         "customers": len(firsts),

@@ -96,12 +96,17 @@ one JSON line last to stdout."""
 
 @app.command("campaign", help=_CAMPAIGN_HELP)
 def campaign_cmd(
-    name: Annotated[str, typer.Argument(help="abandoned-cart, reactivation, replenishment or post-purchase.")],
-    data: Annotated[Path, typer.Option(help="Workspace: its events, shop state, registry and impression log.")],
+    name: Annotated[
+        str, typer.Argument(help="abandoned-cart, reactivation, replenishment or post-purchase.")
+    ],
+    data: Annotated[
+        Path, typer.Option(help="Workspace: its events, shop state, registry and impression log.")
+    ],
     out: Annotated[Path, typer.Option(help="Output file, .csv or .parquet.")],
     k: Annotated[int, typer.Option(min=1, max=1000, help="Items per customer (at most).")] = 10,
     config: Annotated[
-        Path | None, typer.Option(help="Thresholds from a TOML or JSON file (serving.campaigns.CampaignConfig).")
+        Path | None,
+        typer.Option(help="Thresholds from a TOML or JSON file (serving.campaigns.CampaignConfig)."),
     ] = None,
     set_: Annotated[
         list[str] | None,

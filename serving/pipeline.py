@@ -366,7 +366,9 @@ class Engine:
         k = _check_k(k)
         return self._popular_block(self.state.current, k, segment, category, context, None, [])
 
-    def allowed(self, user_id: str | None, context: Context = Context(), *, now: float | None = None) -> np.ndarray:
+    def allowed(
+        self, user_id: str | None, context: Context = Context(), *, now: float | None = None
+    ) -> np.ndarray:
         """What the rules let into this customer's block now: a fresh (n,) bool array over the current
         catalogue's item indices (`state.current.catalog.index`). For a customer with consent, the
         personal block's rules (stock in their size, gender, purchases against the re-buy policy at
@@ -581,7 +583,13 @@ class Engine:
         return keep + [Rec(str(ids[i]), float(floor), R.new_in(cat.categories[i])) for i in picks]
 
     def _personal_rules(
-        self, snap: Snapshot, context: Context, user_id: str, customer: Customer, fresh: list[Event], now: float
+        self,
+        snap: Snapshot,
+        context: Context,
+        user_id: str,
+        customer: Customer,
+        fresh: list[Event],
+        now: float,
     ) -> tuple[np.ndarray, Any]:
         """(allowed, purchases) of a personal block: the context mask (stock in size, gender), the
         purchases the re-buy policy keeps out (`context.exclude_seen`), the durables' categories, the

@@ -153,7 +153,12 @@ def _doubt(price: float, typical: float, visits: int, cat_median: float, config:
     """(kind, why) of an abandoned item: the rule of the module docstring."""
     if np.isfinite(price) and np.isfinite(typical) and price > config.spend_ratio * typical:
         return PRICE_DOUBT, f"it costs more than the {typical:.2f} they usually pay per item"
-    if np.isfinite(price) and np.isfinite(cat_median) and visits >= config.repeat_views and price > cat_median:
+    if (
+        np.isfinite(price)
+        and np.isfinite(cat_median)
+        and visits >= config.repeat_views
+        and price > cat_median
+    ):
         return PRICE_DOUBT, (
             f"they came back to it {visits} times and it costs more than most of its category "
             f"(median {cat_median:.2f})"
@@ -221,7 +226,13 @@ def due_purchases(
         parts = []
         for r in rows.head(3).itertuples(index=False):
             when = r.due - now
-            at = f"due in {_ago(when)}" if when > 0 else f"due {_ago(-when)} ago" if when < -3600 else "due now"
+            at = (
+                f"due in {_ago(when)}"
+                if when > 0
+                else f"due {_ago(-when)} ago"
+                if when < -3600
+                else "due now"
+            )
             parts.append(f"{_title(items, r.item_id)} ({at}, re-bought about every {r.every:.0f} days)")
         more = len(rows) - 3
         text = "running out: " + "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
@@ -248,6 +259,8 @@ def recent_durables(
     for r in d.itertuples(index=False):
         title = _title(items, str(r.item_id))
         out.append(
-            Trigger(str(r.user_id), f"bought {title} {_ago(now - r.ts)} ago: what goes with it", (str(r.item_id),))
+            Trigger(
+                str(r.user_id), f"bought {title} {_ago(now - r.ts)} ago: what goes with it", (str(r.item_id),)
+            )
         )
     return out
