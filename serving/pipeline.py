@@ -369,26 +369,37 @@ class Engine:
     def allowed(
         self, user_id: str | None, context: Context = Context(), *, now: float | None = None
     ) -> np.ndarray:
-        """What the rules let into this customer's block now: a fresh (n,) bool array over the current
-        catalogue's item indices (`state.current.catalog.index`). For a customer with consent, the
-        personal block's rules (stock in their size, gender, purchases against the re-buy policy at
-        `now`, durables, the online store's newest purchases, cart and page item); for anyone else,
-        the non-personal block's (stock, the request's size and gender, cart and page item). The
-        campaign feeds (serving/campaigns.py) hold every row they add to this mask."""
+        """What the rules let into a block for this customer now: a fresh (n,) bool array over the
+        current catalogue's item indices (`state.current.catalog.index`). Stock (in the customer's
+        size where they consent, else the request's), gender, the cart and the page's item; for a
+        known customer also their purchases under the re-buy policy at `now` (the online store's
+        newest purchases too, with consent) and the durables' categories; `exclude_seen` as in the
+        personal block. The campaign feeds (serving/campaigns.py) hold every row they mail to it."""
+        from serving.rules import durable_block
+
         snap = self.state.current
+        cat = snap.catalog
         now = time.time() if now is None else float(now)
         customer = self._customer(user_id)
-        if customer is None or not customer.consent:
-            allowed = self._context_mask(snap, context, None)
-            allowed[_known(snap.catalog, context.cart)] = False
-            cur = snap.catalog.idx(context.current_item)
-            if cur is not None:
-                allowed[cur] = False
+        personal = customer is not None and customer.consent
+        allowed = self._context_mask(snap, context, customer if personal else None)
+        allowed[_known(cat, context.cart)] = False
+        cur = cat.idx(context.current_item)
+        if cur is not None:
+            allowed[cur] = False
+        if customer is None or context.exclude_seen == "never":
             return allowed
-        cat = snap.catalog
-        events = self.store.recent(str(user_id), self.config.recent_events)
+        events = self.store.recent(str(user_id), self.config.recent_events) if personal else []
         fresh = [e for e in events if e.item_id in cat.index]
-        return self._personal_rules(snap, context, str(user_id), customer, fresh, now)[0]
+        bought = self.purchases.split(
+            snap, customer.row, str(user_id),
+            [(cat.index[e.item_id], e.timestamp) for e in fresh if e.event_type == "purchase"], now,
+        )  # fmt: skip
+        allowed[bought.keep_out] = False
+        allowed[durable_block(cat, bought.durable)] = False
+        if context.exclude_seen == "always" and personal:
+            allowed[self._history_row(customer, fresh, cat).indices.astype(np.int64)] = False
+        return allowed
 
     def record_events(self, events: list[dict]) -> int:
         """Validate and store real-time events; returns how many were stored. Events of customers
@@ -491,9 +502,23 @@ class Engine:
         scores: np.ndarray | None = None
         if not factors:
             scores = self.scorer.model_scores(midx, self._history_row(customer, fresh, cat), seq, cat.n)
-        allowed, bought = self._personal_rules(snap, context, user_id, customer, fresh, now)
+        allowed = self._context_mask(snap, context, customer)
+        bought = self.purchases.split(
+            snap, customer.row, user_id,
+            [(cat.index[e.item_id], e.timestamp) for e in fresh if e.event_type == "purchase"], now,
+        )  # fmt: skip
+        if context.exclude_seen == "never":
+            bought = bought._replace(keep_out=bought.keep_out[:0], durable=[])
+        elif context.exclude_seen == "always":
+            seen = self._history_row(customer, fresh, cat).indices.astype(np.int64)
+            bought = bought._replace(keep_out=np.union1d(bought.keep_out, seen), due=bought.due[:0])
+        allowed[bought.keep_out] = False
+        allowed[durable_block(cat, bought.durable)] = False
         cur = cat.idx(context.current_item)
         cart = _known(cat, context.cart)
+        allowed[cart] = False
+        if cur is not None:
+            allowed[cur] = False
         exposed = allowed.copy() if cfg.new_item_slots > 0 else None
         self.scorer.restrict(allowed)
 
@@ -581,37 +606,6 @@ class Engine:
         floor = keep[-1].score if keep else 0.0
         ids = cat.item_ids
         return keep + [Rec(str(ids[i]), float(floor), R.new_in(cat.categories[i])) for i in picks]
-
-    def _personal_rules(
-        self,
-        snap: Snapshot,
-        context: Context,
-        user_id: str,
-        customer: Customer,
-        fresh: list[Event],
-        now: float,
-    ) -> tuple[np.ndarray, Any]:
-        """(allowed, purchases) of a personal block: the context mask (stock in size, gender), the
-        purchases the re-buy policy keeps out (`context.exclude_seen`), the durables' categories, the
-        cart and the page's item. `allowed` is a fresh (n,) bool array; purchases a `rules.Purchased`."""
-        cat = snap.catalog
-        allowed = self._context_mask(snap, context, customer)
-        bought = self.purchases.split(
-            snap, customer.row, user_id,
-            [(cat.index[e.item_id], e.timestamp) for e in fresh if e.event_type == "purchase"], now,
-        )  # fmt: skip
-        if context.exclude_seen == "never":
-            bought = bought._replace(keep_out=bought.keep_out[:0], durable=[])
-        elif context.exclude_seen == "always":
-            seen = self._history_row(customer, fresh, cat).indices.astype(np.int64)
-            bought = bought._replace(keep_out=np.union1d(bought.keep_out, seen), due=bought.due[:0])
-        allowed[bought.keep_out] = False
-        allowed[durable_block(cat, bought.durable)] = False
-        allowed[_known(cat, context.cart)] = False
-        cur = cat.idx(context.current_item)
-        if cur is not None:
-            allowed[cur] = False
-        return allowed, bought
 
     def _new_items(self, snap: Snapshot) -> np.ndarray:
         """Items without interactions added within `new_item_days` (or with no date: added since
