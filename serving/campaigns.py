@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from serving import reasons as R
 from serving import triggers as T
 from serving.feed import OUTPUT_COLUMNS
 
@@ -174,8 +175,12 @@ def _candidates(
             recs = engine.similar_items(anchor, k, uid, dataclasses.replace(cart, cheaper=True))
             same = (lambda j: cat.categories[j] == category) if category else None
             return recs, same, lambda r: f"price doubt: {r.reason}"
-        recs = engine.popular(k, category=category or None, context=cart)
-        return recs, None, lambda r: f"product doubt: {r.reason.replace('popular in', 'most popular in')}"
+        # The category's own popularity order: no cart in the context (its complements would be
+        # boosted); the carted items are left out by the campaign's rule instead.
+        recs = engine.popular(k, category=category or None, context=context)
+        carted = {cat.idx(x) for x in trigger.items}
+        text = f"product doubt: most popular in {R.label(category)}"
+        return recs, (lambda j: j not in carted), (lambda _: text)
     if name == "post-purchase":
         durable = trigger.items[0]
         i = cat.idx(durable)
