@@ -350,6 +350,13 @@ def build_campaign(
         engine, version = router.engine(models, variant)
         capped = capped_by_user.get(hash_user(uid, salt), set())
         recs, held = campaign_block(name, engine, tr, k, context, now, capped, control=variant == CONTROL)
+        if not recs and name == "abandoned-cart" and tr.kind == T.PRICE_DOUBT:
+            # nothing cheaper of its category may be shown: the category's most popular instead
+            tr = dataclasses.replace(
+                tr, kind=T.PRODUCT_DOUBT, text=f"{tr.text}; nothing cheaper in its category to show"
+            )
+            recs, held2 = campaign_block(name, engine, tr, k, context, now, capped)
+            held += held2
         held_total += held
         if not recs or (
             name == "replenishment" and variant != CONTROL and not set(tr.items) & {r.item_id for r in recs}

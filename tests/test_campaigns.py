@@ -55,6 +55,7 @@ EVENTS = [
     ("pia", "lbox_a", "view", 31 * H), ("pia", "lbox_a", "add_to_cart", 30 * H),  # price doubt: spend
     ("rex", "lbox_a", "view", 50 * H), ("rex", "lbox_a", "view", 40 * H), ("rex", "lbox_a", "view", 31 * H),
     ("rex", "lbox_a", "add_to_cart", 30 * H),  # price doubt: came back 4 times, dearer than the median
+    ("pete", "cattoy", "purchase", 60 * DAY), ("pete", "lbox_b", "add_to_cart", 30 * H),  # nothing cheaper
     ("pam", "laptop", "purchase", 100 * DAY), ("pam", "lbox_b", "view", 27 * H),
     ("pam", "lbox_b", "add_to_cart", 26 * H),  # product doubt: cheap for her, one look
     ("quin", "lbox_a", "add_to_cart", 2 * H),  # too recent
@@ -169,7 +170,7 @@ def by_user(frame: pd.DataFrame) -> dict[str, list[str]]:
 def test_abandoned_cart_selects_who_left_a_cart_and_names_the_doubt(shop: Shop) -> None:
     got = {t.user_id: t for t in shop.select("abandoned-cart")}
     # in: the carts 24-72 hours old, not removed, nothing of their category bought since
-    assert set(got) == {"pia", "rex", "pam", "noe", "nop"}
+    assert set(got) == {"pia", "rex", "pam", "pete", "noe", "nop"}
     assert got["pia"].kind == T.PRICE_DOUBT and "usually pay" in got["pia"].text
     assert got["rex"].kind == T.PRICE_DOUBT and "came back to it 4 times" in got["rex"].text
     assert got["pam"].kind == T.PRODUCT_DOUBT
@@ -184,9 +185,9 @@ def test_abandoned_cart_feed_cheaper_alternatives_for_price_doubt_popular_for_pr
 ) -> None:
     res = shop.run("abandoned-cart")
     feed = by_user(res.frame)
-    assert set(feed) == {"pia", "rex", "pam"}  # noe: no consent_email; nop: no consent_personalisation
-    assert res.funnel == {"selected": 5, "erased": 0, "no_consent_email": 1, "no_consent_personalisation": 1,
-                          "nothing_left": 0, "mailed": 3}  # fmt: skip
+    assert set(feed) == {"pia", "rex", "pam", "pete"}  # noe: no consent_email; nop: no personalisation
+    assert res.funnel == {"selected": 6, "erased": 0, "no_consent_email": 1, "no_consent_personalisation": 1,
+                          "nothing_left": 0, "mailed": 4}  # fmt: skip
     # price doubt: the litter boxes cheaper than the 30.00 Deluxe in the cart, nothing else
     assert set(feed["pia"]) == {"lbox_b", "lbox_new"}
     rows = res.frame[res.frame["user_id"] == "pia"]
@@ -199,6 +200,12 @@ def test_abandoned_cart_feed_cheaper_alternatives_for_price_doubt_popular_for_pr
         .str.startswith("product doubt: most popular in litter boxes")
         .all()
     )
+    # price doubt about the cheapest litter box: nothing cheaper to show, so the most popular
+    assert feed["pete"] == ["lbox_a", "lbox_new"]
+    pete = res.frame[res.frame["user_id"] == "pete"]
+    assert pete["trigger"].iloc[0].endswith("price doubt, it costs more than the 4.00 they usually pay per "
+                                            "item; nothing cheaper in its category to show")  # fmt: skip
+    assert pete["reason"].str.startswith("product doubt: most popular in litter boxes").all()
     assert (res.frame["campaign"] == "abandoned-cart").all()
     assert (
         res.frame.loc[res.frame["user_id"] == "pam", "trigger"]
@@ -286,7 +293,7 @@ def test_post_purchase_sends_what_goes_with_the_durable_never_another_of_it(shop
 def test_frequency_cap_keeps_an_item_out_of_mail_for_cap_days(shop: Shop) -> None:
     first = shop.run("abandoned-cart")
     log = read_impressions(shop.log.path)
-    assert set(log["endpoint"]) == {"campaign/abandoned-cart"} and len(log) == 3
+    assert set(log["endpoint"]) == {"campaign/abandoned-cart"} and len(log) == 4
     assert set(first.frame["recommendation_id"]) == set(log["recommendation_id"])
     # the next day (the cap counts the impression log's clock, the real one): pia's two cheaper
     # litter boxes were mailed, so she has nothing left
