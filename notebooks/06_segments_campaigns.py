@@ -170,8 +170,13 @@ with pd.option_context("display.max_colwidth", 90):
 
 # %%
 again = run("reactivation")
-first_pairs = set(zip(results["reactivation"].frame["user_id"], results["reactivation"].frame["item_id"]))
-again_pairs = set(zip(again.frame["user_id"], again.frame["item_id"]))
+
+
+def pairs(frame: pd.DataFrame) -> set[tuple[str, str]]:
+    return set(zip(frame["user_id"], frame["item_id"], strict=True))
+
+
+first_pairs, again_pairs = pairs(results["reactivation"].frame), pairs(again.frame)
 print(
     f"first run: {len(first_pairs)} (customer, item) pairs; again: {len(again_pairs)}, "
     f"{len(first_pairs & again_pairs)} of them mailed before; {again.capped_items} items held back"

@@ -97,7 +97,8 @@ one JSON line last to stdout."""
 @app.command("campaign", help=_CAMPAIGN_HELP)
 def campaign_cmd(
     name: Annotated[
-        str, typer.Argument(help="abandoned-cart, reactivation, replenishment or post-purchase.")
+        str,
+        typer.Argument(metavar="NAME", help="abandoned-cart, reactivation, replenishment or post-purchase."),
     ],
     data: Annotated[
         Path, typer.Option(help="Workspace: its events, shop state, registry and impression log.")

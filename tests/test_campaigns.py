@@ -366,6 +366,36 @@ def test_every_feed_row_passes_the_engines_rules(bundle_dir: Path, tmp_path: Pat
     )
 
 
+def test_engine_allowed_is_the_rules_for_this_customer_now(shop: Shop) -> None:
+    from serving.pipeline import Context
+
+    cat = shop.engine.state.current.catalog
+
+    def ok(uid: str, item: str, **ctx) -> bool:
+        return bool(shop.engine.allowed(uid, Context(channel="email", **ctx), now=NOW)[cat.index[item]])
+
+    assert not ok("pia", "leash")  # sold out
+    assert not ok("pam", "laptop") and ok("pia", "laptop")  # pam bought it; laptops never come back
+    assert not ok("lea", "lbox_b") and ok("max", "scoop")  # lea's litter box is a durable: no other box
+    assert ok("fay", "catfood")  # cat food is re-bought
+    assert not ok("pia", "lbox_b", cart=("lbox_b",))  # in the cart
+    assert not ok("nop", "lbox_a", cart=("lbox_a",)) and ok("nop", "lbox_b")  # no consent: request rules
+
+
+def test_the_control_group_gets_the_popular_block_under_the_same_rules(shop: Shop) -> None:
+    from serving.feed import feed_context
+
+    shop.router = Router(lambda: shop.models, {"champion": 0.5, "control": 0.5}, SALT, shop.log)
+    res = shop.run("reactivation", k=4, segments=SEGMENTS)
+    variants = res.frame.drop_duplicates("user_id").set_index("user_id")["variant"]
+    assert set(variants) == {"champion", "control"}
+    popular = [r.item_id for r in shop.engine.popular(20, context=feed_context("learned"))]
+    for uid in variants[variants == "control"].index:
+        allowed = shop.engine.allowed(uid, feed_context("learned"), now=NOW)
+        want = [i for i in popular if allowed[shop.engine.state.current.catalog.index[i]]][:4]
+        assert by_user(res.frame)[uid] == want
+
+
 def test_campaign_config_is_strict_and_checked() -> None:
     assert CampaignConfig.from_dict({"hours": "48", "repeat_views": "2"}) == CampaignConfig(
         hours=48.0, repeat_views=2
