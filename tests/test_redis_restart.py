@@ -140,13 +140,17 @@ def test_a_redis_restart_mid_load_loses_no_acknowledged_write_and_answers_no_err
         time.sleep(0.5)
         stop.set()
         loader.join(timeout=20)
-        assert "i1" not in popular(b), f"replica b still shows the sold-out item {waited:.1f} s after Redis came back"
+        assert "i1" not in popular(b), (
+            f"replica b still shows the sold-out item {waited:.1f} s after Redis came back"
+        )
         assert "i4" not in _block(b, "u2"), "replica b never saw the purchase replica a acknowledged"
         assert "i4" not in _block(a, "u2")
 
     assert len(statuses) > 50, "the load generator barely ran"
     errors = [s for s in statuses if s != 200]
-    assert not errors, f"{len(errors)} of {len(statuses)} requests failed during the Redis restart: {set(errors)}"
+    assert not errors, (
+        f"{len(errors)} of {len(statuses)} requests failed during the Redis restart: {set(errors)}"
+    )
     from features import changelog
     from features.workspace import Workspace
 
