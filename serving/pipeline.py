@@ -366,6 +366,20 @@ class Engine:
         k = _check_k(k)
         return self._popular_block(self.state.current, k, segment, category, context, None, [])
 
+    def rerank(
+        self,
+        user_id: str | None,
+        item_ids: list[str],
+        context: Context = Context(),
+        *,
+        now: float | None = None,
+    ) -> list[Rec]:
+        """The given items (a search result, a category lister) in the customer's order, every one
+        kept: serving/rerank.py."""
+        from serving.rerank import rerank
+
+        return rerank(self, user_id, item_ids, context, now=now)
+
     def record_events(self, events: list[dict]) -> int:
         """Validate and store real-time events; returns how many were stored. Events of customers
         without consent for personalisation are not stored. Raises ValueError naming the bad event."""
@@ -375,6 +389,7 @@ class Engine:
                 parsed.append(parse_event(raw))
             except ValueError as e:
                 raise ValueError(f"event {n}: {e}") from None
+        self.state.observe([e for e in parsed if not self._is_forgotten(e.user_id)])
         keep = [
             e for e in parsed if self.state.may_personalise(e.user_id) and not self._is_forgotten(e.user_id)
         ]
