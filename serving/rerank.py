@@ -32,7 +32,10 @@ if TYPE_CHECKING:
     from serving.pipeline import Context, Engine
     from serving.state import Snapshot
 
-BRAND_BOOST = 0.5  # in normalised score units (the best given item = 1): the customer's top brand
+# In normalised score units (the model's best given item = 1, its worst = 0), times the brand's share
+# of the customer's purchases: a customer who buys one brand only sees it above any other brand's
+# items; one who splits between two brands gets both lifted by 0.75.
+BRAND_BOOST = 1.5
 SIZE_BOOST = 0.2  # a sized item in stock in the customer's size
 
 
@@ -145,8 +148,8 @@ def _brand_names(engine: Engine, snap: Snapshot) -> np.ndarray:
 
 
 def brand_preference(engine: Engine, snap: Snapshot, row: int, fresh: list[Any]) -> dict[int, float]:
-    """brand code -> share of the customer's purchases (their history's last purchase of each item
-    and the online store's newest purchases), the top brand = 1."""
+    """brand code -> share of the customer's purchases with a known brand (their history's last
+    purchase of each item and the online store's newest purchases)."""
     cat = snap.catalog
     items: list[int] = []
     h = engine.state.histories
@@ -158,8 +161,7 @@ def brand_preference(engine: Engine, snap: Snapshot, row: int, fresh: list[Any])
     if not brands:
         return {}
     codes, counts = np.unique(np.asarray(brands), return_counts=True)
-    top = counts.max()
-    return {int(b): float(c) / top for b, c in zip(codes.tolist(), counts.tolist(), strict=True)}
+    return {int(b): float(c) / len(brands) for b, c in zip(codes.tolist(), counts.tolist(), strict=True)}
 
 
 def _brand_boost(
