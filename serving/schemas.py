@@ -123,6 +123,9 @@ class Event(_Strict):
     recommendation_id: Annotated[str, Field(max_length=64)] | None = Field(
         None, description="the answer this event came from (a click or purchase on a shown block)"
     )
+    device: Annotated[str, Field(max_length=32)] | None = Field(None, description="the visit's device")
+    city: Annotated[str, Field(max_length=128)] | None = Field(None, description="the visit's city")
+    weather: Annotated[str, Field(max_length=32)] | None = Field(None, description="the weather at the visit")
 
 
 class EventsRequest(_Strict):
