@@ -58,8 +58,13 @@ class ContextBoost:
                 out.append((f, v))
         return tuple(out)
 
-    def items(self, cat: F.Catalog, structure: dict, key: tuple) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(item indices ascending, boost strength in [0, 1], reason per item) for a context key."""
+    def items(
+        self, cat: F.Catalog, structure: dict, key: tuple, popularity: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(item indices ascending, boost strength in [0, 1], reason per item) for a context key.
+        With `popularity`, an item's strength is scaled by its popularity relative to the most
+        popular item of its category: the context says "more jackets", not which jacket, and the
+        jackets people buy are the likely ones."""
         cache_key = ("context_boost", self.token, key)
         got = structure.get(cache_key)
         if got is not None:
@@ -70,18 +75,27 @@ class ContextBoost:
                 under = cat.prefix_items.get(category)
                 if under is None:
                     continue
-                s = strength(lift)
+                s = np.full(len(under), strength(lift))
+                if popularity is not None and len(under):
+                    pop = np.asarray(popularity, dtype=np.float64)[under]
+                    top = pop.max()
+                    s = s * (pop / top if top > 0 else 1.0)
                 text = reason(f, v, category)
-                for i in under.tolist():
-                    if i not in best or best[i][0] < s:
-                        best[i] = (s, text)
+                for i, x in zip(under.tolist(), s.tolist(), strict=True):
+                    if x > 0 and (i not in best or best[i][0] < x):
+                        best[i] = (x, text)
         ids = np.asarray(sorted(best), dtype=np.int64)
         vals = np.asarray([best[i][0] for i in ids.tolist()], dtype=np.float64)
         texts = [best[i][1] for i in ids.tolist()]
         return structure.setdefault(cache_key, (ids, vals, texts))
 
     def boost(
-        self, cat: F.Catalog, idx: np.ndarray, context: Any, structure: dict | None = None
+        self,
+        cat: F.Catalog,
+        idx: np.ndarray,
+        context: Any,
+        structure: dict | None = None,
+        popularity: Any = None,
     ) -> tuple[np.ndarray, list[str]]:
         """(strength per item of `idx`, reason per item ('' unboosted)) for a request's context."""
         key = self.key(context)
@@ -89,7 +103,7 @@ class ContextBoost:
         texts = [""] * len(idx)
         if not key or not len(idx):
             return out, texts
-        ids, vals, reasons = self.items(cat, structure if structure is not None else {}, key)
+        ids, vals, reasons = self.items(cat, structure if structure is not None else {}, key, popularity)
         pos = np.searchsorted(ids, idx)
         pos = np.minimum(pos, max(len(ids) - 1, 0))
         hit = (ids[pos] == idx) if len(ids) else np.zeros(len(idx), dtype=bool)

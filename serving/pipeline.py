@@ -821,7 +821,7 @@ class Engine:
         key = self.context_lift.key(context)
         if not key:
             return
-        ids, vals, texts = self.context_lift.items(snap.catalog, snap.structure, key)
+        ids, vals, texts = self.context_lift.items(snap.catalog, snap.structure, key, snap.popularity)
         if len(ids):
             boost.add(ids, self.config.context_boost * vals)
             for i, text in zip(ids.tolist(), texts, strict=True):

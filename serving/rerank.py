@@ -87,7 +87,7 @@ def rerank(
     _size_boost(engine, snap, context, customer if personal else None, idx, score, reasons)
     lift = getattr(engine, "context_lift", None)
     if lift is not None:
-        add, text = lift.boost(cat, idx, context, snap.structure)
+        add, text = lift.boost(cat, idx, context, snap.structure, snap.popularity)
         score += engine.config.context_boost * add
         for j in np.flatnonzero(add > 0).tolist():
             reasons.setdefault(int(idx[j]), text[j])
