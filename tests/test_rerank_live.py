@@ -45,7 +45,7 @@ def test_social_proof_from_five_customers_on_counting_events_posted_a_moment_ago
                   headers=AUTH)  # fmt: skip
     assert again.status_code == 200
     assert _proof(url)["m0"] is None  # u1 had bought it already: still four customers
-    new = _post(url, "/events", {"events": [{"user_id": "u6", "item_id": "m0", "event_type": "purchase"}]},
+    new = _post(url, "/events", {"events": [{"user_id": "u6", "item_id": "m0", "event_type": "purchase", "device": "mobile", "weather": "rain"}]},
                 headers=AUTH)  # fmt: skip
     assert new.status_code == 200
     assert _proof(url)["m0"] == {"purchases_7d": 5}  # the very next answer
