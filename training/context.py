@@ -68,35 +68,31 @@ class ContextLift:
     ) -> ContextLift:
         """events: item_id, optional session_id and the context columns; categories: item_id,
         category. Events without any context column give an empty (harmless) result."""
+        import duckdb
+
+        con = duckdb.connect()
+        try:
+            con.register("ev_frame", events)
+            con.register("cat_frame", categories[["item_id", "category"]])
+            return cls.from_counts(_counts(con, "ev_frame", "cat_frame", list(events.columns)), config)
+        finally:
+            con.close()
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, pd.DataFrame], config: ContextConfig | None = None) -> ContextLift:
+        """The lifts from visit counts per field: frames of (value, category, n)."""
         from scipy.stats import binom
 
         cfg = config or ContextConfig()
-        fields = [f for f in FIELDS if f in events.columns]
-        if not fields or events.empty:
-            return cls([], 0, cfg)
-        cats = categories[["item_id", "category"]].dropna().astype(str)
-        cats = cats.assign(category=cats["category"].str.strip("/"))
-        ev = events[["item_id", *(["session_id"] if "session_id" in events.columns else []), *fields]]
-        ev = ev.assign(item_id=ev["item_id"].astype(str)).merge(cats, on="item_id", how="inner")
-        ev = ev[ev["category"] != ""]
         tested = 0
         candidates: list[tuple[str, str, str, int, int, float]] = []
-        for f in fields:
-            sub = ev[ev[f].notna() & (ev[f].astype(str) != "")]
-            if sub.empty:
-                continue
-            sub = sub.assign(**{f: sub[f].astype(str).str.strip()})
-            if "session_id" in sub.columns:
-                has = sub["session_id"].notna()
-                unit = sub[has].drop_duplicates(["session_id", "category", f])
-                sub = pd.concat([unit, sub[~has]], ignore_index=True)
-            n_total = len(sub)
-            share = sub.groupby("category").size() / n_total
-            n_value = sub.groupby(f).size()
-            if len(n_value) < 2:
+        for f, table in counts.items():
+            if table.empty or table["value"].nunique() < 2:
                 continue  # one value only: nothing to compare it with
-            table = sub.groupby([f, "category"]).size()
-            for (value, category), n in table.items():
+            n_total = int(table["n"].sum())
+            share = table.groupby("category")["n"].sum() / n_total
+            n_value = table.groupby("value")["n"].sum()
+            for value, category, n in zip(table["value"], table["category"], table["n"], strict=True):
                 tested += 1
                 candidates.append(
                     (f, str(value), str(category), int(n), int(n_value[value]), float(share[category]))
@@ -143,24 +139,54 @@ def fit_from_workspace(
     ws: Any, before: float | None = None, config: ContextConfig | None = None
 ) -> ContextLift:
     """Learn the lifts from a workspace's validated events and catalogue (events before epoch
-    `before` only, when given: a benchmark's training part)."""
+    `before` only, when given: a benchmark's training part), counted by DuckDB over the Parquet
+    files (no frame of every event in memory)."""
+    import duckdb
     import pyarrow.parquet as pq
 
-    path = ws.validated("events")
-    if not path.exists():
+    events, catalog = ws.validated("events"), ws.validated("catalog")
+    if not events.exists() or not catalog.exists():
         return ContextLift([], 0, config or ContextConfig())
-    names = set(pq.read_schema(path).names)
-    cols = [c for c in ("item_id", "session_id", "timestamp", *FIELDS) if c in names]
-    if not set(FIELDS) & names:
-        return ContextLift([], 0, config or ContextConfig())
-    events = pd.read_parquet(path, columns=cols)
-    if before is not None and "timestamp" in events.columns:
-        ts = pd.to_datetime(events["timestamp"], utc=True).astype("int64") / 1e9
-        events = events[ts.to_numpy() < before]
-    catalog = ws.validated("catalog")
-    if not catalog.exists():
-        return ContextLift([], 0, config or ContextConfig())
-    return ContextLift.fit(events, pd.read_parquet(catalog, columns=["item_id", "category"]), config)
+    names = pq.read_schema(events).names
+    con = duckdb.connect()
+    try:
+        where = f" WHERE epoch(timestamp) < {float(before)!r}" if before is not None else ""
+        con.execute(f"CREATE VIEW ev AS SELECT * FROM read_parquet({_lit(str(events))}){where}")
+        con.execute(f"CREATE VIEW cat AS SELECT item_id, category FROM read_parquet({_lit(str(catalog))})")
+        return ContextLift.from_counts(_counts(con, "ev", "cat", names), config)
+    finally:
+        con.close()
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _counts(con: Any, events: str, catalog: str, columns: list[str]) -> dict[str, pd.DataFrame]:
+    """Per context field present in `columns`: visits (value, category, n), a visit being one
+    (session, category, value) where the event has a session, else one event."""
+    out: dict[str, pd.DataFrame] = {}
+    session = "CAST(e.session_id AS VARCHAR)" if "session_id" in columns else "CAST(NULL AS VARCHAR)"
+    for f in (f for f in FIELDS if f in columns):
+        value = f"trim(CAST(e.{f} AS VARCHAR))"
+        if f != "city":
+            value = f"lower({value})"
+        out[f] = con.execute(
+            f"""
+            WITH v AS (
+                SELECT {session} AS s, trim(CAST(c.category AS VARCHAR), '/') AS category, {value} AS value
+                FROM {events} e JOIN {catalog} c ON CAST(e.item_id AS VARCHAR) = CAST(c.item_id AS VARCHAR)
+                WHERE e.{f} IS NOT NULL AND {value} <> ''
+                  AND c.category IS NOT NULL AND trim(CAST(c.category AS VARCHAR), '/') <> ''
+            ),
+            u AS (
+                SELECT DISTINCT s, category, value FROM v WHERE s IS NOT NULL
+                UNION ALL SELECT s, category, value FROM v WHERE s IS NULL
+            )
+            SELECT value, category, count(*) AS n FROM u GROUP BY value, category ORDER BY value, category
+            """
+        ).df()
+    return out
 
 
 def strength(lift: float) -> float:
