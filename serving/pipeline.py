@@ -626,13 +626,12 @@ class Engine:
         )
         if not plain:
             return self._rank_popular(snap, k, segment, category, context, customer, events)
+        lifted = self.context_lift.key(context)  # the context's learned lifts change the block
         key = (
             k,
             segment if segment and segment in snap.segment_pop else None,
             self._mask_key(context, customer)[0],
-            (self.context_lift.token, self.context_lift.key(context))
-            if self.context_lift.key(context)
-            else (),
+            (self.context_lift.token, lifted) if lifted else (),
         )
         hit = snap.popular_blocks.get(
             key, lambda: tuple(self._rank_popular(snap, k, segment, category, context, customer, events))
