@@ -3,7 +3,8 @@
 
 The shop (`make_rerank_shop`): jeans of two brands, Acme (j0, j1) and Zed (j2, j3), and a lamp (j4,
 Zed). Zed is what everybody buys (u1..u6), so popularity puts j2 first; customer `fan` bought two
-Acme tops only. Stock: j0 in size M, j1 only in L, j2 in M, j3 sold out, j4 unsized in stock.
+Acme tops (t0, t1) in size M only. Stock: j0 in size M, j1 only in L, j2 in M, j3 sold out, j4
+unsized in stock; of two new tops, Acme's t2 only in L and Zed's t3 only in M.
 `private` bought the same as `fan` but gave no consent for personalisation.
 """
 
@@ -52,20 +53,21 @@ def make_rerank_shop(root: Path, now: pd.Timestamp | None = None) -> Path:
         buy(f"u{u}", "m0", now - pd.Timedelta(days=2))
     root.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(root / "events.parquet")
-    items = ["j0", "j1", "j2", "j3", "j4", "t0", "t1", "l0", "m0"]
+    items = ["j0", "j1", "j2", "j3", "j4", "t0", "t1", "l0", "m0", "t2", "t3"]
     pd.DataFrame(
         dict(
             item_id=items,
             title=["Acme jeans 0", "Acme jeans 1", "Zed jeans 2", "Zed jeans 3", "Zed lamp", "Acme top 0",
-                   "Acme top 1", "Lamp", "Mug"],
-            category=["fashion/jeans"] * 4 + ["home/lamps"] + ["fashion/tops"] * 2 + ["home/lamps", "home/mugs"],
-            brand=["Acme", "Acme", "Zed", "Zed", "Zed", "Acme", "Acme", "Nova", "Nova"],
-            price=[50.0, 50.0, 50.0, 50.0, 20.0, 20.0, 20.0, 30.0, 8.0],
+                   "Acme top 1", "Lamp", "Mug", "Acme top 2", "Zed top 3"],
+            category=["fashion/jeans"] * 4 + ["home/lamps"] + ["fashion/tops"] * 2 + ["home/lamps", "home/mugs"]
+            + ["fashion/tops"] * 2,
+            brand=["Acme", "Acme", "Zed", "Zed", "Zed", "Acme", "Acme", "Nova", "Nova", "Acme", "Zed"],
+            price=[50.0, 50.0, 50.0, 50.0, 20.0, 20.0, 20.0, 30.0, 8.0, 20.0, 20.0],
         )
     ).to_parquet(root / "catalog.parquet")  # fmt: skip
     stock = [("j0", "M", 5), ("j0", "L", 0), ("j1", "M", 0), ("j1", "L", 5), ("j2", "M", 5), ("j2", "L", 5),
              ("j3", "M", 0), ("j3", "L", 0), ("j4", "", 9), ("t0", "M", 3), ("t1", "M", 3), ("l0", "", 9),
-             ("m0", "", 9)]  # fmt: skip
+             ("m0", "", 9), ("t2", "M", 0), ("t2", "L", 4), ("t3", "M", 4), ("t3", "L", 0)]  # fmt: skip
     pd.DataFrame(stock, columns=["item_id", "size", "quantity"]).to_parquet(root / "stock.parquet")
     users = [f"u{u}" for u in range(1, 7)] + ["fan", "private"]
     pd.DataFrame(
@@ -134,6 +136,18 @@ def test_rerank_size_counts(engine) -> None:
     recs = engine.rerank("fan", ["j0", "j1", "j2"], Context(size="L"))
     assert [r.item_id for r in recs] == ["j1", "j2", "j0"]
     assert recs[-1].reason == "sold out in your size: kept at the end"
+
+
+def test_rerank_learned_size_without_one_in_the_request(engine) -> None:
+    """fan bought tops in M: Zed's top in M comes first, fan's own brand's top (only in L) last."""
+    from serving.pipeline import Context
+
+    recs = engine.rerank("fan", ["t2", "t3"], Context())
+    assert [(r.item_id, r.reason) for r in recs] == [
+        ("t3", "in your size M"),
+        ("t2", "sold out in your size: kept at the end"),
+    ]
+    assert [r.item_id for r in engine.rerank("fan", ["t2", "t3"], Context(size="L"))] == ["t2", "t3"]
 
 
 def test_rerank_puts_an_item_just_bought_last(engine) -> None:

@@ -30,13 +30,13 @@ def _post(url: str, path: str, body: dict, **kw) -> httpx.Response:
 
 
 def _proof(url: str) -> dict[str, dict]:
-    r = _post(url, "/popular", {"k": 9})
+    r = _post(url, "/popular", {"k": 11})
     assert r.status_code == 200, r.text
     return {i["item_id"]: i.get("social_proof") for i in r.json()["items"]}
 
 
 def test_social_proof_from_five_customers_on_counting_events_posted_a_moment_ago(url: str) -> None:
-    r = _post(url, "/popular", {"k": 9})
+    r = _post(url, "/popular", {"k": 11})
     items = {i["item_id"]: i for i in r.json()["items"]}
     assert items["l0"]["social_proof"] == {"purchases_7d": 5}  # five buyers two days ago
     assert "social_proof" not in items["m0"]  # four: the key is absent, not null
