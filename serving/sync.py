@@ -139,6 +139,7 @@ class StateSync:
 
     def _store_events(self, rows: list[dict[str, Any]]) -> int:
         events: list[Event] = []
+        parsed: list[Event] = []
         for raw in rows:
             fields = {
                 k: raw[k]
@@ -151,8 +152,10 @@ class StateSync:
                 e = parse_event(fields)
             except ValueError:
                 continue  # a type the online store does not keep (features build weighs it)
+            parsed.append(e)
             if self.state.may_personalise(e.user_id):
                 events.append(e)
+        self.state.observe(parsed)  # the social proof counts every customer's purchases
         return self.store.add(events) if events else 0
 
     # -- the background thread --------------------------------------------------------------------
