@@ -7,7 +7,8 @@
   are attributed to that block.
 - `ImpressionLog`: JSON lines (recommendation_id, variant, model_version, hashed user id, items,
   timestamp). The raw customer id never reaches the file (GDPR): only a salted hash.
-- `report(impressions, events)`: click-through and conversion per variant.
+- The report of an experiment (attribution, intervals, uplift, sample-ratio check) is
+  serving.ab_report, behind `shoprec ab report`.
 """
 
 from __future__ import annotations
@@ -228,52 +229,3 @@ def read_impressions(path: str | Path) -> pd.DataFrame:
         rows = [json.loads(line) for line in f if line.strip()]
     return pd.DataFrame(rows, columns=[*cols, *sorted({k for r in rows for k in r} - set(cols))])
 
-
-def report(
-    impressions: pd.DataFrame,
-    events: pd.DataFrame,
-    *,
-    salt: str = DEFAULT_SALT,
-    window_s: float = 24 * 3600,
-) -> pd.DataFrame:
-    """Click-through and conversion per variant.
-
-    impressions: rows of the impression log (recommendation_id, variant, user, items, ts).
-    events: user_id, item_id, event_type, timestamp (epoch s or datetime), optionally
-      recommendation_id. An impression is *clicked* when a `view` (or `add_to_cart`) of one of its
-      items follows it and *converted* when a `purchase` of one of its items follows it, within
-      `window_s`: attributed by recommendation_id where events carry it, else by the same (hashed)
-      customer and item.
-    Returns one row per variant: impressions, clicks, conversions, ctr, conversion_rate.
-    """
-    out_cols = ["variant", "impressions", "clicks", "conversions", "ctr", "conversion_rate"]
-    if impressions.empty:
-        return pd.DataFrame({c: [] for c in out_cols})
-    imp = impressions[["recommendation_id", "variant", "user", "items", "ts"]].explode("items")
-    imp = imp.rename(columns={"items": "item_id"}).dropna(subset=["item_id"])
-    ev = events.copy()
-    ts = ev["timestamp"]
-    if not pd.api.types.is_numeric_dtype(ts):
-        ts = pd.to_datetime(ts, utc=True).astype("int64") / 1e9
-    ev["ts_event"] = ts.astype(float)
-    ev["kind"] = ev["event_type"].map({"view": "click", "add_to_cart": "click", "purchase": "conversion"})
-    ev = ev.dropna(subset=["kind"])
-    if "recommendation_id" in ev.columns and ev["recommendation_id"].notna().any():
-        m = imp.merge(ev.dropna(subset=["recommendation_id"]), on=["recommendation_id", "item_id"])
-    else:
-        ev["user"] = ev["user_id"].astype(str).map(lambda u: hash_user(u, salt))
-        m = imp.merge(ev, on=["user", "item_id"])
-    m = m[(m["ts_event"] >= m["ts"]) & (m["ts_event"] <= m["ts"] + window_s)]
-    clicked = set(m.loc[m["kind"] == "click", "recommendation_id"])
-    converted = set(m.loc[m["kind"] == "conversion", "recommendation_id"])
-    per = impressions[["recommendation_id", "variant"]].drop_duplicates("recommendation_id")
-    per = per.assign(
-        clicked=per["recommendation_id"].isin(clicked | converted),  # a purchase implies a click
-        converted=per["recommendation_id"].isin(converted),
-    )
-    g = per.groupby("variant", sort=True).agg(
-        impressions=("recommendation_id", "size"), clicks=("clicked", "sum"), conversions=("converted", "sum")
-    )
-    g["ctr"] = g["clicks"] / g["impressions"]
-    g["conversion_rate"] = g["conversions"] / g["impressions"]
-    return g.reset_index()[out_cols]

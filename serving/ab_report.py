@@ -1,0 +1,535 @@
+"""The A/B report (`shoprec ab report`): attribution of clicks and purchases to the answers in the
+impression log, then per variant the counts, rates with 95% intervals, revenue per user, the
+uplift against control with its p-value, and a sample-ratio-mismatch check.
+
+Attribution (`attribute`):
+- An event that quotes a `recommendation_id` of the impression log belongs to that answer: a
+  `click`, `view` or `add_to_cart` makes it *clicked*, a `purchase` is an attributed purchase (and
+  clicks it too).
+- A purchase without one (or with an id the log does not hold) belongs to the latest impression
+  that showed that item to that customer within `window_hours` before it (last touch; the
+  impression log holds salted hashes, so the event's user id is hashed with the service's salt).
+- Anything else (a view without an id, a purchase of an item never shown) is not attributed.
+
+Statistics (`summarise`), all from scipy.stats, the customer being the unit the split randomises:
+- conversion = customers with at least one attributed purchase / customers shown a block (Wilson
+  interval, `binomtest(...).proportion_ci`); click-through = clicked blocks / blocks (Wilson, which
+  treats a customer's blocks as independent: read its interval as a lower bound on the noise);
+- uplift of a variant against control: the relative change of conversion and click-through (the
+  risk ratio minus one, `contingency.relative_risk`, Katz log interval) with the p-value of
+  Pearson's chi-square test (`chi2_contingency`); for revenue per user the difference of means
+  with Welch's interval and p-value (`ttest_ind(equal_var=False)`);
+- sample-ratio mismatch: chi-square goodness of fit of customers per variant against the
+  configured shares (`chisquare`); flagged below p = 0.001, the usual threshold (a real SRM has a
+  tiny p-value; a looser one would raise false alarms in every tenth experiment).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serving.ab import CONTROL, hash_user, read_impressions
+
+CLICK_TYPES = frozenset({"click", "view", "add_to_cart"})  # quoting an answer's id: a click on it
+PURCHASE = "purchase"
+REPORT_JSON = Path("reports") / "ab_report.json"  # serving.views.AB_REPORT reads these two
+REPORT_PNG = "ab_report.png"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the report needs beyond the logs."""
+
+    shares: Mapping[str, float] = field(default_factory=lambda: {"champion": 1.0})  # configured split
+    salt: str = "shoprec"  # the service's SHOPREC_AB_SALT: how the impression log hashed user ids
+    window_hours: float = 24.0  # a purchase without an id counts for a block shown this long before
+    control: str = CONTROL
+    confidence: float = 0.95
+    srm_alpha: float = 0.001
+
+
+# -- attribution ----------------------------------------------------------------------------------
+def _epoch(ts: pd.Series) -> pd.Series:
+    """Timestamps (datetimes, ISO text or epoch seconds) as float epoch seconds."""
+    if pd.api.types.is_numeric_dtype(ts):
+        return ts.astype(float)
+    dt = pd.to_datetime(ts, utc=True, format="mixed") if ts.dtype == object else pd.to_datetime(ts, utc=True)
+    return dt.astype("datetime64[us, UTC]").astype("int64") / 1e6
+
+
+def _ids(s: pd.Series) -> pd.Series:
+    """Recommendation ids as text, None where absent or blank."""
+    s = s.astype(object).where(s.notna(), None)
+    return s.map(lambda v: None if v is None or str(v).strip() == "" else str(v))
+
+
+def attribute(
+    impressions: pd.DataFrame, events: pd.DataFrame, *, salt: str, window_hours: float = 24.0
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Per impression: recommendation_id, variant, user, ts, clicked (bool), purchases (attributed
+    purchase lines), revenue (their price x quantity). Also counts of how each purchase was
+    attributed: by_id, by_window, not_attributed.
+
+    impressions: the impression log (serving.ab.read_impressions). events: user_id, item_id,
+    event_type, timestamp, and optionally recommendation_id, price, quantity (missing price: 0)."""
+    imp = impressions[["recommendation_id", "variant", "user", "items", "ts"]].copy()
+    imp = imp.dropna(subset=["recommendation_id", "user"]).drop_duplicates("recommendation_id")
+    imp["ts"] = imp["ts"].astype(float)
+    ev = events.copy()
+    for col, default in (("recommendation_id", None), ("price", 0.0), ("quantity", 1)):
+        if col not in ev.columns:
+            ev[col] = default
+    ev = ev[ev["event_type"].isin(CLICK_TYPES | {PURCHASE})].reset_index(drop=True)
+    ev["rid"] = _ids(ev["recommendation_id"])
+    ev["ts"] = _epoch(ev["timestamp"])
+    ev["amount"] = pd.to_numeric(ev["price"], errors="coerce").fillna(0.0) * pd.to_numeric(
+        ev["quantity"], errors="coerce"
+    ).fillna(1).clip(lower=1)
+    known = ev["rid"].isin(set(imp["recommendation_id"]))
+
+    clicked = set(ev.loc[known & ev["event_type"].isin(CLICK_TYPES | {PURCHASE}), "rid"])
+    buys = ev[ev["event_type"] == PURCHASE]
+    by_id = buys[known.loc[buys.index]][["rid", "amount"]]
+    loose = buys[~known.loc[buys.index]].copy()
+    by_window = pd.DataFrame({"rid": pd.Series(dtype=object), "amount": pd.Series(dtype=float)})
+    if not loose.empty and not imp.empty:
+        loose["user"] = loose["user_id"].astype(str).map(lambda u: hash_user(u, salt))
+        loose["event"] = loose.index
+        shown = imp.explode("items").rename(columns={"items": "item_id", "ts": "shown_ts"})
+        shown = shown.dropna(subset=["item_id"])
+        shown["item_id"] = shown["item_id"].astype(str)
+        loose["item_id"] = loose["item_id"].astype(str)
+        m = loose[["event", "user", "item_id", "ts", "amount"]].merge(
+            shown[["recommendation_id", "user", "item_id", "shown_ts"]], on=["user", "item_id"]
+        )
+        m = m[(m["shown_ts"] <= m["ts"]) & (m["ts"] <= m["shown_ts"] + window_hours * 3600)]
+        last = m.sort_values("shown_ts", kind="stable").groupby("event").tail(1)  # last touch
+        by_window = last.rename(columns={"recommendation_id": "rid"})[["rid", "amount"]]
+    bought = pd.concat([by_id, by_window], ignore_index=True)
+    per_rid = bought.groupby("rid").agg(purchases=("amount", "size"), revenue=("amount", "sum"))
+    out = imp.drop(columns="items").set_index("recommendation_id")
+    out = out.join(per_rid).fillna({"purchases": 0, "revenue": 0.0})
+    out["purchases"] = out["purchases"].astype(int)
+    out["clicked"] = out.index.isin(clicked)
+    counts = {
+        "purchases": len(buys),
+        "by_id": len(by_id),
+        "by_window": len(by_window),
+        "not_attributed": len(buys) - len(by_id) - len(by_window),
+        "clicks_by_id": len(clicked),
+    }
+    return out.reset_index(), counts
+
+
+def per_user(per_impression: pd.DataFrame) -> pd.DataFrame:
+    """One row per customer: variant (of their first block), impressions, clicks, purchases,
+    revenue, converted (at least one attributed purchase)."""
+    first = per_impression.sort_values("ts").groupby("user")["variant"].first()
+    g = per_impression.groupby("user").agg(
+        impressions=("recommendation_id", "size"),
+        clicks=("clicked", "sum"),
+        purchases=("purchases", "sum"),
+        revenue=("revenue", "sum"),
+    )
+    g["variant"] = first
+    g["converted"] = g["purchases"] > 0
+    return g.reset_index()
+
+
+# -- statistics -----------------------------------------------------------------------------------
+def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """Wilson score interval of a proportion (scipy.stats.binomtest); None when n is 0."""
+    from scipy import stats
+
+    if n <= 0:
+        return None, None
+    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def proportion_uplift(
+    hits: int, n: int, control_hits: int, control_n: int, confidence: float = 0.95
+) -> dict[str, float | None]:
+    """Relative uplift of hits/n over control_hits/control_n: the risk ratio minus one with its
+    Katz log interval (scipy.stats.contingency.relative_risk) and the p-value of Pearson's
+    chi-square test without continuity correction (scipy.stats.chi2_contingency)."""
+    from scipy import stats
+    from scipy.stats.contingency import relative_risk
+
+    out: dict[str, float | None] = {"uplift": None, "uplift_low": None, "uplift_high": None, "p_value": None}
+    if n <= 0 or control_n <= 0:
+        return out
+    table = np.array([[hits, n - hits], [control_hits, control_n - control_hits]])
+    if table.sum(axis=0).min() == 0:  # nobody (or everybody) converted in both groups: no evidence
+        out["p_value"] = 1.0
+    else:
+        out["p_value"] = float(stats.chi2_contingency(table, correction=False).pvalue)
+    if control_hits > 0:
+        rr = relative_risk(int(hits), int(n), int(control_hits), int(control_n))
+        out["uplift"] = float(rr.relative_risk) - 1.0
+        if hits > 0:
+            ci = rr.confidence_interval(confidence_level=confidence)
+            out["uplift_low"], out["uplift_high"] = float(ci.low) - 1.0, float(ci.high) - 1.0
+    return out
+
+
+def mean_difference(values: np.ndarray, control: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
+    """Difference of means with Welch's interval and p-value (scipy.stats.ttest_ind)."""
+    from scipy import stats
+
+    out: dict[str, Any] = {
+        "difference": None,
+        "difference_low": None,
+        "difference_high": None,
+        "p_value": None,
+    }
+    if len(values) < 2 or len(control) < 2:
+        return out
+    out["difference"] = float(np.mean(values) - np.mean(control))
+    if np.var(values) == 0 and np.var(control) == 0:
+        out["p_value"] = 1.0 if out["difference"] == 0 else 0.0
+        out["difference_low"] = out["difference_high"] = out["difference"]
+        return out
+    t = stats.ttest_ind(values, control, equal_var=False)
+    ci = t.confidence_interval(confidence_level=confidence)
+    out.update(p_value=float(t.pvalue), difference_low=float(ci.low), difference_high=float(ci.high))
+    return out
+
+
+def sample_ratio(
+    users: Mapping[str, int], shares: Mapping[str, float], alpha: float = 0.001
+) -> dict[str, Any]:
+    """Chi-square goodness of fit of customers per variant against the configured shares
+    (scipy.stats.chisquare). A variant with customers but no configured share is a mismatch too."""
+    from scipy import stats
+
+    total = int(sum(users.values()))
+    unexpected = sorted(v for v, n in users.items() if n > 0 and shares.get(v, 0) <= 0)
+    configured = [v for v, s in shares.items() if s > 0]
+    out: dict[str, Any] = {
+        "expected": ", ".join(f"{v}={shares[v]:g}" for v in configured),
+        "observed": ", ".join(f"{v}={int(users.get(v, 0))}" for v in sorted(set(configured) | set(users))),
+        "chi2": None,
+        "p_value": None,
+        "flagged": bool(unexpected),
+        "note": f"customers in variants without a configured share: {', '.join(unexpected)}"
+        if unexpected
+        else "",
+    }
+    if total == 0 or len(configured) < 2:
+        out["note"] = out["note"] or "fewer than two variants configured: nothing to compare"
+        return out
+    obs = np.array([users.get(v, 0) for v in configured], dtype=float)
+    exp = np.array([shares[v] for v in configured], dtype=float)
+    exp = exp / exp.sum() * obs.sum()
+    res = stats.chisquare(obs, exp)
+    out["chi2"], out["p_value"] = float(res.statistic), float(res.pvalue)
+    out["flagged"] = bool(unexpected) or bool(res.pvalue < alpha)
+    if res.pvalue < alpha:
+        out["note"] = (out["note"] + "; " if out["note"] else "") + (
+            f"the split differs from the configured shares (p < {alpha:g}): assignment or logging is "
+            "broken, do not trust the uplift"
+        )
+    return out
+
+
+def summarise(per_impression: pd.DataFrame, config: ReportConfig) -> dict[str, Any]:
+    """The report object: variants (one row each), uplift (one row per variant and metric against
+    control) and the sample-ratio check."""
+    users = (
+        per_user(per_impression)
+        if not per_impression.empty
+        else pd.DataFrame(
+            columns=["user", "variant", "impressions", "clicks", "purchases", "revenue", "converted"]
+        )
+    )
+    conf = config.confidence
+    names = sorted(set(users["variant"]), key=lambda v: (v == config.control, v))
+    rows, by_variant = [], {}
+    for v in names:
+        u = users[users["variant"] == v]
+        imp = per_impression[per_impression["user"].isin(u["user"])]
+        n_users, n_imp = len(u), len(imp)
+        clicks, converted = int(imp["clicked"].sum()), int(u["converted"].sum())
+        ctr_ci, conv_ci = wilson(clicks, n_imp, conf), wilson(converted, n_users, conf)
+        rows.append(
+            {
+                "variant": v,
+                "users": n_users,
+                "share": n_users / len(users),
+                "impressions": n_imp,
+                "clicks": clicks,
+                "purchases": int(u["purchases"].sum()),
+                "converted_users": converted,
+                "revenue": round(float(u["revenue"].sum()), 2),
+                "ctr": clicks / n_imp if n_imp else None,
+                "ctr_low": ctr_ci[0],
+                "ctr_high": ctr_ci[1],
+                "conversion": converted / n_users if n_users else None,
+                "conversion_low": conv_ci[0],
+                "conversion_high": conv_ci[1],
+                "revenue_per_user": float(u["revenue"].mean()) if n_users else None,
+            }
+        )
+        by_variant[v] = (rows[-1], u)
+    uplift = []
+    if config.control in by_variant:
+        c, cu = by_variant[config.control]
+        for v in names:
+            if v == config.control:
+                continue
+            r, u = by_variant[v]
+            for metric, hits, n, c_hits, c_n in (
+                ("conversion", r["converted_users"], r["users"], c["converted_users"], c["users"]),
+                ("ctr", r["clicks"], r["impressions"], c["clicks"], c["impressions"]),
+            ):
+                uplift.append(
+                    {"variant": v, "metric": metric, "value": r[metric], "control": c[metric],
+                     **proportion_uplift(hits, n, c_hits, c_n, conf)}
+                )  # fmt: skip
+            d = mean_difference(u["revenue"].to_numpy(float), cu["revenue"].to_numpy(float), conf)
+            base = c["revenue_per_user"]
+            rel = d["difference"] / base if d["difference"] is not None and base else None
+            uplift.append(
+                {"variant": v, "metric": "revenue_per_user", "value": r["revenue_per_user"], "control": base,
+                 "uplift": rel, "uplift_low": None, "uplift_high": None, "p_value": d["p_value"],
+                 "difference_low": d["difference_low"], "difference_high": d["difference_high"]}
+            )  # fmt: skip
+        for row in uplift:
+            row["significant"] = row["p_value"] is not None and row["p_value"] < 1 - conf
+    srm = sample_ratio({r["variant"]: r["users"] for r in rows}, config.shares, config.srm_alpha)
+    return {"variants": rows, "uplift": uplift, "srm": srm}
+
+
+# -- the workspace: reading the logs, writing the report ------------------------------------------
+def load_events(ws: Any, since: float | None = None) -> pd.DataFrame:
+    """The events that can be attributed: the raw events table and the change log (what `POST
+    /events` appended), clicks, views, carts and purchases at or after `since` (epoch s), with a
+    price for purchases (the event's, else the catalogue's)."""
+    from features import changelog
+
+    cols = ["user_id", "item_id", "event_type", "timestamp", "quantity", "price", "recommendation_id"]
+    types = sorted(CLICK_TYPES | {PURCHASE})
+    parts = []
+    raw = ws.raw("events")
+    if raw is not None:
+        if raw.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            have = set(pq.read_schema(raw).names)
+            df = pd.read_parquet(
+                raw, columns=[c for c in cols if c in have], filters=[("event_type", "in", types)]
+            )
+        else:
+            df = pd.read_csv(raw)
+            df = df[df["event_type"].isin(types)]
+        parts.append(df)
+    if changelog.log_path(ws, "events").exists():
+        table, _ = changelog.read(ws, "events")
+        parts.append(table.select([c for c in cols if c in table.column_names]).to_pandas())
+    if not parts:
+        return pd.DataFrame({c: [] for c in cols})
+    ev = pd.concat([p.reindex(columns=cols) for p in parts], ignore_index=True)
+    ev["timestamp"] = _epoch(ev["timestamp"])
+    if since is not None:
+        ev = ev[ev["timestamp"] >= since]
+    ev = ev.reset_index(drop=True)
+    missing = ev["price"].isna() & (ev["event_type"] == PURCHASE)
+    if missing.any():
+        ev.loc[missing, "price"] = ev.loc[missing, "item_id"].astype(str).map(_catalog_prices(ws))
+    return ev
+
+
+def _catalog_prices(ws: Any) -> pd.Series:
+    for path in (ws.validated("catalog"), ws.raw("catalog")):
+        if path is not None and Path(path).exists():
+            cat = pd.read_parquet(path) if str(path).endswith(".parquet") else pd.read_csv(path)
+            if "price" in cat.columns:
+                return cat.assign(item_id=cat["item_id"].astype(str)).set_index("item_id")["price"]
+    return pd.Series(dtype=float)
+
+
+def build_report(impressions: pd.DataFrame, events: pd.DataFrame, config: ReportConfig) -> dict[str, Any]:
+    """attribute + summarise, with the attribution counts and the settings in the object."""
+    per_impression, counts = attribute(
+        impressions, events, salt=config.salt, window_hours=config.window_hours
+    )
+    report = summarise(per_impression, config)
+    anonymous = int(impressions["user"].isna().sum()) if "user" in impressions else 0
+    report["attribution"] = {
+        **counts,
+        "window_hours": config.window_hours,
+        "anonymous_impressions": anonymous,
+    }
+    report["control"] = config.control
+    report["confidence"] = config.confidence
+    return report
+
+
+def ab_report(ws: Any, config: ReportConfig, out: Path | None = None) -> dict[str, Any]:
+    """The report of the workspace's impression log (`serving/impressions.jsonl`) and events,
+    written to `out` (default DIR/reports/ab_report.json) with its plot beside it (.png)."""
+    import json
+
+    path = ws.serving_dir / "impressions.jsonl"
+    impressions = read_impressions(path)
+    since = float(impressions["ts"].min()) if len(impressions) else None
+    report = build_report(impressions, load_events(ws, since), config)
+    first, last = (impressions["ts"].min(), impressions["ts"].max()) if len(impressions) else (None, None)
+    report["period"] = {
+        "from": _iso(first),
+        "to": _iso(last),
+        "impression_log": str(path),
+    }
+    out = Path(out) if out is not None else ws.root / REPORT_JSON
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = out.with_suffix(".png")
+    report["plot"] = png.name
+    plot(report, png)
+    out.write_text(json.dumps(plain_json(report), indent=2, default=str) + "\n")
+    return report
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None or not math.isfinite(float(ts)):
+        return None
+    return datetime.fromtimestamp(float(ts), UTC).isoformat(timespec="seconds")
+
+
+def plain_json(obj: Any) -> Any:
+    """NaN and infinities as null (strict JSON), numpy scalars as Python ones."""
+    if isinstance(obj, dict):
+        return {k: plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [plain_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# -- for a person: the plot and the terminal table -----------------------------------------------
+def plot(report: Mapping[str, Any], path: Path | None = None) -> Any:
+    """Conversion and click-through per variant with their intervals, and each variant's uplift
+    against control with its interval. Saved to `path` when given; returns the figure."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = report["variants"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    names = [r["variant"] for r in rows]
+    for ax, metric, title in (
+        (axes[0], "conversion", "conversion (customers)"),
+        (axes[1], "ctr", "click-through (blocks)"),
+    ):
+        vals = [r[metric] or 0.0 for r in rows]
+        lo = [
+            max(0.0, v - (r[f"{metric}_low"] if r[f"{metric}_low"] is not None else v))
+            for v, r in zip(vals, rows, strict=True)
+        ]
+        hi = [
+            max(0.0, (r[f"{metric}_high"] if r[f"{metric}_high"] is not None else v) - v)
+            for v, r in zip(vals, rows, strict=True)
+        ]
+        colors = ["tab:gray" if n == report.get("control") else "tab:blue" for n in names]
+        ax.bar(names, vals, yerr=[lo, hi], capsize=6, color=colors)
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+    ax = axes[2]
+    ups = [u for u in report["uplift"] if u["metric"] in ("conversion", "ctr") and u["uplift"] is not None]
+    labels = [f"{u['variant']}\n{u['metric']}" for u in ups]
+    for i, u in enumerate(ups):
+        low = u["uplift_low"] if u["uplift_low"] is not None else u["uplift"]
+        high = u["uplift_high"] if u["uplift_high"] is not None else u["uplift"]
+        ax.errorbar([u["uplift"] * 100], [i], xerr=[[(u["uplift"] - low) * 100], [(high - u["uplift"]) * 100]],
+                    fmt="o", capsize=6, color="tab:red" if u["significant"] else "tab:blue")  # fmt: skip
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(ups)), labels)
+    ax.set_xlabel("uplift against control, % (95% interval)")
+    ax.set_title("uplift" if ups else "uplift (no control group)")
+    srm = report.get("srm", {})
+    if srm.get("flagged"):
+        fig.suptitle("SAMPLE RATIO MISMATCH: " + str(srm.get("note", "")), color="tab:red", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def report_table(report: Mapping[str, Any]) -> tuple[str, Any, list[str]]:
+    """(heading, rich table, lines) for features.console.show."""
+    from rich.table import Table
+
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    def ci(r: Mapping[str, Any], m: str) -> str:
+        return f"{pct(r[m])} [{pct(r[m + '_low'])}, {pct(r[m + '_high'])}]"
+
+    table = Table()
+    for col in (
+        "variant",
+        "users",
+        "impressions",
+        "clicks",
+        "purchases",
+        "revenue",
+        "click-through",
+        "conversion",
+        "rev/user",
+    ):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in report["variants"]:
+        table.add_row(
+            r["variant"], f"{r['users']:,}", f"{r['impressions']:,}", f"{r['clicks']:,}", f"{r['purchases']:,}",
+            f"{r['revenue']:,.2f}", ci(r, "ctr"), ci(r, "conversion"),
+            "-" if r["revenue_per_user"] is None else f"{r['revenue_per_user']:.2f}",
+        )  # fmt: skip
+    lines = []
+    for u in report["uplift"]:
+        if u["metric"] == "revenue_per_user":
+            d = (
+                "-"
+                if u["difference_low"] is None
+                else f"[{u['difference_low']:+.2f}, {u['difference_high']:+.2f}]"
+            )
+            lines.append(
+                f"{u['variant']} vs {report['control']}: revenue per user difference {d}, p = {_p(u['p_value'])}"
+            )
+        else:
+            up = "-" if u["uplift"] is None else f"{100 * u['uplift']:+.1f}%"
+            lo = "-" if u["uplift_low"] is None else f"{100 * u['uplift_low']:+.1f}%"
+            hi = "-" if u["uplift_high"] is None else f"{100 * u['uplift_high']:+.1f}%"
+            lines.append(
+                f"{u['variant']} vs {report['control']}: {u['metric']} uplift {up} [{lo}, {hi}], p = {_p(u['p_value'])}"
+            )
+    if not report["uplift"]:
+        lines.append(f"no uplift: no customers in the control variant `{report['control']}`")
+    srm = report["srm"]
+    lines.append(
+        f"sample ratio: {'MISMATCH' if srm['flagged'] else 'ok'} (observed {srm['observed']}; configured "
+        f"{srm['expected']}; p = {_p(srm['p_value'])}){' - ' + srm['note'] if srm['note'] else ''}"
+    )
+    a = report["attribution"]
+    lines.append(
+        f"purchases: {a['purchases']:,} ({a['by_id']:,} by recommendation id, {a['by_window']:,} within "
+        f"{a['window_hours']:g} h of a block that showed the item, {a['not_attributed']:,} not attributed)"
+    )
+    return "A/B report", table, lines
+
+
+def _p(p: float | None) -> str:
+    return "-" if p is None else (f"{p:.3g}" if p >= 1e-4 else "< 0.0001")
