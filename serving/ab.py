@@ -228,4 +228,3 @@ def read_impressions(path: str | Path) -> pd.DataFrame:
     with path.open(encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return pd.DataFrame(rows, columns=[*cols, *sorted({k for r in rows for k in r} - set(cols))])
-

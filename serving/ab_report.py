@@ -374,7 +374,9 @@ def build_report(impressions: pd.DataFrame, events: pd.DataFrame, config: Report
     return report
 
 
-def ab_report(ws: Any, config: ReportConfig, out: Path | None = None) -> dict[str, Any]:
+def ab_report(
+    ws: Any, config: ReportConfig, out: Path | None = None, *, with_plot: bool = True
+) -> dict[str, Any]:
     """The report of the workspace's impression log (`serving/impressions.jsonl`) and events,
     written to `out` (default DIR/reports/ab_report.json) with its plot beside it (.png)."""
     import json
@@ -392,8 +394,9 @@ def ab_report(ws: Any, config: ReportConfig, out: Path | None = None) -> dict[st
     out = Path(out) if out is not None else ws.root / REPORT_JSON
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
-    report["plot"] = png.name
-    plot(report, png)
+    if with_plot:
+        report["plot"] = png.name
+        plot(report, png)
     out.write_text(json.dumps(plain_json(report), indent=2, default=str) + "\n")
     return report
 

@@ -115,4 +115,3 @@ def test_impression_log_buffers_lines_and_writes_them_out_on_time_flush_and_clos
     b.close()
     ids = [json.loads(x)["recommendation_id"] for x in path.read_text().splitlines()]
     assert sorted(ids) == sorted(["r1", "r2", "r3"] + [f"m{n}" for n in range(300)])
-
