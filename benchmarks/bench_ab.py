@@ -16,7 +16,7 @@ every variant. The A/A runs plant no uplift.
 - 50 seeded A/A runs: how often the report flags an effect at p < 0.05 (target <= 10%);
 - sample-ratio flags in all of them (a fair split: expected ~0.1% at the 0.001 threshold);
 - one run of the planted plan through a real `shoprec serve` process over HTTP (`bentoml serve` of
-  serving.service:ShopRec, `/recommend_batch` and `POST /events`), the report read from the served
+  serving.service:ShopRec, one `/recommend` per visit and `POST /events`), the report read from the served
   workspace, to show the in-process runs and the live service agree in method.
 
 The 100 seeded runs drive the service's engine, router and impression log in this process
@@ -98,7 +98,7 @@ def http_run(ws: Any, plan: Any) -> dict[str, Any]:
     start = time.perf_counter()
     with serve_process(bentoml_serve("serving.service:ShopRec"), env=env, timeout_s=180) as running:
         ready = time.perf_counter() - start
-        shop = HttpShop(running.url, API_KEY)
+        shop = HttpShop(running.url, API_KEY, per_request=True)  # the web shop: one /recommend per visit
         try:
             counts = simulate(shop, users, plan, catalog)
         finally:

@@ -8,7 +8,7 @@ the customer then behaves by a known plan (`Plan`):
 - buys one shown item with `p_buy`, or `p_buy * (1 + uplift)` in the `treated` variant: the planted
   effect. A share `by_id` of these purchases quote the block's id (bought through the click); the
   rest come without it, right after the visit, so only the report's window attribution finds them;
-- buys an item the block did not show with `p_other` (never attributed: noise the report must
+- buys an item no block showed them with `p_other` (never attributed: noise the report must
   leave out).
 Every decision is a draw of one seeded stream, five numbers per block in request order, so the
 outcome does not depend on which items the models pick.
@@ -152,11 +152,13 @@ def simulate(shop: Shop, user_ids: Iterable[str], plan: Plan, catalog: pd.DataFr
     items = catalog["item_id"].astype(str).to_numpy()
     price = dict(zip(items, catalog["price"].astype(float).fillna(0.0), strict=True))
     counts = {"blocks": 0, "clicks": 0, "bought_shown": 0, "bought_other": 0}
+    seen: dict[str, set[str]] = {}  # items shown to each customer so far
     for _ in range(plan.visits):
         events: list[dict[str, Any]] = []
         for user, variant, rid, shown in shop.answer(users, plan.k):
             u = rng.random(5)  # click?, which, buy?, with the id?, buy something else?
             counts["blocks"] += 1
+            seen.setdefault(user, set()).update(shown)
             if not shown:
                 continue
             pick = shown[int(u[1] * len(shown))]
@@ -176,7 +178,7 @@ def simulate(shop: Shop, user_ids: Iterable[str], plan: Plan, catalog: pd.DataFr
                 counts["bought_shown"] += 1
             if u[4] < plan.p_other:
                 other = items[int(u[1] * 7919) % len(items)]
-                if other not in shown:
+                if other not in seen[user]:
                     events.append({"user_id": user, "item_id": other, "event_type": "purchase",
                                    "price": price.get(other, 0.0)})  # fmt: skip
                     counts["bought_other"] += 1
