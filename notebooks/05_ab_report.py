@@ -40,6 +40,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import Image, display
 
 from features.workspace import Workspace
 from serving.ab import read_impressions
@@ -73,8 +74,10 @@ if not is_demo and log.exists():
     )
     since = float(impressions["ts"].min()) if len(impressions) else None
     own_report = build_report(impressions, load_events(ws, since), config)
-    display(pd.DataFrame(own_report["variants"]).set_index("variant"))  # noqa: F821 (IPython)
-    plt.show(plot(own_report))
+    display(pd.DataFrame(own_report["variants"]).set_index("variant"))
+    own_png = Path(tempfile.mkdtemp(prefix="shoprec-ab-")) / "ab_report.png"
+    plot(own_report, own_png)
+    display(Image(filename=own_png))
 else:
     print("no impression log to report on here: the simulation below makes one")
 
@@ -110,7 +113,7 @@ print(f"{len(customers):,} customers, {len(catalog):,} items; champion {feed.hol
 
 # %%
 SHARES = {"champion": 0.34, "challenger": 0.33, "control": 0.33}
-plan = Plan(p_buy=0.10, uplift=1.0, treated="champion", visits=2, seed=5)
+plan = Plan(p_buy=0.10, uplift=1.0, treated="champion", visits=2, seed=0)
 run = Workspace.at(Path(tempfile.mkdtemp(prefix="shoprec-ab-")) / "run")
 run.root.mkdir(parents=True)
 engine_shop = EngineShop(feed, run, shares=SHARES, salt="notebook-05")
@@ -141,8 +144,7 @@ print(
     "sample ratio:", "MISMATCH" if report["srm"]["flagged"] else "ok", f"(p = {report['srm']['p_value']:.3f})"
 )
 print("attribution:", report["attribution"])
-fig = plot(report)
-plt.show()
+display(Image(filename=run.root / "reports" / "ab_report.png"))  # the plot the report wrote
 
 # %%
 planted = outcome(report, plan)
@@ -186,4 +188,7 @@ ax.set_ylabel("conversion uplift, %")
 ax.set_title(f"{covered} of {len(repeats)} intervals hold the planted uplift")
 ax.legend()
 plt.show()
+print(
+    f"{covered} of {len(repeats)} intervals hold the planted uplift; {int(repeats['flagged'].sum())} significant"
+)
 feed.close()

@@ -423,15 +423,15 @@ def plain_json(obj: Any) -> Any:
 # -- for a person: the plot and the terminal table -----------------------------------------------
 def plot(report: Mapping[str, Any], path: Path | None = None) -> Any:
     """Conversion and click-through per variant with their intervals, and each variant's uplift
-    against control with its interval. Saved to `path` when given; returns the figure."""
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    against control with its interval. Saved to `path` when given; returns the figure (a
+    matplotlib Figure not managed by pyplot: `display(fig)` in a notebook)."""
+    from matplotlib.figure import Figure
 
     rows = report["variants"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    # A Figure without pyplot: no global backend switch, so a notebook still shows its plots inline
+    # (display(fig)), and the command needs no display.
+    fig = Figure(figsize=(13, 3.8))
+    axes = fig.subplots(1, 3)
     names = [r["variant"] for r in rows]
     for ax, metric, title in (
         (axes[0], "conversion", "conversion (customers)"),
@@ -468,7 +468,6 @@ def plot(report: Mapping[str, Any], path: Path | None = None) -> Any:
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
-        plt.close(fig)
     return fig
 
 
