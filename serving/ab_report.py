@@ -101,7 +101,9 @@ def attribute(
     loose = buys[~known.loc[buys.index]].copy()
     by_window = pd.DataFrame({"rid": pd.Series(dtype=object), "amount": pd.Series(dtype=float)})
     if not loose.empty and not imp.empty:
-        loose["user"] = loose["user_id"].astype(str).map(lambda u: hash_user(u, salt))
+        ids = loose["user_id"].astype(str)
+        hashed = {u: hash_user(u, salt) for u in ids.unique()}  # once per customer, not per event
+        loose["user"] = ids.map(hashed)
         loose["event"] = loose.index
         shown = imp.explode("items").rename(columns={"items": "item_id", "ts": "shown_ts"})
         shown = shown.dropna(subset=["item_id"])
@@ -325,9 +327,10 @@ def load_events(ws: Any, since: float | None = None) -> pd.DataFrame:
             import pyarrow.parquet as pq
 
             have = set(pq.read_schema(raw).names)
-            df = pd.read_parquet(
-                raw, columns=[c for c in cols if c in have], filters=[("event_type", "in", types)]
-            )
+            keep: list[Any] = [("event_type", "in", types)]
+            if since is not None:  # a shop's history is long; the experiment is recent
+                keep.append(("timestamp", ">=", pd.Timestamp(since, unit="s", tz="UTC")))
+            df = pd.read_parquet(raw, columns=[c for c in cols if c in have], filters=keep)
         else:
             df = pd.read_csv(raw)
             df = df[df["event_type"].isin(types)]
