@@ -478,55 +478,57 @@ def report_table(report: Mapping[str, Any]) -> tuple[str, Any, list[str]]:
     """(heading, rich table, lines) for features.console.show."""
     from rich.table import Table
 
-    def pct(v: Any) -> str:
-        return "-" if v is None else f"{100 * v:.2f}%"
-
     def ci(r: Mapping[str, Any], m: str) -> str:
-        return f"{pct(r[m])} [{pct(r[m + '_low'])}, {pct(r[m + '_high'])}]"
+        if r[m] is None:
+            return "-"
+        low, high = r[m + "_low"], r[m + "_high"]
+        if low is None:
+            return f"{100 * r[m]:.1f}%"
+        return f"{100 * r[m]:.1f}%\n[{100 * low:.1f}, {100 * high:.1f}]"  # fits 100 columns
 
-    table = Table()
+    def signed(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    table = Table(show_edge=False)  # fits a 100-column terminal with the intervals
     for col in (
         "variant",
         "users",
-        "impressions",
+        "blocks",
         "clicks",
         "purchases",
         "revenue",
-        "click-through",
+        "ctr",
         "conversion",
         "rev/user",
     ):
-        table.add_column(col, justify="left" if col == "variant" else "right")
+        wide = 12 if col in ("ctr", "conversion") else None  # "[25.8, 32.8]" on one line
+        table.add_column(col, justify="left" if col == "variant" else "right", min_width=wide)
     for r in report["variants"]:
         table.add_row(
             r["variant"], f"{r['users']:,}", f"{r['impressions']:,}", f"{r['clicks']:,}", f"{r['purchases']:,}",
-            f"{r['revenue']:,.2f}", ci(r, "ctr"), ci(r, "conversion"),
-            "-" if r["revenue_per_user"] is None else f"{r['revenue_per_user']:.2f}",
+            f"{r['revenue']:,.0f}", ci(r, "ctr"), ci(r, "conversion"), signed(r["revenue_per_user"], ".2f"),
         )  # fmt: skip
     lines = []
     for u in report["uplift"]:
+        head = f"{u['variant']} vs {report['control']}:"
         if u["metric"] == "revenue_per_user":
-            d = (
-                "-"
-                if u["difference_low"] is None
-                else f"[{u['difference_low']:+.2f}, {u['difference_high']:+.2f}]"
-            )
+            diff = None if u["value"] is None or u["control"] is None else u["value"] - u["control"]
             lines.append(
-                f"{u['variant']} vs {report['control']}: revenue per user difference {d}, p = {_p(u['p_value'])}"
+                f"{head} revenue per user {signed(diff, '+.2f')} [{signed(u['difference_low'], '+.2f')}, "
+                f"{signed(u['difference_high'], '+.2f')}], p {_p(u['p_value'])}"
             )
         else:
-            up = "-" if u["uplift"] is None else f"{100 * u['uplift']:+.1f}%"
-            lo = "-" if u["uplift_low"] is None else f"{100 * u['uplift_low']:+.1f}%"
-            hi = "-" if u["uplift_high"] is None else f"{100 * u['uplift_high']:+.1f}%"
+            pct = [None if u[k] is None else 100 * u[k] for k in ("uplift", "uplift_low", "uplift_high")]
             lines.append(
-                f"{u['variant']} vs {report['control']}: {u['metric']} uplift {up} [{lo}, {hi}], p = {_p(u['p_value'])}"
+                f"{head} {u['metric']} {signed(pct[0], '+.1f')}% [{signed(pct[1], '+.1f')}%, "
+                f"{signed(pct[2], '+.1f')}%], p {_p(u['p_value'])}"
             )
     if not report["uplift"]:
         lines.append(f"no uplift: no customers in the control variant `{report['control']}`")
     srm = report["srm"]
     lines.append(
         f"sample ratio: {'MISMATCH' if srm['flagged'] else 'ok'} (observed {srm['observed']}; configured "
-        f"{srm['expected']}; p = {_p(srm['p_value'])}){' - ' + srm['note'] if srm['note'] else ''}"
+        f"{srm['expected']}; p {_p(srm['p_value'])}){' - ' + srm['note'] if srm['note'] else ''}"
     )
     a = report["attribution"]
     lines.append(
@@ -537,4 +539,4 @@ def report_table(report: Mapping[str, Any]) -> tuple[str, Any, list[str]]:
 
 
 def _p(p: float | None) -> str:
-    return "-" if p is None else (f"{p:.3g}" if p >= 1e-4 else "< 0.0001")
+    return "= -" if p is None else (f"= {p:.3g}" if p >= 1e-4 else "< 0.0001")
