@@ -464,7 +464,7 @@ def plot(report: Mapping[str, Any], path: Path | None = None) -> Any:
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(ups)), labels)
     ax.set_xlabel("uplift against control, % (95% interval)")
-    ax.set_title("uplift" if ups else "uplift (no control group)")
+    ax.set_title("uplift (red: p < 0.05)" if ups else "uplift (no control group)")
     srm = report.get("srm", {})
     if srm.get("flagged"):
         fig.suptitle("SAMPLE RATIO MISMATCH: " + str(srm.get("note", "")), color="tab:red", fontsize=9)
