@@ -523,7 +523,10 @@ def report_table(report: Mapping[str, Any]) -> tuple[str, Any, list[str]]:
                 f"{head} {u['metric']} {signed(pct[0], '+.1f')}% [{signed(pct[1], '+.1f')}%, "
                 f"{signed(pct[2], '+.1f')}%], p {_p(u['p_value'])}"
             )
-    if not report["uplift"]:
+    if not report["variants"]:
+        where = report.get("period", {}).get("impression_log", "the impression log")
+        lines.append(f"no impressions of known customers in {where}: nothing to compare yet")
+    elif not report["uplift"]:
         lines.append(f"no uplift: no customers in the control variant `{report['control']}`")
     srm = report["srm"]
     lines.append(
@@ -539,4 +542,4 @@ def report_table(report: Mapping[str, Any]) -> tuple[str, Any, list[str]]:
 
 
 def _p(p: float | None) -> str:
-    return "= -" if p is None else (f"= {p:.3g}" if p >= 1e-4 else "< 0.0001")
+    return "n/a" if p is None else (f"= {p:.3g}" if p >= 1e-4 else "< 0.0001")
