@@ -44,7 +44,8 @@ from IPython.display import Image, display
 
 from features.workspace import Workspace
 from serving.ab import read_impressions
-from serving.ab_report import ReportConfig, ab_report, build_report, load_events, plot
+from serving.ab_display import plot
+from serving.ab_report import ReportConfig, ab_report, build_report, load_events
 from serving.ab_sim import EngineShop, Plan, outcome, simulate
 from serving.feed import Feed
 from training.demo import notebook_workspace, scratch_copy, train_quietly

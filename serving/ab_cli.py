@@ -46,7 +46,8 @@ def report_cmd(
     from features.console import quiet_exit, show
     from features.workspace import Workspace
     from serving.ab import parse_shares
-    from serving.ab_report import ReportConfig, ab_report, report_table
+    from serving.ab_display import report_table
+    from serving.ab_report import ReportConfig, ab_report
 
     quiet_exit()
     ws = Workspace.at(data)

@@ -11,7 +11,8 @@ Attribution (`attribute`):
   impression log holds salted hashes, so the event's user id is hashed with the service's salt).
 - Anything else (a view without an id, a purchase of an item never shown) is not attributed.
 
-Statistics (`summarise`), all from scipy.stats, the customer being the unit the split randomises:
+Statistics (`summarise`, with serving.ab_stats), all from scipy.stats, the customer being the unit
+the split randomises:
 - conversion = customers with at least one attributed purchase / customers shown a block (Wilson
   interval, `binomtest(...).proportion_ci`); click-through = clicked blocks / blocks (Wilson, which
   treats a customer's blocks as independent: read its interval as a lower bound on the noise);
@@ -37,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from serving.ab import CONTROL, hash_user, read_impressions
+from serving.ab_stats import mean_difference, proportion_uplift, sample_ratio, wilson
 
 CLICK_TYPES = frozenset({"click", "view", "add_to_cart"})  # quoting an answer's id: a click on it
 PURCHASE = "purchase"
@@ -144,103 +146,6 @@ def per_user(per_impression: pd.DataFrame) -> pd.DataFrame:
     g["variant"] = first
     g["converted"] = g["purchases"] > 0
     return g.reset_index()
-
-
-# -- statistics -----------------------------------------------------------------------------------
-def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
-    """Wilson score interval of a proportion (scipy.stats.binomtest); None when n is 0."""
-    from scipy import stats
-
-    if n <= 0:
-        return None, None
-    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
-def proportion_uplift(
-    hits: int, n: int, control_hits: int, control_n: int, confidence: float = 0.95
-) -> dict[str, float | None]:
-    """Relative uplift of hits/n over control_hits/control_n: the risk ratio minus one with its
-    Katz log interval (scipy.stats.contingency.relative_risk) and the p-value of Pearson's
-    chi-square test without continuity correction (scipy.stats.chi2_contingency)."""
-    from scipy import stats
-    from scipy.stats.contingency import relative_risk
-
-    out: dict[str, float | None] = {"uplift": None, "uplift_low": None, "uplift_high": None, "p_value": None}
-    if n <= 0 or control_n <= 0:
-        return out
-    table = np.array([[hits, n - hits], [control_hits, control_n - control_hits]])
-    if table.sum(axis=0).min() == 0:  # nobody (or everybody) converted in both groups: no evidence
-        out["p_value"] = 1.0
-    else:
-        out["p_value"] = float(stats.chi2_contingency(table, correction=False).pvalue)
-    if control_hits > 0:
-        rr = relative_risk(int(hits), int(n), int(control_hits), int(control_n))
-        out["uplift"] = float(rr.relative_risk) - 1.0
-        if hits > 0:
-            ci = rr.confidence_interval(confidence_level=confidence)
-            out["uplift_low"], out["uplift_high"] = float(ci.low) - 1.0, float(ci.high) - 1.0
-    return out
-
-
-def mean_difference(values: np.ndarray, control: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
-    """Difference of means with Welch's interval and p-value (scipy.stats.ttest_ind)."""
-    from scipy import stats
-
-    out: dict[str, Any] = {
-        "difference": None,
-        "difference_low": None,
-        "difference_high": None,
-        "p_value": None,
-    }
-    if len(values) < 2 or len(control) < 2:
-        return out
-    out["difference"] = float(np.mean(values) - np.mean(control))
-    if np.var(values) == 0 and np.var(control) == 0:
-        out["p_value"] = 1.0 if out["difference"] == 0 else 0.0
-        out["difference_low"] = out["difference_high"] = out["difference"]
-        return out
-    t = stats.ttest_ind(values, control, equal_var=False)
-    ci = t.confidence_interval(confidence_level=confidence)
-    out.update(p_value=float(t.pvalue), difference_low=float(ci.low), difference_high=float(ci.high))
-    return out
-
-
-def sample_ratio(
-    users: Mapping[str, int], shares: Mapping[str, float], alpha: float = 0.001
-) -> dict[str, Any]:
-    """Chi-square goodness of fit of customers per variant against the configured shares
-    (scipy.stats.chisquare). A variant with customers but no configured share is a mismatch too."""
-    from scipy import stats
-
-    total = int(sum(users.values()))
-    unexpected = sorted(v for v, n in users.items() if n > 0 and shares.get(v, 0) <= 0)
-    configured = [v for v, s in shares.items() if s > 0]
-    out: dict[str, Any] = {
-        "expected": ", ".join(f"{v}={shares[v]:g}" for v in configured),
-        "observed": ", ".join(f"{v}={int(users.get(v, 0))}" for v in sorted(set(configured) | set(users))),
-        "chi2": None,
-        "p_value": None,
-        "flagged": bool(unexpected),
-        "note": f"customers in variants without a configured share: {', '.join(unexpected)}"
-        if unexpected
-        else "",
-    }
-    if total == 0 or len(configured) < 2:
-        out["note"] = out["note"] or "fewer than two variants configured: nothing to compare"
-        return out
-    obs = np.array([users.get(v, 0) for v in configured], dtype=float)
-    exp = np.array([shares[v] for v in configured], dtype=float)
-    exp = exp / exp.sum() * obs.sum()
-    res = stats.chisquare(obs, exp)
-    out["chi2"], out["p_value"] = float(res.statistic), float(res.pvalue)
-    out["flagged"] = bool(unexpected) or bool(res.pvalue < alpha)
-    if res.pvalue < alpha:
-        out["note"] = (out["note"] + "; " if out["note"] else "") + (
-            f"the split differs from the configured shares (p < {alpha:g}): assignment or logging is "
-            "broken, do not trust the uplift"
-        )
-    return out
 
 
 def summarise(per_impression: pd.DataFrame, config: ReportConfig) -> dict[str, Any]:
@@ -398,6 +303,8 @@ def ab_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
     if with_plot:
+        from serving.ab_display import plot
+
         report["plot"] = png.name
         plot(report, png)
     out.write_text(json.dumps(plain_json(report), indent=2, default=str) + "\n")
@@ -421,125 +328,3 @@ def plain_json(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-# -- for a person: the plot and the terminal table -----------------------------------------------
-def plot(report: Mapping[str, Any], path: Path | None = None) -> Any:
-    """Conversion and click-through per variant with their intervals, and each variant's uplift
-    against control with its interval. Saved to `path` when given; returns the figure (a
-    matplotlib Figure not managed by pyplot: `display(fig)` in a notebook)."""
-    from matplotlib.figure import Figure
-
-    rows = report["variants"]
-    # A Figure without pyplot: no global backend switch, so a notebook still shows its plots inline
-    # (display(fig)), and the command needs no display.
-    fig = Figure(figsize=(13, 3.8))
-    axes = fig.subplots(1, 3)
-    names = [r["variant"] for r in rows]
-    for ax, metric, title in (
-        (axes[0], "conversion", "conversion (customers)"),
-        (axes[1], "ctr", "click-through (blocks)"),
-    ):
-        vals = [r[metric] or 0.0 for r in rows]
-        lo = [
-            max(0.0, v - (r[f"{metric}_low"] if r[f"{metric}_low"] is not None else v))
-            for v, r in zip(vals, rows, strict=True)
-        ]
-        hi = [
-            max(0.0, (r[f"{metric}_high"] if r[f"{metric}_high"] is not None else v) - v)
-            for v, r in zip(vals, rows, strict=True)
-        ]
-        colors = ["tab:gray" if n == report.get("control") else "tab:blue" for n in names]
-        ax.bar(names, vals, yerr=[lo, hi], capsize=6, color=colors)
-        ax.set_title(title)
-        ax.set_ylim(bottom=0)
-    ax = axes[2]
-    ups = [u for u in report["uplift"] if u["metric"] in ("conversion", "ctr") and u["uplift"] is not None]
-    labels = [f"{u['variant']}\n{u['metric']}" for u in ups]
-    for i, u in enumerate(ups):
-        low = u["uplift_low"] if u["uplift_low"] is not None else u["uplift"]
-        high = u["uplift_high"] if u["uplift_high"] is not None else u["uplift"]
-        ax.errorbar([u["uplift"] * 100], [i], xerr=[[(u["uplift"] - low) * 100], [(high - u["uplift"]) * 100]],
-                    fmt="o", capsize=6, color="tab:red" if u["significant"] else "tab:blue")  # fmt: skip
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(ups)), labels)
-    ax.set_xlabel("uplift against control, % (95% interval)")
-    ax.set_title("uplift (red: p < 0.05)" if ups else "uplift (no control group)")
-    srm = report.get("srm", {})
-    if srm.get("flagged"):
-        fig.suptitle("SAMPLE RATIO MISMATCH: " + str(srm.get("note", "")), color="tab:red", fontsize=9)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
-    return fig
-
-
-def report_table(report: Mapping[str, Any]) -> tuple[str, Any, list[str]]:
-    """(heading, rich table, lines) for features.console.show."""
-    from rich.table import Table
-
-    def ci(r: Mapping[str, Any], m: str) -> str:
-        if r[m] is None:
-            return "-"
-        low, high = r[m + "_low"], r[m + "_high"]
-        if low is None:
-            return f"{100 * r[m]:.1f}%"
-        return f"{100 * r[m]:.1f}%\n[{100 * low:.1f}, {100 * high:.1f}]"  # fits 100 columns
-
-    def signed(v: Any, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
-
-    table = Table(show_edge=False)  # fits a 100-column terminal with the intervals
-    for col in (
-        "variant",
-        "users",
-        "blocks",
-        "clicks",
-        "purchases",
-        "revenue",
-        "ctr",
-        "conversion",
-        "rev/user",
-    ):
-        wide = 12 if col in ("ctr", "conversion") else None  # "[25.8, 32.8]" on one line
-        table.add_column(col, justify="left" if col == "variant" else "right", min_width=wide)
-    for r in report["variants"]:
-        table.add_row(
-            r["variant"], f"{r['users']:,}", f"{r['impressions']:,}", f"{r['clicks']:,}", f"{r['purchases']:,}",
-            f"{r['revenue']:,.0f}", ci(r, "ctr"), ci(r, "conversion"), signed(r["revenue_per_user"], ".2f"),
-        )  # fmt: skip
-    lines = []
-    for u in report["uplift"]:
-        head = f"{u['variant']} vs {report['control']}:"
-        if u["metric"] == "revenue_per_user":
-            diff = None if u["value"] is None or u["control"] is None else u["value"] - u["control"]
-            lines.append(
-                f"{head} revenue per user {signed(diff, '+.2f')} [{signed(u['difference_low'], '+.2f')}, "
-                f"{signed(u['difference_high'], '+.2f')}], p {_p(u['p_value'])}"
-            )
-        else:
-            pct = [None if u[k] is None else 100 * u[k] for k in ("uplift", "uplift_low", "uplift_high")]
-            lines.append(
-                f"{head} {u['metric']} {signed(pct[0], '+.1f')}% [{signed(pct[1], '+.1f')}%, "
-                f"{signed(pct[2], '+.1f')}%], p {_p(u['p_value'])}"
-            )
-    if not report["variants"]:
-        where = report.get("period", {}).get("impression_log", "the impression log")
-        lines.append(f"no impressions of known customers in {where}: nothing to compare yet")
-    elif not report["uplift"]:
-        lines.append(f"no uplift: no customers in the control variant `{report['control']}`")
-    srm = report["srm"]
-    lines.append(
-        f"sample ratio: {'MISMATCH' if srm['flagged'] else 'ok'} (observed {srm['observed']}; configured "
-        f"{srm['expected']}; p {_p(srm['p_value'])}){' - ' + srm['note'] if srm['note'] else ''}"
-    )
-    a = report["attribution"]
-    lines.append(
-        f"purchases: {a['purchases']:,} ({a['by_id']:,} by recommendation id, {a['by_window']:,} within "
-        f"{a['window_hours']:g} h of a block that showed the item, {a['not_attributed']:,} not attributed)"
-    )
-    return "A/B report", table, lines
-
-
-def _p(p: float | None) -> str:
-    return "n/a" if p is None else (f"= {p:.3g}" if p >= 1e-4 else "< 0.0001")

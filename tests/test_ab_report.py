@@ -13,15 +13,8 @@ import pandas as pd
 import pytest
 
 from serving.ab import ImpressionLog, hash_user, read_impressions
-from serving.ab_report import (
-    ReportConfig,
-    attribute,
-    build_report,
-    mean_difference,
-    proportion_uplift,
-    sample_ratio,
-    wilson,
-)
+from serving.ab_report import ReportConfig, attribute, build_report
+from serving.ab_stats import mean_difference, proportion_uplift, sample_ratio, wilson
 
 SALT = "s"
 HOUR = 3600.0

@@ -10,7 +10,8 @@ id, half by the window) and none of the others.
 Sizes: 1,200 customers, two visits each (2,400 blocks). The planted uplift of customer conversion
 is 1 - 0.8^2 over 1 - 0.9^2 minus one = +89.5%, about five standard errors with ~400 customers per
 variant, so the test does not hang on luck; the seed and the split are fixed, so it answers the
-same every time. About 40 s on the shared 2-core machine (shop and models 15 s, server start 10 s).
+same every time. 22 s on the shared 2-core machine at load average ~3 (shop and models 11 s, server,
+simulation and report 10 s), 59 s at load average ~10.
 """
 
 from __future__ import annotations
