@@ -120,8 +120,10 @@ class ImpressionLog:
     variant, model_version, user (salted hash, never the raw id), items (ids in shown order), ts
     (epoch s), and optionally endpoint.
 
-    Lines are buffered and written out at least every `flush_seconds` (and on `flush()`/`close()`):
-    a write per request cost a system call on every answer. A crash loses at most the last
+    Lines are buffered and written out at least every `flush_seconds` (and on `flush()`/`close()`),
+    by the next answer or, when none comes, by a background timer, so a quiet service's last
+    answers still reach the log for the report: a write per request cost a system call on every
+    answer. A crash loses at most the last
     `flush_seconds` of impressions; `flush_seconds=0` writes every line at once. Each write is
     whole lines in one `write(2)` on a file opened for appending, so several worker processes can
     share one log without tearing each other's lines."""
@@ -135,6 +137,15 @@ class ImpressionLog:
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._pending: list[str] = []
         self._flushed_at = time.monotonic()
+        self._closed = threading.Event()
+        if self.flush_seconds > 0:
+            threading.Thread(target=self._flush_when_quiet, name="shoprec-impressions", daemon=True).start()
+
+    def _flush_when_quiet(self) -> None:
+        while not self._closed.wait(self.flush_seconds):
+            with self._lock:
+                if self._pending and time.monotonic() - self._flushed_at >= self.flush_seconds:
+                    self._write_pending()
 
     def log(
         self,
@@ -182,6 +193,7 @@ class ImpressionLog:
             self._write_pending()
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             self._write_pending()
             if self._fd is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -115,3 +116,15 @@ def test_impression_log_buffers_lines_and_writes_them_out_on_time_flush_and_clos
     b.close()
     ids = [json.loads(x)["recommendation_id"] for x in path.read_text().splitlines()]
     assert sorted(ids) == sorted(["r1", "r2", "r3"] + [f"m{n}" for n in range(300)])
+
+
+def test_impression_log_writes_a_quiet_services_last_lines_within_its_flush_interval(tmp_path: Path) -> None:
+    path = tmp_path / "impressions.jsonl"
+    log = ImpressionLog(path, flush_seconds=0.2)
+    log.log("r1", "champion", "v1", "u1", ["i1"])
+    log.log("r2", "champion", "v1", "u2", ["i2"])  # no answer comes after these
+    deadline = time.monotonic() + 5
+    while len(read_impressions(path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert read_impressions(path)["recommendation_id"].tolist() == ["r1", "r2"]
+    log.close()
