@@ -20,7 +20,9 @@ import traceback
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-NAMES = ("validate", "features", "changelog", "training", "sasrec", "serving", "feed", "segments", "context")
+NAMES = (
+    "validate", "features", "changelog", "training", "sasrec", "serving", "feed", "segments", "context", "ab",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

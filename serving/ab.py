@@ -7,7 +7,8 @@
   are attributed to that block.
 - `ImpressionLog`: JSON lines (recommendation_id, variant, model_version, hashed user id, items,
   timestamp). The raw customer id never reaches the file (GDPR): only a salted hash.
-- `report(impressions, events)`: click-through and conversion per variant.
+- The report of an experiment (attribution, intervals, uplift, sample-ratio check) is
+  serving.ab_report, behind `shoprec ab report`.
 """
 
 from __future__ import annotations
@@ -119,8 +120,10 @@ class ImpressionLog:
     variant, model_version, user (salted hash, never the raw id), items (ids in shown order), ts
     (epoch s), and optionally endpoint.
 
-    Lines are buffered and written out at least every `flush_seconds` (and on `flush()`/`close()`):
-    a write per request cost a system call on every answer. A crash loses at most the last
+    Lines are buffered and written out at least every `flush_seconds` (and on `flush()`/`close()`),
+    by the next answer or, when none comes, by a background timer, so a quiet service's last
+    answers still reach the log for the report: a write per request cost a system call on every
+    answer. A crash loses at most the last
     `flush_seconds` of impressions; `flush_seconds=0` writes every line at once. Each write is
     whole lines in one `write(2)` on a file opened for appending, so several worker processes can
     share one log without tearing each other's lines."""
@@ -134,6 +137,15 @@ class ImpressionLog:
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._pending: list[str] = []
         self._flushed_at = time.monotonic()
+        self._closed = threading.Event()
+        if self.flush_seconds > 0:
+            threading.Thread(target=self._flush_when_quiet, name="shoprec-impressions", daemon=True).start()
+
+    def _flush_when_quiet(self) -> None:
+        while not self._closed.wait(self.flush_seconds):
+            with self._lock:
+                if self._pending and time.monotonic() - self._flushed_at >= self.flush_seconds:
+                    self._write_pending()
 
     def log(
         self,
@@ -181,6 +193,7 @@ class ImpressionLog:
             self._write_pending()
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             self._write_pending()
             if self._fd is not None:
@@ -227,53 +240,3 @@ def read_impressions(path: str | Path) -> pd.DataFrame:
     with path.open(encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return pd.DataFrame(rows, columns=[*cols, *sorted({k for r in rows for k in r} - set(cols))])
-
-
-def report(
-    impressions: pd.DataFrame,
-    events: pd.DataFrame,
-    *,
-    salt: str = DEFAULT_SALT,
-    window_s: float = 24 * 3600,
-) -> pd.DataFrame:
-    """Click-through and conversion per variant.
-
-    impressions: rows of the impression log (recommendation_id, variant, user, items, ts).
-    events: user_id, item_id, event_type, timestamp (epoch s or datetime), optionally
-      recommendation_id. An impression is *clicked* when a `view` (or `add_to_cart`) of one of its
-      items follows it and *converted* when a `purchase` of one of its items follows it, within
-      `window_s`: attributed by recommendation_id where events carry it, else by the same (hashed)
-      customer and item.
-    Returns one row per variant: impressions, clicks, conversions, ctr, conversion_rate.
-    """
-    out_cols = ["variant", "impressions", "clicks", "conversions", "ctr", "conversion_rate"]
-    if impressions.empty:
-        return pd.DataFrame({c: [] for c in out_cols})
-    imp = impressions[["recommendation_id", "variant", "user", "items", "ts"]].explode("items")
-    imp = imp.rename(columns={"items": "item_id"}).dropna(subset=["item_id"])
-    ev = events.copy()
-    ts = ev["timestamp"]
-    if not pd.api.types.is_numeric_dtype(ts):
-        ts = pd.to_datetime(ts, utc=True).astype("int64") / 1e9
-    ev["ts_event"] = ts.astype(float)
-    ev["kind"] = ev["event_type"].map({"view": "click", "add_to_cart": "click", "purchase": "conversion"})
-    ev = ev.dropna(subset=["kind"])
-    if "recommendation_id" in ev.columns and ev["recommendation_id"].notna().any():
-        m = imp.merge(ev.dropna(subset=["recommendation_id"]), on=["recommendation_id", "item_id"])
-    else:
-        ev["user"] = ev["user_id"].astype(str).map(lambda u: hash_user(u, salt))
-        m = imp.merge(ev, on=["user", "item_id"])
-    m = m[(m["ts_event"] >= m["ts"]) & (m["ts_event"] <= m["ts"] + window_s)]
-    clicked = set(m.loc[m["kind"] == "click", "recommendation_id"])
-    converted = set(m.loc[m["kind"] == "conversion", "recommendation_id"])
-    per = impressions[["recommendation_id", "variant"]].drop_duplicates("recommendation_id")
-    per = per.assign(
-        clicked=per["recommendation_id"].isin(clicked | converted),  # a purchase implies a click
-        converted=per["recommendation_id"].isin(converted),
-    )
-    g = per.groupby("variant", sort=True).agg(
-        impressions=("recommendation_id", "size"), clicks=("clicked", "sum"), conversions=("converted", "sum")
-    )
-    g["ctr"] = g["clicks"] / g["impressions"]
-    g["conversion_rate"] = g["conversions"] / g["impressions"]
-    return g.reset_index()[out_cols]

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from features.cli import data_app, features_app
+from serving.ab_cli import ab_app
 from training.cli import register as register_training
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 register_training(app)
+app.add_typer(ab_app, name="ab")
 
 
 # -- serving commands: `serve`, `recommend`, `forget`, `demo-curls` (heavy imports inside each) ----

@@ -112,7 +112,7 @@ class Event(_Strict):
     user_id: Id
     item_id: Id
     event_type: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z_]+$")] = Field(
-        description="view, add_to_cart, remove_from_cart, purchase (other types are kept with weight 0)"
+        description="view, add_to_cart, remove_from_cart, purchase, click (a click on a shown block)"
     )
     timestamp: datetime | None = Field(None, description="UTC; default: when the service receives it")
     quantity: Annotated[int, Field(ge=1, le=10_000)] = 1

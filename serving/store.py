@@ -27,7 +27,9 @@ from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES: frozenset[str] = frozenset({"view", "add_to_cart", "remove_from_cart", "purchase"})
+# `click`: a click on a shown block (CONTRACT.md), quoting its recommendation_id for the A/B report;
+# it changes no answer (the product page's own `view` does).
+EVENT_TYPES: frozenset[str] = frozenset({"view", "add_to_cart", "remove_from_cart", "purchase", "click"})
 
 
 @dataclass(frozen=True)

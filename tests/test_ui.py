@@ -313,11 +313,26 @@ def test_ui_every_view_in_chromium_matches_the_json_api(
     tab.open("/ui/ab", shot="07-ab-none")
     assert "No A/B report yet" in tab.page.inner_text("#no-report")
     assert tab.page.inner_text("#ab-command") == f"shoprec ab report --data {root}"
-    _write_ab_report(root)
+    # a real report of what this server showed (its impression log), one shown item clicked
+    # through the answer's recommendation_id
+    visitors = pd.read_parquet(root / "customers.parquet")["user_id"].head(60)
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for visitor in visitors:  # traffic for every variant of the split
+            assert c.post("/recommend", json={"user_id": visitor, "k": K}).status_code == 200
+    shown = httpx.post(f"{url}/recommend", json={"user_id": user_id, "k": K}, timeout=30).json()
+    click = {"user_id": user_id, "item_id": shown["items"][0]["item_id"], "event_type": "click",
+             "recommendation_id": shown["recommendation_id"]}  # fmt: skip
+    r = httpx.post(f"{url}/events", json={"events": [click]}, headers=AUTH, timeout=30)
+    assert r.status_code == 200, r.text
+    time.sleep(2.5)  # the service writes its impression log out at least every second
+    report = _real_ab_report(root)
     tab.open("/ui/ab", shot="08-ab-report")
     table = tab.page.inner_text("#table-variants")
-    for text in ("champion", "control", "challenger", "0.0412", "[0.0371, 0.0455]"):
-        assert text in table, text
+    assert sum(v["clicks"] for v in report["variants"]) == 1, report
+    assert {v["variant"] for v in report["variants"]} == {"champion", "challenger", "control"}
+    for row in report["variants"]:
+        assert row["variant"] in table
+        assert f"{row['impressions']:,}" in table or str(row["impressions"]) in table
     assert tab.page.eval_on_selector("#plot img", "i => i.complete && i.naturalWidth") > 0
     assert tab.errors == []
 
@@ -359,56 +374,6 @@ def _assert_metrics_match_the_run(tab: Page, root: Path, version: str) -> None:
         assert text == (_num(float(logged), 4) if logged is not None else "–"), key
 
 
-def _write_ab_report(root: Path) -> None:
-    """A report in the shape `shoprec ab report` writes (serving.views.AB_REPORT): one row per
-    variant and the plot beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from serving.views import AB_PLOT, AB_REPORT
-
-    report = {
-        "variants": [
-            {
-                "variant": "champion",
-                "users": 410,
-                "impressions": 5120,
-                "clicks": 211,
-                "ctr": 0.0412,
-                "ctr_ci": [0.0371, 0.0455],
-                "uplift": 0.18,
-                "p_value": 0.012,
-            },
-            {
-                "variant": "challenger",
-                "users": 250,
-                "impressions": 3004,
-                "clicks": 113,
-                "ctr": 0.0376,
-                "ctr_ci": [0.0311, 0.0451],
-                "uplift": 0.08,
-                "p_value": 0.31,
-            },
-            {
-                "variant": "control",
-                "users": 160,
-                "impressions": 2080,
-                "clicks": 72,
-                "ctr": 0.0346,
-                "ctr_ci": [0.0275, 0.0434],
-                "uplift": None,
-                "p_value": None,
-            },
-        ],
-        "srm": {"p_value": 0.64, "ok": True},
-        "plot": AB_PLOT.name,
-    }
-    path = root / AB_REPORT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report))
-    fig, ax = plt.subplots(figsize=(5, 2.5))
-    ax.bar([r["variant"] for r in report["variants"]], [r["ctr"] for r in report["variants"]])
-    fig.savefig(root / AB_PLOT)
-    plt.close(fig)
+def _real_ab_report(root: Path) -> dict:
+    """`shoprec ab report --data ROOT` as a user runs it (the server's shares), its JSON line."""
+    return _cli("ab", "report", "--data", str(root), "--shares", "champion=0.5,challenger=0.3,control=0.2")
