@@ -47,7 +47,7 @@ from serving.ranking import (
     norm,
     squash,
 )
-from serving.rules import PurchaseRules, context_key, context_mask, durable_block
+from serving.rules import Purchased, PurchaseRules, context_key, context_mask, kept_out
 from serving.scoring import ModelScorer
 from serving.state import Customer, ShopState, Snapshot
 from serving.store import Event, InMemoryStore, OnlineStore, parse_event
@@ -293,10 +293,8 @@ class Engine:
         allowed = self._context_mask(snap, context, customer if personal else None)
         allowed[src] = False
         allowed[_known(cat, context.cart)] = False
-        if personal:
-            bought = self.purchases.split(snap, customer.row, str(user_id), [], time.time())
-            allowed[bought.keep_out] = False
-            allowed[durable_block(cat, bought.durable)] = False
+        if customer is not None:
+            allowed[self._kept_out_now(snap, customer, str(user_id), personal, context)] = False
         keep = (agg > 0) & allowed[touched]
         primary = touched[keep]
         titles = cat.titles
@@ -336,6 +334,8 @@ class Engine:
         allowed = self._context_mask(snap, context, customer if personal else None)
         allowed[i] = False
         allowed[_known(cat, context.cart)] = False
+        if customer is not None:
+            allowed[self._kept_out_now(snap, customer, str(user_id), personal, context)] = False
         ref = cat.price[i]
         cheaper = context.cheaper or context.max_price is not None
         if cheaper:
@@ -439,14 +439,55 @@ class Engine:
         """`recommend`; `ahead`: approximate scores of the longest item factors (_ahead_scores)."""
         customer = self._customer(user_id)
         if customer is not None and not customer.consent:
-            return self._popular_block(snap, k, None, None, context, None, [])
+            # The one non-personal block for the context, less what this customer bought and may
+            # not be shown again (a purchase is no profile: the block is not re-ranked for them).
+            bought = self._bought(snap, customer, str(user_id), [], now, context)
+            return self._popular_block(
+                snap, k, None, None, context, None, [], exclude=kept_out(snap.catalog, bought)
+            )
         events = self.store.recent(user_id, self.config.recent_events) if user_id else []
         midx = self.scorer.user_index(str(user_id)) if customer is not None else -1
         if customer is None or midx < 0:
             # Cold start: popular for the context and segment, still reacting to this session.
             segment = customer.segment if customer is not None and customer.segment else "new"
-            return self._popular_block(snap, k, segment, None, context, customer, events)
+            exclude = None
+            if customer is not None:
+                bought = self._bought(snap, customer, str(user_id), events, now, context)
+                exclude = kept_out(snap.catalog, bought)
+            return self._popular_block(snap, k, segment, None, context, customer, events, exclude=exclude)
         return self._personal_block(snap, k, context, str(user_id), customer, midx, events, now, ahead)
+
+    def _kept_out_now(
+        self, snap: Snapshot, customer: Customer, user_id: str, personal: bool, context: Context
+    ) -> np.ndarray:
+        """Item indices the customer's purchases keep out of any block now (the online store holds
+        events of consenting customers only)."""
+        events = self.store.recent(user_id, self.config.recent_events) if personal else []
+        return kept_out(snap.catalog, self._bought(snap, customer, user_id, events, time.time(), context))
+
+    def _bought(
+        self,
+        snap: Snapshot,
+        customer: Customer,
+        user_id: str,
+        events: list[Event],
+        now: float,
+        context: Context,
+    ) -> Purchased:
+        """The customer's purchases under the re-buy policy now (history and the online store's
+        newest purchases), with the context's `exclude_seen` applied."""
+        cat = snap.catalog
+        fresh = [e for e in events if e.item_id in cat.index]
+        bought = self.purchases.split(
+            snap, customer.row, user_id,
+            [(cat.index[e.item_id], e.timestamp) for e in fresh if e.event_type == "purchase"], now,
+        )  # fmt: skip
+        if context.exclude_seen == "never":
+            return bought._replace(keep_out=bought.keep_out[:0], durable=[])
+        if context.exclude_seen == "always":
+            seen = self._history_row(customer, fresh, cat).indices.astype(np.int64)
+            return bought._replace(keep_out=np.union1d(bought.keep_out, seen), due=bought.due[:0])
+        return bought
 
     def _personal_block(
         self,
@@ -468,17 +509,8 @@ class Engine:
         if not factors:
             scores = self.scorer.model_scores(midx, self._history_row(customer, fresh, cat), seq, cat.n)
         allowed = self._context_mask(snap, context, customer)
-        bought = self.purchases.split(
-            snap, customer.row, user_id,
-            [(cat.index[e.item_id], e.timestamp) for e in fresh if e.event_type == "purchase"], now,
-        )  # fmt: skip
-        if context.exclude_seen == "never":
-            bought = bought._replace(keep_out=bought.keep_out[:0], durable=[])
-        elif context.exclude_seen == "always":
-            seen = self._history_row(customer, fresh, cat).indices.astype(np.int64)
-            bought = bought._replace(keep_out=np.union1d(bought.keep_out, seen), due=bought.due[:0])
-        allowed[bought.keep_out] = False
-        allowed[durable_block(cat, bought.durable)] = False
+        bought = self._bought(snap, customer, user_id, events, now, context)
+        allowed[kept_out(cat, bought)] = False
         cur = cat.idx(context.current_item)
         cart = _known(cat, context.cart)
         allowed[cart] = False
@@ -595,7 +627,11 @@ class Engine:
         context: Context,
         customer: Customer | None,
         events: list[Event],
+        *,
+        exclude: np.ndarray | None = None,
     ) -> list[Rec]:
+        """exclude: item indices this customer may not be shown (their purchases under the re-buy
+        policy): the shared block less those, filled from the same popularity order."""
         plain = (
             not category
             and not context.cart
@@ -604,7 +640,7 @@ class Engine:
             and not any(e.item_id in snap.catalog.index for e in events)
         )
         if not plain:
-            return self._rank_popular(snap, k, segment, category, context, customer, events)
+            return self._rank_popular(snap, k, segment, category, context, customer, events, exclude)
         key = (
             k,
             segment if segment and segment in snap.segment_pop else None,
@@ -613,6 +649,10 @@ class Engine:
         hit = snap.popular_blocks.get(
             key, lambda: tuple(self._rank_popular(snap, k, segment, category, context, customer, events))
         )
+        if exclude is not None and len(exclude):
+            idx = snap.catalog.index
+            if np.isin([idx[r.item_id] for r in hit], exclude).any():
+                return self._rank_popular(snap, k, segment, category, context, customer, events, exclude)
         return list(hit)
 
     def _rank_popular(
@@ -624,11 +664,14 @@ class Engine:
         context: Context,
         customer: Customer | None,
         events: list[Event],
+        exclude: np.ndarray | None = None,
     ) -> list[Rec]:
         """The popular block (`_popular_block`), ranked."""
         cat = snap.catalog
         base = snap.segment_pop.get(segment, snap.popularity) if segment else snap.popularity
         allowed = self._context_mask(snap, context, customer)
+        if exclude is not None and len(exclude):
+            allowed[exclude] = False
         if category:
             under = cat.prefix_items.get(category.strip("/"))
             if under is not None:  # only the items under it (without another n-sized mask)

@@ -119,3 +119,12 @@ def durable_block(cat: F.Catalog, categories: list[str]) -> np.ndarray:
     if not parts:
         return np.zeros(0, dtype=np.int64)
     return parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
+
+
+def kept_out(cat: F.Catalog, bought: Purchased) -> np.ndarray:
+    """Item indices a customer's purchases keep out of every block: the bought items not yet (or
+    never) allowed back, and the other items of a durable category bought recently."""
+    block = durable_block(cat, bought.durable)
+    if not len(block):
+        return bought.keep_out
+    return np.union1d(bought.keep_out, block)
