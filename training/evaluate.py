@@ -122,7 +122,7 @@ def exclusion_matrix(
         M = sp.csr_matrix(history.user_items, copy=True)
         M.data[:] = 1.0
         return M
-    policy = RebuyPolicy.from_frame(split.train.category_rebuy)
+    policy = RebuyPolicy.from_frame(split.train.category_rebuy, customer_rebuy=split.train.customer_rebuy)
     lp = split.train.last_purchases
     if not extra.empty:
         items = split.train.items
@@ -133,7 +133,9 @@ def exclusion_matrix(
             [lp, add[["user_idx", "item_idx", "category", "last_ts", "n_purchases"]]], ignore_index=True
         )
         lp = lp.sort_values("last_ts").drop_duplicates(["user_idx", "item_idx"], keep="last")
-    return policy.exclusions(users, lp, now, split.train.n_items)
+    items = split.train.items
+    cats = items["category"].to_numpy(object) if "category" in items.columns else None
+    return policy.exclusions(users, lp, now, split.train.n_items, item_categories=cats)
 
 
 def evaluate(
