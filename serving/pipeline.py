@@ -92,6 +92,11 @@ class EngineConfig:
     session_views: int = 5  # distinct recent views whose neighbours are boosted
     session_boost: float = 0.5  # boost (in normalised score units, top candidate = 1) for those
     complement_boost: float = 0.5  # boost for complements of the cart / recent purchases
+    # Extra boost for the complements of a durable just bought (a laptop: its bag and mouse), x their
+    # normalised complement score: the other laptops are out, the accessories come in. 3: the model's
+    # own scores rarely point to them (on the synthetic shop they sit far below the block's
+    # candidates), while a weak complement (score 1/50 of the best) gains a mere 0.06.
+    durable_complement_boost: float = 3.0
     rebuy_boost: float = 0.3  # boost for purchased items whose re-buy window has passed
     neighbours: int = 30  # neighbours fetched per item for boosts and bought-together
     cache_items: int = 50_000  # per-item neighbour lists kept in memory
@@ -528,6 +533,12 @@ class Engine:
             + [cat.index[e.item_id] for e in fresh if e.event_type == "purchase"]
         )
         comp_of_current = self._add_complement_boost(snap, anchors, boost, reasons)
+        if bought.durable and cfg.durable_complement_boost:
+            durable = set(bought.durable)
+            fresh_durables = [
+                i for i in anchors[len(cart) + (cur is not None) :] if cat.categories[i] in durable
+            ]
+            self._add_complement_boost(snap, fresh_durables, boost, reasons, cfg.durable_complement_boost)
         self._add_session_boost(snap, fresh, boost, reasons)
         due = bought.due[allowed[bought.due]] if len(bought.due) else bought.due
         if len(due):
@@ -816,16 +827,23 @@ class Engine:
         return (ids, sc) if keep.all() else (ids[keep], sc[keep])
 
     def _add_complement_boost(
-        self, snap: Snapshot, anchors: list[int], boost: Boost, reasons: dict[int, str]
+        self,
+        snap: Snapshot,
+        anchors: list[int],
+        boost: Boost,
+        reasons: dict[int, str],
+        weight: float | None = None,
     ) -> np.ndarray:
-        """Boost complements of `anchors` (reason "bought together with <title>"); returns them."""
+        """Boost complements of `anchors` by `weight` (default: complement_boost) x their
+        normalised complement score (reason "bought together with <title>"); returns them."""
         found: list[np.ndarray] = []
         titles = snap.catalog.titles
+        w = self.config.complement_boost if weight is None else weight
         for a in dict.fromkeys(anchors):
             ids, sc = self._complements_of(snap, a)
             if not len(ids):
                 continue
-            boost.add(ids, self.config.complement_boost * norm(sc))
+            boost.add(ids, w * norm(sc))
             text = R.bought_together_with(titles[a])
             for i in ids.tolist():
                 reasons.setdefault(i, text)
