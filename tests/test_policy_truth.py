@@ -256,3 +256,19 @@ def test_durable_until_and_customer_windows_by_hand() -> None:
     assert M[0].tolist() == [1, 1, 0]
     M = p.exclusions(np.array([0]), lp, 400 * day, 3, item_categories=item_cats).toarray()
     assert M[0].tolist() == [1, 0, 0]  # the laptop itself never comes back; the others do
+
+
+def test_forget_erases_the_customer_windows_from_a_bundle(shop, tmp_path: Path) -> None:
+    """Per-customer windows are personal data: `forget` takes them out of the bundle's policy."""
+    import shutil
+
+    from training.forget import forget_in_bundle
+
+    _, bundle = shop
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    own = RebuyPolicy.load(copy / "policy").customer_windows
+    user = str(own["user_id"].iloc[0])
+    forget_in_bundle(copy, [user])
+    left = RebuyPolicy.load(copy / "policy").customer_windows
+    assert user not in set(left["user_id"]) and len(left) == len(own) - (own["user_id"] == user).sum()
