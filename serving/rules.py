@@ -4,10 +4,13 @@
   active, and of their gender (the request's preference, else the learned affinity); one (n,) bool
   array per (size, learned sizes, gender), kept in the snapshot's cache and copied per request.
 - `PurchaseRules`: what a customer bought, against the learned re-buy policy
-  (`training.policy.RebuyPolicy`, shared with evaluation): an item stays out until the policy lets
-  it back (never, for a category nobody re-buys); a purchase a moment ago (the online store's
-  newest events) stays out on every channel; after a durable purchase (a laptop) the other items
-  of that category stay out for the learned period, while its accessories (other leaves) may come.
+  (`training.policy.RebuyPolicy`, shared with evaluation; docs/policy.md): an item stays out until
+  the policy lets it back (never, for a category nobody re-buys; for a re-buyable one after the
+  customer's own or the category's window, and never within the policy's floor); a purchase a
+  moment ago (the online store's newest events) stays out on every channel; after a durable
+  purchase (a laptop) the other items of that category stay out for the learned period, while its
+  accessories (other leaves) may come. `kept_out` is what every block takes out, the shared
+  non-personal block of a customer without consent included.
 
 The individual rules are the plain functions of serving/filters.py.
 """
