@@ -64,6 +64,23 @@ def _salt(root: Path) -> None:
     )
     catalog = pq.read_table(root / "catalog.parquet")
     first = catalog.slice(0, 1).to_pylist()[0]
+    # A regular: eight orders of the first item's category, five days apart, so that every split's
+    # training part holds customer re-buy intervals (customer_rebuy.parquet needs three).
+    same = [r["item_id"] for r in catalog.to_pylist() if r["category"] == first["category"]]
+    end = max(pq.read_table(root / "events.parquet", columns=["timestamp"])["timestamp"].to_pylist())
+    _append(
+        root / "events.parquet",
+        [
+            {
+                **good,
+                "item_id": same[d % len(same)],
+                "event_type": "purchase",
+                "order_id": f"o-regular-{d}",
+                "timestamp": end - timedelta(days=5 * d),
+            }
+            for d in range(1, 9)
+        ],  # fmt: skip
+    )
     _append(
         root / "catalog.parquet",
         [
