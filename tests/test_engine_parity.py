@@ -47,6 +47,7 @@ def _salt(root: Path) -> None:
     events = pq.read_table(root / "events.parquet", columns=["user_id", "item_id", "timestamp"])
     u, i = events["user_id"][0].as_py(), events["item_id"][0].as_py()
     t = events["timestamp"][0].as_py()
+    end = max(events["timestamp"].to_pylist())  # the generated shop's last event, before the salt
     good = {"user_id": u, "item_id": i, "event_type": "view", "timestamp": t, "quantity": 1, "price": 9.5}
     _append(
         root / "events.parquet",
@@ -67,7 +68,6 @@ def _salt(root: Path) -> None:
     # A regular: eight orders of the first item's category, five days apart, so that every split's
     # training part holds customer re-buy intervals (customer_rebuy.parquet needs three).
     same = [r["item_id"] for r in catalog.to_pylist() if r["category"] == first["category"]]
-    end = max(pq.read_table(root / "events.parquet", columns=["timestamp"])["timestamp"].to_pylist())
     _append(
         root / "events.parquet",
         [
