@@ -20,7 +20,8 @@ import traceback
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-NAMES = ("validate", "features", "changelog", "training", "sasrec", "serving", "feed", "segments", "rebuy")
+NAMES = ("validate", "features", "changelog", "training", "sasrec", "serving", "feed", "segments", "context")
+NAMES += ("rebuy",)
 
 
 def main(argv: list[str] | None = None) -> int:

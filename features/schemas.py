@@ -109,6 +109,11 @@ TABLE_SPECS: dict[str, TableSpec] = {
             ColumnSpec("size", "string"),
             # the answer (`recommendation_id` of the response) this event came from: attribution
             ColumnSpec("recommendation_id", "string"),
+            # the visit's context (optional): device (mobile, desktop, ...), city, weather; what
+            # training.context learns per-category lifts from (docs/synthetic.md plants one)
+            ColumnSpec("device", "lower"),
+            ColumnSpec("city", "string"),
+            ColumnSpec("weather", "lower"),
         ),
     ),
     "catalog": TableSpec(

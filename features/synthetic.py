@@ -144,6 +144,7 @@ CITIES: tuple[tuple[str, float], ...] = (
 CHUNK_CUSTOMERS = 20_000  # customers per event chunk: ~1.4M events, a few hundred MB at most
 EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "remove_from_cart", "purchase")
 _VIEW, _CART, _REMOVE, _BUY = 0, 1, 2, 3
+_CONTEXT_STREAM = 1  # spawn-key suffix of a chunk's context stream (device, weather), beside its events' own
 _US_PER_DAY = 86_400 * 1_000_000
 
 
@@ -220,6 +221,16 @@ class ShopParams:
         (7, 1, 0.5, 5.0),  # summer sale: (month, day, +50%, sd 5 days)
         (11, 27, 0.8, 4.0),  # Black Friday: +80%, sd 4 days
     )
+    # the visit's context (events' device / city / weather columns), drawn per session from a
+    # stream of its own after everything else, so the other columns do not change with it
+    device_shares: tuple[tuple[str, float], ...] = (("mobile", 0.55), ("desktop", 0.35), ("tablet", 0.10))
+    weather_shares: tuple[tuple[str, float], ...] = (("sunny", 0.35), ("cloudy", 0.40), ("rain", 0.25))
+    # The planted context effect: a session in this leaf happens in the rain with p_rain_leaf
+    # (other weathers in their shares' proportions), so on rainy days its share of sessions, views
+    # and purchases is p_rain_leaf / P(rain) ~ 2x its share on other days. Device and city have no
+    # effect (the null a learner must not find).
+    rain_leaf: str = "fashion/outerwear/jackets"
+    p_rain_leaf: float = 0.55
 
     def __post_init__(self) -> None:
         # a probability outside [0, 1] or a negative rate would silently skew the shop: refuse it
@@ -242,6 +253,14 @@ class ShopParams:
             )
         if len(self.weekday) != 7 or min(self.weekday) <= 0:
             raise ValueError("ShopParams.weekday needs 7 positive multipliers (Monday..Sunday)")
+        if self.rain_leaf not in _LEAF_INDEX:
+            raise ValueError(f"ShopParams.rain_leaf {self.rain_leaf!r} is not a leaf of LEAVES")
+        for name in ("device_shares", "weather_shares"):
+            shares = getattr(self, name)
+            if not shares or min(w for _, w in shares) < 0 or sum(w for _, w in shares) <= 0:
+                raise ValueError(f"ShopParams.{name} needs (value, share >= 0) pairs with a positive sum")
+        if "rain" not in dict(self.weather_shares):
+            raise ValueError("ShopParams.weather_shares must name 'rain' (the planted effect)")
         unknown = [d for d, _ in self.durable_hazard if d not in DURABLE_ACCESSORIES]
         if unknown:
             raise ValueError(
@@ -1014,8 +1033,41 @@ EVENTS_SCHEMA = pa.schema(
         ("order_id", pa.string()),
         ("session_id", pa.string()),
         ("size", pa.string()),
+        ("device", pa.string()),
+        ("city", pa.string()),
+        ("weather", pa.string()),
     ]
 )
+
+
+def _session_context(
+    ev: dict[str, np.ndarray], cat: _Catalog, people: _Customers, p: ShopParams, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Per event: the session's device and weather (codes into p.device_shares / weather_shares)
+    and the customer's city (code into CITIES, -1 none). A session in `p.rain_leaf` (by its first
+    event's item) is rainy with `p.p_rain_leaf`; every other one with the weather shares."""
+    session = ev["session"]
+    n_s = int(ev["n_sessions"])
+    _, first = np.unique(session, return_index=True)
+    s_leaf = np.full(n_s, -1, dtype=np.int64)
+    s_leaf[session[first]] = cat.leaf[ev["item"][first]]
+    dev_p = np.array([w for _, w in p.device_shares], dtype=np.float64)
+    device = rng.choice(len(dev_p), size=n_s, p=dev_p / dev_p.sum())
+    w_names = [w for w, _ in p.weather_shares]
+    w_p = np.array([w for _, w in p.weather_shares], dtype=np.float64)
+    w_p /= w_p.sum()
+    rain = w_names.index("rain")
+    dry = np.delete(np.arange(len(w_p)), rain)
+    weather = rng.choice(len(w_p), size=n_s, p=w_p)
+    in_leaf = np.flatnonzero(s_leaf == _LEAF_INDEX[p.rain_leaf])
+    u = rng.random(len(in_leaf))
+    other = dry[rng.choice(len(dry), size=len(in_leaf), p=w_p[dry] / w_p[dry].sum())] if len(dry) else rain
+    weather[in_leaf] = np.where(u < p.p_rain_leaf, rain, other)
+    return {
+        "device": device[session],
+        "weather": weather[session],
+        "city": people.city[ev["user"]].astype(np.int64),
+    }
 
 
 def _user_ids(idx: np.ndarray, n_customers: int) -> pa.Array:
@@ -1047,6 +1099,9 @@ def _write_events(
     n_chunks = max(1, math.ceil(people.n / CHUNK_CUSTOMERS))
     size_names = pa.array(list(SIZES))
     etype_names = pa.array(list(EVENT_TYPES))
+    device_names = pa.array([d for d, _ in p.device_shares])
+    weather_names = pa.array([w for w, _ in p.weather_shares])
+    city_names = pa.array([c for c, _ in CITIES])
     total, session_base, order_base = 0, 0, 0
     bar = tqdm(total=people.n, desc="synthetic shop", unit="customer", disable=not progress)
     with pq.ParquetWriter(path, EVENTS_SCHEMA, compression="zstd") as writer:
@@ -1057,6 +1112,10 @@ def _write_events(
             bar.update(len(users))
             if not ev:
                 continue
+            ctx_rng = np.random.default_rng(
+                np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, k, _CONTEXT_STREAM))
+            )
+            ctx = _session_context(ev, cat, people, p, ctx_rng)
             ts_us = start_us + np.round(ev["ts"] * 1_000_000).astype(np.int64)
             order = ev["order"] + np.where(ev["order"] >= 0, order_base, 0)
             session = ev["session"] + session_base
@@ -1072,6 +1131,9 @@ def _write_events(
                     "order_id": _numbered("o", order),
                     "session_id": _numbered("s", session),
                     "size": pc.take(size_names, pa.array(ev["size"].astype(np.int64), mask=ev["size"] < 0)),
+                    "device": pc.take(device_names, pa.array(ctx["device"])),
+                    "city": pc.take(city_names, pa.array(ctx["city"], mask=ctx["city"] < 0)),
+                    "weather": pc.take(weather_names, pa.array(ctx["weather"])),
                 },
                 schema=EVENTS_SCHEMA,
             )

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from features.engines import Engine
 from features.errors import BuildError
 from features.schemas import TABLE_SPECS, arrow_schema
-from features.validate import _check_missing, _checker_sql, _is_text, _q, _quarantine_rows
+from features.validate import _check_missing, _checker_sql, _is_text, _q, _quarantine_rows, with_defaults
 
 # Leading/trailing whitespace, Unicode-aware (Java regex, run by Spark).
 _TRIM = r"(?U)^\s+|\s+$"
@@ -64,7 +64,7 @@ def validate_on_engine(
         canon = ", ".join(_q(c.name) for c in spec.columns)
         tmp = validated.with_name(validated.name + ".engine")
         eng.write(f"SELECT {canon} FROM __checked WHERE __reason IS NULL ORDER BY __row", tmp)
-        n_ok = _cast_file(tmp, validated, arrow_schema(table))
+        n_ok = _cast_file(tmp, validated, arrow_schema(table), table)
         bad_path = quarantine.with_name(quarantine.name + ".rows")
         eng.write("SELECT __row, __reason FROM __checked WHERE __reason IS NOT NULL ORDER BY __row", bad_path)
         bad = pq.read_table(bad_path)
@@ -81,16 +81,17 @@ def validate_on_engine(
     return {"input_rows": n_in, "accepted": n_ok, "quarantined": q.num_rows}
 
 
-def _cast_file(src: Path, dst: Path, schema: pa.Schema) -> int:
+def _cast_file(src: Path, dst: Path, schema: pa.Schema, table: str) -> int:
     """Rewrite the engine's output `src` as `dst` with exactly `schema` (Spark marks every column
-    nullable and names list fields its own way); returns the rows."""
+    nullable and names list fields its own way) and the final rows' defaults
+    (features.validate.with_defaults, as on the DuckDB path); returns the rows."""
     n = 0
     f = pq.ParquetFile(src)
     tmp = dst.with_name(dst.name + ".tmp")
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
             for i in range(f.num_row_groups):
-                group = f.read_row_group(i).select(schema.names).cast(schema)
+                group = with_defaults(table, f.read_row_group(i).select(schema.names).cast(schema))
                 writer.write_table(group)
                 n += group.num_rows
         os.replace(tmp, dst)

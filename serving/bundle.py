@@ -1,8 +1,8 @@
 """Read a serving bundle (docs/workspace.md "The serving bundle") into memory.
 
 A bundle is what one registered model version carries, and only what was learned: the model, a
-bought-together model fitted on the same data, the learned re-buy policy and the event weights the
-model was trained with. The shop itself (catalogue, stock, customers, histories) is never in it:
+bought-together model fitted on the same data, the learned re-buy policy, the context's learned
+category lifts and the event weights the model was trained with. The shop itself (catalogue, stock, customers, histories) is never in it:
 serving reads that live (serving/state.py), so a retrain that ties, or no retrain at all, never
 freezes yesterday's stock into today's answers.
 """
@@ -31,11 +31,13 @@ class Bundle:
     complements: Recommender | None
     policy: Any  # training.policy.RebuyPolicy
     event_weights: dict[str, float] = field(default_factory=dict)
+    context_lift: Any = None  # training.context.ContextLift; None for a bundle without one
 
 
 def load_bundle(path: str | Path) -> Bundle:
     """Load the bundle directory at `path`. Raises FileNotFoundError naming what is missing."""
     from training.bundle import read_event_weights
+    from training.context import ContextLift
     from training.policy import load_policy
 
     path = Path(path)
@@ -54,4 +56,5 @@ def load_bundle(path: str | Path) -> Bundle:
         complements=complements,
         policy=load_policy(path),
         event_weights=read_event_weights(meta),
+        context_lift=ContextLift.load(path),
     )

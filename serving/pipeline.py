@@ -33,6 +33,7 @@ import numpy as np
 from serving import filters as F
 from serving import reasons as R
 from serving.bundle import Bundle, load_bundle
+from serving.context import ContextBoost
 from serving.fill import Fill
 from serving.neighbours import ItemMap, Neighbours, content_neighbours
 from serving.ranking import (
@@ -110,6 +111,9 @@ class EngineConfig:
     # personal block when one lies in a category of the customer's recent history.
     new_item_slots: int = 1
     new_item_days: float = 30.0
+    # The visit's context (device, city, weather): items of the categories it was learned to lift
+    # (serving/context.py) get up to this boost (a doubling of the category's share = the full boost).
+    context_boost: float = 0.3
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EngineConfig:
@@ -166,6 +170,7 @@ class Engine:
             else None
         )
         self.policy = bundle.policy
+        self.context_lift = ContextBoost(getattr(bundle, "context_lift", None))
         h = self.state.histories
         row_user = np.full(h.user_items.shape[0], "", dtype=object)
         for uid, c in self.state.customers.items():
@@ -371,6 +376,20 @@ class Engine:
         k = _check_k(k)
         return self._popular_block(self.state.current, k, segment, category, context, None, [])
 
+    def rerank(
+        self,
+        user_id: str | None,
+        item_ids: list[str],
+        context: Context = Context(),
+        *,
+        now: float | None = None,
+    ) -> list[Rec]:
+        """The given items (a search result, a category lister) in the customer's order, every one
+        kept: serving/rerank.py."""
+        from serving.rerank import rerank
+
+        return rerank(self, user_id, item_ids, context, now=now)
+
     def record_events(self, events: list[dict]) -> int:
         """Validate and store real-time events; returns how many were stored. Events of customers
         without consent for personalisation are not stored. Raises ValueError naming the bad event."""
@@ -380,6 +399,7 @@ class Engine:
                 parsed.append(parse_event(raw))
             except ValueError as e:
                 raise ValueError(f"event {n}: {e}") from None
+        self.state.observe([e for e in parsed if not self._is_forgotten(e.user_id)])
         keep = [
             e for e in parsed if self.state.may_personalise(e.user_id) and not self._is_forgotten(e.user_id)
         ]
@@ -540,6 +560,7 @@ class Engine:
             ]
             self._add_complement_boost(snap, fresh_durables, boost, reasons, cfg.durable_complement_boost)
         self._add_session_boost(snap, fresh, boost, reasons)
+        self._add_context_boost(snap, context, boost, reasons)
         due = bought.due[allowed[bought.due]] if len(bought.due) else bought.due
         if len(due):
             boost.add(due, cfg.rebuy_boost)
@@ -652,10 +673,12 @@ class Engine:
         )
         if not plain:
             return self._rank_popular(snap, k, segment, category, context, customer, events, exclude)
+        lifted = self.context_lift.key(context)  # the context's learned lifts change the block
         key = (
             k,
             segment if segment and segment in snap.segment_pop else None,
             self._mask_key(context, customer)[0],
+            (self.context_lift.token, lifted) if lifted else (),
         )
         hit = snap.popular_blocks.get(
             key, lambda: tuple(self._rank_popular(snap, k, segment, category, context, customer, events))
@@ -704,6 +727,7 @@ class Engine:
             self._add_session_boost(snap, fresh, boost, reasons)
         anchors = list(cart) + ([cur] if cur is not None else [])
         comp = self._add_complement_boost(snap, anchors, boost, reasons)
+        self._add_context_boost(snap, context, boost, reasons)
         tier = (
             F.page_tier(cat, page_category=context.page_category, current_item=cur, complements=comp)
             if context.page_category or cur is not None
@@ -849,6 +873,19 @@ class Engine:
                 reasons.setdefault(i, text)
             found.append(ids)
         return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+
+    def _add_context_boost(
+        self, snap: Snapshot, context: Context, boost: Boost, reasons: dict[int, str]
+    ) -> None:
+        """Boost the categories the visit's context was learned to lift (serving/context.py)."""
+        key = self.context_lift.key(context)
+        if not key:
+            return
+        ids, vals, texts = self.context_lift.items(snap.catalog, snap.structure, key, snap.popularity)
+        if len(ids):
+            boost.add(ids, self.config.context_boost * vals)
+            for i, text in zip(ids.tolist(), texts, strict=True):
+                reasons.setdefault(i, text)
 
     def _add_session_boost(
         self, snap: Snapshot, fresh: list[Event], boost: Boost, reasons: dict[int, str]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 K_MAX = 100
 K_DEFAULT = 10
 MAX_ITEM_IDS = 100
+MAX_RERANK_ITEMS = 500  # a search result or a category lister page; every one comes back
 MAX_BATCH_USERS = 500
 MAX_EVENTS = 1000
 MAX_ROWS = 1000  # catalogue, stock or customer rows per write
@@ -87,6 +88,18 @@ class PopularRequest(_Strict):
     context: RequestContext = Field(default_factory=RequestContext)
 
 
+class RerankRequest(_Strict):
+    """A list the shop chose (search result, category lister) to put in the customer's order."""
+
+    user_id: Id
+    item_ids: list[Id] = Field(
+        min_length=1,
+        max_length=MAX_RERANK_ITEMS,
+        description=f"the items to order, 1..{MAX_RERANK_ITEMS}; every one comes back (a repeated id once)",
+    )
+    context: RequestContext = Field(default_factory=RequestContext)
+
+
 class RecommendBatchRequest(_Strict):
     user_ids: list[Id] = Field(min_length=1, max_length=MAX_BATCH_USERS)
     k: K = K_DEFAULT
@@ -110,6 +123,9 @@ class Event(_Strict):
     recommendation_id: Annotated[str, Field(max_length=64)] | None = Field(
         None, description="the answer this event came from (a click or purchase on a shown block)"
     )
+    device: Annotated[str, Field(max_length=32)] | None = Field(None, description="the visit's device")
+    city: Annotated[str, Field(max_length=128)] | None = Field(None, description="the visit's city")
+    weather: Annotated[str, Field(max_length=32)] | None = Field(None, description="the weather at the visit")
 
 
 class EventsRequest(_Strict):
@@ -178,10 +194,19 @@ class MergeResponse(BaseModel):
     merged: int = Field(description="events of the anonymous session now in the customer's history")
 
 
+class SocialProof(BaseModel):
+    purchases_7d: int = Field(
+        ge=5, description="customers who bought the item in the last 7 days (shown only from 5 on)"
+    )
+
+
 class ItemOut(BaseModel):
     item_id: str
     score: float = Field(description="higher is better; comparable within one block only")
     reason: str = Field(description="why this item is shown, readable by a marketer")
+    social_proof: SocialProof | None = Field(
+        None, description="present only when at least 5 customers bought the item in the last 7 days"
+    )
 
 
 class RecommendResponse(BaseModel):
@@ -229,6 +254,7 @@ def example_requests(user_id: str, item_id: str, other_item_id: str, category: s
         "/bought_together": {"item_ids": [item_id], "k": 5, "user_id": user_id},
         "/similar_items": {"item_id": item_id, "k": 5, "context": {"max_price": 50.0}},
         "/popular": {"k": 5, **({"category": category} if category else {})},
+        "/rerank": {"user_id": user_id, "item_ids": [other_item_id, item_id], "context": ctx},
         "/recommend_batch": {
             "user_ids": [user_id, "a-new-customer"],
             "k": 3,
@@ -245,6 +271,7 @@ def example_requests(user_id: str, item_id: str, other_item_id: str, category: s
         "/bought_together": BoughtTogetherRequest,
         "/similar_items": SimilarItemsRequest,
         "/popular": PopularRequest,
+        "/rerank": RerankRequest,
         "/recommend_batch": RecommendBatchRequest,
         "/events": EventsRequest,
         "/stock": StockRequest,

@@ -53,6 +53,7 @@ from serving.schemas import (
     RecommendResponse,
     RemovedOut,
     RequestContext,
+    RerankRequest,
     SimilarItemsRequest,
     StockRequest,
     UserBlock,
@@ -180,7 +181,10 @@ def _plain_json_output(model: type) -> type:
         @classmethod
         async def to_http_response(cls, obj: Any, serde: Any) -> Response:
             if isinstance(obj, model):
-                return Response(obj.model_dump_json().encode(), media_type="application/json")
+                # exclude_none: an item without social proof has no `social_proof` key at all
+                return Response(
+                    obj.model_dump_json(exclude_none=True).encode(), media_type="application/json"
+                )
             return await super().to_http_response(obj, serde)
 
     return create_model(model.__name__, __base__=(_PlainJSON, model), __module__=model.__module__)
@@ -196,9 +200,22 @@ def _finite(x: float) -> float:
     return x if math.isfinite(x) else 0.0
 
 
-def _items(recs: Any) -> list[ItemOut]:
-    """serving.pipeline.Rec records -> response items."""
-    return [ItemOut(item_id=str(r.item_id), score=_finite(r.score), reason=str(r.reason)) for r in recs]
+def _items(recs: Any, counts: Any = None) -> list[ItemOut]:
+    """serving.pipeline.Rec records -> response items, with social proof from `counts` (a
+    serving.social.PurchaseCounts) where an item has enough purchases in the last 7 days."""
+    if counts is None:
+        return [ItemOut(item_id=str(r.item_id), score=_finite(r.score), reason=str(r.reason)) for r in recs]
+    counts.expire()
+    proof = counts.social_proof
+    return [
+        ItemOut(
+            item_id=str(r.item_id),
+            score=_finite(r.score),
+            reason=str(r.reason),
+            social_proof=proof(r.item_id),
+        )
+        for r in recs
+    ]
 
 
 def _bad_request(ctx: bentoml.Context, message: str, status: int = 400) -> JSONResponse:
@@ -257,6 +274,7 @@ class ShopRec:
                 "/bought_together": (BoughtTogetherRequest, self.answer_bought_together),
                 "/similar_items": (SimilarItemsRequest, self.answer_similar_items),
                 "/popular": (PopularRequest, self.answer_popular),
+                "/rerank": (RerankRequest, self.answer_rerank),
             }
             if _env_flag("SHOPREC_DIRECT", True)
             else {}
@@ -346,10 +364,9 @@ class ShopRec:
             values["cart"] = tuple(values["cart"])
         return Context(**{k: v for k, v in values.items() if k in _context_fields(Context)})
 
-    @staticmethod
-    def _response(answer: Answer) -> RecommendResponse:
+    def _response(self, answer: Answer) -> RecommendResponse:
         return RecommendResponse(
-            items=_items(answer.items),
+            items=_items(answer.items, self.state.purchases_7d),
             model_version=answer.model_version,
             variant=answer.variant,
             recommendation_id=answer.recommendation_id,
@@ -406,6 +423,18 @@ class ShopRec:
         recs = models.champion.popular(req.k, req.segment, req.category, self.context(req.context))
         return self._response(self.router.record("popular", None, "champion", models.champion_version, recs))
 
+    def answer_rerank(self, req: RerankRequest) -> RecommendResponse:
+        """The given items (a search result, a category lister) in the customer's order, every one
+        kept (serving/rerank.py); the control variant gets the non-personal order."""
+        from serving.ab import CONTROL
+
+        cx = self.context(req.context)
+        models = self.holder.models
+        variant = self.router.variant(models, req.user_id)
+        engine, version = self.router.engine(models, variant)
+        recs = engine.rerank(None if variant == CONTROL else req.user_id, list(req.item_ids), cx)
+        return self._response(self.router.record("rerank", req.user_id, variant, version, recs))
+
     def answer_direct(self, path: str, body: bytes) -> bytes | None:
         """The JSON answer of read endpoint `path` for a JSON request `body`, or None to let
         BentoML's own dispatch answer (an unknown path, a body that fails validation, any error).
@@ -421,7 +450,7 @@ class ShopRec:
             return None
         model, answer = route
         try:
-            return answer(model.model_validate_json(body)).model_dump_json().encode()
+            return answer(model.model_validate_json(body)).model_dump_json(exclude_none=True).encode()
         except Exception:  # BentoML's path answers it, with its own error format and logging
             return None
 
@@ -464,6 +493,16 @@ class ShopRec:
         """Popular items, overall or for a customer segment and/or category (non-personal)."""
         return self.answer_popular(
             PopularRequest.model_construct(k=k, segment=segment, category=category, context=context)
+        )
+
+    @bentoml.api(route="/rerank", input_spec=RerankRequest, output_spec=RecommendOut)
+    async def rerank(
+        self, user_id: str, item_ids: list[str], context: RequestContext, ctx: bentoml.Context
+    ) -> RecommendResponse:
+        """The given items (a search result, a category lister) in the customer's order: their
+        brands and sizes first, what the rules would remove last (the reason says which rule)."""
+        return self.answer_rerank(
+            RerankRequest.model_construct(user_id=user_id, item_ids=item_ids, context=context)
         )
 
     @bentoml.api(route="/recommend_batch", input_spec=RecommendBatchRequest, output_spec=RecommendBatchOut)

@@ -7,7 +7,9 @@ learned; this module holds what the shop *is* now:
   stock per size, as the per-item arrays of `serving.filters.Catalog`;
 - the customers and their consent (`features.consent`), segments and gender affinity;
 - what the last feature build knew of each customer's past (`Histories`: the interaction matrix,
-  sequences, last purchases, learned sizes), keyed by the build's user index.
+  sequences, last purchases, learned sizes), keyed by the build's user index;
+- purchases per item in the last 7 days (`purchases_7d`, serving/social.py: the social proof),
+  from the histories and every purchase event the service is told about since (`observe`).
 
 `ShopState.from_workspace(ws)` loads it from a workspace's validated tables and features;
 `apply(table, rows)` takes the rows that `POST /catalog`, `/stock` and `/customers` (or the change
@@ -40,6 +42,7 @@ import scipy.sparse as sp
 from features.consent import consent_given
 from serving import filters as F
 from serving.cache import Cache
+from serving.social import PurchaseCounts
 
 if TYPE_CHECKING:
     from features.workspace import Workspace
@@ -165,6 +168,8 @@ class ShopState:
         self.forgotten: set[str] = set()
         self.source = "frames"  # where the state was loaded from, for /readyz
         self._erasures: Callable[[str], bool] | None = None
+        self.purchases_7d = PurchaseCounts()
+        self._count_history_purchases()
         self.current = self._snapshot(items, new_structure=True)
 
     # -- loading --------------------------------------------------------------------------------
@@ -216,6 +221,35 @@ class ShopState:
         if missing:
             self.apply("catalog", [{"item_id": i, "active": False} for i in missing])
         return len(missing)
+
+    def _count_history_purchases(self) -> None:
+        """Start the 7-day purchase counts from the histories' last purchase of each (customer,
+        item): a customer who bought an item in the window has their last purchase of it there."""
+        h = self.histories
+        if not len(h.p_ts):
+            return
+        import time
+
+        recent = np.flatnonzero(h.p_ts > time.time() - self.purchases_7d.window_s)
+        if not len(recent):
+            return
+        row_user = {c.row: uid for uid, c in self.customers.items() if c.row >= 0}
+        ids = self._items["item_id"].to_numpy(dtype=object)
+        self.purchases_7d.add_many(
+            (row_user.get(int(h.p_row[j]), f"#row{int(h.p_row[j])}"), ids[int(h.p_item[j])], float(h.p_ts[j]))
+            for j in recent.tolist()
+            if int(h.p_item[j]) < len(ids)
+        )
+
+    def observe(self, events: Iterable[Any]) -> int:
+        """Count the purchases among `events` (serving.store.Event records) of customers not erased
+        (consent does not matter: a count over customers is not personal); returns how many
+        (customer, item) pairs are new in the 7-day window."""
+        return self.purchases_7d.add_many(
+            (e.user_id, e.item_id, e.timestamp)
+            for e in events
+            if e.event_type == "purchase" and not self.is_forgotten(e.user_id)
+        )
 
     # -- reading --------------------------------------------------------------------------------
     @property

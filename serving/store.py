@@ -104,7 +104,12 @@ class OnlineStore(Protocol):
     """Per-user recent events, newest first, capped per user."""
 
     def add(self, events: list[Event]) -> int:
-        """Store events; returns how many were stored (0 when the backend is unreachable)."""
+        """Store events; returns how many were stored (0 when the backend is unreachable: a
+        shared backend then keeps them pending and writes them when it is back, see `flush`)."""
+        ...
+
+    def flush(self) -> int:
+        """Write what an unreachable backend left pending; returns how many were written."""
         ...
 
     def recent(self, user_id: str, limit: int = 50) -> list[Event]:
@@ -147,6 +152,9 @@ class InMemoryStore:
                 self._events.setdefault(e.user_id, deque(maxlen=self.cap)).appendleft(e)
         return len(events)
 
+    def flush(self) -> int:
+        return 0  # nothing is ever pending in process
+
     def recent(self, user_id: str, limit: int = 50) -> list[Event]:
         with self._lock:
             q = self._events.get(user_id)
@@ -181,7 +189,11 @@ class RedisStore:
 
     Failure policy: any Redis error marks the store down for `retry_s` seconds (requests in that
     time skip Redis instead of each paying the socket timeout), is logged at most once per
-    `log_interval_s`, and is reported by `health()`. Reads then return [], writes return 0.
+    `log_interval_s`, and is reported by `health()`. Reads then return [], writes return 0 and
+    keep the events pending (up to `max_pending`, oldest dropped first, and never a forgotten
+    customer's): the next write or `flush()` (the state sync calls it every poll) sends them, in
+    order, once Redis answers again, so a Redis restart loses no acknowledged event from the
+    online store either (they are in the workspace's change log regardless).
     """
 
     def __init__(
@@ -195,6 +207,7 @@ class RedisStore:
         retry_s: float = 2.0,
         log_interval_s: float = 60.0,
         forgotten_refresh_s: float = 1.0,
+        max_pending: int = 100_000,
     ) -> None:
         import redis
 
@@ -215,6 +228,7 @@ class RedisStore:
         self._last_error: str | None = None
         self._last_log = -float("inf")
         self._lock = threading.Lock()
+        self._pending: deque[Event] = deque(maxlen=max_pending)
 
     def _key(self, user_id: str) -> str:
         return f"{self.prefix}:u:{user_id}"
@@ -242,21 +256,39 @@ class RedisStore:
                     self._last_error = None
 
     def add(self, events: list[Event]) -> int:
-        if not events or not self._available():
+        if not events:
             return 0
+        with self._lock:
+            self._pending.extend(events)
+        written = self.flush()
+        return min(written, len(events))
+
+    def flush(self) -> int:
+        """Send the pending events (oldest first) in one pipeline; on failure they stay pending."""
+        if not self._pending or not self._available():
+            return 0
+        with self._lock:
+            batch = list(self._pending)
+            self._pending.clear()
         try:
             pipe = self._client.pipeline(transaction=False)
-            for e in events:
+            for e in batch:
                 key = self._key(e.user_id)
                 pipe.lpush(key, e.to_json())
                 pipe.ltrim(key, 0, self.cap - 1)
                 pipe.expire(key, self.ttl_s)
             pipe.execute()
         except Exception as err:  # redis.RedisError, OSError: never raise to the request
+            with self._lock:  # back in front of anything added meanwhile, in order
+                self._pending.extendleft(reversed(batch))
             self._failed(err)
             return 0
         self._ok()
-        return len(events)
+        return len(batch)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def recent(self, user_id: str, limit: int = 50) -> list[Event]:
         if not self._available():
@@ -277,6 +309,10 @@ class RedisStore:
 
     def forget(self, user_id: str) -> bool:
         # Erasure must not be skipped silently by the back-off: always try, report failure.
+        with self._lock:  # nothing of theirs may reach Redis after the erasure
+            kept = [e for e in self._pending if e.user_id != user_id]
+            self._pending.clear()
+            self._pending.extend(kept)
         try:
             pipe = self._client.pipeline(transaction=True)
             pipe.delete(self._key(user_id))
@@ -316,7 +352,7 @@ class RedisStore:
 
     def health(self) -> str:
         if self._last_error is not None and not self._available():
-            return f"redis unreachable: {self._last_error}"
+            return f"redis unreachable: {self._last_error} ({len(self._pending)} events pending)"
         try:
             self._client.ping()
         except Exception as err:

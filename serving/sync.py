@@ -12,7 +12,10 @@ process.
 With `REDIS_URL`, replicas may live on other machines with workspaces of their own: catalogue,
 stock and customer rows also go onto a Redis stream (`<prefix>:changes`) that every replica reads,
 and events go straight into the shared Redis online store (serving/store.py). A replica that cannot
-reach Redis keeps answering from what it has and catches up from the stream when Redis is back.
+reach Redis keeps answering from what it has and catches up from the stream when Redis is back;
+what it was told meanwhile is acknowledged (it is in its change log), in effect on that replica at
+once, and kept pending until Redis answers again, then sent on to the others (a Redis restart loses
+no acknowledged write and answers no request with an error; tests/test_redis_restart.py).
 """
 
 from __future__ import annotations
@@ -86,7 +89,8 @@ class StateSync:
             if not self.events_from_log or self.ws is None:
                 self._store_events(rows)
         elif self._bus is not None:
-            self._bus.publish(table, rows)
+            if not self._bus.publish(table, rows):  # Redis is away: in effect here now, sent later
+                self._apply(table, rows)
         elif self.ws is None:
             self.state.apply(table, rows)
         self.poll()
@@ -99,7 +103,9 @@ class StateSync:
         with self._lock:
             if self.ws is not None and (self._bus is None or self.events_from_log):
                 applied += self._poll_log()
+            self.store.flush()  # events a shared store could not take while it was away
             if self._bus is not None:
+                self._bus.flush()
                 for table, rows in self._bus.read():
                     applied += self._apply(table, rows)
         return applied
@@ -133,6 +139,7 @@ class StateSync:
 
     def _store_events(self, rows: list[dict[str, Any]]) -> int:
         events: list[Event] = []
+        parsed: list[Event] = []
         for raw in rows:
             fields = {
                 k: raw[k]
@@ -145,8 +152,10 @@ class StateSync:
                 e = parse_event(fields)
             except ValueError:
                 continue  # a type the online store does not keep (features build weighs it)
+            parsed.append(e)
             if self.state.may_personalise(e.user_id):
                 events.append(e)
+        self.state.observe(parsed)  # the social proof counts every customer's purchases
         return self.store.add(events) if events else 0
 
     # -- the background thread --------------------------------------------------------------------
@@ -209,6 +218,8 @@ class _RedisBus:
         import redis
 
         self.key = f"{prefix}:changes"
+        self._outbox: list[str] = []  # payloads Redis could not take yet, oldest first
+        self._sending = threading.Lock()  # one sender at a time: each payload goes out once
         self.maxlen = maxlen
         self._client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._last = "$"
@@ -222,9 +233,27 @@ class _RedisBus:
     def _fail(self, e: Exception) -> None:
         self.error = f"{type(e).__name__}: {e}"
 
-    def publish(self, table: str, rows: list[dict[str, Any]]) -> None:
-        payload = json.dumps({"table": table, "rows": rows}, default=str)
-        self._retry(lambda: self._client.xadd(self.key, {"d": payload}, maxlen=self.maxlen, approximate=True))
+    def publish(self, table: str, rows: list[dict[str, Any]]) -> bool:
+        """Put rows on the stream; False when Redis is away (they wait in the outbox, in order)."""
+        with self._sending:
+            self._outbox.append(json.dumps({"table": table, "rows": rows}, default=str))
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Send the outbox in order; False (keeping what was not sent) when Redis is away."""
+        with self._sending:
+            while self._outbox:
+                payload = self._outbox[0]
+                try:
+                    self._retry(
+                        lambda p=payload: self._client.xadd(
+                            self.key, {"d": p}, maxlen=self.maxlen, approximate=True
+                        )
+                    )
+                except Exception:
+                    return False
+                self._outbox.pop(0)
+            return True
 
     def read(self) -> list[tuple[str, list[dict[str, Any]]]]:
         try:
@@ -256,4 +285,5 @@ class _RedisBus:
         return None
 
     def health(self) -> str:
-        return "ok" if self.error is None else f"unreachable: {self.error}"
+        pending = f" ({len(self._outbox)} writes pending)" if self._outbox else ""
+        return ("ok" if self.error is None else f"unreachable: {self.error}") + pending

@@ -62,7 +62,9 @@ def test_features_build_table_matches_the_json(shop: Path) -> None:
     events.loc[3, "quantity"] = -2  # one bad row: quarantined with a reason
     events.to_parquet(shop / "events.parquet")
     summary, table = invoke("features", "build", "--data", str(shop))
-    assert set(summary) == {"events", "catalog", "stock", "customers", "features"}
+    assert set(summary) == {"events", "catalog", "stock", "customers", "features", "changes_folded"}
+    # nothing was posted to the service: every table folds the change log up to position 0
+    assert summary["changes_folded"] == {"events": 0, "catalog": 0, "stock": 0, "customers": 0}
     for name in ("events", "catalog", "stock", "customers"):
         c = summary[name]
         assert row(table, name) == [

@@ -143,3 +143,28 @@ def test_http_hot_swap_under_load_has_no_failed_request(server, bundles) -> None
     assert versions[0].startswith("popular-") and versions[-1].startswith("itemknn-")
     assert len(versions) > 20
     assert httpx.get(f"{url}/readyz", timeout=5).json()["swaps"] >= 1
+
+
+def _requests_counted(metrics: str, endpoint: str) -> float:
+    """BentoML's request counter for `endpoint` (200s), summed over its label sets."""
+    total = 0.0
+    for line in metrics.splitlines():
+        labels = line.startswith("bentoml_service_request_total{") and f'endpoint="{endpoint}"' in line
+        if labels and 'http_response_code="200"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_http_metrics_count_the_direct_route(server) -> None:
+    """The read endpoints are answered by the guard's direct route (SHOPREC_DIRECT, on by default),
+    ahead of BentoML's dispatch; /metrics must still count every one of them."""
+    url, _ = server
+    with httpx.Client(base_url=url, timeout=10) as c:
+        before = c.get("/metrics").text
+        for _ in range(5):
+            assert c.post("/recommend", json={"user_id": "u2", "k": 3}).status_code == 200
+        for _ in range(3):
+            assert c.post("/popular", json={"k": 2}).status_code == 200
+        after = c.get("/metrics").text
+    assert _requests_counted(after, "/recommend") - _requests_counted(before, "/recommend") == 5
+    assert _requests_counted(after, "/popular") - _requests_counted(before, "/popular") == 3

@@ -249,6 +249,7 @@ def test_asgi_direct_route_answers_exactly_as_bentoml_dispatch(client) -> None:
         "/bought_together": {"item_ids": ["i1", "i2"], "k": 3, "user_id": "u3"},
         "/similar_items": {"item_id": "i2", "k": 3, "context": {"max_price": 1000}},
         "/popular": {"k": 5, "segment": "vip"},
+        "/rerank": {"user_id": "u2", "item_ids": ["i5", "i1", "nope", "i7"], "context": {"weather": "rain"}},
     }
     taken: list[str] = []
     routes = dict(svc._direct)

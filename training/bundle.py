@@ -6,6 +6,7 @@ it (docs/workspace.md, "The serving bundle"). Serving reads it with `serving.bun
       model/             the main model (Recommender.save)
       complements/       a `bought-together` model fitted on the same data
       policy/            the learned re-buy policy (training.policy.RebuyPolicy.save)
+      context_lift.json  the visit context's learned category lifts (training/context.py)
 
 Only what was learned: the shop's catalogue, stock, customers and histories are live state that
 serving reads from the workspace (serving/state.py), never a copy frozen here.
@@ -71,6 +72,7 @@ def write_bundle(
 
     policy = learned_policy(ws)
     policy.save(path / "policy")
+    learned_context(ws).save(path)
     meta = {
         "format": BUNDLE_FORMAT,
         "model": model.name,
@@ -156,6 +158,30 @@ def learned_policy(ws: Workspace) -> Any:
     return RebuyPolicy.from_frame(
         _read(ws.feature("category_rebuy")), customer_rebuy=_read(ws.feature("customer_rebuy")), users=users
     )
+
+
+def learned_context(ws: Workspace) -> Any:
+    """The context lifts (training.context) of the workspace's validated events, kept under
+    `.cache/context/` by the events' and catalogue's size and mtime: every model of a retrain
+    bundles the same lifts, learned once."""
+    from training.context import ContextLift, fit_from_workspace
+
+    stats = [p.stat() for p in (ws.validated("events"), ws.validated("catalog")) if p.exists()]
+    key = "-".join(f"{st.st_size}.{st.st_mtime_ns}" for st in stats) or "none"
+    folder = ws.root / ".cache" / "context"
+    cached = ContextLift.load(folder / key)
+    if cached is not None:
+        return cached
+    lift = fit_from_workspace(ws)
+    try:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / key).mkdir(parents=True, exist_ok=True)
+        lift.save(folder / key)
+    except OSError:
+        pass  # a cache only
+    return lift
 
 
 def event_weights(ws: Workspace) -> dict[str, float]:
