@@ -20,8 +20,18 @@ import traceback
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-NAMES = ("validate", "features", "changelog", "training", "sasrec", "serving", "feed", "segments", "context")
-NAMES += ("rebuy",)
+NAMES = (
+    "validate",
+    "features",
+    "changelog",
+    "training",
+    "sasrec",
+    "serving",
+    "feed",
+    "segments",
+    "context",
+    "rebuy",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
