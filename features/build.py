@@ -32,6 +32,7 @@ from features.transforms import (
     DAY_S,
     baskets_sql,
     category_rebuy_sql,
+    customer_rebuy_sql,
     cycle_days,
     has_money_sql,
     interactions_sql,
@@ -211,6 +212,7 @@ def build_from_validated(
             eng.scalar("SELECT count(*) FROM category_rebuy_out WHERE rebuyable")
         )
         eng.drop("category_rebuy_out")
+        copy(customer_rebuy_sql(), "customer_rebuy")
 
     def split(name: str) -> Callable[[], None]:
         def run() -> None:

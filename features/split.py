@@ -25,6 +25,7 @@ from features.errors import BuildError
 from features.transforms import (
     DAY_S,
     category_rebuy_sql,
+    customer_rebuy_sql,
     cycle_days,
     has_money_sql,
     interactions_sql,
@@ -196,7 +197,7 @@ def write_split(
 ) -> dict[str, Any]:
     """Define split `name` and write train.parquet (COO, decayed at the end of the training part),
     train_sequences.parquet, train_last_purchases.parquet, item_stats.parquet,
-    category_rebuy.parquet and segments.parquet (all from the training part only), valid.parquet,
+    category_rebuy.parquet, customer_rebuy.parquet and segments.parquet (all from the training part only), valid.parquet,
     test.parquet and meta.json into `out_dir`.
     Returns the meta dict (kind, cut-offs, counts, target types)."""
     if name == "loo":
@@ -238,6 +239,7 @@ def write_split(
         ),
         out_dir / "category_rebuy.parquet",
     )
+    eng.write(customer_rebuy_sql(targets="split_tgt"), out_dir / "customer_rebuy.parquet")
     # Customer segments as of the cut-off: the whole-data profiles' rules over the training part,
     # at its end (`loo`: at each held-out customer's own cut-off), with the purchase cycle of its
     # own baskets. The whole-data segment has seen the

@@ -336,11 +336,39 @@ def item_stats_sql(*, pairs: str, targets: str = "tgt") -> str:
         ORDER BY i.item_idx"""
 
 
-def category_rebuy_sql(*, min_rate: float, min_repeat_buyers: int, targets: str = "tgt") -> str:
-    """Over the target events of `targets` (a split passes its training part's), per category: buyers, buyers who bought the same item again in a later basket, their share,
-    the median days between consecutive baskets holding the same item, and the re-buyable flag
-    (rebuy_rate >= `min_rate` and n_repeat_buyers >= `min_repeat_buyers`: global thresholds, the
-    rates themselves learned). Items without a category are pooled in one row with a null category."""
+# A category is *durable* (a laptop, a litter box) when its buyers come back to it far less often
+# than their number of baskets predicts: at most DURABLE_MAX_RATIO of the expected repeat buyers,
+# with at least DURABLE_MIN_EXPECTED expected (so that "nobody came back" is evidence, not chance:
+# P(0 | Poisson(5)) < 1 %). On the synthetic shop durables sit at 0, accessories near 0.2-0.5,
+# everything else near 1 (docs/policy.md).
+DURABLE_MAX_RATIO = 0.1
+DURABLE_MIN_EXPECTED = 5.0
+# A customer's own re-buy interval in a category is learned once they have this many intervals.
+CUSTOMER_MIN_INTERVALS = 3
+
+
+def category_rebuy_sql(
+    *,
+    min_rate: float,
+    min_repeat_buyers: int,
+    targets: str = "tgt",
+    durable_max_ratio: float = DURABLE_MAX_RATIO,
+    durable_min_expected: float = DURABLE_MIN_EXPECTED,
+) -> str:
+    """Over the target events of `targets` (a split passes its training part's), per category.
+
+    The same item again: buyers, buyers who bought the same item again in a later basket
+    (n_repeat_buyers), their share (rebuy_rate), the median days between consecutive baskets
+    holding the same item (median_interval_days), and the re-buyable flag (rebuy_rate >= `min_rate`
+    and n_repeat_buyers >= `min_repeat_buyers`: global thresholds, the rates themselves learned).
+
+    The category again (any item of it): n_category_repeat_buyers (buyers with two or more baskets
+    holding the category), expected_category_repeat_buyers (what chance predicts: per buyer with
+    n baskets, 1 - (1 - s)^(n - 1), s = the share of all baskets that hold the category),
+    category_interval_days (the median days between a customer's consecutive baskets holding the
+    category) and the durable flag (n_category_repeat_buyers <= `durable_max_ratio` x expected,
+    expected >= `durable_min_expected`). Items without a category are pooled in one row with a
+    null category."""
     return f"""
         WITH per AS (
             SELECT t.user_idx, t.item_idx, i.category, t.bkey, min(t.ts) AS ts
@@ -355,11 +383,65 @@ def category_rebuy_sql(*, min_rate: float, min_repeat_buyers: int, targets: str 
                    count(DISTINCT user_idx) FILTER (WHERE gap IS NOT NULL) AS n_repeat_buyers,
                    median(gap) FILTER (WHERE gap IS NOT NULL) / {float(DAY_S)!r} AS median_interval_days
             FROM g GROUP BY category
+        ), cb AS (
+            SELECT user_idx, category, bkey, min(ts) AS ts FROM per GROUP BY user_idx, category, bkey
+        ), cg AS (
+            SELECT category, user_idx,
+                   ts - lag(ts) OVER (PARTITION BY user_idx, category ORDER BY ts) AS gap,
+                   count(*) OVER (PARTITION BY category) AS n_cat_baskets
+            FROM cb
+        ), nb AS (
+            SELECT user_idx, count(DISTINCT bkey) AS n_baskets FROM {targets} GROUP BY user_idx
+        ), cb_all AS (
+            SELECT DISTINCT user_idx, bkey FROM {targets}
+        ), uc AS (
+            SELECT category, user_idx, count(gap) AS n_gaps, max(n_cat_baskets) AS n_cat_baskets
+            FROM cg GROUP BY category, user_idx
+        ), cat AS (
+            SELECT uc.category,
+                   count(*) FILTER (WHERE uc.n_gaps > 0) AS n_category_repeat_buyers,
+                   sum(1.0 - power(1.0 - uc.n_cat_baskets / (SELECT count(*) FROM cb_all), nb.n_baskets - 1))
+                       AS expected_category_repeat_buyers
+            FROM uc JOIN nb USING (user_idx)
+            GROUP BY uc.category
+        ), cgi AS (
+            SELECT category, median(gap) / {float(DAY_S)!r} AS category_interval_days
+            FROM cg WHERE gap IS NOT NULL GROUP BY category
         )
-        SELECT category, n_buyers, n_repeat_buyers,
+        SELECT agg.category, n_buyers, n_repeat_buyers,
                n_repeat_buyers / n_buyers AS rebuy_rate,
                median_interval_days,
                (n_repeat_buyers / n_buyers >= {float(min_rate)!r}
-                AND n_repeat_buyers >= {int(min_repeat_buyers)}) AS rebuyable
+                AND n_repeat_buyers >= {int(min_repeat_buyers)}) AS rebuyable,
+               cat.n_category_repeat_buyers, cat.expected_category_repeat_buyers,
+               cgi.category_interval_days,
+               (cat.expected_category_repeat_buyers >= {float(durable_min_expected)!r}
+                AND cat.n_category_repeat_buyers
+                    <= {float(durable_max_ratio)!r} * cat.expected_category_repeat_buyers) AS durable
         FROM agg
-        ORDER BY category NULLS LAST"""
+        JOIN cat ON cat.category = agg.category OR (cat.category IS NULL AND agg.category IS NULL)
+        LEFT JOIN cgi ON cgi.category = agg.category OR (cgi.category IS NULL AND agg.category IS NULL)
+        ORDER BY agg.category NULLS LAST"""
+
+
+def customer_rebuy_sql(*, targets: str = "tgt", min_intervals: int = CUSTOMER_MIN_INTERVALS) -> str:
+    """Per (customer, category) with at least `min_intervals` intervals between consecutive baskets
+    holding the category, over the target events of `targets`: n_intervals and their median in
+    days (median_interval_days): the customer's own re-buy cycle, which the re-buy policy shrinks
+    towards the category's (training.policy)."""
+    return f"""
+        WITH cb AS (
+            SELECT t.user_idx, i.category, t.bkey, min(t.ts) AS ts
+            FROM {targets} t JOIN items i USING (item_idx)
+            GROUP BY t.user_idx, i.category, t.bkey
+        ), g AS (
+            SELECT user_idx, category,
+                   ts - lag(ts) OVER (PARTITION BY user_idx, category ORDER BY ts) AS gap
+            FROM cb
+        )
+        SELECT user_idx, category, count(*) AS n_intervals,
+               median(gap) / {float(DAY_S)!r} AS median_interval_days
+        FROM g WHERE gap IS NOT NULL
+        GROUP BY user_idx, category
+        HAVING count(*) >= {int(min_intervals)}
+        ORDER BY user_idx, category NULLS LAST"""

@@ -381,6 +381,9 @@ def policy_windows(
 def _guess_windows(policy: Any, categories: np.ndarray) -> np.ndarray | None:
     """Seconds per category from RebuyPolicy's fields (median days x window fraction), or None
     when the policy does not have them; only a guess that policy_windows verifies."""
+    window_seconds = getattr(policy, "window_seconds", None)
+    if window_seconds is not None:
+        return np.asarray(window_seconds(categories), dtype=np.float64)
     try:
         days = policy.rebuyable
         fraction = float(policy.window_fraction)

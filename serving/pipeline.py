@@ -48,7 +48,7 @@ from serving.ranking import (
     norm,
     squash,
 )
-from serving.rules import PurchaseRules, context_key, context_mask, durable_block
+from serving.rules import Purchased, PurchaseRules, context_key, context_mask, kept_out
 from serving.scoring import ModelScorer
 from serving.state import Customer, ShopState, Snapshot
 from serving.store import Event, InMemoryStore, OnlineStore, parse_event
@@ -93,6 +93,11 @@ class EngineConfig:
     session_views: int = 5  # distinct recent views whose neighbours are boosted
     session_boost: float = 0.5  # boost (in normalised score units, top candidate = 1) for those
     complement_boost: float = 0.5  # boost for complements of the cart / recent purchases
+    # Extra boost for the complements of a durable just bought (a laptop: its bag and mouse), x their
+    # normalised complement score: the other laptops are out, the accessories come in. 3: the model's
+    # own scores rarely point to them (on the synthetic shop they sit far below the block's
+    # candidates), while a weak complement (score 1/50 of the best) gains a mere 0.06.
+    durable_complement_boost: float = 3.0
     rebuy_boost: float = 0.3  # boost for purchased items whose re-buy window has passed
     neighbours: int = 30  # neighbours fetched per item for boosts and bought-together
     cache_items: int = 50_000  # per-item neighbour lists kept in memory
@@ -298,10 +303,8 @@ class Engine:
         allowed = self._context_mask(snap, context, customer if personal else None)
         allowed[src] = False
         allowed[_known(cat, context.cart)] = False
-        if personal:
-            bought = self.purchases.split(snap, customer.row, str(user_id), [], time.time())
-            allowed[bought.keep_out] = False
-            allowed[durable_block(cat, bought.durable)] = False
+        if customer is not None:
+            allowed[self._kept_out_now(snap, customer, str(user_id), personal, context)] = False
         keep = (agg > 0) & allowed[touched]
         primary = touched[keep]
         titles = cat.titles
@@ -341,6 +344,8 @@ class Engine:
         allowed = self._context_mask(snap, context, customer if personal else None)
         allowed[i] = False
         allowed[_known(cat, context.cart)] = False
+        if customer is not None:
+            allowed[self._kept_out_now(snap, customer, str(user_id), personal, context)] = False
         ref = cat.price[i]
         cheaper = context.cheaper or context.max_price is not None
         if cheaper:
@@ -494,14 +499,55 @@ class Engine:
         """`recommend`; `ahead`: approximate scores of the longest item factors (_ahead_scores)."""
         customer = self._customer(user_id)
         if customer is not None and not customer.consent:
-            return self._popular_block(snap, k, None, None, context, None, [])
+            # The one non-personal block for the context, less what this customer bought and may
+            # not be shown again (a purchase is no profile: the block is not re-ranked for them).
+            bought = self._bought(snap, customer, str(user_id), [], now, context)
+            return self._popular_block(
+                snap, k, None, None, context, None, [], exclude=kept_out(snap.catalog, bought)
+            )
         events = self.store.recent(user_id, self.config.recent_events) if user_id else []
         midx = self.scorer.user_index(str(user_id)) if customer is not None else -1
         if customer is None or midx < 0:
             # Cold start: popular for the context and segment, still reacting to this session.
             segment = customer.segment if customer is not None and customer.segment else "new"
-            return self._popular_block(snap, k, segment, None, context, customer, events)
+            exclude = None
+            if customer is not None:
+                bought = self._bought(snap, customer, str(user_id), events, now, context)
+                exclude = kept_out(snap.catalog, bought)
+            return self._popular_block(snap, k, segment, None, context, customer, events, exclude=exclude)
         return self._personal_block(snap, k, context, str(user_id), customer, midx, events, now, ahead)
+
+    def _kept_out_now(
+        self, snap: Snapshot, customer: Customer, user_id: str, personal: bool, context: Context
+    ) -> np.ndarray:
+        """Item indices the customer's purchases keep out of any block now (the online store holds
+        events of consenting customers only)."""
+        events = self.store.recent(user_id, self.config.recent_events) if personal else []
+        return kept_out(snap.catalog, self._bought(snap, customer, user_id, events, time.time(), context))
+
+    def _bought(
+        self,
+        snap: Snapshot,
+        customer: Customer,
+        user_id: str,
+        events: list[Event],
+        now: float,
+        context: Context,
+    ) -> Purchased:
+        """The customer's purchases under the re-buy policy now (history and the online store's
+        newest purchases), with the context's `exclude_seen` applied."""
+        cat = snap.catalog
+        fresh = [e for e in events if e.item_id in cat.index]
+        bought = self.purchases.split(
+            snap, customer.row, user_id,
+            [(cat.index[e.item_id], e.timestamp) for e in fresh if e.event_type == "purchase"], now,
+        )  # fmt: skip
+        if context.exclude_seen == "never":
+            return bought._replace(keep_out=bought.keep_out[:0], durable=[])
+        if context.exclude_seen == "always":
+            seen = self._history_row(customer, fresh, cat).indices.astype(np.int64)
+            return bought._replace(keep_out=np.union1d(bought.keep_out, seen), due=bought.due[:0])
+        return bought
 
     def _personal_block(
         self,
@@ -523,17 +569,8 @@ class Engine:
         if not factors:
             scores = self.scorer.model_scores(midx, self._history_row(customer, fresh, cat), seq, cat.n)
         allowed = self._context_mask(snap, context, customer)
-        bought = self.purchases.split(
-            snap, customer.row, user_id,
-            [(cat.index[e.item_id], e.timestamp) for e in fresh if e.event_type == "purchase"], now,
-        )  # fmt: skip
-        if context.exclude_seen == "never":
-            bought = bought._replace(keep_out=bought.keep_out[:0], durable=[])
-        elif context.exclude_seen == "always":
-            seen = self._history_row(customer, fresh, cat).indices.astype(np.int64)
-            bought = bought._replace(keep_out=np.union1d(bought.keep_out, seen), due=bought.due[:0])
-        allowed[bought.keep_out] = False
-        allowed[durable_block(cat, bought.durable)] = False
+        bought = self._bought(snap, customer, user_id, events, now, context)
+        allowed[kept_out(cat, bought)] = False
         cur = cat.idx(context.current_item)
         cart = _known(cat, context.cart)
         allowed[cart] = False
@@ -551,6 +588,12 @@ class Engine:
             + [cat.index[e.item_id] for e in fresh if e.event_type == "purchase"]
         )
         comp_of_current = self._add_complement_boost(snap, anchors, boost, reasons)
+        if bought.durable and cfg.durable_complement_boost:
+            durable = set(bought.durable)
+            fresh_durables = [
+                i for i in anchors[len(cart) + (cur is not None) :] if cat.categories[i] in durable
+            ]
+            self._add_complement_boost(snap, fresh_durables, boost, reasons, cfg.durable_complement_boost)
         self._add_session_boost(snap, fresh, boost, reasons)
         self._add_context_boost(snap, context, boost, reasons)
         due = bought.due[allowed[bought.due]] if len(bought.due) else bought.due
@@ -651,7 +694,11 @@ class Engine:
         context: Context,
         customer: Customer | None,
         events: list[Event],
+        *,
+        exclude: np.ndarray | None = None,
     ) -> list[Rec]:
+        """exclude: item indices this customer may not be shown (their purchases under the re-buy
+        policy): the shared block less those, filled from the same popularity order."""
         plain = (
             not category
             and not context.cart
@@ -660,7 +707,7 @@ class Engine:
             and not any(e.item_id in snap.catalog.index for e in events)
         )
         if not plain:
-            return self._rank_popular(snap, k, segment, category, context, customer, events)
+            return self._rank_popular(snap, k, segment, category, context, customer, events, exclude)
         lifted = self.context_lift.key(context)  # the context's learned lifts change the block
         key = (
             k,
@@ -671,6 +718,10 @@ class Engine:
         hit = snap.popular_blocks.get(
             key, lambda: tuple(self._rank_popular(snap, k, segment, category, context, customer, events))
         )
+        if exclude is not None and len(exclude):
+            idx = snap.catalog.index
+            if np.isin([idx[r.item_id] for r in hit], exclude).any():
+                return self._rank_popular(snap, k, segment, category, context, customer, events, exclude)
         return list(hit)
 
     def _rank_popular(
@@ -682,11 +733,14 @@ class Engine:
         context: Context,
         customer: Customer | None,
         events: list[Event],
+        exclude: np.ndarray | None = None,
     ) -> list[Rec]:
         """The popular block (`_popular_block`), ranked."""
         cat = snap.catalog
         base = snap.segment_pop.get(segment, snap.popularity) if segment else snap.popularity
         allowed = self._context_mask(snap, context, customer)
+        if exclude is not None and len(exclude):
+            allowed[exclude] = False
         if category:
             under = cat.prefix_items.get(category.strip("/"))
             if under is not None:  # only the items under it (without another n-sized mask)
@@ -832,16 +886,23 @@ class Engine:
         return (ids, sc) if keep.all() else (ids[keep], sc[keep])
 
     def _add_complement_boost(
-        self, snap: Snapshot, anchors: list[int], boost: Boost, reasons: dict[int, str]
+        self,
+        snap: Snapshot,
+        anchors: list[int],
+        boost: Boost,
+        reasons: dict[int, str],
+        weight: float | None = None,
     ) -> np.ndarray:
-        """Boost complements of `anchors` (reason "bought together with <title>"); returns them."""
+        """Boost complements of `anchors` by `weight` (default: complement_boost) x their
+        normalised complement score (reason "bought together with <title>"); returns them."""
         found: list[np.ndarray] = []
         titles = snap.catalog.titles
+        w = self.config.complement_boost if weight is None else weight
         for a in dict.fromkeys(anchors):
             ids, sc = self._complements_of(snap, a)
             if not len(ids):
                 continue
-            boost.add(ids, self.config.complement_boost * norm(sc))
+            boost.add(ids, w * norm(sc))
             text = R.bought_together_with(titles[a])
             for i in ids.tolist():
                 reasons.setdefault(i, text)

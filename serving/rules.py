@@ -4,10 +4,13 @@
   active, and of their gender (the request's preference, else the learned affinity); one (n,) bool
   array per (size, learned sizes, gender), kept in the snapshot's cache and copied per request.
 - `PurchaseRules`: what a customer bought, against the learned re-buy policy
-  (`training.policy.RebuyPolicy`, shared with evaluation): an item stays out until the policy lets
-  it back (never, for a category nobody re-buys); a purchase a moment ago (the online store's
-  newest events) stays out on every channel; after a durable purchase (a laptop) the other items
-  of that category stay out for the learned period, while its accessories (other leaves) may come.
+  (`training.policy.RebuyPolicy`, shared with evaluation; docs/policy.md): an item stays out until
+  the policy lets it back (never, for a category nobody re-buys; for a re-buyable one after the
+  customer's own or the category's window, and never within the policy's floor); a purchase a
+  moment ago (the online store's newest events) stays out on every channel; after a durable
+  purchase (a laptop) the other items of that category stay out for the learned period, while its
+  accessories (other leaves) may come. `kept_out` is what every block takes out, the shared
+  non-personal block of a customer without consent included.
 
 The individual rules are the plain functions of serving/filters.py.
 """
@@ -119,3 +122,12 @@ def durable_block(cat: F.Catalog, categories: list[str]) -> np.ndarray:
     if not parts:
         return np.zeros(0, dtype=np.int64)
     return parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
+
+
+def kept_out(cat: F.Catalog, bought: Purchased) -> np.ndarray:
+    """Item indices a customer's purchases keep out of every block: the bought items not yet (or
+    never) allowed back, and the other items of a durable category bought recently."""
+    block = durable_block(cat, bought.durable)
+    if not len(block):
+        return bought.keep_out
+    return np.union1d(bought.keep_out, block)

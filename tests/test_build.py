@@ -267,7 +267,13 @@ def test_rebuy_is_learned_per_category(tmp_path: Path) -> None:
     )
     build(tmp_path)
     r = feature(tmp_path, "category_rebuy").set_index("category")
-    assert r.loc["pets/cats/food"].tolist() == [4, 3, 0.75, 21.0, True]
+    same_item = ["n_buyers", "n_repeat_buyers", "rebuy_rate", "median_interval_days", "rebuyable"]
+    assert r.loc["pets/cats/food", same_item].tolist() == [4, 3, 0.75, 21.0, True]
+    # The category again: 3 of its buyers; chance predicts 3 x 7/13 (7 of the 13 baskets hold cat
+    # food, and each of those three has one other basket), far too few to call anything durable.
+    food = r.loc["pets/cats/food"]
+    assert food.n_category_repeat_buyers == 3 and food.category_interval_days == 21.0
+    assert food.expected_category_repeat_buyers == pytest.approx(21 / 13) and not food.durable
     laptops = r.loc["electronics/laptops"]
     assert (laptops.n_buyers, laptops.n_repeat_buyers, laptops.rebuy_rate) == (4, 0, 0.0)
     assert pd.isna(laptops.median_interval_days) and not laptops.rebuyable

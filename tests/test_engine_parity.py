@@ -47,6 +47,7 @@ def _salt(root: Path) -> None:
     events = pq.read_table(root / "events.parquet", columns=["user_id", "item_id", "timestamp"])
     u, i = events["user_id"][0].as_py(), events["item_id"][0].as_py()
     t = events["timestamp"][0].as_py()
+    end = max(events["timestamp"].to_pylist())  # the generated shop's last event, before the salt
     good = {"user_id": u, "item_id": i, "event_type": "view", "timestamp": t, "quantity": 1, "price": 9.5}
     _append(
         root / "events.parquet",
@@ -64,6 +65,22 @@ def _salt(root: Path) -> None:
     )
     catalog = pq.read_table(root / "catalog.parquet")
     first = catalog.slice(0, 1).to_pylist()[0]
+    # A regular: eight orders of the first item's category, five days apart, so that every split's
+    # training part holds customer re-buy intervals (customer_rebuy.parquet needs three).
+    same = [r["item_id"] for r in catalog.to_pylist() if r["category"] == first["category"]]
+    _append(
+        root / "events.parquet",
+        [
+            {
+                **good,
+                "item_id": same[d % len(same)],
+                "event_type": "purchase",
+                "order_id": f"o-regular-{d}",
+                "timestamp": end - timedelta(days=5 * d),
+            }
+            for d in range(1, 9)
+        ],  # fmt: skip
+    )
     _append(
         root / "catalog.parquet",
         [

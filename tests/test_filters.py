@@ -212,7 +212,7 @@ def test_policy_windows_agree_with_the_shared_rebuy_policy(fraction: float | Non
     )
     cats = np.array(["pets/cats/food", "electronics/laptops", "never/seen"], dtype=object)
     w = F.policy_windows(policy, cats)
-    expected = 30 * policy.window_fraction * 86_400
+    expected = max(policy.floor_seconds, 30 * policy.window_fraction * 86_400)  # never sooner than the floor
     assert w[0] == pytest.approx(expected, abs=0.05) and np.isinf(w[1]) and np.isinf(w[2])
     # Serving's per-request comparison (now < last_ts + window) equals the policy's own answer.
     rng = np.random.default_rng(1)

@@ -30,17 +30,19 @@ LAST = pd.DataFrame(
 )
 
 
-def test_by_default_staples_come_back_at_once_durables_and_unknown_never():
-    p = RebuyPolicy.from_frame(REBUY)  # window 0: measured best on Instacart (training/policy.py)
-    assert p.window_fraction == 0.0
+def test_by_default_staples_come_back_after_the_floor_durables_and_unknown_never():
+    p = RebuyPolicy.from_frame(REBUY)  # window 0, floor 2 h: measured on Instacart (training/policy.py)
+    assert p.window_fraction == 0.0 and p.floor_hours == 2.0
     M = p.exclusions(np.array([0, 1]), LAST, now=25 * DAY, n_items=20).toarray()
     assert M[0, [10, 11, 12]].tolist() == [0, 1, 1]
-    assert M[1, 10] == 0  # bought this very second: a staple may still come back
-    assert M.sum() == 2
+    assert M[1, 10] == 1  # bought this very second: not in the next answer, even a staple
+    assert M.sum() == 3
+    later = p.exclusions(np.array([1]), LAST, now=25 * DAY + 2 * 3600, n_items=20).toarray()
+    assert later[0, 10] == 0  # two hours later the staple may come back
 
 
 def test_window_passes_for_staples_never_for_durables_or_unknown():
-    p = RebuyPolicy.from_frame(REBUY, window_fraction=0.5)  # window = 0.5 * 20 = 10 days
+    p = RebuyPolicy.from_frame(REBUY, window_fraction=0.5)  # window = 0.5 * 20 = 10 days (> floor)
     assert p.rebuyable == {"pets/food": 20.0}
     early = p.exclusions(np.array([0, 1]), LAST, now=5 * DAY, n_items=20).toarray()
     assert early[0, [10, 11, 12]].tolist() == [1, 1, 1]

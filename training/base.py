@@ -51,7 +51,7 @@ class TrainData:
     baskets:    list of item-index arrays, one per basket (order), for co-occurrence models.
     users:      frame with user_idx, user_id (+ profile columns such as `segment` when known).
     items:      frame with item_idx, item_id (+ catalogue columns: category, brand, price, gender).
-    item_stats / category_rebuy: learned statistics from features (may be empty frames).
+    item_stats / category_rebuy / customer_rebuy: learned statistics from features (may be empty frames).
     """
 
     user_items: sp.csr_matrix
@@ -62,6 +62,7 @@ class TrainData:
     item_stats: pd.DataFrame = field(default_factory=pd.DataFrame)
     category_rebuy: pd.DataFrame = field(default_factory=pd.DataFrame)
     last_purchases: pd.DataFrame = field(default_factory=pd.DataFrame)
+    customer_rebuy: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def n_users(self) -> int:

@@ -154,7 +154,10 @@ def learned_policy(ws: Workspace) -> Any:
     """The re-buy policy learned by the features build on all data (training.policy)."""
     from training.policy import RebuyPolicy
 
-    return RebuyPolicy.from_frame(_read(ws.feature("category_rebuy")))
+    users = _read(ws.feature("users"))
+    return RebuyPolicy.from_frame(
+        _read(ws.feature("category_rebuy")), customer_rebuy=_read(ws.feature("customer_rebuy")), users=users
+    )
 
 
 def learned_context(ws: Workspace) -> Any:

@@ -193,6 +193,7 @@ def load_train_data(ws: Workspace, split: str | None = None) -> TrainData:
         item_stats=_read(ws.feature("item_stats"), required=False),
         category_rebuy=_read(ws.feature("category_rebuy"), required=False),
         last_purchases=_read(ws.feature("last_purchases"), required=False),
+        customer_rebuy=_read(ws.feature("customer_rebuy"), required=False),
     )
 
 
@@ -222,6 +223,7 @@ def load_split(ws: Workspace, split: str) -> Split:
         item_stats=_split_stats(ws, d, "item_stats"),
         category_rebuy=_split_stats(ws, d, "category_rebuy"),
         last_purchases=_split_last_purchases(d, seqs, ts, items),
+        customer_rebuy=_read(d / "customer_rebuy.parquet", required=False),
     )
     return Split(train=train, valid=valid, test=test, meta=meta, train_ts=ts)
 

@@ -114,15 +114,18 @@ def exclusion_matrix(
     extra: pd.DataFrame,
     now: np.ndarray,
     mode: str,
+    policy: RebuyPolicy | None = None,
 ) -> sp.csr_matrix | None:
-    """The items each row may not be shown: none, everything in its history, or the learned policy."""
+    """The items each row may not be shown: none, everything in its history, or the learned policy
+    (`policy`, default: learned from the split's training part)."""
     if mode == "never":
         return None
     if mode == "always":
         M = sp.csr_matrix(history.user_items, copy=True)
         M.data[:] = 1.0
         return M
-    policy = RebuyPolicy.from_frame(split.train.category_rebuy)
+    if policy is None:
+        policy = RebuyPolicy.from_frame(split.train.category_rebuy, customer_rebuy=split.train.customer_rebuy)
     lp = split.train.last_purchases
     if not extra.empty:
         items = split.train.items
@@ -133,7 +136,9 @@ def exclusion_matrix(
             [lp, add[["user_idx", "item_idx", "category", "last_ts", "n_purchases"]]], ignore_index=True
         )
         lp = lp.sort_values("last_ts").drop_duplicates(["user_idx", "item_idx"], keep="last")
-    return policy.exclusions(users, lp, now, split.train.n_items)
+    items = split.train.items
+    cats = items["category"].to_numpy(object) if "category" in items.columns else None
+    return policy.exclusions(users, lp, now, split.train.n_items, item_categories=cats)
 
 
 def evaluate(
@@ -144,8 +149,10 @@ def evaluate(
     ks: tuple[int, ...] = (5, 10, 20),
     exclude_seen: str = "learned",
     batch_size: int = 2048,
+    policy: RebuyPolicy | None = None,
 ) -> dict[str, float]:
-    """Full-ranking metrics of `model` on the split's `on` part ("test" or "valid").
+    """Full-ranking metrics of `model` on the split's `on` part ("test" or "valid"); `policy` is the
+    re-buy policy of exclude_seen="learned" (default: learned from the split's training part).
 
     Returns recall@K, ndcg@K, map@K, hit@K, coverage@K, novelty@K for every K in ks, the same
     accuracy metrics per segment (`ndcg@10/new`, `ndcg@10/returning`, and `ndcg@10/segment_<name>`
@@ -177,7 +184,7 @@ def evaluate(
     now = targets.groupby("user_idx")["ts"].min().reindex(users).to_numpy(np.float64)
 
     history, extra = _history_for(split, users, on)
-    exclude = exclusion_matrix(split, users, history, extra, now, exclude_seen)
+    exclude = exclusion_matrix(split, users, history, extra, now, exclude_seen, policy)
     kmax = max(ks)
     ids, _ = model.recommend(users, history, kmax, exclude=exclude, batch_size=batch_size)
     hits = hit_matrix(ids, T)
