@@ -84,9 +84,33 @@ def _violations(ws: Any, frame_items: dict[str, list[str]]) -> dict[str, int]:
     lp = lp.merge(users, on="user_idx").merge(items[["item_idx", "item_id"]], on="item_idx")
     lp = lp[lp["category"].astype(str).str.strip("/").isin(never)]
     bought = lp.groupby("user_id")["item_id"].apply(set).to_dict()
+    from features.consent import consent_given
+
+    has_table = ws.validated("customers").exists()
+    consent: dict[str, bool] = {}
+    if has_table:
+        c = pd.read_parquet(ws.validated("customers"), columns=["user_id", "consent_personalisation"])
+        consent = {
+            str(u): consent_given(v, has_customers_table=True)
+            for u, v in zip(c["user_id"], c["consent_personalisation"], strict=True)
+        }
+    consent_of = (lambda u: consent.get(u, False)) if has_table else (lambda u: True)
     out_of_stock = sum(i in sold_out for items_ in frame_items.values() for i in items_)
-    rebought = sum(len(bought.get(u, set()) & set(items_)) for u, items_ in frame_items.items())
-    return {"out_of_stock_items": int(out_of_stock), "never_rebought_repeats": int(rebought)}
+
+    def rebought(keep: bool) -> int:
+        return sum(
+            len(bought.get(u, set()) & set(items_))
+            for u, items_ in frame_items.items()
+            if consent_of(u) == keep
+        )
+
+    # Customers without consent get the one shared block, whatever they bought (by design: their
+    # purchases are not used to tailor it); the rule is checked on the consenting ones.
+    return {
+        "out_of_stock_items": int(out_of_stock),
+        "never_rebought_repeats": int(rebought(True)),
+        "shared_block_repeats_without_consent": int(rebought(False)),
+    }
 
 
 def main(quick: bool = False) -> dict:

@@ -168,8 +168,11 @@ def shop(quick: bool) -> dict[str, Any]:
             refused = [u for u in users if not consent.get(u, False)]
             out["feed"] = {
                 "customers": len(blocks),
-                "never_rebought_repeats": _repeats(blocks, bought_never),
-                "never_rebought_repeats_without_consent": _repeats(
+                # consenting customers: the rule; without consent: the one shared block by design
+                "never_rebought_repeats": _repeats(
+                    {u: b for u, b in blocks.items() if consent.get(u, False)}, bought_never
+                ),
+                "shared_block_repeats_without_consent": _repeats(
                     {u: blocks.get(u, []) for u in refused}, bought_never
                 ),
                 "customers_without_consent": len(refused),

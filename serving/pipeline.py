@@ -303,7 +303,7 @@ class Engine:
         allowed = self._context_mask(snap, context, customer if personal else None)
         allowed[src] = False
         allowed[_known(cat, context.cart)] = False
-        if customer is not None:
+        if personal:  # without consent: the shared block, whatever they bought
             allowed[self._kept_out_now(snap, customer, str(user_id), personal, context)] = False
         keep = (agg > 0) & allowed[touched]
         primary = touched[keep]
@@ -344,7 +344,7 @@ class Engine:
         allowed = self._context_mask(snap, context, customer if personal else None)
         allowed[i] = False
         allowed[_known(cat, context.cart)] = False
-        if customer is not None:
+        if personal:  # without consent: the shared block, whatever they bought
             allowed[self._kept_out_now(snap, customer, str(user_id), personal, context)] = False
         ref = cat.price[i]
         cheaper = context.cheaper or context.max_price is not None
@@ -382,9 +382,9 @@ class Engine:
         """What the rules let into a block for this customer now: a fresh (n,) bool array over the
         current catalogue's item indices (`state.current.catalog.index`). Stock (in the customer's
         size where they consent, else the request's), gender, the cart and the page's item; for a
-        known customer also their purchases under the re-buy policy at `now` (the online store's
-        newest purchases too, with consent) and the durables' categories; `exclude_seen` as in the
-        personal block. The campaign feeds (serving/campaigns.py) hold every row they mail to it."""
+        consenting customer also their purchases under the re-buy policy at `now` (history and the
+        online store's newest purchases) and the durables' categories, `exclude_seen` as in the
+        personal block (a customer without consent gets the shared block's rules only). The campaign feeds (serving/campaigns.py) hold every row they mail to it."""
         from serving.rules import durable_block
 
         snap = self.state.current
@@ -397,9 +397,9 @@ class Engine:
         cur = cat.idx(context.current_item)
         if cur is not None:
             allowed[cur] = False
-        if customer is None or context.exclude_seen == "never":
+        if not personal or context.exclude_seen == "never":  # without consent: the request's rules only
             return allowed
-        events = self.store.recent(str(user_id), self.config.recent_events) if personal else []
+        events = self.store.recent(str(user_id), self.config.recent_events)
         fresh = [e for e in events if e.item_id in cat.index]
         bought = self.purchases.split(
             snap, customer.row, str(user_id),
@@ -407,7 +407,7 @@ class Engine:
         )  # fmt: skip
         allowed[bought.keep_out] = False
         allowed[durable_block(cat, bought.durable)] = False
-        if context.exclude_seen == "always" and personal:
+        if context.exclude_seen == "always":
             allowed[self._history_row(customer, fresh, cat).indices.astype(np.int64)] = False
         return allowed
 
@@ -499,12 +499,9 @@ class Engine:
         """`recommend`; `ahead`: approximate scores of the longest item factors (_ahead_scores)."""
         customer = self._customer(user_id)
         if customer is not None and not customer.consent:
-            # The one non-personal block for the context, less what this customer bought and may
-            # not be shown again (a purchase is no profile: the block is not re-ranked for them).
-            bought = self._bought(snap, customer, str(user_id), [], now, context)
-            return self._popular_block(
-                snap, k, None, None, context, None, [], exclude=kept_out(snap.catalog, bought)
-            )
+            # The one non-personal block for the context, the same for every customer without
+            # consent: filtering it by their purchases would be using their data to tailor it.
+            return self._popular_block(snap, k, None, None, context, None, [])
         events = self.store.recent(user_id, self.config.recent_events) if user_id else []
         midx = self.scorer.user_index(str(user_id)) if customer is not None else -1
         if customer is None or midx < 0:
