@@ -20,6 +20,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "sasrec": ("training.models.sasrec", "SASRec"),
     "bought-together": ("training.models.bought_together", "BoughtTogether"),
     "repeat-blend": ("training.models.blend", "RepeatBlend"),
+    "tifu": ("training.models.tifu", "TIFUKNN"),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
