@@ -71,7 +71,9 @@ def basket_events(sequences: list[np.ndarray], times: list[np.ndarray], n_rows: 
     ts = []
     for r in range(n_rows):
         t = times[r] if r < len(times) else None
-        ts.append(np.asarray(t, np.int64) if t is not None and len(t) == lens[r] else np.zeros(lens[r], np.int64))
+        ts.append(
+            np.asarray(t, np.int64) if t is not None and len(t) == lens[r] else np.zeros(lens[r], np.int64)
+        )
     t = np.concatenate(ts)
     order = np.lexsort((item, t, row))
     row, item, t = row[order], item[order], t[order]
@@ -90,35 +92,46 @@ def basket_events(sequences: list[np.ndarray], times: list[np.ndarray], n_rows: 
     return BasketEvents(row, item, rank, n_baskets, n_rows)
 
 
-def tifu_vectors(
-    ev: BasketEvents, n_items: int, group_size: int, within_decay: float, group_decay: float
-) -> sp.csr_matrix:
-    """(n_rows, n_items) CSR float32: each row's TIFU vector (module docstring)."""
+def tifu_weights(ev: BasketEvents, group_size: int, within_decay: float, group_decay: float) -> np.ndarray:
+    """Each (basket, item) event's TIFU weight w(j) (module docstring), float64."""
     m = group_size
     nb = ev.n_baskets[ev.row]
     g = ev.rank // m
     p = ev.rank % m
     n_groups = -(-nb // m)
     size = np.minimum(m, nb - g * m)
-    w = group_decay ** g.astype(np.float64) * within_decay ** p.astype(np.float64) / size / n_groups
+    return group_decay ** g.astype(np.float64) * within_decay ** p.astype(np.float64) / size / n_groups
+
+
+def tifu_vectors(
+    ev: BasketEvents, n_items: int, group_size: int, within_decay: float, group_decay: float
+) -> sp.csr_matrix:
+    """(n_rows, n_items) CSR float32: each row's TIFU vector (module docstring)."""
+    w = tifu_weights(ev, group_size, within_decay, group_decay)
     V = sp.csr_matrix((w, (ev.row, ev.item)), shape=(ev.n_rows, n_items), dtype=np.float64)
     V.sum_duplicates()
     return sp.csr_matrix(V, dtype=np.float32)
 
 
-def history_vectors(history: History, n_items: int, config: TIFUConfig) -> sp.csr_matrix:
+def history_events(history: History) -> BasketEvents:
+    """The baskets of a History's rows: from its sequences and times, or (no sequences) the
+    history matrix's items as one basket per row."""
     n = history.user_items.shape[0]
     if history.sequences:
-        ev = basket_events(history.sequences, history.sequence_ts, n)
-    else:  # no sequences: the history matrix's items, one basket
-        X = sp.csr_matrix(history.user_items).tocoo()
-        ev = BasketEvents(
-            X.row.astype(np.int64),
-            X.col.astype(np.int64),
-            np.zeros(X.nnz, np.int64),
-            (np.diff(sp.csr_matrix(history.user_items).indptr) > 0).astype(np.int64),
-            n,
-        )
+        return basket_events(history.sequences, history.sequence_ts, n)
+    X = sp.csr_matrix(history.user_items)
+    coo = X.tocoo()
+    return BasketEvents(
+        coo.row.astype(np.int64),
+        coo.col.astype(np.int64),
+        np.zeros(coo.nnz, np.int64),
+        (np.diff(X.indptr) > 0).astype(np.int64),
+        n,
+    )
+
+
+def history_vectors(history: History, n_items: int, config: TIFUConfig) -> sp.csr_matrix:
+    ev = history_events(history)
     return tifu_vectors(ev, n_items, config.group_size, config.within_decay, config.group_decay)
 
 
@@ -170,10 +183,14 @@ class TIFUKNN(Recommender):
         # Popularity only orders the items nothing else scores (far below any real weight).
         self.tiebreak_ = (1e-9 * pop / max(pop.max(), 1.0)).astype(np.float32)
 
-    def personal_and_neighbours(self, users: np.ndarray, history: History) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    def personal_and_neighbours(
+        self, users: np.ndarray, history: History
+    ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """The customers' own TIFU vectors and their neighbours' mean vectors, both (n, n_items)."""
         own = history_vectors(history, self.n_items, self.config)
-        W = nearest_rows(own, self.pool_, self.pool_norm2_, self.config.neighbours, np.asarray(users, np.int64))
+        W = nearest_rows(
+            own, self.pool_, self.pool_norm2_, self.config.neighbours, np.asarray(users, np.int64)
+        )
         return own, sp.csr_matrix(W @ self.pool_)
 
     def score(self, users: np.ndarray, history: History) -> np.ndarray:
