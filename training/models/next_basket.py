@@ -254,7 +254,7 @@ class NextBasket(Recommender):
         self.ranker_ = None
         y = np.concatenate(parts_y) if parts_y else np.empty(0, bool)
         if y.sum() == 0 or y.all():
-            self.fit_warnings.append("next-basket: no customer with 2+ baskets; ranking by TIFU weight alone")
+            self.fit_warnings.append("next-basket: no customer with 2+ baskets; ranking by the TIFU-KNN blend")
             return
         self.ranker_ = HistGradientBoostingClassifier(
             max_iter=c.iterations,
@@ -281,7 +281,9 @@ class NextBasket(Recommender):
             if self.ranker_ is not None:
                 p = self.ranker_.predict_proba(cand.X)[:, 1]
             else:
-                p = np.nan_to_num(cand.X[:, FEATURES.index("tifu_rel")])
+                # no ranker learned (nobody had two baskets): TIFU-KNN's own blend
+                f = cand.X
+                p = 0.7 * f[:, FEATURES.index("tifu")] + 0.3 * f[:, FEATURES.index("neighbours")]
             out[cand.row, cand.item] = p.astype(np.float32)
         return out
 

@@ -139,7 +139,8 @@ def nearest_rows(
     Q: sp.csr_matrix, P: sp.csr_matrix, p_norm2: np.ndarray, k: int, exclude: np.ndarray
 ) -> sp.csr_matrix:
     """(len(Q), len(P)) CSR with 1/k at each query row's k nearest pool rows (Euclidean), a pool row
-    equal to `exclude[r]` (the customer themself) and empty pool rows left out; ties by lower index."""
+    equal to `exclude[r]` (the customer themself) and empty pool rows left out, none for an empty
+    query row; ties by lower index."""
     n, n_pool = Q.shape[0], P.shape[0]
     k = min(k, n_pool)
     if k <= 0 or n == 0:
@@ -147,6 +148,7 @@ def nearest_rows(
     q2 = np.asarray(Q.multiply(Q).sum(axis=1)).ravel()
     d = q2[:, None] + p_norm2[None, :] - 2.0 * np.asarray((Q @ P.T).toarray(), np.float64)
     d[:, p_norm2 <= 0] = np.inf
+    d[q2 <= 0, :] = np.inf  # an empty history says nothing about who is near: no neighbours
     ok = (exclude >= 0) & (exclude < n_pool)
     d[np.flatnonzero(ok), exclude[ok]] = np.inf
     k = min(k, max(int(np.isfinite(d).sum(axis=1).max()), 0))
