@@ -52,7 +52,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 DETERMINISTIC = {"popular", "itemknn", "ease", "bought-together", "repeat-blend", *VARIANTS}
 # Personal models that must find the held-out item of the customer's own group.
 KNOWN_ANSWER = {
-    "als", "bpr", "itemknn", "ease", "bought-together", "repeat-blend", "tifu", "next-basket", *VARIANTS
+    "als",
+    "bpr",
+    "itemknn",
+    "ease",
+    "bought-together",
+    "repeat-blend",
+    "tifu",
+    "next-basket",
+    *VARIANTS,
 }
 
 

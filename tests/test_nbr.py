@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from training.base import History, TrainData
 from training.models import get_model_class
-from training.models.tifu import TIFUConfig, TIFUKNN, basket_events, history_vectors, nearest_rows
+from training.models.tifu import TIFUKNN, TIFUConfig, basket_events, history_vectors, nearest_rows
 
 
 def frames(n_users: int, n_items: int) -> tuple[pd.DataFrame, pd.DataFrame]:
