@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-NAMES = ("validate", "features", "changelog", "training", "sasrec", "serving", "feed", "segments")
+NAMES = ("validate", "features", "changelog", "training", "sasrec", "serving", "feed", "segments", "nbr")
 
 
 def main(argv: list[str] | None = None) -> int:
