@@ -56,6 +56,19 @@ class BasketEvents:
     rank: np.ndarray  # 0 = the newest basket of the row
     n_baskets: np.ndarray  # (n_rows,)
     n_rows: int
+    ts: np.ndarray | None = None  # the basket's time (epoch s) per pair; None when unknown
+
+    def select(self, keep: np.ndarray, shift: int = 0) -> BasketEvents:
+        """The pairs in `keep`, ranks moved `shift` baskets closer (every row's newest `shift`
+        baskets dropped: the history as it was before them)."""
+        return BasketEvents(
+            self.row[keep],
+            self.item[keep],
+            self.rank[keep] - shift,
+            np.maximum(self.n_baskets - shift, 0),
+            self.n_rows,
+            None if self.ts is None else self.ts[keep],
+        )
 
 
 def basket_events(sequences: list[np.ndarray], times: list[np.ndarray], n_rows: int) -> BasketEvents:
@@ -82,14 +95,14 @@ def basket_events(sequences: list[np.ndarray], times: list[np.ndarray], n_rows: 
     basket = np.cumsum(new_basket) - 1
     dup = np.zeros(len(row), bool)
     dup[1:] = (basket[1:] == basket[:-1]) & (item[1:] == item[:-1])
-    row, item, basket = row[~dup], item[~dup], basket[~dup]
+    row, item, basket, t = row[~dup], item[~dup], basket[~dup], t[~dup]
     first = np.full(n_rows, -1, np.int64)
     last = np.full(n_rows, -1, np.int64)
     first[row[::-1]] = basket[::-1]
     last[row] = basket
     n_baskets = np.where(first >= 0, last - first + 1, 0)
     rank = last[row] - basket
-    return BasketEvents(row, item, rank, n_baskets, n_rows)
+    return BasketEvents(row, item, rank, n_baskets, n_rows, t)
 
 
 def tifu_weights(ev: BasketEvents, group_size: int, within_decay: float, group_decay: float) -> np.ndarray:
