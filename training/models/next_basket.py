@@ -55,7 +55,11 @@ FEATURES = (
     "gap_days",
     "overdue_days",
     "user_gap_days",
+    "streak",
+    "next_rate",
+    "recent_share",
 )
+RECENT = 5  # baskets counted by `recent_share`
 DAY_S = 86_400.0
 
 
@@ -102,6 +106,30 @@ def _row_max(row: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
     out = np.zeros(n_rows, np.float64)
     np.maximum.at(out, row, values)
     return out
+
+
+def _sequence_features(
+    k: np.ndarray, rank: np.ndarray, start: np.ndarray, cnt: np.ndarray, last: np.ndarray, nb: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per re-buy candidate (pairs sorted by key, each key's ranks descending): how many of the newest
+    baskets in a row hold it, the share of its purchases followed by another in the very next
+    basket, and its share of the newest RECENT baskets."""
+    if not len(start):
+        e = np.empty(0)
+        return e, e, e
+    group = np.repeat(np.arange(len(start)), cnt.astype(np.int64))
+    end = start + cnt.astype(np.int64)
+    from_end = end[group] - 1 - np.arange(len(k))
+    streak = np.bincount(group, weights=(rank == from_end).astype(np.float64), minlength=len(start))
+    follows = np.zeros(len(k))
+    same = np.r_[k[1:] == k[:-1], False]
+    follows[:-1] = same[:-1] & (rank[:-1] - rank[1:] == 1)
+    followed = np.bincount(group, weights=follows, minlength=len(start))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        next_rate = followed / (cnt - (last == 0))
+        recent = np.bincount(group, weights=(rank < RECENT).astype(np.float64), minlength=len(start))
+        recent_share = recent / np.minimum(nb, RECENT)
+    return streak, next_rate, recent_share
 
 
 def _time_features(
@@ -187,6 +215,7 @@ def candidates(
         gap = np.where(cnt > 1, (first - last) / (cnt - 1), np.nan)
         overdue = (last + 1) / gap
     days_since, gap_days, overdue_days, user_gap_days = _time_features(ev, order, start, row, cnt, n)
+    streak, next_rate, recent_share = _sequence_features(k, rank, start, cnt, last, nb)
 
     # explore candidates: the neighbours' strongest items the customer never bought
     pattern = own.copy()
@@ -231,6 +260,9 @@ def candidates(
             np.r_[gap_days, nan],
             np.r_[overdue_days, nan],
             user_gap_days[row],
+            np.r_[streak, np.zeros(m)],
+            np.r_[next_rate, nan],
+            np.r_[recent_share, np.zeros(m)],
         ]
     ).astype(np.float32)
     return Candidates(row, item, X)
@@ -269,7 +301,7 @@ class NextBasket(Recommender):
         ev = history_events(History.of(data, np.arange(data.n_users)))
         self_rows = np.arange(data.n_users, dtype=np.int64)
         rng = np.random.default_rng(c.seed)
-        parts_X, parts_y = [], []
+        parts_X, parts_y, parts_w = [], [], []
         for t in range(c.train_targets):
             before = ev.rank > t
             hist = ev.select(before, shift=t + 1)
@@ -282,8 +314,10 @@ class NextBasket(Recommender):
             has_target = np.isin(cand.row, np.unique(ev.row[at]))
             y = np.isin(cand.row * n_items + cand.item, target)
             keep = has_target & (y | (rng.random(len(y)) < c.negatives))
+            size = np.bincount(ev.row[at], minlength=data.n_users).astype(np.float64)
             parts_X.append(cand.X[keep])
             parts_y.append(y[keep])
+            parts_w.append(1.0 / np.maximum(size[cand.row[keep]], 1.0))
         self.pool_, self.pool_norm2_ = self._pool(ev, n_items)
         self.item_stats_ = item_statistics(ev, n_items)
         pop = self.item_stats_[:, 0]
@@ -301,7 +335,7 @@ class NextBasket(Recommender):
             max_leaf_nodes=c.leaves,
             early_stopping=len(y) >= 10_000,
             random_state=c.seed,
-        ).fit(np.concatenate(parts_X), y)
+        ).fit(np.concatenate(parts_X), y, sample_weight=np.concatenate(parts_w))
 
     def score(self, users: np.ndarray, history: History) -> np.ndarray:
         n = history.user_items.shape[0]
