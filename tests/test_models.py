@@ -35,6 +35,9 @@ TINY: dict[str, dict] = {
     "bought-together": {"min_count": 1},
     "repeat-blend": {"base_params": "neighbours=20,num_threads=1"},
     "sasrec": {"epochs": 10, "dim": 16, "max_len": 8, "patience": 0, "dropout": 0.0},
+    # 11 neighbours = the rest of the customer's own group (tests/test_nbr.py has their own tests)
+    "tifu": {"neighbours": 11},
+    "next-basket": {"neighbours": 11, "iterations": 20},
 }
 # Options that change what a model computes run the whole contract too: case id -> (model, config).
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -48,7 +51,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 # Models whose ranking does not depend on a random start (relabelling must give identical lists).
 DETERMINISTIC = {"popular", "itemknn", "ease", "bought-together", "repeat-blend", *VARIANTS}
 # Personal models that must find the held-out item of the customer's own group.
-KNOWN_ANSWER = {"als", "bpr", "itemknn", "ease", "bought-together", "repeat-blend", *VARIANTS}
+KNOWN_ANSWER = {
+    "als",
+    "bpr",
+    "itemknn",
+    "ease",
+    "bought-together",
+    "repeat-blend",
+    "tifu",
+    "next-basket",
+    *VARIANTS,
+}
 
 
 def available_models() -> list[str]:

@@ -48,6 +48,8 @@ class TrainData:
 
     user_items: CSR (n_users, n_items), float32 confidence (weighted, time-decayed events).
     sequences:  per user index, the item indices of positive-weight events in time order.
+    sequence_ts: per user index, the epoch seconds of those events (empty when unknown); events of
+                one user at one time are one basket (next-basket models group them so).
     baskets:    list of item-index arrays, one per basket (order), for co-occurrence models.
     users:      frame with user_idx, user_id (+ profile columns such as `segment` when known).
     items:      frame with item_idx, item_id (+ catalogue columns: category, brand, price, gender).
@@ -59,6 +61,7 @@ class TrainData:
     items: pd.DataFrame
     sequences: list[np.ndarray] = field(default_factory=list)
     baskets: list[np.ndarray] = field(default_factory=list)
+    sequence_ts: list[np.ndarray] = field(default_factory=list)
     item_stats: pd.DataFrame = field(default_factory=pd.DataFrame)
     category_rebuy: pd.DataFrame = field(default_factory=pd.DataFrame)
     last_purchases: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -79,16 +82,20 @@ class History:
 
     user_items: CSR (len(users), n_items) confidence, the same weighting as training.
     sequences:  item indices in time order per row (empty arrays where unknown).
+    sequence_ts: epoch seconds matching `sequences` per row (empty list when unknown: a model that
+                groups events into baskets then takes a row's whole sequence as one basket).
     """
 
     user_items: sp.csr_matrix
     sequences: list[np.ndarray] = field(default_factory=list)
+    sequence_ts: list[np.ndarray] = field(default_factory=list)
 
     @classmethod
     def of(cls, data: TrainData, users: np.ndarray) -> History:
         users = np.asarray(users, dtype=np.int64)
         seqs = [data.sequences[u] for u in users] if data.sequences else []
-        return cls(data.user_items[users], seqs)
+        ts = [data.sequence_ts[u] for u in users] if data.sequence_ts else []
+        return cls(data.user_items[users], seqs, ts)
 
     def __post_init__(self) -> None:
         self.user_items = sp.csr_matrix(self.user_items, dtype=np.float32)
@@ -162,6 +169,7 @@ class Recommender(ABC):
             sub = History(
                 history.user_items[rows],
                 [history.sequences[i] for i in rows] if history.sequences else [],
+                [history.sequence_ts[i] for i in rows] if history.sequence_ts else [],
             )
             s = np.asarray(self.score(users[rows], sub), dtype=np.float32)
             if exclude is not None:

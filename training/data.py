@@ -183,12 +183,13 @@ def load_train_data(ws: Workspace, split: str | None = None) -> TrainData:
     items = _read(ws.feature("items")).sort_values("item_idx").reset_index(drop=True)
     n_users, n_items = len(users), len(items)
     X = read_matrix(ws.feature("interactions"), n_users, n_items)
-    seqs, _ = read_sequences(ws.feature("sequences"), n_users)
+    seqs, ts = read_sequences(ws.feature("sequences"), n_users)
     return TrainData(
         user_items=X,
         users=users,
         items=items,
         sequences=seqs,
+        sequence_ts=ts,
         baskets=_baskets(_read(ws.feature("baskets"), required=False)),
         item_stats=_read(ws.feature("item_stats"), required=False),
         category_rebuy=_read(ws.feature("category_rebuy"), required=False),
@@ -219,6 +220,7 @@ def load_split(ws: Workspace, split: str) -> Split:
         users=users,
         items=items,
         sequences=seqs,
+        sequence_ts=ts,
         baskets=_baskets(baskets, keep),
         item_stats=_split_stats(ws, d, "item_stats"),
         category_rebuy=_split_stats(ws, d, "category_rebuy"),

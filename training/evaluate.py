@@ -89,6 +89,7 @@ def _history_for(split: Split, users: np.ndarray, on: str) -> tuple[History, pd.
     tr = split.train
     X = tr.user_items[users]
     seqs = [tr.sequences[u] for u in users] if tr.sequences else []
+    times = [tr.sequence_ts[u] for u in users] if tr.sequence_ts else []
     extra = pd.DataFrame(columns=["user_idx", "item_idx", "ts"])
     if on == "test" and not split.valid.empty:
         extra = split.valid[split.valid["user_idx"].isin(users)]
@@ -99,12 +100,14 @@ def _history_for(split: Split, users: np.ndarray, on: str) -> tuple[History, pd.
         )
         X = sp.csr_matrix(X.maximum(V))  # seen in valid -> in the history (value kept if larger)
         if seqs:
-            seqs = list(seqs)
+            seqs, times = list(seqs), list(times)
             ordered = extra.sort_values("ts", kind="stable")
             for u, g in ordered.groupby("user_idx", sort=False):
                 row = int(row_of[u])
                 seqs[row] = np.concatenate([seqs[row], g["item_idx"].to_numpy(np.int64)])
-    return History(X, seqs), extra
+                if times:
+                    times[row] = np.concatenate([times[row], g["ts"].to_numpy(np.int64)])
+    return History(X, seqs, times), extra
 
 
 def exclusion_matrix(

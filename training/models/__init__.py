@@ -20,6 +20,8 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "sasrec": ("training.models.sasrec", "SASRec"),
     "bought-together": ("training.models.bought_together", "BoughtTogether"),
     "repeat-blend": ("training.models.blend", "RepeatBlend"),
+    "tifu": ("training.models.tifu", "TIFUKNN"),
+    "next-basket": ("training.models.next_basket", "NextBasket"),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)

@@ -1,0 +1,123 @@
+"""Next-basket models (training/models/tifu.py, next_basket.py) on tiny data with answers worked out
+by hand: baskets from event times, TIFU vectors, the neighbour blend, and a learned ranker that must
+find a rhythm TIFU's decay cannot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from training.base import History, TrainData
+from training.models import get_model_class
+from training.models.tifu import TIFUKNN, TIFUConfig, basket_events, history_vectors, nearest_rows
+
+
+def frames(n_users: int, n_items: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    users = pd.DataFrame({"user_idx": np.arange(n_users), "user_id": [f"u{i}" for i in range(n_users)]})
+    items = pd.DataFrame({"item_idx": np.arange(n_items), "item_id": [f"i{i}" for i in range(n_items)]})
+    return users, items
+
+
+def data_of(baskets_per_user: list[list[list[int]]], n_items: int) -> TrainData:
+    """Each user's baskets, oldest first; basket b of a user happens at time 100 * b."""
+    seqs, times, rows, cols = [], [], [], []
+    for u, baskets in enumerate(baskets_per_user):
+        s = [i for b in baskets for i in b]
+        t = [100 * k for k, b in enumerate(baskets) for _ in b]
+        seqs.append(np.asarray(s, np.int64))
+        times.append(np.asarray(t, np.int64))
+        rows += [u] * len(s)
+        cols += s
+    X = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(seqs), n_items))
+    users, items = frames(len(seqs), n_items)
+    return TrainData(X, users, items, sequences=seqs, sequence_ts=times)
+
+
+def test_baskets_are_events_at_one_time_newest_first_and_deduplicated():
+    ev = basket_events(
+        [np.array([4, 1, 1, 2, 3]), np.array([5, 6])],
+        [np.array([10, 20, 20, 20, 30]), np.array([])],  # user 1 has no times: one basket
+        3,
+    )
+    got = sorted(zip(ev.row.tolist(), ev.item.tolist(), ev.rank.tolist(), strict=True))
+    assert got == [(0, 1, 1), (0, 2, 1), (0, 3, 0), (0, 4, 2), (1, 5, 0), (1, 6, 0)]
+    assert ev.n_baskets.tolist() == [3, 1, 0]
+
+
+def test_tifu_vectors_by_hand():
+    """Customer 0, oldest first: {0, 1}, {1}, {2}; m = 2, r_b = 0.5, r_g = 0.25. Newest first the
+    baskets are j = 0 {2}, j = 1 {1} (group 0, two baskets) and j = 2 {0, 1} (group 1, one basket),
+    two groups:  w(0) = 1 / 2 / 2 = 0.25,  w(1) = 0.5 / 2 / 2 = 0.125,  w(2) = 0.25 / 1 / 2 = 0.125.
+    So item 0 = 0.125, item 1 = 0.125 + 0.125 = 0.25, item 2 = 0.25. Customer 1, one basket {3}: 1."""
+    data = data_of([[[0, 1], [1], [2]], [[3]]], 4)
+    cfg = TIFUConfig(group_size=2, within_decay=0.5, group_decay=0.25)
+    V = history_vectors(History.of(data, np.arange(2)), 4, cfg).toarray()
+    np.testing.assert_allclose(V, [[0.125, 0.25, 0.25, 0.0], [0.0, 0.0, 0.0, 1.0]], atol=1e-7)
+
+
+def test_tifu_blends_own_vector_with_the_nearest_customers():
+    """Three customers with one basket each: a {0}, b {0, 1}, c {2}. b's nearest other customer is
+    a (distance 1) not c (distance sqrt 3); with k = 1 and alpha = 0.25 b scores
+    0.25 * [1, 1, 0] + 0.75 * [1, 0, 0] = [1, 0.25, 0]."""
+    data = data_of([[[0]], [[0, 1]], [[2]]], 3)
+    model = TIFUKNN(TIFUConfig(neighbours=1, alpha=0.25)).fit(data)
+    s = model.score(np.array([1]), History.of(data, np.array([1])))[0]
+    np.testing.assert_allclose(s, [1.0, 0.25, 0.0], atol=1e-6)
+    # an unknown customer with b's history has b among the pool and finds b itself first
+    s = model.score(np.array([-1]), History.of(data, np.array([1])))[0]
+    np.testing.assert_allclose(s, [1.0, 1.0, 0.0], atol=1e-6)
+
+
+def test_nearest_rows_leaves_out_self_empty_pool_rows_and_empty_queries():
+    P = sp.csr_matrix(np.array([[1, 0], [0, 0], [1, 1], [0, 1]], np.float32))
+    norm2 = np.asarray(P.multiply(P).sum(axis=1)).ravel()
+    Q = sp.csr_matrix(np.array([[1, 0], [0, 0]], np.float32))
+    W = nearest_rows(Q, P, norm2, 2, np.array([0, -1])).toarray()
+    # query 0 is pool row 0 (left out); row 1 is empty; rows 2 (distance 1) and 3 (sqrt 2) remain
+    np.testing.assert_allclose(W[0], [0, 0, 0.5, 0.5])
+    assert not W[1].any()
+
+
+def rhythm_data(n_users: int = 60, n_baskets: int = 12) -> TrainData:
+    """Every customer alternates between two staples (item a in even, item b in odd baskets) and
+    buys one random filler item from 10..29 in every basket. Customers end on a or b by parity."""
+    rng = np.random.default_rng(0)
+    out = []
+    for u in range(n_users):
+        a, b = (2 * (u % 5), 2 * (u % 5) + 1)
+        nb = n_baskets + (u % 2)
+        out.append([[a if k % 2 == 0 else b, int(rng.integers(10, 30))] for k in range(nb)])
+    return data_of(out, 30)
+
+
+def test_next_basket_learns_the_rhythm_tifu_decay_misses():
+    """After a basket with b comes a basket with a: the learned ranker puts the overdue staple
+    first; TIFU (recency-decayed frequency) puts the one just bought first."""
+    data = rhythm_data()
+    users = np.arange(data.n_users)
+    last = np.array([data.sequences[u][-2] for u in users])  # the staple of the newest basket
+    other = np.where(last % 2 == 0, last + 1, last - 1)
+    nb = get_model_class("next-basket")
+    model = nb(nb.Config(neighbours=5, explore=5, train_targets=4, iterations=50)).fit(data)
+    ids, _ = model.recommend(users, History.of(data, users), 1)
+    assert (ids[:, 0] == other).mean() >= 0.95
+    tifu = TIFUKNN(TIFUConfig(group_size=20, neighbours=5, alpha=1.0)).fit(data)
+    ids, _ = tifu.recommend(users, History.of(data, users), 1)
+    assert (ids[:, 0] == last).mean() >= 0.95
+
+
+def test_next_basket_without_two_baskets_falls_back_to_the_tifu_blend():
+    data = data_of([[[0, 1]], [[0, 2]], [[3]]], 4)
+    nb = get_model_class("next-basket")
+    model = nb(nb.Config(neighbours=1)).fit(data)
+    assert model.fit_warnings and "TIFU-KNN" in model.fit_warnings[0]
+    ids, _ = model.recommend(np.array([0]), History.of(data, np.array([0])), 1, exclude=data.user_items[[0]])
+    assert ids[0, 0] == 2  # customer 1, the nearest, also bought item 2
+
+
+@pytest.mark.parametrize("bad", [{"group_size": 0}, {"alpha": 1.5}, {"within_decay": 0.0}])
+def test_tifu_config_refuses_nonsense(bad):
+    with pytest.raises(ValueError, match="tifu"):
+        TIFUConfig(**bad)

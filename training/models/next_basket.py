@@ -1,0 +1,386 @@
+"""`next-basket`: a learned ranker over re-buy and explore candidates for the customer's next basket.
+
+Candidates per customer: every item of their history (re-buys) plus the `explore` items their nearest
+customers buy most that they never bought (TIFU-KNN's neighbours, training/models/tifu.py). Each
+(customer, candidate) gets features a grocer would name:
+
+- the customer and the item: how many of their baskets hold it, its share of them, time-decayed shares
+  at three decay rates, baskets since it was last bought, the mean gap in baskets between purchases
+  and how overdue it is against that gap, its TIFU weight and its weight among the nearest customers
+  (each also relative to the customer's strongest candidate);
+- the item: how many customers buy it, the share of its buyers who buy it again (repeat propensity),
+  its mean share of a buyer's baskets;
+- the customer: baskets so far, mean basket size, the share of their purchases that are re-buys.
+
+A gradient-boosted classifier (scikit-learn's HistGradientBoostingClassifier) learns P(in the next
+basket) inside `fit`, from the training data alone: each customer's last `train_targets` baskets are
+targets, each predicted from the baskets before it. Non-candidates score below every candidate, in
+popularity order. Baskets are a customer's events at one time (`History.sequence_ts`).
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.base import History, ModelConfig, Recommender, TrainData
+from training.models.bought_together import row_topk_sparse
+from training.models.tifu import BasketEvents, history_events, nearest_rows, tifu_weights
+from training.space import Param
+
+DECAYS = (0.5, 0.8, 0.95)  # per-basket decay of the three decayed-share features
+FEATURES = (
+    "n_baskets_with",
+    "share",
+    *(f"decayed_share_{d}" for d in DECAYS),
+    "baskets_since",
+    "mean_gap",
+    "overdue",
+    "tifu",
+    "tifu_rel",
+    "neighbours",
+    "neighbours_rel",
+    "item_buyers",
+    "item_repeat_rate",
+    "item_mean_share",
+    "user_baskets",
+    "user_basket_size",
+    "user_repeat_share",
+    "days_since",
+    "gap_days",
+    "overdue_days",
+    "user_gap_days",
+    "streak",
+    "next_rate",
+    "recent_share",
+)
+RECENT = 5  # baskets counted by `recent_share`
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class NextBasketConfig(ModelConfig):
+    # TIFU vectors for the `tifu` and `neighbours` features (training/models/tifu.py).
+    group_size: int = 6
+    within_decay: float = 0.9
+    group_decay: float = 0.5
+    neighbours: int = 100
+    explore: int = 30  # candidates per customer from the neighbours, among items never bought
+    # Each customer's last N training baskets are the ranker's targets (8 was best of 3, 8 and 12 on
+    # the Instacart sample's validation baskets, benchmarks/bench_nbr.py).
+    train_targets: int = 8
+    # Share of the non-bought candidates the ranker learns from (a uniform sample shifts every
+    # score's odds by one factor, so the ranking keeps; it cuts the fit time by about as much).
+    negatives: float = 0.3
+    iterations: int = 300  # boosting rounds (early stopping on 10% of the rows may stop sooner)
+    learning_rate: float = 0.05
+    leaves: int = 31
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.train_targets < 1:
+            raise ValueError(f"next-basket train_targets must be >= 1, got {self.train_targets}")
+        if not 0.0 < self.negatives <= 1.0:
+            raise ValueError(f"next-basket negatives must lie in (0, 1], got {self.negatives}")
+        if self.explore < 0:
+            raise ValueError(f"next-basket explore must be >= 0, got {self.explore}")
+
+
+def _lookup(M: sp.csr_matrix, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """M[row, col] for many pairs at once (0 where nothing is stored)."""
+    M = sp.csr_matrix(M)
+    M.sum_duplicates()
+    n_cols = M.shape[1]
+    keys = np.repeat(np.arange(M.shape[0], dtype=np.int64), np.diff(M.indptr)) * n_cols + M.indices
+    want = row.astype(np.int64) * n_cols + col
+    pos = np.clip(np.searchsorted(keys, want), 0, max(len(keys) - 1, 0))
+    if len(keys) == 0:
+        return np.zeros(len(want), np.float64)
+    return np.where(keys[pos] == want, M.data[pos], 0.0).astype(np.float64)
+
+
+def _row_max(row: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
+    out = np.zeros(n_rows, np.float64)
+    np.maximum.at(out, row, values)
+    return out
+
+
+def _sequence_features(
+    k: np.ndarray, rank: np.ndarray, start: np.ndarray, cnt: np.ndarray, last: np.ndarray, nb: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per re-buy candidate (pairs sorted by key, each key's ranks descending): how many of the newest
+    baskets in a row hold it, the share of its purchases followed by another in the very next
+    basket, and its share of the newest RECENT baskets."""
+    if not len(start):
+        e = np.empty(0)
+        return e, e, e
+    group = np.repeat(np.arange(len(start)), cnt.astype(np.int64))
+    end = start + cnt.astype(np.int64)
+    from_end = end[group] - 1 - np.arange(len(k))
+    streak = np.bincount(group, weights=(rank == from_end).astype(np.float64), minlength=len(start))
+    follows = np.zeros(len(k))
+    same = np.r_[k[1:] == k[:-1], False]
+    follows[:-1] = same[:-1] & (rank[:-1] - rank[1:] == 1)
+    followed = np.bincount(group, weights=follows, minlength=len(start))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        next_rate = followed / (cnt - (last == 0))
+        recent = np.bincount(group, weights=(rank < RECENT).astype(np.float64), minlength=len(start))
+        recent_share = recent / np.minimum(nb, RECENT)
+    return streak, next_rate, recent_share
+
+
+def _time_features(
+    ev: BasketEvents, order: np.ndarray, start: np.ndarray, row: np.ndarray, cnt: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per re-buy candidate: days from its last purchase to the customer's newest basket, its mean
+    gap in days between purchases, how overdue it will be at a next basket one typical customer gap
+    later; and per customer their mean gap in days between baskets. NaN without basket times."""
+    nan_c, nan_u = np.full(len(start), np.nan), np.full(n, np.nan)
+    if ev.ts is None or not len(start):
+        return nan_c, nan_c, nan_c, nan_u
+    t = ev.ts[order].astype(np.float64)
+    r = ev.row[order]
+    u_last = np.full(n, -np.inf)
+    u_first = np.full(n, np.inf)
+    np.maximum.at(u_last, r, t)
+    np.minimum.at(u_first, r, t)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        user_gap = (u_last - u_first) / (ev.n_baskets - 1) / DAY_S
+        user_gap[~np.isfinite(user_gap)] = np.nan
+        item_last = np.maximum.reduceat(t, start)
+        item_first = np.minimum.reduceat(t, start)
+        days_since = (u_last[row] - item_last) / DAY_S
+        gap_days = np.where(cnt > 1, (item_last - item_first) / (cnt - 1) / DAY_S, np.nan)
+        overdue_days = (days_since + user_gap[row]) / gap_days
+    return days_since, gap_days, overdue_days, user_gap
+
+
+@dataclass
+class Candidates:
+    row: np.ndarray
+    item: np.ndarray
+    X: np.ndarray  # (len(row), len(FEATURES)) float32, NaN where a feature does not apply
+
+
+def item_statistics(ev: BasketEvents, n_items: int) -> np.ndarray:
+    """(n_items, 3): buyers, repeat rate (share of buyers with 2+ baskets holding it), mean share of a
+    buyer's baskets."""
+    key = ev.row * n_items + ev.item
+    uniq, cnt = np.unique(key, return_counts=True)
+    item = uniq % n_items
+    share = cnt / np.maximum(ev.n_baskets[uniq // n_items], 1)
+    buyers = np.bincount(item, minlength=n_items).astype(np.float64)
+    repeat = np.bincount(item, weights=(cnt >= 2).astype(np.float64), minlength=n_items)
+    mean_share = np.bincount(item, weights=share, minlength=n_items)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.column_stack([buyers, repeat / buyers, mean_share / buyers])
+
+
+def candidates(
+    ev: BasketEvents,
+    n_items: int,
+    config: NextBasketConfig,
+    pool: sp.csr_matrix,
+    pool_norm2: np.ndarray,
+    self_rows: np.ndarray,
+    items: np.ndarray,
+) -> Candidates:
+    """Every row's re-buy and explore candidates with their FEATURES (module docstring)."""
+    c = config
+    n = ev.n_rows
+    w = tifu_weights(ev, c.group_size, c.within_decay, c.group_decay)
+    own = sp.csr_matrix((w, (ev.row, ev.item)), shape=(n, n_items), dtype=np.float64)
+    own.sum_duplicates()
+    W = nearest_rows(sp.csr_matrix(own, dtype=np.float32), pool, pool_norm2, c.neighbours, self_rows)
+    nbr = sp.csr_matrix(W @ pool, dtype=np.float64)
+
+    # re-buy candidates: one row per distinct (customer, item) of the history
+    key = ev.row * n_items + ev.item
+    order = np.argsort(key, kind="stable")
+    k, rank = key[order], ev.rank[order].astype(np.float64)
+    start = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.empty(0, np.int64)
+    row, item = k[start] // n_items, k[start] % n_items
+    nb = ev.n_baskets[row].astype(np.float64)
+    cnt = np.diff(np.r_[start, len(k)]).astype(np.float64)
+    last = np.minimum.reduceat(rank, start) if len(k) else rank
+    first = np.maximum.reduceat(rank, start) if len(k) else rank
+    decayed = []
+    for d in DECAYS:
+        total = (1.0 - d**nb) / (1.0 - d)  # sum of d ** rank over all the customer's baskets
+        decayed.append(np.add.reduceat(d**rank, start) / total if len(k) else rank)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.where(cnt > 1, (first - last) / (cnt - 1), np.nan)
+        overdue = (last + 1) / gap
+    days_since, gap_days, overdue_days, user_gap_days = _time_features(ev, order, start, row, cnt, n)
+    streak, next_rate, recent_share = _sequence_features(k, rank, start, cnt, last, nb)
+
+    # explore candidates: the neighbours' strongest items the customer never bought
+    pattern = own.copy()
+    pattern.data[:] = 1.0
+    fresh = nbr - nbr.multiply(pattern)
+    fresh.eliminate_zeros()
+    fresh = row_topk_sparse(fresh, c.explore).tocoo() if c.explore > 0 else sp.coo_matrix((n, n_items))
+    m = fresh.nnz
+    nan = np.full(m, np.nan)
+    row = np.r_[row, fresh.row].astype(np.int64)
+    item = np.r_[item, fresh.col].astype(np.int64)
+    tifu = np.r_[_lookup(own, row[: len(start)], item[: len(start)]), np.zeros(m)]
+    nscore = _lookup(nbr, row, item)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tifu_rel = tifu / _row_max(row, tifu, n)[row]
+        nbr_rel = nscore / _row_max(row, nscore, n)[row]
+    user_nb = ev.n_baskets.astype(np.float64)
+    user_events = np.bincount(ev.row, minlength=n).astype(np.float64)
+    user_distinct = np.bincount(k[start] // n_items if len(k) else np.empty(0, np.int64), minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        user_size = user_events / user_nb
+        user_repeat = (user_events - user_distinct) / user_events
+    X = np.column_stack(
+        [
+            np.r_[cnt, np.zeros(m)],
+            np.r_[cnt / nb, np.zeros(m)],
+            *(np.r_[d, np.zeros(m)] for d in decayed),
+            np.r_[last, nan],
+            np.r_[gap, nan],
+            np.r_[overdue, nan],
+            tifu,
+            tifu_rel,
+            nscore,
+            nbr_rel,
+            items[item, 0],
+            items[item, 1],
+            items[item, 2],
+            user_nb[row],
+            user_size[row],
+            user_repeat[row],
+            np.r_[days_since, nan],
+            np.r_[gap_days, nan],
+            np.r_[overdue_days, nan],
+            user_gap_days[row],
+            np.r_[streak, np.zeros(m)],
+            np.r_[next_rate, nan],
+            np.r_[recent_share, np.zeros(m)],
+        ]
+    ).astype(np.float32)
+    return Candidates(row, item, X)
+
+
+class NextBasket(Recommender):
+    name = "next-basket"
+    Config = NextBasketConfig
+    # Tie-break in promotion: TIFU vectors, a neighbour search and a boosted-tree pass per customer.
+    cost = 9
+    search_space = (
+        Param("group_size", "int", 1, 20),
+        Param("within_decay", "float", 0.3, 1.0),
+        Param("group_decay", "float", 0.1, 1.0),
+        Param("neighbours", "int", 10, 1000, log=True),
+        Param("explore", "int", 0, 100),
+        Param("train_targets", "int", 1, 5),
+        Param("learning_rate", "float", 0.01, 0.3, log=True),
+        Param("leaves", "int", 7, 127, log=True),
+    )
+    config: NextBasketConfig
+
+    def _pool(self, ev: BasketEvents, n_items: int) -> tuple[sp.csr_matrix, np.ndarray]:
+        c = self.config
+        w = tifu_weights(ev, c.group_size, c.within_decay, c.group_decay)
+        P = sp.csr_matrix((w, (ev.row, ev.item)), shape=(ev.n_rows, n_items), dtype=np.float64)
+        P.sum_duplicates()
+        P = sp.csr_matrix(P, dtype=np.float32)
+        return P, np.asarray(P.multiply(P).sum(axis=1)).ravel().astype(np.float64)
+
+    def _fit(self, data: TrainData, *, callback: Any = None) -> None:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        c = self.config
+        n_items = data.n_items
+        ev = history_events(History.of(data, np.arange(data.n_users)))
+        self_rows = np.arange(data.n_users, dtype=np.int64)
+        rng = np.random.default_rng(c.seed)
+        parts_X, parts_y, parts_w = [], [], []
+        for t in range(c.train_targets):
+            before = ev.rank > t
+            hist = ev.select(before, shift=t + 1)
+            at = (ev.rank == t) & (ev.n_baskets[ev.row] > t + 1)
+            if not at.any():
+                break
+            pool, norm2 = self._pool(hist, n_items)
+            cand = candidates(hist, n_items, c, pool, norm2, self_rows, item_statistics(hist, n_items))
+            target = np.unique(ev.row[at] * n_items + ev.item[at])
+            has_target = np.isin(cand.row, np.unique(ev.row[at]))
+            y = np.isin(cand.row * n_items + cand.item, target)
+            keep = has_target & (y | (rng.random(len(y)) < c.negatives))
+            size = np.bincount(ev.row[at], minlength=data.n_users).astype(np.float64)
+            parts_X.append(cand.X[keep])
+            parts_y.append(y[keep])
+            parts_w.append(1.0 / np.maximum(size[cand.row[keep]], 1.0))
+        self.pool_, self.pool_norm2_ = self._pool(ev, n_items)
+        self.item_stats_ = item_statistics(ev, n_items)
+        pop = self.item_stats_[:, 0]
+        self.tiebreak_ = (1e-6 * pop / max(pop.max(), 1.0) - 1.0).astype(np.float32)
+        self.ranker_ = None
+        y = np.concatenate(parts_y) if parts_y else np.empty(0, bool)
+        if y.sum() == 0 or y.all():
+            self.fit_warnings.append(
+                "next-basket: no customer with 2+ baskets; ranking by the TIFU-KNN blend"
+            )
+            return
+        self.ranker_ = HistGradientBoostingClassifier(
+            max_iter=c.iterations,
+            learning_rate=c.learning_rate,
+            max_leaf_nodes=c.leaves,
+            early_stopping=len(y) >= 10_000,
+            random_state=c.seed,
+        ).fit(np.concatenate(parts_X), y, sample_weight=np.concatenate(parts_w))
+
+    def score(self, users: np.ndarray, history: History) -> np.ndarray:
+        n = history.user_items.shape[0]
+        ev = history_events(history)
+        cand = candidates(
+            ev,
+            self.n_items,
+            self.config,
+            self.pool_,
+            self.pool_norm2_,
+            np.asarray(users, np.int64),
+            self.item_stats_,
+        )
+        out = np.tile(self.tiebreak_, (n, 1))
+        if len(cand.row):
+            if self.ranker_ is not None:
+                p = self.ranker_.predict_proba(cand.X)[:, 1]
+            else:
+                # no ranker learned (nobody had two baskets): TIFU-KNN's own blend
+                f = cand.X
+                p = 0.7 * f[:, FEATURES.index("tifu")] + 0.3 * f[:, FEATURES.index("neighbours")]
+            out[cand.row, cand.item] = p.astype(np.float32)
+        return out
+
+    def _forget_rows(self, users: np.ndarray) -> None:
+        """A forgotten customer leaves the neighbour pool: their vector is emptied."""
+        keep = np.ones(self.pool_.shape[0], np.float32)
+        keep[users[users < len(keep)]] = 0.0
+        self.pool_ = sp.csr_matrix(sp.diags(keep) @ self.pool_, dtype=np.float32)
+        self.pool_.eliminate_zeros()
+        self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
+
+    def _save_state(self, path: Path) -> None:
+        sp.save_npz(path / "pool.npz", self.pool_)
+        np.save(path / "item_stats.npy", self.item_stats_)
+        np.save(path / "tiebreak.npy", self.tiebreak_)
+        with open(path / "ranker.pkl", "wb") as f:
+            pickle.dump(self.ranker_, f)
+
+    def _load_state(self, path: Path) -> None:
+        self.pool_ = sp.load_npz(path / "pool.npz").tocsr()
+        self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
+        self.item_stats_ = np.load(path / "item_stats.npy")
+        self.tiebreak_ = np.load(path / "tiebreak.npy")
+        with open(path / "ranker.pkl", "rb") as f:
+            self.ranker_ = pickle.load(f)  # noqa: S301 - our own bundle, written by _save_state

@@ -1,0 +1,232 @@
+"""`tifu`: TIFU-KNN next-basket recommendation (Hu et al., SIGIR 2020, "Modeling Personalized Item
+Frequency Information for Next-basket Recommendation").
+
+A customer's baskets, newest first, are cut into groups of `group_size`; basket j (0 = the newest)
+sits in group g = j // m at position p = j % m of its group. Its items get the weight
+
+    w(j) = r_g ** g · r_b ** p / |group g| / n_groups
+
+(r_b: decay within a group, r_g: across groups) and the customer's vector is the sum of w over the
+baskets holding each item: a time-decayed personal item frequency. The prediction blends it with
+the mean vector of the k nearest other customers (Euclidean distance between vectors, as the
+paper's code):  score = alpha · own + (1 - alpha) · mean(neighbours).
+
+Baskets are a customer's events at one time (`History.sequence_ts`); without times the whole
+history is one basket. The neighbour pool is the training customers' vectors, kept with the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.base import History, ModelConfig, Recommender, TrainData
+from training.space import Param
+
+
+@dataclass(frozen=True)
+class TIFUConfig(ModelConfig):
+    group_size: int = 7  # m: baskets per group (the paper's tuned values lie between 3 and 20)
+    within_decay: float = 0.9  # r_b: weight of each older basket inside a group
+    group_decay: float = 0.7  # r_g: weight of each older group
+    neighbours: int = 300  # k nearest customers whose vectors are averaged
+    alpha: float = 0.7  # share of the customer's own vector; 1 = no neighbours
+
+    def __post_init__(self) -> None:
+        if self.group_size < 1:
+            raise ValueError(f"tifu group_size must be >= 1, got {self.group_size}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"tifu alpha must lie in [0, 1], got {self.alpha}")
+        for name in ("within_decay", "group_decay"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"tifu {name} must lie in (0, 1], got {getattr(self, name)}")
+
+
+@dataclass
+class BasketEvents:
+    """Every row's distinct (basket, item) pairs, flat: row, item, and the basket's rank counted
+    from the row's newest basket (0) and the row's number of baskets."""
+
+    row: np.ndarray
+    item: np.ndarray
+    rank: np.ndarray  # 0 = the newest basket of the row
+    n_baskets: np.ndarray  # (n_rows,)
+    n_rows: int
+    ts: np.ndarray | None = None  # the basket's time (epoch s) per pair; None when unknown
+
+    def select(self, keep: np.ndarray, shift: int = 0) -> BasketEvents:
+        """The pairs in `keep`, ranks moved `shift` baskets closer (every row's newest `shift`
+        baskets dropped: the history as it was before them)."""
+        return BasketEvents(
+            self.row[keep],
+            self.item[keep],
+            self.rank[keep] - shift,
+            np.maximum(self.n_baskets - shift, 0),
+            self.n_rows,
+            None if self.ts is None else self.ts[keep],
+        )
+
+
+def basket_events(sequences: list[np.ndarray], times: list[np.ndarray], n_rows: int) -> BasketEvents:
+    """Group each row's events into baskets (one basket per distinct time; the whole row when
+    `times` is empty or a row's times do not match its sequence), vectorised over all rows."""
+    seqs = list(sequences) + [np.empty(0, np.int64)] * (n_rows - len(sequences))
+    lens = np.array([len(s) for s in seqs[:n_rows]], dtype=np.int64)
+    if lens.sum() == 0:
+        e = np.empty(0, np.int64)
+        return BasketEvents(e, e, e, np.zeros(n_rows, np.int64), n_rows)
+    row = np.repeat(np.arange(n_rows, dtype=np.int64), lens)
+    item = np.concatenate([np.asarray(s, np.int64) for s in seqs[:n_rows]])
+    ts = []
+    for r in range(n_rows):
+        t = times[r] if r < len(times) else None
+        ts.append(
+            np.asarray(t, np.int64) if t is not None and len(t) == lens[r] else np.zeros(lens[r], np.int64)
+        )
+    t = np.concatenate(ts)
+    order = np.lexsort((item, t, row))
+    row, item, t = row[order], item[order], t[order]
+    new_basket = np.ones(len(row), bool)
+    new_basket[1:] = (row[1:] != row[:-1]) | (t[1:] != t[:-1])
+    basket = np.cumsum(new_basket) - 1
+    dup = np.zeros(len(row), bool)
+    dup[1:] = (basket[1:] == basket[:-1]) & (item[1:] == item[:-1])
+    row, item, basket, t = row[~dup], item[~dup], basket[~dup], t[~dup]
+    first = np.full(n_rows, -1, np.int64)
+    last = np.full(n_rows, -1, np.int64)
+    first[row[::-1]] = basket[::-1]
+    last[row] = basket
+    n_baskets = np.where(first >= 0, last - first + 1, 0)
+    rank = last[row] - basket
+    return BasketEvents(row, item, rank, n_baskets, n_rows, t)
+
+
+def tifu_weights(ev: BasketEvents, group_size: int, within_decay: float, group_decay: float) -> np.ndarray:
+    """Each (basket, item) event's TIFU weight w(j) (module docstring), float64."""
+    m = group_size
+    nb = ev.n_baskets[ev.row]
+    g = ev.rank // m
+    p = ev.rank % m
+    n_groups = -(-nb // m)
+    size = np.minimum(m, nb - g * m)
+    return group_decay ** g.astype(np.float64) * within_decay ** p.astype(np.float64) / size / n_groups
+
+
+def tifu_vectors(
+    ev: BasketEvents, n_items: int, group_size: int, within_decay: float, group_decay: float
+) -> sp.csr_matrix:
+    """(n_rows, n_items) CSR float32: each row's TIFU vector (module docstring)."""
+    w = tifu_weights(ev, group_size, within_decay, group_decay)
+    V = sp.csr_matrix((w, (ev.row, ev.item)), shape=(ev.n_rows, n_items), dtype=np.float64)
+    V.sum_duplicates()
+    return sp.csr_matrix(V, dtype=np.float32)
+
+
+def history_events(history: History) -> BasketEvents:
+    """The baskets of a History's rows: from its sequences and times, or (no sequences) the
+    history matrix's items as one basket per row."""
+    n = history.user_items.shape[0]
+    if history.sequences:
+        return basket_events(history.sequences, history.sequence_ts, n)
+    X = sp.csr_matrix(history.user_items)
+    coo = X.tocoo()
+    return BasketEvents(
+        coo.row.astype(np.int64),
+        coo.col.astype(np.int64),
+        np.zeros(coo.nnz, np.int64),
+        (np.diff(X.indptr) > 0).astype(np.int64),
+        n,
+    )
+
+
+def history_vectors(history: History, n_items: int, config: TIFUConfig) -> sp.csr_matrix:
+    ev = history_events(history)
+    return tifu_vectors(ev, n_items, config.group_size, config.within_decay, config.group_decay)
+
+
+def nearest_rows(
+    Q: sp.csr_matrix, P: sp.csr_matrix, p_norm2: np.ndarray, k: int, exclude: np.ndarray
+) -> sp.csr_matrix:
+    """(len(Q), len(P)) CSR with 1/k at each query row's k nearest pool rows (Euclidean), a pool row
+    equal to `exclude[r]` (the customer themself) and empty pool rows left out, none for an empty
+    query row; ties by lower index."""
+    n, n_pool = Q.shape[0], P.shape[0]
+    k = min(k, n_pool)
+    if k <= 0 or n == 0:
+        return sp.csr_matrix((n, n_pool), dtype=np.float32)
+    q2 = np.asarray(Q.multiply(Q).sum(axis=1)).ravel()
+    d = q2[:, None] + p_norm2[None, :] - 2.0 * np.asarray((Q @ P.T).toarray(), np.float64)
+    d[:, p_norm2 <= 0] = np.inf
+    d[q2 <= 0, :] = np.inf  # an empty history says nothing about who is near: no neighbours
+    ok = (exclude >= 0) & (exclude < n_pool)
+    d[np.flatnonzero(ok), exclude[ok]] = np.inf
+    k = min(k, max(int(np.isfinite(d).sum(axis=1).max()), 0))
+    if k == 0:
+        return sp.csr_matrix((n, n_pool), dtype=np.float32)
+    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+    rows = np.repeat(np.arange(n), k)
+    cols = idx.ravel()
+    fin = np.isfinite(d[rows, cols])
+    counts = np.bincount(rows[fin], minlength=n).astype(np.float64)
+    vals = 1.0 / np.maximum(counts[rows[fin]], 1.0)
+    return sp.csr_matrix((vals.astype(np.float32), (rows[fin], cols[fin])), shape=(n, n_pool))
+
+
+class TIFUKNN(Recommender):
+    name = "tifu"
+    Config = TIFUConfig
+    # Tie-break in promotion: a sparse vector per customer and a distance to every training customer.
+    cost = 7
+    search_space = (
+        Param("group_size", "int", 1, 20),
+        Param("within_decay", "float", 0.1, 1.0),
+        Param("group_decay", "float", 0.1, 1.0),
+        Param("neighbours", "int", 10, 1000, log=True),
+        Param("alpha", "float", 0.0, 1.0),
+    )
+    config: TIFUConfig
+
+    def _fit(self, data: TrainData, *, callback: Any = None) -> None:
+        hist = History.of(data, np.arange(data.n_users))
+        self.pool_ = history_vectors(hist, data.n_items, self.config)
+        self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
+        pop = np.bincount(sp.csr_matrix(data.user_items).indices, minlength=data.n_items).astype(np.float64)
+        # Popularity only orders the items nothing else scores (far below any real weight).
+        self.tiebreak_ = (1e-9 * pop / max(pop.max(), 1.0)).astype(np.float32)
+
+    def personal_and_neighbours(
+        self, users: np.ndarray, history: History
+    ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """The customers' own TIFU vectors and their neighbours' mean vectors, both (n, n_items)."""
+        own = history_vectors(history, self.n_items, self.config)
+        W = nearest_rows(
+            own, self.pool_, self.pool_norm2_, self.config.neighbours, np.asarray(users, np.int64)
+        )
+        return own, sp.csr_matrix(W @ self.pool_)
+
+    def score(self, users: np.ndarray, history: History) -> np.ndarray:
+        a = self.config.alpha
+        own, nbr = self.personal_and_neighbours(users, history)
+        s = (a * own + (1.0 - a) * nbr).toarray().astype(np.float32)
+        return s + self.tiebreak_[None, :]
+
+    def _forget_rows(self, users: np.ndarray) -> None:
+        """A forgotten customer leaves the neighbour pool: their vector is emptied."""
+        keep = np.ones(self.pool_.shape[0], np.float32)
+        keep[users[users < len(keep)]] = 0.0
+        self.pool_ = sp.csr_matrix(sp.diags(keep) @ self.pool_, dtype=np.float32)
+        self.pool_.eliminate_zeros()
+        self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
+
+    def _save_state(self, path: Path) -> None:
+        sp.save_npz(path / "tifu_pool.npz", self.pool_)
+        np.save(path / "tiebreak.npy", self.tiebreak_)
+
+    def _load_state(self, path: Path) -> None:
+        self.pool_ = sp.load_npz(path / "tifu_pool.npz").tocsr()
+        self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
+        self.tiebreak_ = np.load(path / "tiebreak.npy")
