@@ -564,7 +564,9 @@ class Engine:
         seq = self._sequence(customer, fresh, cat)
         scores: np.ndarray | None = None
         if not factors:
-            scores = self.scorer.model_scores(midx, self._history_row(customer, fresh, cat), seq, cat.n)
+            scores = self.scorer.model_scores(
+                midx, self._history_row(customer, fresh, cat), seq, cat.n, self._sequence_ts(customer, fresh)
+            )
         allowed = self._context_mask(snap, context, customer)
         bought = self._bought(snap, customer, user_id, events, now, context)
         allowed[kept_out(cat, bought)] = False
@@ -822,6 +824,14 @@ class Engine:
         seq = self.state.histories.sequence(customer.row)
         items = [cat.index[e.item_id] for e in reversed(fresh) if self.weights.get(e.event_type)]
         return np.concatenate([seq, np.asarray(items, dtype=np.int64)]) if items else seq
+
+    def _sequence_ts(self, customer: Customer, fresh: list[Event]) -> np.ndarray | None:
+        """Epoch seconds of `_sequence`'s items, or None when the build recorded no times."""
+        ts = self.state.histories.sequence_times(customer.row)
+        if ts is None:
+            return None
+        new = [int(e.timestamp) for e in reversed(fresh) if self.weights.get(e.event_type)]
+        return np.concatenate([ts, np.asarray(new, dtype=np.int64)]) if new else ts
 
     def _history_row(self, customer: Customer, fresh: list[Event], cat: F.Catalog) -> Any:
         """The customer's interaction row (1, n) in state indices, plus the online store's newest

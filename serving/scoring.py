@@ -101,9 +101,12 @@ class ModelScorer:
             s = np.concatenate([s, np.full(n_state - len(s), -np.inf, dtype=s.dtype)])
         return s
 
-    def model_scores(self, midx: int, row: sp.csr_matrix, seq: np.ndarray, n_state: int) -> np.ndarray:
+    def model_scores(
+        self, midx: int, row: sp.csr_matrix, seq: np.ndarray, n_state: int, seq_ts: np.ndarray | None = None
+    ) -> np.ndarray:
         """(n_state,) scores from the model's own `score`, given the customer's history row and
-        sequence in state indices (mapped into the model's item space here)."""
+        sequence in state indices (mapped into the model's item space here), with the sequence's
+        epoch seconds where known (next-basket models group them into baskets)."""
         n_model = self.items.n_model
         r = row.tocoo()
         cols = self.items.to_model(r.col)
@@ -113,9 +116,16 @@ class ModelScorer:
             shape=(1, n_model),
         )
         mseq = self.items.to_model(seq)
-        mseq = mseq[mseq >= 0]
+        known = mseq >= 0
+        mseq = mseq[known]
+        times = (
+            [np.asarray(seq_ts, dtype=np.int64)[known]]
+            if seq_ts is not None and len(seq_ts) == len(seq)
+            else []
+        )
         s = np.asarray(
-            self.model.score(np.array([midx], dtype=np.int64), History(model_row, [mseq])), dtype=np.float64
+            self.model.score(np.array([midx], dtype=np.int64), History(model_row, [mseq], times)),
+            dtype=np.float64,
         )[0]
         return self.items.scores_to_state(s, n_state)
 

@@ -87,6 +87,8 @@ class Histories:
     p_item: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     p_category: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
     p_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    # row -> epoch seconds of `sequences[row]` (absent when the build wrote no times)
+    sequence_ts: Mapping[int, np.ndarray] = field(default_factory=dict)
 
     def purchases(self, row: int) -> slice:
         """The positions of `row`'s purchases in the p_* arrays."""
@@ -95,6 +97,10 @@ class Histories:
 
     def sequence(self, row: int) -> np.ndarray:
         return self.sequences.get(row, _EMPTY)
+
+    def sequence_times(self, row: int) -> np.ndarray | None:
+        """Epoch seconds of `sequence(row)`, or None when the build did not record them."""
+        return self.sequence_ts.get(row) if self.sequence_ts else None
 
     @classmethod
     def empty(cls, n_items: int = 0) -> Histories:
@@ -555,18 +561,25 @@ def _histories_from_features(ws: Workspace, n_rows: int, n_items: int) -> Histor
     else:
         ui = sp.csr_matrix((n_rows, n_items), dtype=np.float32)
     sequences: dict[int, np.ndarray] = {}
+    times: dict[int, np.ndarray] = {}
     seq = _read(ws.feature("sequences"))
     if seq is not None:
         for u, items in zip(seq["user_idx"].to_numpy(), seq["item_idx"], strict=True):
             a = np.asarray(items, dtype=np.int64)
             a.setflags(write=False)
             sequences[int(u)] = a
+        if "ts" in seq.columns:  # next-basket models group a history into baskets by time
+            for u, ts in zip(seq["user_idx"].to_numpy(), seq["ts"], strict=True):
+                t = np.asarray(ts, dtype=np.int64)
+                t.setflags(write=False)
+                times[int(u)] = t
     sizes: dict[int, dict[str, str]] = {}
     sz = _read(ws.feature("sizes"))
     if sz is not None:
         for u, g, s in zip(sz["user_idx"], sz["garment"], sz["size"], strict=True):
             sizes.setdefault(int(u), {})[str(g)] = str(s)
-    return histories_from_purchases(ui, sequences, sizes, _read(ws.feature("last_purchases")))
+    histories = histories_from_purchases(ui, sequences, sizes, _read(ws.feature("last_purchases")))
+    return dataclasses.replace(histories, sequence_ts=times) if times else histories
 
 
 def histories_from_purchases(

@@ -121,3 +121,37 @@ def test_next_basket_without_two_baskets_falls_back_to_the_tifu_blend():
 def test_tifu_config_refuses_nonsense(bad):
     with pytest.raises(ValueError, match="tifu"):
         TIFUConfig(**bad)
+
+
+def test_the_served_engine_gives_a_next_basket_model_the_history_s_times(tmp_path) -> None:
+    """Serving scores a time-aware model (tifu) with the customer's basket times from the feature
+    build, the same scores as the model's own over the training history, not one merged basket."""
+    import importlib.util
+    from pathlib import Path
+
+    from features.workspace import Workspace
+    from serving.bundle import load_bundle
+    from serving.loader import ServeConfig, load_state
+    from serving.pipeline import Engine
+    from training.data import load_train_data
+
+    spec = importlib.util.spec_from_file_location("_svc", Path(__file__).with_name("test_service.py"))
+    svc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(svc)
+    bundle_dir = svc.build_tiny_bundle(tmp_path / "shop", "tifu")
+    engine = Engine(load_bundle(bundle_dir), load_state(ServeConfig(shop=tmp_path / "shop")))
+    model = engine.model
+    data = load_train_data(Workspace.at(tmp_path / "shop"))
+    u = int(model.users.set_index("user_id").loc["u2", "user_idx"])
+    customer = engine._customer("u2")
+    cat = engine.state.current.catalog
+    row, seq = engine._history_row(customer, [], cat), engine._sequence(customer, [], cat)
+    times = engine._sequence_ts(customer, [])
+    assert times is not None and len(times) == len(seq) and len(np.unique(times)) > 1  # several baskets
+    served = engine.scorer.model_scores(u, row, seq, cat.n, times)
+    users = np.array([u])
+    own = np.asarray(model.score(users, History.of(data, users)), dtype=np.float64)[0]
+    one_basket = np.asarray(model.score(users, History(data.user_items[users], [data.sequences[u]])))[0]
+    state_of = engine.scorer.items.scores_to_state
+    np.testing.assert_allclose(served, state_of(own, cat.n), rtol=1e-6)
+    assert not np.allclose(state_of(own, cat.n), state_of(one_basket.astype(np.float64), cat.n))
