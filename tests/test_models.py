@@ -147,7 +147,16 @@ def test_batch_equals_single_user(name, fitted):
             np.array([u]), History.of(data, np.array([u])), 5, exclude=seen_matrix(data)[[u]]
         )
         np.testing.assert_allclose(one_scores[0], scores[u], rtol=1e-4, atol=1e-5)
-        assert set(one_ids[0][np.isfinite(one_scores[0])]) == set(ids[u][np.isfinite(scores[u])])
+        # the same items, except that items tied (to float rounding) at the k-th score may be
+        # broken differently by a batch's and a single row's products (ALS scores the other
+        # group's items all alike here)
+        finite = np.isfinite(one_scores[0])
+        if finite.any():
+            kth = one_scores[0][finite].min()
+            one_above = set(one_ids[0][finite & (one_scores[0] > kth + 1e-5)])
+            batch_above = set(ids[u][np.isfinite(scores[u]) & (scores[u] > kth + 1e-5)])
+            assert one_above == batch_above
+        assert finite.sum() == np.isfinite(scores[u]).sum()
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -20,6 +20,23 @@ DataOpt = Annotated[
 ]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a line is logged, not the stream of the first
+    command that set logging up (in one process several commands run, each with its own stderr:
+    tests, notebooks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # noqa: ANN001
+        pass
+
+
 def _setup_logging() -> None:
     """Log lines to stderr, so stdout keeps only the JSON result line; no exit-time noise."""
     from features.console import quiet_exit
@@ -27,7 +44,7 @@ def _setup_logging() -> None:
     quiet_exit()
     root = logging.getLogger()
     if not any(getattr(h, "_shoprec", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._shoprec = True  # type: ignore[attr-defined]
         root.addHandler(handler)
