@@ -191,12 +191,17 @@ def build_catalog(items: pd.DataFrame, stock: pd.DataFrame | None = None) -> Cat
         any_qty[idx[qty > 0]] = True
         # Items the stock table lists are in stock only with quantity > 0; unlisted items are unknown.
         in_stock = np.where(listed, any_qty, True)
+        # A row without a size is about the item as a whole: quantity 0 there takes a sized item
+        # out in every size (a shop selling out "the jeans" need not list each size).
+        whole_out = idx[(size == "") & (qty <= 0)]
+        in_stock[whole_out] = False
         has_size = size != ""
         sized[idx[has_size]] = True
         for s in np.unique(size[has_size]):
             m = np.zeros(n, dtype=bool)
             sel = has_size & (size == s) & (qty > 0)
             m[idx[sel]] = True
+            m[whole_out] = False
             size_stock[str(s)] = m
 
     return Catalog(
@@ -245,10 +250,11 @@ def with_stock(cat: Catalog, stock: dict[str, dict[str, int]]) -> Catalog:
     size_stock = dict(cat.size_stock)
     touched: set[str] = set()
     for (i, sizes), ok in zip(pairs, active.tolist(), strict=True):
-        in_stock[i] = ok and (not sizes or any(q > 0 for q in sizes.values()))
+        whole_out = "" in sizes and sizes[""] <= 0  # the item as a whole sold out (build_catalog)
+        in_stock[i] = ok and not whole_out and (not sizes or any(q > 0 for q in sizes.values()))
         sized[i] = any(s != "" for s in sizes)
         for s in list(size_stock) + [s for s in sizes if s and s not in size_stock]:
-            want = bool(ok and sizes.get(s, 0) > 0)
+            want = bool(ok and not whole_out and sizes.get(s, 0) > 0)
             have = size_stock.get(s)
             if have is None or have[i] != want:
                 if s not in touched:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from serving.pipeline import Context, Engine, EngineConfig
@@ -55,6 +56,28 @@ def test_a_size_that_sells_out_stops_showing_for_that_size_only(engine: Engine) 
     )
     assert "tee" not in ids(engine.recommend("alice", 12, Context(size="M"), now=NOW))
     assert "tee" in ids(engine.popular(13, context=Context(size="L")))
+
+
+def test_a_row_without_a_size_sells_a_sized_item_out_in_every_size(engine: Engine) -> None:
+    """A shop selling out "the tee" sends one row without a size: gone for every size, also from
+    a catalogue built from the folded table (what a restart after `features build` loads)."""
+    from serving import filters as F
+
+    assert "tee" in ids(engine.popular(13, context=Context(size="M")))
+    engine.state.apply("stock", [{"item_id": "tee", "quantity": 0}])
+    for size in (None, "S", "M", "L"):
+        assert "tee" not in ids(engine.popular(13, context=Context(size=size))), size
+    assert "tee" not in ids(engine.recommend("alice", 12, Context(size="M"), now=NOW))
+    cat = engine.state.current.catalog
+    table = pd.DataFrame(
+        [{"item_id": "tee", "size": s, "quantity": 5} for s in ("S", "M", "L")]
+        + [{"item_id": "tee", "size": "", "quantity": 0}]
+    )
+    rebuilt = F.build_catalog(pd.DataFrame({"item_id": list(cat.item_ids)}), table)
+    i = rebuilt.index["tee"]
+    assert not rebuilt.in_stock[i] and not any(m[i] for m in rebuilt.size_stock.values())
+    engine.state.apply("stock", [{"item_id": "tee", "quantity": 2}])  # the item as a whole back
+    assert "tee" in ids(engine.popular(13))
 
 
 def test_an_inactive_item_leaves_every_answer_and_a_price_change_is_seen_by_cheaper_alternatives(
