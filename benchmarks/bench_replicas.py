@@ -481,6 +481,10 @@ def main(quick: bool = False, pin: str = "servers") -> dict[str, Any]:
             a, b = reps[0].url, reps[1].url
             print(f"== replicas ready at {a} and {b}", flush=True)
             result["same_answer"] = same_answers(a, b, inputs["recommend_shop_mix"], checks)
+            result["same_answer"]["ab_shares"] = (
+                "champion=1, the default (every answer is the champion's); tests/test_replicas.py "
+                "checks the same with an A/B split"
+            )
             result["purchase_on_a_seen_on_b"] = purchase_visible(a, b, purchasers(bundle.parent, 5))
             print(f"  same answer: {json.dumps(result['same_answer'])}", flush=True)
             print(f"  purchase on a seen on b: {json.dumps(result['purchase_on_a_seen_on_b'])}", flush=True)
