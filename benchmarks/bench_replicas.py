@@ -357,25 +357,32 @@ def scaling(rounds: list[dict[str, Any]], cores: int) -> dict[str, Any]:
     one_wrk = statistics.median(r["one"]["cpu"]["cores_used"]["wrk"] for r in rounds)
     cores_factor = two_srv / one_srv if one_srv else 0.0
     cpu_factor = one_cpu / two_cpu if two_cpu else 0.0
-    if cpu_factor < 0.9:
-        limit = (
-            f"each request cost the servers {1 / cpu_factor:.2f}x the CPU with two replicas than with "
-            "one (contention for caches, memory bandwidth or Redis)"
+    takers = {"wrk": used["wrk"], "Redis": used["redis"], "other processes": used["other_processes"]}
+    where = (
+        f"with two replicas the {cores} cores went to the servers ({two_srv:.2f}), wrk ({used['wrk']:.2f}), "
+        f"Redis ({used['redis']:.2f}), other processes ({used['other_processes']:.2f}), this process "
+        f"({used['benchmark_process']:.2f}) and idle ({used['idle']:.2f})"
+    )
+    if used["idle"] > 0.15 * cores:
+        main = (
+            f"not the CPU ({used['idle']:.2f} cores idle with two replicas): wrk's {CONNECTIONS} "
+            "connections per replica, or the round trips to Redis"
         )
-    elif used["idle"] > 0.15 * cores:
-        limit = (
-            f"not the CPU ({used['idle']:.2f} of {cores} cores idle with two replicas): wrk's "
-            f"{CONNECTIONS} connections per replica or the round trips to Redis"
+    elif cores_factor and cpu_factor and 2 / cores_factor >= 1 / cpu_factor:
+        main = (
+            f"the machine's cores: two replicas would need {2 * one_srv:.2f} cores to run as the one did "
+            f"and got {two_srv:.2f}; the biggest other taker: {max(takers, key=takers.get)}"
         )
     else:
-        takers = {"wrk": used["wrk"], "Redis": used["redis"], "other processes": used["other_processes"]}
-        top = max(takers, key=takers.get)
-        limit = (
-            f"the machine's {cores} cores: two replicas need {2 * one_srv:.2f} cores to run as the one "
-            f"did and got {two_srv:.2f}, the rest going to wrk ({used['wrk']:.2f} cores), Redis "
-            f"({used['redis']:.2f}), other processes ({used['other_processes']:.2f}) and this "
-            f"process ({used['benchmark_process']:.2f}); the biggest taker: {top}"
+        main = (
+            f"each request cost the servers {1 / cpu_factor:.2f}x the CPU with two replicas than with one "
+            "(contention for caches and memory bandwidth, or Redis)"
         )
+    limit = (
+        f"{main}. The ratio = {cores_factor:.2f} (server cores two/one; 2.0 if the second replica had a "
+        f"core as free as the first) x {cpu_factor:.2f} (server CPU per request one/two; 1.0 if two "
+        f"replicas sharing Redis cost no more per request than one); {where}"
+    )
     return {
         "one_rps": round(statistics.median(r["one"]["rps"] for r in rounds), 1),
         "two_rps": round(statistics.median(r["two"]["rps"] for r in rounds), 1),
@@ -493,7 +500,8 @@ def main(quick: bool = False, pin: str = "servers") -> dict[str, Any]:
                 for route, key in ROUTES.items()
             }
     finally:
-        drop_keys(prefix)
+        with contextlib.suppress(Exception):  # never hide the run's own error behind Redis's
+            drop_keys(prefix)
     rec = result["routes"]["/recommend"]
     paced400 = rec["paced"][f"two_{PACED_TOTAL:.0f}"]
     result["summary"] = {
