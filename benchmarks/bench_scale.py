@@ -47,6 +47,9 @@ RESULTS = Path(__file__).parent / "results" / "scale.json"
 SHOPREC = str(Path(sys.executable).with_name("shoprec"))
 EVENTS_PER_CUSTOMER = 60.0  # the default synthetic shop over 180 days (60M events at 1M customers)
 ITEMS = 100_000
+# Spark local[2]'s JVM heap for the scale run (the engine's default, 2g, is for tests; at 10M events
+# the first run failed after 431 s).
+SPARK_DRIVER_MEMORY = "8g"
 
 
 def run_stage(cmd: list[str], *, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -113,7 +116,9 @@ def run_stage(cmd: list[str], *, timeout: float, env: dict[str, str] | None = No
     if last:
         result["output"] = json.loads(last)
     if status != 0:
-        result["error"] = err[-2000:]
+        # the first lines that name an error (a JVM's stack trace buries its cause), then the end
+        named = [line for line in err.splitlines() if "Error" in line or "Exception" in line]
+        result["error"] = "\n".join(named[:8]) + "\n...\n" + err[-1500:]
     return result
 
 
@@ -149,7 +154,10 @@ def _shop(
 
 def _build(path: Path, engine: str, timeout: float) -> dict[str, Any]:
     shutil.rmtree(path / "features", ignore_errors=True)
-    r = run_stage([SHOPREC, "features", "build", "--data", str(path), "--engine", engine], timeout=timeout)
+    cmd = [SHOPREC, "features", "build", "--data", str(path), "--engine", engine]
+    if engine == "spark":  # local mode runs every task in the driver's JVM: give it the room a user would
+        cmd += ["--spark-conf", f"spark.driver.memory={SPARK_DRIVER_MEMORY}"]
+    r = run_stage(cmd, timeout=timeout)
     summary = r.pop("output", None)
     if summary:
         f = summary["features"]
