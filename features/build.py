@@ -139,6 +139,7 @@ def build_from_validated(
 
     def load() -> None:
         info.update(_load(eng, config, events_path, catalog_path, customers_path))
+        eng.size_for(info["events"])
 
     def ids() -> None:
         cols = ["item_idx", "item_id"] + (info["catalog_columns"] if catalog_path else [])

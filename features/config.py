@@ -54,9 +54,11 @@ class FeatureConfig:
     # window before it.
     trend_window_share: float = 0.1
     # DuckDB resources: threads None = all cores; the memory limit makes DuckDB spill to disk instead of
-    # growing past it (the 10M-event target is <= 4 GB peak for the whole process).
+    # growing past it (the 10M-event target is <= 4 GB peak for the whole process, 100M <= 12 GB).
+    # "auto": 2 GB, growing with the events past ~30M (64 bytes an event, at most half the memory);
+    # a size such as "4GB" is kept whatever the data.
     threads: int | None = None
-    memory_limit: str = "2GB"
+    memory_limit: str = "auto"
 
     def __post_init__(self) -> None:
         if not (self.half_life_days > 0 and math.isfinite(self.half_life_days)):

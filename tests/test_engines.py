@@ -3,6 +3,7 @@ the pandas-free readers training uses. (Spark itself: tests/test_engine_parity.p
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +144,7 @@ def test_a_grouping_run_in_slices_of_customers_builds_the_same_features(tmp_path
     from features.synthetic import generate
     from features.validate import validate_workspace
 
-    config = FeatureConfig(threads=1)
+    config = FeatureConfig(threads=1, memory_limit="2GB")  # a fixed limit keeps rows_per_group as set
     built = {}
     for name, rows_per_group in (("whole", None), ("sliced", 300)):
         ws = Workspace.at(tmp_path / name)
@@ -176,3 +177,30 @@ def test_a_grouping_run_in_slices_of_customers_builds_the_same_features(tmp_path
     for f in files:
         a, b = pd.read_parquet(whole.features_dir / f), pd.read_parquet(sliced.features_dir / f)
         pd.testing.assert_frame_equal(a, b, obj=f)
+
+
+def test_duckdb_memory_limit_auto_grows_with_the_events_and_an_explicit_one_stays(tmp_path: Path) -> None:
+    """ "auto": 2 GB for a build up to ~30M events, 64 bytes an event past that (the time split's
+    quantile holds every timestamp: 100M events did not fit 2 GB); an explicit size is kept."""
+    from features.engines import duck
+
+    def limit_gb(eng: DuckDBEngine) -> float:
+        value = eng.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        return duck._gigabytes(value)
+
+    auto = DuckDBEngine(FeatureConfig(threads=1), tmp_path / "a")
+    fixed = DuckDBEngine(FeatureConfig(threads=1, memory_limit="3GB"), tmp_path / "b")
+    try:
+        assert 1.9 <= limit_gb(auto) <= 2.05
+        auto.size_for(10_000_000)
+        assert 1.9 <= limit_gb(auto) <= 2.05 and auto.rows_per_group == 10_000_000
+        ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        auto.size_for(100_000_000)
+        want = min(6.4, ram_gb / 2)
+        assert abs(limit_gb(auto) - want) / want < 0.03
+        assert auto.rows_per_group > 10_000_000
+        fixed.size_for(100_000_000)
+        assert 2.85 <= limit_gb(fixed) <= 3.05
+    finally:
+        auto.close()
+        fixed.close()

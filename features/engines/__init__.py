@@ -46,6 +46,10 @@ class Engine(ABC):
         disjoint sets of customers (the same rows in the end: a customer's group is never split)."""
         return self.table(name, sql_of(source))
 
+    def size_for(self, events: int) -> None:  # noqa: B027 - engines that size themselves need nothing
+        """Told the number of events the build works on, once they are loaded (DuckDB's memory
+        limit "auto" grows with them)."""
+
     @abstractmethod
     def view(self, name: str, sql: str) -> None:
         """Define `name` as the (lazily evaluated) result of `sql`."""

@@ -13,6 +13,10 @@ from features.config import FeatureConfig
 from features.engines import Engine
 from features.transforms import copy_parquet, sql_str
 
+AUTO_MIN_GB = 2
+AUTO_BYTES_PER_EVENT = 64
+AUTO_MAX_RAM_SHARE = 0.5
+
 
 class DuckDBEngine(Engine):
     """DuckDB with `config.threads` threads and `config.memory_limit`, spilling to `spill_dir`.
@@ -24,7 +28,9 @@ class DuckDBEngine(Engine):
         con = duckdb.connect(":memory:")
         threads = config.threads or os.cpu_count() or 1
         con.execute(f"SET threads = {int(threads)}")
-        con.execute(f"SET memory_limit = {sql_str(config.memory_limit)}")
+        self._auto = config.memory_limit.strip().lower() == "auto"
+        limit = f"{AUTO_MIN_GB}GB" if self._auto else config.memory_limit
+        con.execute(f"SET memory_limit = {sql_str(limit)}")
         con.execute(f"SET temp_directory = {sql_str(str(spill_dir))}")
         con.execute("SET TimeZone = 'UTC'")
         # Outputs are explicitly ORDERed where order matters; everywhere else DuckDB may stream freely.
@@ -32,7 +38,18 @@ class DuckDBEngine(Engine):
         self.con = con
         self._kinds: dict[str, str] = {}
         # rows of a per-customer ordered grouping that fit the memory limit (10M at 2 GB: measured)
-        self.rows_per_group = max(1_000_000, int(5_000_000 * _gigabytes(config.memory_limit)))
+        self.rows_per_group = max(1_000_000, int(5_000_000 * _gigabytes(limit)))
+
+    def size_for(self, events: int) -> None:
+        # memory_limit "auto": 2 GB up to ~30M events, then 64 bytes an event (a whole-column
+        # aggregate such as the time split's quantile holds every timestamp: 100M events did not
+        # fit 2 GB), never more than half the machine's memory.
+        if not self._auto:
+            return
+        ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+        gb = min(max(AUTO_MIN_GB, events * AUTO_BYTES_PER_EVENT / 1e9), AUTO_MAX_RAM_SHARE * ram_gb)
+        self.con.execute(f"SET memory_limit = '{gb:.1f}GB'")
+        self.rows_per_group = max(1_000_000, int(5_000_000 * gb))
 
     def source(self, name: str, path: Path, *, row_number: bool = False) -> None:
         extra = ", file_row_number = true" if row_number else ""
@@ -88,11 +105,12 @@ class DuckDBEngine(Engine):
 
 
 def _gigabytes(limit: str) -> float:
-    """DuckDB's memory limit ("2GB", "512MB", "1.5GiB") in GB; 2 when it cannot be read."""
+    """A DuckDB memory size ("2GB", "512MB", "1.8 GiB") in GB (10^9 bytes); 2 when unreadable."""
     import re
 
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]i?B)?\s*", limit, re.IGNORECASE)
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT])(i?)B?\s*", limit, re.IGNORECASE)
     if not m:
         return 2.0
-    unit = (m.group(2) or "GB").upper().replace("I", "")
-    return float(m.group(1)) * {"KB": 1e-6, "MB": 1e-3, "GB": 1.0, "TB": 1e3}[unit]
+    power = "KMGT".index(m.group(2).upper()) + 1
+    base = 1024 if m.group(3) else 1000
+    return float(m.group(1)) * base**power / 1e9
