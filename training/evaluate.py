@@ -1,8 +1,9 @@
 """Honest offline evaluation: full ranking over the whole catalogue, no sampled negatives.
 
-For every customer with held-out interactions the model ranks all items; items the customer may not
-be shown (`exclude_seen`: learned re-buy policy, always, never) are removed first; metrics are
-averaged over customers, overall and per segment. When evaluating `test`, the validation
+For every customer with held-out interactions the model ranks all items, told the time the
+recommendation is asked for (`History.now`: the held-out basket's time, as a request knows its
+own); items the customer may not be shown (`exclude_seen`: learned re-buy policy, always, never)
+are removed first; metrics are averaged over customers, overall and per segment. When evaluating `test`, the validation
 interactions are part of the customer's history (they happened before the test ones), never of the
 training data. Metric functions are pure and take a (n_users, K) hit matrix.
 """
@@ -187,6 +188,9 @@ def evaluate(
     now = targets.groupby("user_idx")["ts"].min().reindex(users).to_numpy(np.float64)
 
     history, extra = _history_for(split, users, on)
+    # "Now" is the time the recommendation is asked for: the held-out basket's time (its first
+    # event), as a served request knows its own time. Only the time; never the basket's contents.
+    history.now = now
     exclude = exclusion_matrix(split, users, history, extra, now, exclude_seen, policy)
     kmax = max(ks)
     ids, _ = model.recommend(users, history, kmax, exclude=exclude, batch_size=batch_size)
