@@ -10,7 +10,11 @@ customers buy most that they never bought (TIFU-KNN's neighbours, training/model
   (each also relative to the customer's strongest candidate);
 - the item: how many customers buy it, the share of its buyers who buy it again (repeat propensity),
   its mean share of a buyer's baskets;
-- the customer: baskets so far, mean basket size, the share of their purchases that are re-buys.
+- the customer: baskets so far, mean basket size, the share of their purchases that are re-buys;
+- as of now (`History.now`, the time the basket is asked for: the request's time in serving, the
+  held-out basket's time in evaluation, each target basket's own time in training; never its
+  contents): the days since the customer's newest basket (also relative to their mean gap), the
+  days since the item was last bought and how overdue it is against its mean gap.
 
 A gradient-boosted classifier (scikit-learn's HistGradientBoostingClassifier) learns P(in the next
 basket) inside `fit`, from the training data alone: each customer's last `train_targets` baskets are
@@ -174,7 +178,8 @@ def _time_features(
         overdue_days = (days_since + user_gap[row]) / gap_days
         now_days = np.full(n, np.nan) if now is None else (np.asarray(now, np.float64) - u_last) / DAY_S
         now_days[~np.isfinite(now_days)] = np.nan
-        now_days = np.where(np.isnan(now_days), user_gap, now_days)
+        # a request stamped before the newest event (clock skew) is asked at that event
+        now_days = np.where(np.isnan(now_days), user_gap, np.maximum(now_days, 0.0))
         now_days_since = days_since + now_days[row]
     return days_since, gap_days, overdue_days, user_gap, now_days, now_days_since
 
