@@ -288,3 +288,21 @@ def test_the_served_engine_scores_as_of_the_request_s_time(tmp_path) -> None:
     engine.rerank("u2", ["i0", "i1"], Context(), now=t + 2)
     assert seen and all(s is not None for s in seen)
     assert sorted({float(s[0]) for s in seen}) == [t, t + 1, t + 2]
+
+
+def test_a_ranker_saved_before_the_as_of_now_features_still_scores():
+    """Bundles written before the four as-of-now columns (appended last) hold a ranker fitted on the
+    first 25: it must keep serving, reading the columns it knew."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from training.models.next_basket import FEATURES
+
+    data = cycle_data(n_users=20)
+    users = np.arange(20)
+    nb = get_model_class("next-basket")
+    model = nb(nb.Config(neighbours=3, explore=2, train_targets=2, iterations=5)).fit(data)
+    rng = np.random.default_rng(0)
+    old = len(FEATURES) - 4
+    model.ranker_ = HistGradientBoostingClassifier(max_iter=3).fit(rng.random((50, old)), rng.random(50) < 0.5)
+    ids, _ = model.recommend(users, History.of(data, users), 3)
+    assert (ids >= 0).all()

@@ -394,7 +394,8 @@ class NextBasket(Recommender):
         out = np.tile(self.tiebreak_, (n, 1))
         if len(cand.row):
             if self.ranker_ is not None:
-                p = self.ranker_.predict_proba(cand.X)[:, 1]
+                # a ranker saved before the newer features (appended last) reads the columns it knew
+                p = self.ranker_.predict_proba(cand.X[:, : self.ranker_.n_features_in_])[:, 1]
             else:
                 # no ranker learned (nobody had two baskets): TIFU-KNN's own blend
                 f = cand.X
