@@ -138,7 +138,8 @@ bench: install ## run the benchmarks; results as JSON under benchmarks/results/
 # Where bench-scale writes its shops (tens of GB at 100M events); deleted by the benchmark's --clean.
 SCALE_DIR ?= /tmp/shoprec-scale
 
-bench-scale: install java ## the scale run: features at 10M-100M events (DuckDB; Spark at 10M), ALS at 1M customers -> benchmarks/results/scale.json
+bench-scale: install java ## the scale run: features at 10M-100M events (DuckDB; Spark at 10M); 1M customers end to end (ALS, feed, service) -> benchmarks/results/scale.json
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	nice $(BIN)/python -m benchmarks.bench_scale --work $(SCALE_DIR)
 
 lint: install ## ruff

@@ -67,57 +67,100 @@ def baseline(uf: np.ndarray, itf: np.ndarray, k: int, chunk: int = 2048) -> np.n
     return out
 
 
-def _violations(ws: Any, frame_items: dict[str, list[str]]) -> dict[str, int]:
-    """Items out of stock, and repeat items of categories nobody re-buys, in an output."""
+def _violations(ws: Any, recs: Any) -> dict[str, int]:
+    """Items out of stock, and repeat items of categories nobody re-buys, in an output (a frame with
+    user_id and item_id; vectorised, so that it checks a million customers' feed too)."""
     import pandas as pd
 
-    stock = pd.read_parquet(ws.validated("stock"))
-    sold_out = set(stock.groupby("item_id")["quantity"].sum().loc[lambda q: q == 0].index.astype(str))
+    from features.consent import consent_given
+
+    recs = recs[["user_id", "item_id"]].astype({"user_id": str, "item_id": str})
+    stock = pd.read_parquet(ws.validated("stock"), columns=["item_id", "quantity"])
+    sold_out = stock.groupby("item_id")["quantity"].sum().loc[lambda q: q == 0].index.astype(str)
+    out_of_stock = int(recs["item_id"].isin(sold_out).sum())
     truth = ws.root / "truth" / "categories.parquet"
-    never = set()
+    never: set[str] = set()
     if truth.exists():
         cats = pd.read_parquet(truth)
         never = set(cats.loc[~cats["rebuyable"].astype(bool), "category"].astype(str))
-    lp = pd.read_parquet(ws.feature("last_purchases"))
-    users = pd.read_parquet(ws.feature("users"))
-    items = pd.read_parquet(ws.feature("items"))
-    lp = lp.merge(users, on="user_idx").merge(items[["item_idx", "item_id"]], on="item_idx")
+    lp = pd.read_parquet(ws.feature("last_purchases"), columns=["user_idx", "item_idx", "category"])
     lp = lp[lp["category"].astype(str).str.strip("/").isin(never)]
-    bought = lp.groupby("user_id")["item_id"].apply(set).to_dict()
-    from features.consent import consent_given
-
-    has_table = ws.validated("customers").exists()
-    consent: dict[str, bool] = {}
-    if has_table:
+    users = pd.read_parquet(ws.feature("users"), columns=["user_idx", "user_id"])
+    items = pd.read_parquet(ws.feature("items"), columns=["item_idx", "item_id"])
+    lp = lp.merge(users, on="user_idx").merge(items, on="item_idx")[["user_id", "item_id"]]
+    lp = lp.astype(str).drop_duplicates()
+    repeats = recs.merge(lp, on=["user_id", "item_id"])
+    if ws.validated("customers").exists():
         c = pd.read_parquet(ws.validated("customers"), columns=["user_id", "consent_personalisation"])
-        consent = {
-            str(u): consent_given(v, has_customers_table=True)
-            for u, v in zip(c["user_id"], c["consent_personalisation"], strict=True)
-        }
-    consent_of = (lambda u: consent.get(u, False)) if has_table else (lambda u: True)
-    out_of_stock = sum(i in sold_out for items_ in frame_items.values() for i in items_)
-
-    def rebought(keep: bool) -> int:
-        return sum(
-            len(bought.get(u, set()) & set(items_))
-            for u, items_ in frame_items.items()
-            if consent_of(u) == keep
-        )
-
+        values = c["consent_personalisation"]
+        given = values.map(lambda v: consent_given(v, has_customers_table=True)).astype(bool)
+        consenting = set(c.loc[given.to_numpy(), "user_id"].astype(str))
+        keep = repeats["user_id"].isin(consenting)
+    else:
+        keep = pd.Series(True, index=repeats.index)
     # Customers without consent get the one shared block, whatever they bought (by design: their
     # purchases are not used to tailor it); the rule is checked on the consenting ones.
     return {
-        "out_of_stock_items": int(out_of_stock),
-        "never_rebought_repeats": int(rebought(True)),
-        "shared_block_repeats_without_consent": int(rebought(False)),
+        "out_of_stock_items": out_of_stock,
+        "never_rebought_repeats": int(keep.sum()),
+        "shared_block_repeats_without_consent": int((~keep).sum()),
     }
 
 
-def main(quick: bool = False) -> dict:
+def compare(ws: Any, k: int = 10, repeats: int = 2, blas_threads: int = 1) -> dict[str, Any]:
+    """The feed (every rule, through the engine) against the plain baseline over the same factors,
+    for every customer the champion knows, in this process; best of `repeats` each."""
+    import pandas as pd
     from threadpoolctl import threadpool_limits
 
-    from features.workspace import Workspace
     from serving.feed import Feed, feed_context
+
+    result: dict[str, Any] = {"k": k, "blas_threads": blas_threads, "repeats": repeats}
+    with threadpool_limits(blas_threads, "blas"):
+        t0 = time.perf_counter()
+        feed = Feed(ws, env={**os.environ, "SHOPREC_AB_SHARES": "champion=1"})
+        result["feed_load_s"] = round(time.perf_counter() - t0, 2)
+        engine = feed.holder.models.champion
+        uf, itf = engine.model.factors()
+        user_ids = engine.model.users.sort_values("user_idx")["user_id"].astype(str).tolist()
+        cx = feed_context()
+        times: dict[str, float] = {"baseline": float("inf"), "feed": float("inf")}
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            base = baseline(uf, itf, k)
+            times["baseline"] = min(times["baseline"], time.perf_counter() - t0)
+            print(f"   baseline {times['baseline']:.1f} s", flush=True)
+            t0 = time.perf_counter()
+            kept, reasons, rows = [], pd.Series(dtype="int64"), 0
+            for frame in feed.frames(user_ids, k, cx, progress=False):
+                rows += len(frame)
+                kept.append(frame[["user_id", "item_id"]])
+                heads = frame["reason"].str.split(" ").str[:2].str.join(" ").value_counts()
+                reasons = reasons.add(heads, fill_value=0)
+            times["feed"] = min(times["feed"], time.perf_counter() - t0)
+            print(f"   feed {times['feed']:.1f} s", flush=True)
+        feed.close()
+    feed_recs = pd.concat(kept, ignore_index=True)
+    ids = engine.model.items.sort_values("item_idx")["item_id"].astype(str).to_numpy()
+    base_recs = pd.DataFrame({"user_id": np.repeat(user_ids, k), "item_id": ids[base.ravel()]})
+    result.update(
+        {
+            "feed_customers": len(user_ids),
+            "catalogue_items": int(len(engine.state.current.catalog.item_ids)),
+            "baseline_s": round(times["baseline"], 2),
+            "feed_s": round(times["feed"], 2),
+            "feed_vs_baseline": round(times["feed"] / times["baseline"], 2),
+            "feed_rows": rows,
+            "feed_reasons": {str(r): int(n) for r, n in reasons.sort_values(ascending=False).head(8).items()},
+            "rules_in_feed": _violations(ws, feed_recs),
+            "rules_in_baseline": _violations(ws, base_recs),
+        }
+    )
+    return result
+
+
+def main(quick: bool = False) -> dict:
+    from features.workspace import Workspace
 
     customers, items, k = (5_000, 2_000, 10) if quick else (100_000, 20_000, 10)
     name = f"shop{customers // 1000}k-{items // 1000}k"
@@ -128,54 +171,12 @@ def main(quick: bool = False) -> dict:
         "quick": quick,
         "customers": customers,
         "items": items,
-        "k": k,
         "cpus": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-    with threadpool_limits(1, "blas"):
-        t0 = time.perf_counter()
-        feed = Feed(ws, env={**os.environ, "SHOPREC_AB_SHARES": "champion=1"})
-        result["feed_load_s"] = round(time.perf_counter() - t0, 2)
-        engine = feed.holder.models.champion
-        uf, itf = engine.model.factors()
-        user_ids = engine.model.users.sort_values("user_idx")["user_id"].astype(str).tolist()
-        cx = feed_context()
-        times: dict[str, float] = {"baseline": float("inf"), "feed": float("inf")}
-        for _ in range(2):
-            t0 = time.perf_counter()
-            base = baseline(uf, itf, k)
-            times["baseline"] = min(times["baseline"], time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            frame = feed.run(user_ids, k, cx, progress=False)
-            times["feed"] = min(times["feed"], time.perf_counter() - t0)
-        feed.close()
-    ids = engine.state.current.catalog.item_ids
-    # the baseline's indices are the model's; identical to the state's on a fresh build
-    base_items = {
-        u: [str(x) for x in engine.model.items.sort_values("item_idx")["item_id"].to_numpy()[row]]
-        for u, row in zip(user_ids, base, strict=True)
-    }
-    feed_items = frame.groupby("user_id", sort=False)["item_id"].apply(list).to_dict()
-    result.update(
-        {
-            "baseline_s": round(times["baseline"], 2),
-            "feed_s": round(times["feed"], 2),
-            "feed_vs_baseline": round(times["feed"] / times["baseline"], 2),
-            "target": "<= 1.5",
-            "feed_rows": len(frame),
-            "feed_reasons": frame["reason"]
-            .str.split(" ")
-            .str[:2]
-            .str.join(" ")
-            .value_counts()
-            .head(8)
-            .to_dict(),
-            "rules_in_feed": _violations(ws, feed_items),
-            "rules_in_baseline": _violations(ws, base_items),
-            "catalogue_items": int(len(ids)),
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        }
-    )
+    result.update(compare(ws, k))
+    result["target"] = "<= 1.5"
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "feed.json").write_text(json.dumps(result, indent=2))
     if quick:
@@ -184,4 +185,11 @@ def main(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(quick="--quick" in sys.argv), indent=2))
+    if "--workspace" in sys.argv:  # one shop's feed against its baseline (benchmarks/bench_scale.py)
+        from features.workspace import Workspace
+
+        args = sys.argv[sys.argv.index("--workspace") + 1 :]
+        threads = int(os.environ.get("BENCH_BLAS_THREADS", "1"))
+        print(json.dumps(compare(Workspace.at(Path(args[0])), repeats=1, blas_threads=threads)))
+    else:
+        print(json.dumps(main(quick="--quick" in sys.argv), indent=2))

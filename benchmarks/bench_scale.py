@@ -8,8 +8,12 @@ whole process tree (the Spark JVM included) sampled every 0.2 s:
 2. `features build --engine duckdb` at each size (the issue's target: 100M events in <= 10 min and
    <= 12 GB peak on the 2-core machine), and `--engine spark` (local[2]) on the same 10M shop in the
    same run;
-3. `train --model als` on the 1M-customer shop (fit on the loo split, evaluation, refit on all data,
-   bundle, MLflow).
+3. the 1M-customer shop (60M events) end to end, right after its features are built:
+   `train --model als` (fit on the loo split, evaluation, refit on all data, bundle, MLflow),
+   `promote`, the e-mail feed for every customer through the engine with every rule against the
+   plain numpy matmul + argpartition over the same factors in one process (benchmarks/bench_feed.py
+   `--workspace`; target <= 2x), and `shoprec serve --data` loaded with it: seconds until it
+   answers, its memory, /recommend under wrk (paced ~200 req/s and saturation) and a /stock update.
 
 Shops are generated under --work (default /tmp/shoprec-scale) and deleted as soon as they are no
 longer needed (disk is shared). Results: benchmarks/results/scale.json, written after every stage,
@@ -17,7 +21,7 @@ so a run stopped part-way keeps what it measured (`--quick`: scale_quick.json). 
 recorded with its error, and the run goes on: what breaks first is part of the answer.
 
     python -m benchmarks.bench_scale                 # everything (an hour or more on 2 cores)
-    python -m benchmarks.bench_scale --quick         # 200k/400k events, Spark and ALS: minutes
+    python -m benchmarks.bench_scale --quick         # 200k/400k events, Spark and the end-to-end stages: minutes
     python -m benchmarks.bench_scale --sizes 10 30   # some sizes (millions of events)
 """
 
@@ -35,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +47,9 @@ RESULTS = Path(__file__).parent / "results" / "scale.json"
 SHOPREC = str(Path(sys.executable).with_name("shoprec"))
 EVENTS_PER_CUSTOMER = 60.0  # the default synthetic shop over 180 days (60M events at 1M customers)
 ITEMS = 100_000
+# Spark local[2]'s JVM heap for the scale run (the engine's default, 2g, is for tests; at 10M events
+# the first run failed after 431 s).
+SPARK_DRIVER_MEMORY = "8g"
 
 
 def run_stage(cmd: list[str], *, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -108,7 +116,9 @@ def run_stage(cmd: list[str], *, timeout: float, env: dict[str, str] | None = No
     if last:
         result["output"] = json.loads(last)
     if status != 0:
-        result["error"] = err[-2000:]
+        # the first lines that name an error (a JVM's stack trace buries its cause), then the end
+        named = [line for line in err.splitlines() if "Error" in line or "Exception" in line]
+        result["error"] = "\n".join(named[:8]) + "\n...\n" + err[-1500:]
     return result
 
 
@@ -144,7 +154,10 @@ def _shop(
 
 def _build(path: Path, engine: str, timeout: float) -> dict[str, Any]:
     shutil.rmtree(path / "features", ignore_errors=True)
-    r = run_stage([SHOPREC, "features", "build", "--data", str(path), "--engine", engine], timeout=timeout)
+    cmd = [SHOPREC, "features", "build", "--data", str(path), "--engine", engine]
+    if engine == "spark":  # local mode runs every task in the driver's JVM: give it the room a user would
+        cmd += ["--spark-conf", f"spark.driver.memory={SPARK_DRIVER_MEMORY}"]
+    r = run_stage(cmd, timeout=timeout)
     summary = r.pop("output", None)
     if summary:
         f = summary["features"]
@@ -167,6 +180,97 @@ def _save(results: dict[str, Any]) -> None:
     path.write_text(json.dumps(results, indent=2))
 
 
+def _tree_rss_mb(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        return round(sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20)
+    except psutil.Error:
+        return 0
+
+
+def _serve(path: Path, env: dict[str, str], seconds: float = 20.0) -> dict[str, Any]:
+    """`shoprec serve --data` on the trained shop as a user starts it: seconds until it answers,
+    memory, and /recommend under wrk (paced ~200 req/s and saturation) with real customer ids; then
+    a stock update seen in the answers."""
+    import pandas as pd
+
+    from benchmarks.bench_serving import BENCH_KEY, WRK_LUA, live_update, load_test
+    from serving.devserver import serve_process
+
+    load = path / "load"
+    load.mkdir(exist_ok=True)
+    users = pd.read_parquet(path / "features" / "profiles.parquet", columns=["user_id"])["user_id"]
+    rng = np.random.default_rng(0)
+    picks = users.iloc[rng.choice(len(users), size=2000)].astype(str)
+    bodies = [json.dumps({"user_id": u, "k": 10, "context": {"channel": "web"}}) for u in picks]
+    (load / "recommend.jsonl").write_text("\n".join(bodies) + "\n")
+    (load / "load.lua").write_text(WRK_LUA)
+    out: dict[str, Any] = {}
+    cmd = [SHOPREC, "serve", "--data", str(path), "--poll-seconds", "0", "--no-access-log"]
+    start = time.perf_counter()
+    with serve_process(
+        lambda port: [*cmd, "--port", str(port)],
+        env={**env, "SHOPREC_API_KEY": BENCH_KEY},
+        log_path=path / "serve.log",
+        timeout_s=1800,
+    ) as (url, pid):
+        out["ready_s"] = round(time.perf_counter() - start, 1)
+        out["rss_ready_mb"] = _tree_rss_mb(pid)
+        print(f"   serving after {out['ready_s']} s, {out['rss_ready_mb']} MB", flush=True)
+        out["/recommend"] = load_test(
+            url, "/recommend", load / "recommend.jsonl", load / "load.lua", seconds, pid
+        )
+        items = pd.read_parquet(path / "features" / "items.parquet", columns=["item_id"])["item_id"]
+        out["/stock update"] = live_update(url, items.astype(str).tolist())
+        out["rss_after_load_mb"] = _tree_rss_mb(pid)
+    return out
+
+
+def end_to_end(path: Path, out: dict[str, Any], stage_timeout: float, save: Any) -> None:
+    """ALS trained on the shop (fit on the loo split, evaluated, refit on all data, bundled, logged
+    to MLflow), promoted, the e-mail feed for every customer against the plain baseline, and the
+    service loaded with it. Each stage recorded as it ends; a failed stage stops the ones after it."""
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}"}
+    als = run_stage(
+        [SHOPREC, "train", "--data", str(path), "--model", "als"], timeout=stage_timeout * 2, env=env
+    )
+    metrics = (als.pop("output", None) or {}).get("metrics", {})
+    als["metrics"] = {k: metrics[k] for k in ("ndcg@10", "recall@20", "n_users") if k in metrics}
+    out["als"] = als
+    save()
+    if als["status"] != 0:
+        return
+    out["promote"] = run_stage([SHOPREC, "promote", "--data", str(path)], timeout=600, env=env)
+    save()
+    if out["promote"]["status"] != 0:
+        return
+    # the feed and its baseline in one process (the ratio), with the machine's 2 BLAS threads each
+    feed = run_stage(
+        [sys.executable, "-m", "benchmarks.bench_feed", "--workspace", str(path)],
+        timeout=stage_timeout * 2,
+        env={**env, "BENCH_BLAS_THREADS": str(os.cpu_count() or 1)},
+    )
+    feed.update(feed.pop("output", None) or {})
+    feed["target"] = "feed_vs_baseline <= 2"
+    out["feed"] = feed
+    save()
+    try:
+        out["serve"] = _serve(path, env)
+    except Exception as e:  # noqa: BLE001 - what breaks is part of the answer
+        out["serve"] = {"error": f"{type(e).__name__}: {e}"}
+    save()
+
+
+def spark_vs_duckdb(path: Path, millions: float, stage_timeout: float, results: dict[str, Any]) -> None:
+    entry = {"target_events_m": millions, "duckdb": _build(path, "duckdb", stage_timeout)}
+    entry["spark_local2"] = _build(path, "spark", stage_timeout)
+    entry["load_average"] = os.getloadavg()
+    d, sp = entry["duckdb"], entry["spark_local2"]
+    if d["status"] == 0 and sp["status"] == 0:
+        entry["spark_over_duckdb_seconds"] = round(sp["seconds"] / d["seconds"], 2)
+    results["spark_vs_duckdb"] = entry
+
+
 def main(
     quick: bool = False,
     sizes: list[float] | None = None,
@@ -179,7 +283,7 @@ def main(
     out: Path | None = None,
 ) -> dict[str, Any]:
     sizes = sizes or ([0.2, 0.4] if quick else [10, 30, 60, 100])
-    spark_at = spark_at if spark_at is not None else sizes[0]
+    spark_at = spark_at if spark_at is not None else min(sizes)
     als_at = als_at if als_at is not None else (sizes[-1] if quick else 60)
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
@@ -192,8 +296,6 @@ def main(
         "days": days,
         "out": str(out) if out else None,
     }
-    spark_shop: Path | None = None
-    als_shop: tuple[Path, int] | None = None
     for millions in sizes:
         path, gen = _shop(work, millions * 1e6, customers, days)
         entry: dict[str, Any] = {"target_events_m": millions, "generate": gen}
@@ -203,38 +305,17 @@ def main(
             entry["load_average"] = os.getloadavg()
         _save(results)
         if millions == spark_at and gen["status"] == 0:
-            spark_shop = path  # kept for the Spark build after the curve
+            # Spark beside DuckDB on the same shop, back to back, so both see the same machine load
+            spark_vs_duckdb(path, spark_at, stage_timeout, results)
+            _save(results)
+            shutil.rmtree(path, ignore_errors=True)
         elif millions == als_at and entry.get("duckdb", {}).get("status") == 0:
-            als_shop = (path, gen["customers"])  # kept for ALS at the end
+            # the million-customer shop end to end, at once (its features are fresh)
+            results["end_to_end"] = {"target_events_m": millions, "customers": gen["customers"]}
+            end_to_end(path, results["end_to_end"], stage_timeout, lambda: _save(results))
+            shutil.rmtree(path, ignore_errors=True)
         else:
             shutil.rmtree(path, ignore_errors=True)
-    if spark_shop is not None:
-        # Spark beside DuckDB on the same shop, back to back, so both see the same machine load.
-        entry = {"target_events_m": spark_at, "duckdb": _build(spark_shop, "duckdb", stage_timeout)}
-        entry["spark_local2"] = _build(spark_shop, "spark", stage_timeout)
-        entry["load_average"] = os.getloadavg()
-        d, sp = entry["duckdb"], entry["spark_local2"]
-        if d["status"] == 0 and sp["status"] == 0:
-            entry["spark_over_duckdb_seconds"] = round(sp["seconds"] / d["seconds"], 2)
-        results["spark_vs_duckdb"] = entry
-        _save(results)
-        shutil.rmtree(spark_shop, ignore_errors=True)
-    if als_shop is not None:
-        path, customers = als_shop
-        als = {"target_events_m": als_at, "customers": customers}
-        als.update(
-            run_stage(
-                [SHOPREC, "train", "--data", str(path), "--model", "als"],
-                timeout=stage_timeout * 2,
-                env={"MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}"},
-            )
-        )
-        out = als.pop("output", None) or {}
-        metrics = out.get("metrics", {})
-        als["metrics"] = {k: metrics[k] for k in ("ndcg@10", "recall@20", "n_users") if k in metrics}
-        results["als"] = als
-        _save(results)
-        shutil.rmtree(path, ignore_errors=True)
     results["load_average_end"] = os.getloadavg()
     _save(results)
     return results

@@ -22,7 +22,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 NAMES = (
     "validate", "features", "changelog", "training", "sasrec", "serving", "feed", "segments", "context", "ab",
-    "rebuy", "nbr",
+    "rebuy", "nbr", "replicas",
 )  # fmt: skip
 
 

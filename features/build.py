@@ -165,7 +165,7 @@ def build_from_validated(
 
     def sequences() -> None:
         # Kept as a table: each split's training sequences are cut from it.
-        eng.table("seq_all", sequences_sql("ev"))
+        eng.table_by_user("seq_all", sequences_sql, "ev", info["events"])
         info["sequences"] = copy("SELECT * FROM seq_all ORDER BY user_idx", "sequences")
 
     def baskets() -> None:

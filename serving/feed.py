@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,26 +88,36 @@ class Feed:
         self.impressions = ImpressionLog(ws.serving_dir / "impressions.jsonl", salt=config.ab_salt)
         self.router = Router(lambda: self.holder.models, shares, config.ab_salt, self.impressions)
 
-    def run(self, user_ids: list[str], k: int, context: Context, *, progress: bool = True) -> pd.DataFrame:
-        """Blocks for `user_ids` (order kept): a frame with OUTPUT_COLUMNS."""
+    def frames(
+        self, user_ids: list[str], k: int, context: Context, *, progress: bool = True
+    ) -> Iterator[pd.DataFrame]:
+        """Blocks for `user_ids` (order kept), one frame with OUTPUT_COLUMNS per CHUNK customers:
+        a feed for a million customers never holds more than one chunk's rows."""
         from tqdm.auto import tqdm
 
-        cols: dict[str, list[Any]] = {c: [] for c in OUTPUT_COLUMNS}
         with tqdm(total=len(user_ids), desc="recommending", unit="customer", disable=not progress) as bar:
             for start in range(0, len(user_ids), CHUNK):
                 chunk = user_ids[start : start + CHUNK]
+                cols: dict[str, list[Any]] = {c: [] for c in OUTPUT_COLUMNS}
                 for a in self.router.batch(chunk, k, context, endpoint="feed"):
-                    for rank, r in enumerate(a.items, 1):
-                        cols["user_id"].append(a.user_id)
-                        cols["rank"].append(rank)
-                        cols["item_id"].append(r.item_id)
-                        cols["score"].append(r.score)
-                        cols["reason"].append(r.reason)
-                        cols["variant"].append(a.variant)
-                        cols["model_version"].append(a.model_version)
-                        cols["recommendation_id"].append(a.recommendation_id)
+                    n = len(a.items)
+                    cols["user_id"] += [a.user_id] * n
+                    cols["rank"] += range(1, n + 1)
+                    cols["item_id"] += [r.item_id for r in a.items]
+                    cols["score"] += [r.score for r in a.items]
+                    cols["reason"] += [r.reason for r in a.items]
+                    cols["variant"] += [a.variant] * n
+                    cols["model_version"] += [a.model_version] * n
+                    cols["recommendation_id"] += [a.recommendation_id] * n
                 bar.update(len(chunk))
-        return pd.DataFrame(cols, columns=list(OUTPUT_COLUMNS))
+                yield pd.DataFrame(cols, columns=list(OUTPUT_COLUMNS))
+
+    def run(self, user_ids: list[str], k: int, context: Context, *, progress: bool = True) -> pd.DataFrame:
+        """Blocks for `user_ids` (order kept): one frame with OUTPUT_COLUMNS."""
+        parts = list(self.frames(user_ids, k, context, progress=progress))
+        if not parts:
+            return pd.DataFrame({c: [] for c in OUTPUT_COLUMNS}, columns=list(OUTPUT_COLUMNS))
+        return pd.concat(parts, ignore_index=True)
 
     def close(self) -> None:
         self.sync.stop()
@@ -148,17 +159,48 @@ def read_users(path: str | Path) -> list[str]:
     return list(dict.fromkeys(ids[ids != ""]))
 
 
+def _check_out(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".parquet"):
+        raise ValueError(f"--out must end in .csv or .parquet, got {path.name!r}")
+    return path
+
+
 def write_output(frame: pd.DataFrame, path: str | Path) -> Path:
     """CSV or Parquet by the file's extension."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
-        raise ValueError(f"--out must end in .csv or .parquet, got {path.name!r}")
+    return write_frames([frame], path)
+
+
+def write_frames(frames: Iterable[pd.DataFrame], path: str | Path) -> Path:
+    """Frames of one schema written one after another to a CSV or Parquet file (by its extension),
+    so that nothing holds the whole output. The file appears only when complete (written beside
+    it, then renamed): a stopped run never leaves half a feed where a mailer would read it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = _check_out(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_parquet(path, index=False)
+    part = path.with_name(f".{path.name}.part")
+    writer: pq.ParquetWriter | None = None
+    header = True
+    try:
+        for frame in frames:
+            if path.suffix.lower() == ".csv":
+                frame.to_csv(part, index=False, header=header, mode="w" if header else "a")
+                header = False
+                continue
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(part, table.schema)
+            writer.write_table(table.cast(writer.schema))
+        if header and path.suffix.lower() == ".csv":  # no frame at all
+            pd.DataFrame(columns=list(OUTPUT_COLUMNS)).to_csv(part, index=False)
+        if writer is None and path.suffix.lower() == ".parquet":
+            pd.DataFrame(columns=list(OUTPUT_COLUMNS)).to_parquet(part, index=False)
+    finally:
+        if writer is not None:
+            writer.close()
+    part.replace(path)
     return path
 
 
@@ -173,25 +215,36 @@ def recommend(
     progress: bool = True,
 ) -> dict[str, object]:
     """The feed for every customer in `users_file`, written to `out`; a summary for the JSON line."""
-    if Path(str(out)).suffix.lower() not in (".csv", ".parquet"):
-        raise ValueError(f"--out must end in .csv or .parquet, got {Path(out).name!r}")
+    _check_out(out)
     context = feed_context(exclude_seen)
     user_ids = read_users(users_file)
     feed = Feed(ws, model_uri=model_uri)
+    rows = 0
+    variants: dict[str, int] = {}
+    popular = 0
+
+    def counted(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        nonlocal rows, popular
+        for frame in frames:
+            rows += len(frame)
+            firsts = frame[frame["rank"] == 1]
+            for v, n in firsts["variant"].value_counts().items():
+                variants[str(v)] = variants.get(str(v), 0) + int(n)
+            popular += int(firsts["reason"].str.startswith("popular in").sum())
+            yield frame
+
     try:
-        frame = feed.run(user_ids, k, context, progress=progress)
+        path = write_frames(counted(feed.frames(user_ids, k, context, progress=progress)), out)
         models = feed.holder.models
     finally:
         feed.close()
-    path = write_output(frame, out)
-    firsts = frame.drop_duplicates("user_id")
     return {
         "out": str(path),
         "model_uri": model_uri or "models:/shoprec@champion",
         "model": models.champion.model.name,
         "model_version": models.champion_version,
         "users": len(user_ids),
-        "rows": len(frame),
-        "variants": firsts["variant"].value_counts().to_dict(),
-        "popular_users": int(firsts["reason"].str.startswith("popular in").sum()),
+        "rows": rows,
+        "variants": variants,
+        "popular_users": popular,
     }

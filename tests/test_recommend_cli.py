@@ -229,3 +229,38 @@ def test_train_cli_rejects_unknown_model_and_config_key(ws: Workspace) -> None:
     assert res.exit_code == 2 and "factorz" in res.output
     res = runner.invoke(app, ["train", "--data", str(ws.root), "--model", "als", "--set", "factors"])
     assert res.exit_code == 2 and "key=value" in res.output
+
+
+def test_feed_is_written_chunk_by_chunk_with_the_same_rows(ws: Workspace, people, tmp_path: Path) -> None:
+    """A feed for many customers is written one chunk at a time (serving.feed.CHUNK customers) and
+    reads back as the one frame `Feed.run` builds; the file appears only when complete."""
+    import serving.feed as feed_mod
+    from serving.feed import Feed, feed_context, write_frames
+
+    users = people["consent"] + people["refused"] + ["never-seen-1", "never-seen-2"]
+    feed = Feed(ws)
+    try:
+        whole = feed.run(users, 5, feed_context(), progress=False)
+        old = feed_mod.CHUNK
+        feed_mod.CHUNK = 3  # many chunks on a tiny shop
+        try:
+            parts = list(feed.frames(users, 5, feed_context(), progress=False))
+        finally:
+            feed_mod.CHUNK = old
+    finally:
+        feed.close()
+    assert len(parts) == -(-len(users) // 3) > 1
+    cols = ["user_id", "rank", "item_id", "reason", "variant"]
+    for suffix in (".parquet", ".csv"):
+        out = write_frames(iter(parts), tmp_path / f"feed{suffix}")
+        back = pd.read_parquet(out) if suffix == ".parquet" else pd.read_csv(out, dtype={"user_id": str})
+        assert back[cols].astype(str).values.tolist() == whole[cols].astype(str).values.tolist()
+        assert not list(tmp_path.glob(".*.part"))
+
+    def broken():
+        yield parts[0]
+        raise RuntimeError("the run stopped")
+
+    with pytest.raises(RuntimeError):
+        write_frames(broken(), tmp_path / "stopped.parquet")
+    assert not (tmp_path / "stopped.parquet").exists()

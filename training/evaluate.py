@@ -24,6 +24,8 @@ EXCLUDE_MODES = ("learned", "always", "never")
 # A customer with fewer distinct training items than this counts as "new" (cold start) in the
 # per-segment metrics; everyone else is "returning".
 NEW_USER_MAX_ITEMS = 5
+# Customers whose exclusions are built at once in `evaluate` (a multiple of its batch size).
+EXCLUSION_SLICE = 32_768
 
 
 # -- pure metric functions: hits (n, K) bool, n_targets (n,) int -> (n,) float per user --------------
@@ -188,12 +190,25 @@ def evaluate(
     now = targets.groupby("user_idx")["ts"].min().reindex(users).to_numpy(np.float64)
 
     history, extra = _history_for(split, users, on)
-    # "Now" is the time the recommendation is asked for: the held-out basket's time (its first
-    # event), as a served request knows its own time. Only the time; never the basket's contents.
-    history.now = now
-    exclude = exclusion_matrix(split, users, history, extra, now, exclude_seen, policy)
+    if exclude_seen == "learned" and policy is None:
+        policy = RebuyPolicy.from_frame(split.train.category_rebuy, customer_rebuy=split.train.customer_rebuy)
     kmax = max(ks)
-    ids, _ = model.recommend(users, history, kmax, exclude=exclude, batch_size=batch_size)
+    ids = np.full((len(users), kmax), -1, dtype=np.int64)
+    # The exclusions are built one slice of customers at a time: a durable bought recently excludes
+    # its whole category, and for a million customers that is billions of (customer, item) pairs at
+    # once (ALS evaluation on the 1M-customer shop was killed at 22 GB). Each customer's answer
+    # depends on their own row only, so the result is the same.
+    step = max(batch_size, EXCLUSION_SLICE // batch_size * batch_size)
+    for start in range(0, len(users), step):
+        rows = slice(start, start + step)
+        # "Now" is the time the recommendation is asked for: the held-out basket's time (its first
+        # event), as a served request knows its own time. Only the time; never the basket's contents.
+        part = History(
+            history.user_items[rows], history.sequences[rows], history.sequence_ts[rows], now[rows]
+        )
+        part_extra = extra[extra["user_idx"].isin(users[rows])] if not extra.empty else extra
+        exclude = exclusion_matrix(split, users[rows], part, part_extra, now[rows], exclude_seen, policy)
+        ids[rows], _ = model.recommend(users[rows], part, kmax, exclude=exclude, batch_size=batch_size)
     hits = hit_matrix(ids, T)
 
     pop = _item_popularity(tr.user_items)

@@ -255,9 +255,14 @@ class RebuyPolicy:
             if live.any():
                 item_cats = np.asarray(_cats(item_categories), dtype=object)
                 by_cat = pd.Series(np.arange(len(item_cats))).groupby(item_cats).apply(np.asarray).to_dict()
-                for r, c in zip(
-                    rows_of[live].tolist(), np.asarray(cats, dtype=object)[live].tolist(), strict=True
-                ):
+                # one expansion per (row, category): several purchases in a category exclude it once
+                live_pairs = pd.DataFrame(
+                    {
+                        "r": rows_of[live],
+                        "c": np.asarray(_cats(np.asarray(cats, dtype=object)[live]), dtype=object),
+                    }
+                ).drop_duplicates()
+                for r, c in zip(live_pairs["r"].tolist(), live_pairs["c"].tolist(), strict=True):
                     items = by_cat.get("" if c is None or c != c else str(c), np.zeros(0, np.int64))
                     rows.append(np.full(len(items), r))
                     cols.append(items.astype(np.int64))

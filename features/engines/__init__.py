@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,13 @@ class Engine(ABC):
     def table(self, name: str, sql: str) -> int:
         """Materialise the result of `sql` as working table `name` (replacing one of that name);
         returns its row count."""
+
+    def table_by_user(self, name: str, sql_of: Callable[[str], str], source: str, rows: int) -> int:
+        """Materialise `sql_of(source)`, a query that groups the rows of `source` by `user_idx`, as
+        working table `name`; `rows` is the size of `source`. By default in one query (Spark
+        spills a grouping by itself); an engine whose grouping must fit its memory runs it on
+        disjoint sets of customers (the same rows in the end: a customer's group is never split)."""
+        return self.table(name, sql_of(source))
 
     @abstractmethod
     def view(self, name: str, sql: str) -> None:
