@@ -168,7 +168,7 @@ def cycle_data(n_users: int = 80, seed: int = 0) -> TrainData:
     seqs, times, rows, cols = [], [], [], []
     for u in range(n_users):
         staple, t, last, s, ts = u % 10, 0, -(10**9), [], []
-        for k in range(16):
+        for _ in range(16):
             t += int(rng.choice([1, 4])) * DAY
             basket = [int(rng.integers(10, 30))]
             if t - last >= 6 * DAY:
@@ -196,8 +196,8 @@ def test_next_basket_reads_now_the_time_the_basket_is_asked_for():
     staple = users % 10
     # each customer's history up to (and with) the basket where they last bought their staple
     cut = [int(np.flatnonzero(data.sequences[u] == staple[u]).max()) + 1 for u in users]
-    seqs = [data.sequences[u][: c] for u, c in zip(users, cut, strict=True)]
-    times = [data.sequence_ts[u][: c] for u, c in zip(users, cut, strict=True)]
+    seqs = [data.sequences[u][:c] for u, c in zip(users, cut, strict=True)]
+    times = [data.sequence_ts[u][:c] for u, c in zip(users, cut, strict=True)]
     X = data.user_items[users]
     last = np.array([t.max() for t in times], np.float64)
     soon = model.recommend(users, History(X, seqs, times, last + DAY), 1)[0]
@@ -243,7 +243,11 @@ def test_evaluation_tells_the_model_the_held_out_basket_s_time_not_its_contents(
 
     valid = pd.DataFrame({"user_idx": [0, 1, 2, 3], "item_idx": [20, 21, 22, 23], "ts": [100 * DAY] * 4})
     test = pd.DataFrame(
-        {"user_idx": [0, 1, 2, 3, 3], "item_idx": [24, 25, 26, 27, 28], "ts": [140 * DAY] * 3 + [141 * DAY, 142 * DAY]}
+        {
+            "user_idx": [0, 1, 2, 3, 3],
+            "item_idx": [24, 25, 26, 27, 28],
+            "ts": [140 * DAY] * 3 + [141 * DAY, 142 * DAY],
+        }
     )
     split = Split(data, valid, test, {"kind": "loo"})
     model = Spy(TIFUConfig(neighbours=2)).fit(data)
@@ -254,7 +258,9 @@ def test_evaluation_tells_the_model_the_held_out_basket_s_time_not_its_contents(
         np.testing.assert_array_equal(now, frame.groupby("user_idx")["ts"].min().to_numpy(np.float64))
         expected = data.user_items.toarray()
         if on == "test":  # the validation basket happened before: it is history
-            expected[valid["user_idx"], valid["item_idx"]] = np.maximum(expected[valid["user_idx"], valid["item_idx"]], 1)
+            expected[valid["user_idx"], valid["item_idx"]] = np.maximum(
+                expected[valid["user_idx"], valid["item_idx"]], 1
+            )
         np.testing.assert_array_equal(X.toarray(), expected)
 
 
@@ -303,6 +309,8 @@ def test_a_ranker_saved_before_the_as_of_now_features_still_scores():
     model = nb(nb.Config(neighbours=3, explore=2, train_targets=2, iterations=5)).fit(data)
     rng = np.random.default_rng(0)
     old = len(FEATURES) - 4
-    model.ranker_ = HistGradientBoostingClassifier(max_iter=3).fit(rng.random((50, old)), rng.random(50) < 0.5)
+    model.ranker_ = HistGradientBoostingClassifier(max_iter=3).fit(
+        rng.random((50, old)), rng.random(50) < 0.5
+    )
     ids, _ = model.recommend(users, History.of(data, users), 3)
     assert (ids >= 0).all()

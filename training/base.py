@@ -107,7 +107,9 @@ class History:
         if self.now is not None:
             self.now = np.asarray(self.now, dtype=np.float64).reshape(-1)
             if len(self.now) != self.user_items.shape[0]:
-                raise ValueError(f"History.now has {len(self.now)} entries for {self.user_items.shape[0]} rows")
+                raise ValueError(
+                    f"History.now has {len(self.now)} entries for {self.user_items.shape[0]} rows"
+                )
 
 
 class Recommender(ABC):

@@ -348,9 +348,7 @@ class NextBasket(Recommender):
             now = np.full(data.n_users, np.nan)
             if ev.ts is not None:
                 now[ev.row[at]] = ev.ts[at]
-            cand = candidates(
-                hist, n_items, c, pool, norm2, self_rows, item_statistics(hist, n_items), now
-            )
+            cand = candidates(hist, n_items, c, pool, norm2, self_rows, item_statistics(hist, n_items), now)
             target = np.unique(ev.row[at] * n_items + ev.item[at])
             has_target = np.isin(cand.row, np.unique(ev.row[at]))
             y = np.isin(cand.row * n_items + cand.item, target)
