@@ -3,9 +3,9 @@
 For every customer with held-out interactions the model ranks all items, told the time the
 recommendation is asked for (`History.now`: the held-out basket's time, as a request knows its
 own); items the customer may not be shown (`exclude_seen`: learned re-buy policy, always, never)
-are removed first; metrics are averaged over customers, overall and per segment. When evaluating `test`, the validation
-interactions are part of the customer's history (they happened before the test ones), never of the
-training data. Metric functions are pure and take a (n_users, K) hit matrix.
+are removed first; metrics are averaged over customers, overall and per segment. When evaluating
+`test`, the validation interactions are part of the customer's history (they happened before the
+test ones), never of the training data. Metric functions are pure and take a (n_users, K) hit matrix.
 """
 
 from __future__ import annotations
