@@ -49,7 +49,14 @@ def removed_items(
             raw = engine.scorer.factor_scores(midx, cat.n).astype(np.float64)
         else:
             seq = engine._sequence(customer, [], cat)
-            raw = engine.scorer.model_scores(midx, engine._history_row(customer, [], cat), seq, cat.n)
+            raw = engine.scorer.model_scores(
+                midx,
+                engine._history_row(customer, [], cat),
+                seq,
+                cat.n,
+                engine._sequence_ts(customer, []),
+                now,
+            )
     else:
         raw = np.asarray(snap.popularity, dtype=np.float64)
     raw = np.where(np.isfinite(raw), raw, -np.inf)

@@ -565,7 +565,12 @@ class Engine:
         scores: np.ndarray | None = None
         if not factors:
             scores = self.scorer.model_scores(
-                midx, self._history_row(customer, fresh, cat), seq, cat.n, self._sequence_ts(customer, fresh)
+                midx,
+                self._history_row(customer, fresh, cat),
+                seq,
+                cat.n,
+                self._sequence_ts(customer, fresh),
+                now,
             )
         allowed = self._context_mask(snap, context, customer)
         bought = self._bought(snap, customer, user_id, events, now, context)

@@ -71,7 +71,7 @@ def rerank(
 
     midx = engine.scorer.user_index(str(user_id)) if personal else -1
     if midx >= 0:
-        base = _personal_scores(engine, snap, customer, midx, fresh, idx)
+        base = _personal_scores(engine, snap, customer, midx, fresh, idx, now)
         tail = list(dict.fromkeys(engine._sequence(customer, fresh, cat)[-3:][::-1].tolist()))
         fallback = R.history_reasons(cat, tail)
     else:
@@ -115,9 +115,16 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 def _personal_scores(
-    engine: Engine, snap: Snapshot, customer: Any, midx: int, fresh: list[Any], idx: np.ndarray
+    engine: Engine,
+    snap: Snapshot,
+    customer: Any,
+    midx: int,
+    fresh: list[Any],
+    idx: np.ndarray,
+    now: float | None = None,
 ) -> np.ndarray:
-    """The model's scores of the given items for the customer (-inf for items it does not know)."""
+    """The model's scores of the given items for the customer (-inf for items it does not know) as
+    of `now` (the request's time, epoch s)."""
     sc = engine.scorer
     if not len(idx):
         return np.zeros(0)
@@ -131,7 +138,8 @@ def _personal_scores(
         return out
     cat = snap.catalog
     row = engine._history_row(customer, fresh, cat)
-    return np.asarray(sc.model_scores(midx, row, engine._sequence(customer, fresh, cat), cat.n))[idx]
+    seq, seq_ts = engine._sequence(customer, fresh, cat), engine._sequence_ts(customer, fresh)
+    return np.asarray(sc.model_scores(midx, row, seq, cat.n, seq_ts, now))[idx]
 
 
 def _brand_names(engine: Engine, snap: Snapshot) -> np.ndarray:

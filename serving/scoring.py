@@ -102,11 +102,19 @@ class ModelScorer:
         return s
 
     def model_scores(
-        self, midx: int, row: sp.csr_matrix, seq: np.ndarray, n_state: int, seq_ts: np.ndarray | None = None
+        self,
+        midx: int,
+        row: sp.csr_matrix,
+        seq: np.ndarray,
+        n_state: int,
+        seq_ts: np.ndarray | None = None,
+        now: float | None = None,
     ) -> np.ndarray:
         """(n_state,) scores from the model's own `score`, given the customer's history row and
         sequence in state indices (mapped into the model's item space here), with the sequence's
-        epoch seconds where known (next-basket models group them into baskets)."""
+        epoch seconds where known (next-basket models group them into baskets) and `now`, the
+        request's time in epoch seconds (`History.now`: next-basket models read the days since the
+        customer's last basket from it, as evaluation gives them the held-out basket's time)."""
         n_model = self.items.n_model
         r = row.tocoo()
         cols = self.items.to_model(r.col)
@@ -124,7 +132,10 @@ class ModelScorer:
             else []
         )
         s = np.asarray(
-            self.model.score(np.array([midx], dtype=np.int64), History(model_row, [mseq], times)),
+            self.model.score(
+                np.array([midx], dtype=np.int64),
+                History(model_row, [mseq], times, None if now is None else np.array([float(now)])),
+            ),
             dtype=np.float64,
         )[0]
         return self.items.scores_to_state(s, n_state)

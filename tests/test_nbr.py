@@ -155,3 +155,162 @@ def test_the_served_engine_gives_a_next_basket_model_the_history_s_times(tmp_pat
     state_of = engine.scorer.items.scores_to_state
     np.testing.assert_allclose(served, state_of(own, cat.n), rtol=1e-6)
     assert not np.allclose(state_of(own, cat.n), state_of(one_basket.astype(np.float64), cat.n))
+
+
+DAY = 86_400
+
+
+def cycle_data(n_users: int = 80, seed: int = 0) -> TrainData:
+    """Customers shop after 1 or 4 days at random, one random filler from 10..29 a basket, and buy
+    their staple (item u % 10) whenever 6 days or more have passed since they last bought it.
+    Whether the staple is due next depends on when it is asked for."""
+    rng = np.random.default_rng(seed)
+    seqs, times, rows, cols = [], [], [], []
+    for u in range(n_users):
+        staple, t, last, s, ts = u % 10, 0, -(10**9), [], []
+        for _ in range(16):
+            t += int(rng.choice([1, 4])) * DAY
+            basket = [int(rng.integers(10, 30))]
+            if t - last >= 6 * DAY:
+                basket.append(staple)
+                last = t
+            s += basket
+            ts += [t] * len(basket)
+        seqs.append(np.asarray(s, np.int64))
+        times.append(np.asarray(ts, np.int64))
+        rows += [u] * len(s)
+        cols += s
+    X = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, 30))
+    users, items = frames(n_users, 30)
+    return TrainData(X, users, items, sequences=seqs, sequence_ts=times)
+
+
+def test_next_basket_reads_now_the_time_the_basket_is_asked_for():
+    """The staple was just bought: asked 1 day later it is not due (a filler comes first), asked 8
+    days later it is (it comes first). Same history, only `History.now` differs; the ranker learned
+    this from each training target basket's own time (never its contents)."""
+    data = cycle_data()
+    users = np.arange(data.n_users)
+    nb = get_model_class("next-basket")
+    model = nb(nb.Config(neighbours=5, explore=5, train_targets=8, iterations=60)).fit(data)
+    staple = users % 10
+    # each customer's history up to (and with) the basket where they last bought their staple
+    cut = [int(np.flatnonzero(data.sequences[u] == staple[u]).max()) + 1 for u in users]
+    seqs = [data.sequences[u][:c] for u, c in zip(users, cut, strict=True)]
+    times = [data.sequence_ts[u][:c] for u, c in zip(users, cut, strict=True)]
+    X = data.user_items[users]
+    last = np.array([t.max() for t in times], np.float64)
+    soon = model.recommend(users, History(X, seqs, times, last + DAY), 1)[0]
+    later = model.recommend(users, History(X, seqs, times, last + 8 * DAY), 1)[0]
+    assert (later[:, 0] == staple).mean() >= 0.9
+    assert (soon[:, 0] != staple).mean() >= 0.9
+    # without a time the model assumes one typical gap after the newest basket: an answer, no error
+    assert model.recommend(users, History(X, seqs, times), 1)[0].shape == (data.n_users, 1)
+
+
+def test_history_now_is_kept_per_row_in_batches_and_checked():
+    data = cycle_data(n_users=6)
+    users = np.arange(6)
+    seen: list[np.ndarray] = []
+
+    class Spy(TIFUKNN):
+        def score(self, users, history):
+            seen.append(history.now.copy())
+            return super().score(users, history)
+
+    model = Spy(TIFUConfig(neighbours=2)).fit(data)
+    hist = History.of(data, users)
+    now = np.arange(6, dtype=np.float64) * 1e6
+    model.recommend(users, History(hist.user_items, hist.sequences, hist.sequence_ts, now), 2, batch_size=4)
+    np.testing.assert_array_equal(np.concatenate(seen), now)
+    with pytest.raises(ValueError, match="now"):
+        History(hist.user_items, now=np.zeros(3))
+
+
+def test_evaluation_tells_the_model_the_held_out_basket_s_time_not_its_contents():
+    """evaluate() gives the model `now` = each customer's held-out basket time (valid: the validation
+    basket's, test: the test basket's), and the held-out items never reach the history."""
+    from training.data import Split
+    from training.evaluate import evaluate
+
+    data = cycle_data(n_users=4)
+    seen: dict[str, tuple[np.ndarray, sp.csr_matrix]] = {}
+
+    class Spy(TIFUKNN):
+        def score(self, users, history):
+            seen[self.on] = (history.now.copy(), history.user_items.copy())
+            return super().score(users, history)
+
+    valid = pd.DataFrame({"user_idx": [0, 1, 2, 3], "item_idx": [20, 21, 22, 23], "ts": [100 * DAY] * 4})
+    test = pd.DataFrame(
+        {
+            "user_idx": [0, 1, 2, 3, 3],
+            "item_idx": [24, 25, 26, 27, 28],
+            "ts": [140 * DAY] * 3 + [141 * DAY, 142 * DAY],
+        }
+    )
+    split = Split(data, valid, test, {"kind": "loo"})
+    model = Spy(TIFUConfig(neighbours=2)).fit(data)
+    for on, frame in (("valid", valid), ("test", test)):
+        model.on = on
+        evaluate(model, split, on=on, exclude_seen="never", ks=(2,))
+        now, X = seen[on]
+        np.testing.assert_array_equal(now, frame.groupby("user_idx")["ts"].min().to_numpy(np.float64))
+        expected = data.user_items.toarray()
+        if on == "test":  # the validation basket happened before: it is history
+            expected[valid["user_idx"], valid["item_idx"]] = np.maximum(
+                expected[valid["user_idx"], valid["item_idx"]], 1
+            )
+        np.testing.assert_array_equal(X.toarray(), expected)
+
+
+def test_the_served_engine_scores_as_of_the_request_s_time(tmp_path) -> None:
+    """A request's time reaches the model as `History.now` on every path that scores a customer
+    (the web block, the e-mail batch, a re-rank), as evaluation gives it the held-out basket's time."""
+    import importlib.util
+    from pathlib import Path
+
+    from serving.bundle import load_bundle
+    from serving.loader import ServeConfig, load_state
+    from serving.pipeline import Context, Engine
+
+    spec = importlib.util.spec_from_file_location("_svc", Path(__file__).with_name("test_service.py"))
+    svc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(svc)
+    bundle_dir = svc.build_tiny_bundle(tmp_path / "shop", "tifu")
+    engine = Engine(load_bundle(bundle_dir), load_state(ServeConfig(shop=tmp_path / "shop")))
+    model = engine.scorer.model
+    seen: list[np.ndarray | None] = []
+    score = model.score
+
+    def spy(users, history):
+        seen.append(None if history.now is None else history.now.copy())
+        return score(users, history)
+
+    model.score = spy
+    t = 1_800_000_000.0
+    engine.recommend("u2", 3, now=t)
+    engine.recommend_batch(["u2", "u3"], 3, now=t + 1)
+    engine.rerank("u2", ["i0", "i1"], Context(), now=t + 2)
+    assert seen and all(s is not None for s in seen)
+    assert sorted({float(s[0]) for s in seen}) == [t, t + 1, t + 2]
+
+
+def test_a_ranker_saved_before_the_as_of_now_features_still_scores():
+    """Bundles written before the four as-of-now columns (appended last) hold a ranker fitted on the
+    first 25: it must keep serving, reading the columns it knew."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from training.models.next_basket import FEATURES
+
+    data = cycle_data(n_users=20)
+    users = np.arange(20)
+    nb = get_model_class("next-basket")
+    model = nb(nb.Config(neighbours=3, explore=2, train_targets=2, iterations=5)).fit(data)
+    rng = np.random.default_rng(0)
+    old = len(FEATURES) - 4
+    model.ranker_ = HistGradientBoostingClassifier(max_iter=3).fit(
+        rng.random((50, old)), rng.random(50) < 0.5
+    )
+    ids, _ = model.recommend(users, History.of(data, users), 3)
+    assert (ids >= 0).all()

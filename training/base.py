@@ -84,11 +84,16 @@ class History:
     sequences:  item indices in time order per row (empty arrays where unknown).
     sequence_ts: epoch seconds matching `sequences` per row (empty list when unknown: a model that
                 groups events into baskets then takes a row's whole sequence as one basket).
+    now:        (len(users),) float epoch seconds at which each row's recommendation is asked for
+                (evaluation: the held-out basket's time, never its contents; serving: the request's
+                time; a batch feed: its run time), NaN or None when unknown. Next-basket models read
+                "days since the last basket as of now" from it.
     """
 
     user_items: sp.csr_matrix
     sequences: list[np.ndarray] = field(default_factory=list)
     sequence_ts: list[np.ndarray] = field(default_factory=list)
+    now: np.ndarray | None = None
 
     @classmethod
     def of(cls, data: TrainData, users: np.ndarray) -> History:
@@ -99,6 +104,12 @@ class History:
 
     def __post_init__(self) -> None:
         self.user_items = sp.csr_matrix(self.user_items, dtype=np.float32)
+        if self.now is not None:
+            self.now = np.asarray(self.now, dtype=np.float64).reshape(-1)
+            if len(self.now) != self.user_items.shape[0]:
+                raise ValueError(
+                    f"History.now has {len(self.now)} entries for {self.user_items.shape[0]} rows"
+                )
 
 
 class Recommender(ABC):
@@ -170,6 +181,7 @@ class Recommender(ABC):
                 history.user_items[rows],
                 [history.sequences[i] for i in rows] if history.sequences else [],
                 [history.sequence_ts[i] for i in rows] if history.sequence_ts else [],
+                None if history.now is None else history.now[rows],
             )
             s = np.asarray(self.score(users[rows], sub), dtype=np.float32)
             if exclude is not None:

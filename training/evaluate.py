@@ -1,10 +1,11 @@
 """Honest offline evaluation: full ranking over the whole catalogue, no sampled negatives.
 
-For every customer with held-out interactions the model ranks all items; items the customer may not
-be shown (`exclude_seen`: learned re-buy policy, always, never) are removed first; metrics are
-averaged over customers, overall and per segment. When evaluating `test`, the validation
-interactions are part of the customer's history (they happened before the test ones), never of the
-training data. Metric functions are pure and take a (n_users, K) hit matrix.
+For every customer with held-out interactions the model ranks all items, told the time the
+recommendation is asked for (`History.now`: the held-out basket's time, as a request knows its
+own); items the customer may not be shown (`exclude_seen`: learned re-buy policy, always, never)
+are removed first; metrics are averaged over customers, overall and per segment. When evaluating
+`test`, the validation interactions are part of the customer's history (they happened before the
+test ones), never of the training data. Metric functions are pure and take a (n_users, K) hit matrix.
 """
 
 from __future__ import annotations
@@ -200,7 +201,11 @@ def evaluate(
     step = max(batch_size, EXCLUSION_SLICE // batch_size * batch_size)
     for start in range(0, len(users), step):
         rows = slice(start, start + step)
-        part = History(history.user_items[rows], history.sequences[rows], history.sequence_ts[rows])
+        # "Now" is the time the recommendation is asked for: the held-out basket's time (its first
+        # event), as a served request knows its own time. Only the time; never the basket's contents.
+        part = History(
+            history.user_items[rows], history.sequences[rows], history.sequence_ts[rows], now[rows]
+        )
         part_extra = extra[extra["user_idx"].isin(users[rows])] if not extra.empty else extra
         exclude = exclusion_matrix(split, users[rows], part, part_extra, now[rows], exclude_seen, policy)
         ids[rows], _ = model.recommend(users[rows], part, kmax, exclude=exclude, batch_size=batch_size)

@@ -10,7 +10,11 @@ customers buy most that they never bought (TIFU-KNN's neighbours, training/model
   (each also relative to the customer's strongest candidate);
 - the item: how many customers buy it, the share of its buyers who buy it again (repeat propensity),
   its mean share of a buyer's baskets;
-- the customer: baskets so far, mean basket size, the share of their purchases that are re-buys.
+- the customer: baskets so far, mean basket size, the share of their purchases that are re-buys;
+- as of now (`History.now`, the time the basket is asked for: the request's time in serving, the
+  held-out basket's time in evaluation, each target basket's own time in training; never its
+  contents): the days since the customer's newest basket (also relative to their mean gap), the
+  days since the item was last bought and how overdue it is against its mean gap.
 
 A gradient-boosted classifier (scikit-learn's HistGradientBoostingClassifier) learns P(in the next
 basket) inside `fit`, from the training data alone: each customer's last `train_targets` baskets are
@@ -58,6 +62,10 @@ FEATURES = (
     "streak",
     "next_rate",
     "recent_share",
+    "now_days",
+    "now_days_rel",
+    "now_days_since",
+    "now_overdue",
 )
 RECENT = 5  # baskets counted by `recent_share`
 DAY_S = 86_400.0
@@ -135,14 +143,25 @@ def _sequence_features(
 
 
 def _time_features(
-    ev: BasketEvents, order: np.ndarray, start: np.ndarray, row: np.ndarray, cnt: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ev: BasketEvents,
+    order: np.ndarray,
+    start: np.ndarray,
+    row: np.ndarray,
+    cnt: np.ndarray,
+    n: int,
+    now: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per re-buy candidate: days from its last purchase to the customer's newest basket, its mean
     gap in days between purchases, how overdue it will be at a next basket one typical customer gap
-    later; and per customer their mean gap in days between baskets. NaN without basket times."""
+    later; per customer their mean gap in days between baskets. Then "as of now" (`now`: epoch s per
+    row, the time the basket is asked for): per customer the days from their newest basket to now,
+    per candidate the days from its last purchase to now. Where `now` is unknown (NaN) it is
+    estimated as one typical customer gap after the newest basket, as `overdue_days` assumes. NaN
+    without basket times. Returns days_since, gap_days, overdue_days, user_gap, now_days (per
+    customer), now_days_since (per candidate)."""
     nan_c, nan_u = np.full(len(start), np.nan), np.full(n, np.nan)
     if ev.ts is None or not len(start):
-        return nan_c, nan_c, nan_c, nan_u
+        return nan_c, nan_c, nan_c, nan_u, nan_u, nan_c
     t = ev.ts[order].astype(np.float64)
     r = ev.row[order]
     u_last = np.full(n, -np.inf)
@@ -157,7 +176,12 @@ def _time_features(
         days_since = (u_last[row] - item_last) / DAY_S
         gap_days = np.where(cnt > 1, (item_last - item_first) / (cnt - 1) / DAY_S, np.nan)
         overdue_days = (days_since + user_gap[row]) / gap_days
-    return days_since, gap_days, overdue_days, user_gap
+        now_days = np.full(n, np.nan) if now is None else (np.asarray(now, np.float64) - u_last) / DAY_S
+        now_days[~np.isfinite(now_days)] = np.nan
+        # a request stamped before the newest event (clock skew) is asked at that event
+        now_days = np.where(np.isnan(now_days), user_gap, np.maximum(now_days, 0.0))
+        now_days_since = days_since + now_days[row]
+    return days_since, gap_days, overdue_days, user_gap, now_days, now_days_since
 
 
 @dataclass
@@ -189,6 +213,7 @@ def candidates(
     pool_norm2: np.ndarray,
     self_rows: np.ndarray,
     items: np.ndarray,
+    now: np.ndarray | None = None,
 ) -> Candidates:
     """Every row's re-buy and explore candidates with their FEATURES (module docstring)."""
     c = config
@@ -216,7 +241,9 @@ def candidates(
     with np.errstate(invalid="ignore", divide="ignore"):
         gap = np.where(cnt > 1, (first - last) / (cnt - 1), np.nan)
         overdue = (last + 1) / gap
-    days_since, gap_days, overdue_days, user_gap_days = _time_features(ev, order, start, row, cnt, n)
+    days_since, gap_days, overdue_days, user_gap_days, now_days, now_days_since = _time_features(
+        ev, order, start, row, cnt, n, now
+    )
     streak, next_rate, recent_share = _sequence_features(k, rank, start, cnt, last, nb)
 
     # explore candidates: the neighbours' strongest items the customer never bought
@@ -240,6 +267,8 @@ def candidates(
     with np.errstate(invalid="ignore", divide="ignore"):
         user_size = user_events / user_nb
         user_repeat = (user_events - user_distinct) / user_events
+        now_rel = now_days / user_gap_days
+        now_overdue = now_days_since / gap_days
     X = np.column_stack(
         [
             np.r_[cnt, np.zeros(m)],
@@ -265,6 +294,10 @@ def candidates(
             np.r_[streak, np.zeros(m)],
             np.r_[next_rate, nan],
             np.r_[recent_share, np.zeros(m)],
+            now_days[row],
+            now_rel[row],
+            np.r_[now_days_since, nan],
+            np.r_[now_overdue, nan],
         ]
     ).astype(np.float32)
     return Candidates(row, item, X)
@@ -311,7 +344,11 @@ class NextBasket(Recommender):
             if not at.any():
                 break
             pool, norm2 = self._pool(hist, n_items)
-            cand = candidates(hist, n_items, c, pool, norm2, self_rows, item_statistics(hist, n_items))
+            # "now" of each target basket: its own time (only the time, never its contents)
+            now = np.full(data.n_users, np.nan)
+            if ev.ts is not None:
+                now[ev.row[at]] = ev.ts[at]
+            cand = candidates(hist, n_items, c, pool, norm2, self_rows, item_statistics(hist, n_items), now)
             target = np.unique(ev.row[at] * n_items + ev.item[at])
             has_target = np.isin(cand.row, np.unique(ev.row[at]))
             y = np.isin(cand.row * n_items + cand.item, target)
@@ -350,11 +387,13 @@ class NextBasket(Recommender):
             self.pool_norm2_,
             np.asarray(users, np.int64),
             self.item_stats_,
+            history.now,
         )
         out = np.tile(self.tiebreak_, (n, 1))
         if len(cand.row):
             if self.ranker_ is not None:
-                p = self.ranker_.predict_proba(cand.X)[:, 1]
+                # a ranker saved before the newer features (appended last) reads the columns it knew
+                p = self.ranker_.predict_proba(cand.X[:, : self.ranker_.n_features_in_])[:, 1]
             else:
                 # no ranker learned (nobody had two baskets): TIFU-KNN's own blend
                 f = cand.X
