@@ -271,6 +271,45 @@ def spark_vs_duckdb(path: Path, millions: float, stage_timeout: float, results: 
     results["spark_vs_duckdb"] = entry
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The run as the tables of docs/scale.md (`python -m benchmarks.bench_scale --markdown`)."""
+
+    def gb(mb: Any) -> str:
+        return f"{mb / 1024:.1f}" if isinstance(mb, (int, float)) else "-"
+
+    def row(stage: str, r: dict[str, Any], events: Any = "") -> str:
+        status = "ok" if r.get("status") == 0 else f"**failed** ({r.get('status')})"
+        ev = f"{events:,}" if isinstance(events, int) else events
+        return f"| {stage} | {ev} | {status} | {r.get('seconds', '-')} | {r.get('cpu_s', '-')} | {gb(r.get('peak_rss_mb'))} |"
+
+    lines = [
+        "| stage | events | status | wall s | CPU s | peak RSS (GiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in sorted(results.get("features", []), key=lambda f: f["target_events_m"]):
+        g = f["generate"]
+        n = (g.get("output") or {}).get("events", "")
+        who = f"{g.get('customers', 0):,} customers, {g.get('items', 0):,} items"
+        lines.append(row(f"`data generate` ({who})", g, n))
+        if "duckdb" in f:
+            lines.append(row("`features build --engine duckdb`", f["duckdb"], f["duckdb"].get("events", n)))
+    sv = results.get("spark_vs_duckdb")
+    if sv:
+        for key, name in (("duckdb", "duckdb (beside Spark)"), ("spark_local2", "spark, local[2]")):
+            if key in sv:
+                lines.append(row(f"`features build --engine {name}`", sv[key], sv[key].get("events", "")))
+    e2e = results.get("end_to_end")
+    if e2e:
+        for key, name in (
+            ("als", "`train --model als`"),
+            ("promote", "`promote`"),
+            ("feed", "e-mail feed + baseline"),
+        ):
+            if key in e2e:
+                lines.append(row(f"{name} ({e2e['customers']:,} customers)", e2e[key]))
+    return "\n".join(lines)
+
+
 def main(
     quick: bool = False,
     sizes: list[float] | None = None,
@@ -332,6 +371,10 @@ if __name__ == "__main__":
     ap.add_argument("--customers", type=int, help="customers of every shop (default: events / 60)")
     ap.add_argument("--days", type=int, default=180, help="days of history of every shop")
     ap.add_argument("--out", type=Path, help="results file (default benchmarks/results/scale.json)")
+    ap.add_argument("--markdown", type=Path, help="print the tables of a results file and stop")
     a = ap.parse_args()
+    if a.markdown:
+        print(markdown(json.loads(a.markdown.read_text())))
+        sys.exit(0)
     r = main(a.quick, a.sizes, a.work, a.spark_at, a.als_at, a.stage_timeout, a.customers, a.days, a.out)
     print(json.dumps(r, indent=2))
