@@ -124,6 +124,32 @@ def test_evaluate_exclusion_modes_and_segments():
     assert r["coverage@1"] == pytest.approx(1 / 4)  # item 0 is everyone's first (user 1 excluded item 1 only)
 
 
+def test_evaluate_hands_out_each_customer_s_metric_for_paired_intervals():
+    split = _split(pd.DataFrame())
+    model = _Fixed().fit(split.train)
+    per_user: dict = {}
+    r = evaluate(model, split, ks=(1, 3), exclude_seen="never", per_user_out=per_user)
+    np.testing.assert_array_equal(per_user["users"], [0, 1, 2])
+    # everyone gets [0, 1, 2, 3]; user u's target is item u, at rank u + 1
+    np.testing.assert_allclose(per_user["hit@1"], [1, 0, 0])
+    np.testing.assert_allclose(per_user["hit@3"], [1, 1, 1])
+    assert r["hit@1"] == pytest.approx(per_user["hit@1"].mean())
+
+
+def test_ratio_interval_covers_a_planted_ratio_and_says_how_often_it_clears_the_target():
+    from benchmarks.bench_nbr import ratio_interval
+
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.0, 1.0, 2_000)
+    ours = np.clip(base * 1.10 + rng.normal(0.0, 0.05, base.size), 0.0, None)  # planted: 10% better
+    ci = ratio_interval(ours, base)
+    assert ci["low"] < ours.mean() / base.mean() < ci["high"]
+    assert ci["low"] > 1.05 and ci["high"] < 1.15
+    assert ci["share_of_resamples_at_or_above_1.05"] > 0.99 and ci["customers"] == 2_000
+    same = ratio_interval(base + rng.normal(0.0, 0.05, base.size), base)
+    assert same["low"] < 1.0 < same["high"] and same["share_of_resamples_at_or_above_1.05"] < 0.01
+
+
 def test_evaluate_rejects_bad_arguments():
     split = _split(pd.DataFrame())
     model = _Fixed().fit(split.train)

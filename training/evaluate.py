@@ -156,9 +156,12 @@ def evaluate(
     exclude_seen: str = "learned",
     batch_size: int = 2048,
     policy: RebuyPolicy | None = None,
+    per_user_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Full-ranking metrics of `model` on the split's `on` part ("test" or "valid"); `policy` is the
     re-buy policy of exclude_seen="learned" (default: learned from the split's training part).
+    `per_user_out`, when given, receives the evaluated `users` and each accuracy metric per user (for
+    paired bootstrap intervals between two models on the same customers).
 
     Returns recall@K, ndcg@K, map@K, hit@K, coverage@K, novelty@K for every K in ks, the same
     accuracy metrics per segment (`ndcg@10/new`, `ndcg@10/returning`, and `ndcg@10/segment_<name>`
@@ -218,6 +221,8 @@ def evaluate(
         per_user[f"ndcg@{k}"] = ndcg_at_k(hits, n_targets, k)
         per_user[f"map@{k}"] = map_at_k(hits, n_targets, k)
         per_user[f"hit@{k}"] = hit_at_k(hits, k)
+    if per_user_out is not None:
+        per_user_out.update(per_user, users=users)
     out: dict[str, float] = {name: float(v.mean()) for name, v in per_user.items()}
     for k in ks:
         out[f"coverage@{k}"] = coverage_at_k(ids, tr.n_items, k)
