@@ -29,6 +29,12 @@ out), timed until every worker's answers leave the item out (`/stock update`).
 requests on an item page, one in ten on a category page, which rank that part of the catalogue
 first); the engine timings give those page requests alone.
 
+`python -m benchmarks.bench_serving --models` (part `served_models`, merged into serving.json): the
+demo shop's size (5,000 customers, 2,000 items, as `make demo`) served by the real service with ALS
+and with `next-basket` (the learned ranker `make retrain` promotes there: it builds ~30 features per
+candidate and runs boosted trees per request), the same request bodies and load for both, p50/p99 at
+saturation and paced ~200 req/s against the 25 ms p99 target, and the engine's own ms per call.
+
 Per server and endpoint: throughput and p50/p99 at saturation (wrk, 8 connections), and at a
 paced ~200 req/s: wrk paces with a per-connection delay, so 32 connections wait a random
 (exponential) delay whose mean a short calibration run sets so that connections / (delay +
@@ -543,6 +549,31 @@ def bench_shop(name: str, bundle: Path, seconds: float, servers: tuple[str, ...]
     return result
 
 
+SERVED_MODELS = ("als", "next-basket")
+P99_TARGET_MS = 25.0
+
+
+def served_models(seconds: float = 10.0, customers: int = 5_000, items: int = 2_000) -> dict[str, Any]:
+    """The real service on a demo-size shop with each of SERVED_MODELS as its model: /recommend at
+    saturation and paced ~200 req/s, and the engine's ms per call in process."""
+    name = f"demo{customers // 1000}k"
+    out: dict[str, Any] = {"customers": customers, "items": items, "p99_target_ms": P99_TARGET_MS}
+    for model in SERVED_MODELS:
+        start = time.perf_counter()
+        bundle = build_shop(name, customers, items, model=model)
+        print(f"== {name} {model}: bundle ready in {time.perf_counter() - start:.0f} s", flush=True)
+        out[model] = bench_shop(name, bundle, seconds, ("shoprec",))
+    for model in SERVED_MODELS:
+        paced_p99 = out[model]["shoprec /recommend"]["paced_200"]["p99_ms"]
+        out[model]["meets_p99_target"] = bool(paced_p99 <= P99_TARGET_MS)
+    base = out[SERVED_MODELS[0]]["engine"]["/recommend pruned ms"]
+    for model in SERVED_MODELS[1:]:
+        out[f"{model} engine ms vs {SERVED_MODELS[0]}"] = round(
+            out[model]["engine"]["/recommend pruned ms"] / base, 2
+        )
+    return out
+
+
 def main(quick: bool = False) -> dict:
     """Build (or reuse) the shops, load-test every server, write benchmarks/results/serving.json."""
     if shutil.which("wrk") is None:
@@ -583,11 +614,35 @@ def main(quick: bool = False) -> dict:
             "items": items,
             **bench_shop(name, bundle, seconds, servers),
         }
+    if not quick:
+        result["served_models"] = served_models(seconds)
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serving.json").write_text(json.dumps(result, indent=2))
     return result
 
 
+def main_models(seconds: float = 10.0) -> dict[str, Any]:
+    """Only the served-models part, merged into an existing serving.json."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError(
+            "wrk is not installed: `apt-get install -y wrk` (the Makefile's bench target does it)"
+        )
+    WORK.mkdir(parents=True, exist_ok=True)
+    load0 = [round(x, 2) for x in os.getloadavg()]
+    part = served_models(seconds)
+    part["load_average_at_start"] = load0
+    part["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = RESULTS / "serving.json"
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged["served_models"] = part
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2))
+    return part
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(quick="--quick" in sys.argv), indent=2))
+    if "--models" in sys.argv:
+        print(json.dumps(main_models(), indent=2))
+    else:
+        print(json.dumps(main(quick="--quick" in sys.argv), indent=2))
