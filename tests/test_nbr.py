@@ -80,6 +80,50 @@ def test_nearest_rows_leaves_out_self_empty_pool_rows_and_empty_queries():
     assert not W[1].any()
 
 
+def test_nearest_rows_request_path_picks_the_same_neighbours_as_the_batch_path(monkeypatch):
+    """A served request (a few query rows) takes dense query columns and a partition before the
+    sort; the neighbours and their weights must be exactly the batch path's, ties by lower index."""
+    import training.models.tifu as tifu
+
+    rng = np.random.default_rng(5)
+    # small integer weights: many equal distances, so tie-breaking is exercised
+    P = sp.csr_matrix(rng.integers(0, 3, (200, 40)) * (rng.random((200, 40)) < 0.2), dtype=np.float32)
+    P[17] = 0  # an empty pool row is never a neighbour
+    P.eliminate_zeros()
+    norm2 = np.asarray(P.multiply(P).sum(axis=1)).ravel().astype(np.float64)
+    Q = sp.csr_matrix(P[:5].toarray() + (rng.random((5, 40)) < 0.05), dtype=np.float32)
+    exclude = np.array([0, 1, -1, 3, 250])
+    for k in (1, 7, 50, 199, 500):
+        fast = nearest_rows(Q, P, norm2, k, exclude)
+        monkeypatch.setattr(tifu, "DENSE_QUERIES", 0)
+        slow = nearest_rows(Q, P, norm2, k, exclude)
+        monkeypatch.undo()
+        assert (fast != slow).nnz == 0, k
+        np.testing.assert_array_equal(fast.indices, slow.indices)
+        assert not fast[:, 17].nnz and not fast[0, 0] and not fast[3, 3]
+
+
+def test_served_next_basket_probabilities_are_scikit_learn_s_own_bits():
+    """TreeWalk (one Cython walk per tree, one thread) against predict_proba, NaNs included."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from training.models.next_basket import TreeWalk
+
+    rng = np.random.default_rng(0)
+    X = rng.random((3_000, 6))
+    X[rng.random(X.shape) < 0.1] = np.nan
+    y = (np.nan_to_num(X[:, 0]) + np.nan_to_num(X[:, 3]) > 0.9) ^ (rng.random(3_000) < 0.2)
+    model = HistGradientBoostingClassifier(max_iter=40, random_state=0).fit(X, y)
+    walk = TreeWalk(model)
+    assert walk.fast is not None  # the fast walk, not the fallback
+    Q = X[:120].astype(np.float32)
+    np.testing.assert_array_equal(walk(Q), model.predict_proba(Q)[:, 1])
+    # a wider candidate matrix (features added after the model was fitted) reads the columns it knew
+    wide = np.hstack([Q, np.ones((len(Q), 2), np.float32)])
+    np.testing.assert_array_equal(walk(wide), model.predict_proba(Q)[:, 1])
+    assert len(walk(Q[:0])) == 0
+
+
 def rhythm_data(n_users: int = 60, n_baskets: int = 12) -> TrainData:
     """Every customer alternates between two staples (item a in even, item b in odd baskets) and
     buys one random filler item from 10..29 in every basket. Customers end on a or b by parity."""
