@@ -152,6 +152,27 @@ def test_next_basket_learns_the_rhythm_tifu_decay_misses():
     assert (ids[:, 0] == last).mean() >= 0.95
 
 
+def test_a_request_scores_each_customer_exactly_as_the_batch_does():
+    """One customer at a time (a served request: dense neighbour vector, partitioned neighbour
+    search, the trees walked one by one) gives the batch path's scores to the bit, for customers
+    with many, few and no baskets."""
+    rng = np.random.default_rng(1)
+    baskets = [
+        [list(rng.choice(40, size=int(rng.integers(1, 6)), replace=False)) for _ in range(int(n))]
+        for n in rng.integers(0, 9, 80)
+    ]
+    data = data_of(baskets, 40)
+    nb = get_model_class("next-basket")
+    model = nb(nb.Config(neighbours=7, explore=6, train_targets=3, iterations=30)).fit(data)
+    users = np.arange(data.n_users)
+    batch = model.score(users, History.of(data, users))
+    one = np.vstack([model.score(np.array([u]), History.of(data, np.array([u]))) for u in users])
+    np.testing.assert_array_equal(one, batch)
+    tifu = TIFUKNN(TIFUConfig(neighbours=7)).fit(data)
+    one = np.vstack([tifu.score(np.array([u]), History.of(data, np.array([u]))) for u in users])
+    np.testing.assert_array_equal(one, tifu.score(users, History.of(data, users)))
+
+
 def test_next_basket_without_two_baskets_falls_back_to_the_tifu_blend():
     data = data_of([[[0, 1]], [[0, 2]], [[3]]], 4)
     nb = get_model_class("next-basket")

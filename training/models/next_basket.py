@@ -185,6 +185,48 @@ def _time_features(
 
 
 @dataclass
+class OneRow:
+    """One customer's neighbour vector as a dense array (a served request): the same numbers as the
+    sparse product `W @ pool` and the same explore candidates as `row_topk_sparse`, without building
+    sparse matrices for one row (~1 ms of a request on the demo shop)."""
+
+    nbr: np.ndarray  # (n_items,) float64, the neighbours' mean vector
+    own: np.ndarray  # (n_items,) float64, the customer's own TIFU vector
+    bought: np.ndarray  # (n_items,) bool, in the customer's own vector
+
+    def explore(self, k: int) -> np.ndarray:
+        """The k items the neighbours weigh most that the customer never bought, ties by lower index,
+        in index order (as `row_topk_sparse(...).tocoo()` gives them)."""
+        if k <= 0:
+            return np.zeros(0, np.int64)
+        fresh = np.where(self.bought, 0.0, self.nbr)
+        nz = np.flatnonzero(fresh)
+        top = nz[np.argsort(-fresh[nz], kind="stable")[:k]]
+        return np.sort(top).astype(np.int64)
+
+
+def _one_row_neighbours(W: sp.csr_matrix, pool: sp.csr_matrix, own: sp.csr_matrix, n_items: int) -> OneRow:
+    """`W @ pool` for a one-row W as scipy's CSR product computes it: for each neighbour in W's
+    stored order, weight x pool value in float32, added to each item's float32 sum in that order."""
+    W = sp.csr_matrix(W)
+    pool = sp.csr_matrix(pool)
+    acc = np.zeros(n_items, np.result_type(W.dtype, pool.dtype))
+    rows = W.indices[W.indptr[0] : W.indptr[1]]
+    if len(rows):
+        block = pool[rows]
+        weights = np.repeat(W.data[W.indptr[0] : W.indptr[1]], np.diff(block.indptr)).astype(acc.dtype)
+        np.add.at(acc, block.indices, weights * block.data.astype(acc.dtype))
+    own = sp.csr_matrix(own)
+    own.sum_duplicates()
+    cols = own.indices[own.indptr[0] : own.indptr[1]]
+    mine = np.zeros(n_items, np.float64)
+    mine[cols] = own.data[own.indptr[0] : own.indptr[1]]
+    bought = np.zeros(n_items, bool)
+    bought[cols] = True
+    return OneRow(acc.astype(np.float64), mine, bought)
+
+
+@dataclass
 class Candidates:
     row: np.ndarray
     item: np.ndarray
@@ -222,7 +264,8 @@ def candidates(
     own = sp.csr_matrix((w, (ev.row, ev.item)), shape=(n, n_items), dtype=np.float64)
     own.sum_duplicates()
     W = nearest_rows(sp.csr_matrix(own, dtype=np.float32), pool, pool_norm2, c.neighbours, self_rows)
-    nbr = sp.csr_matrix(W @ pool, dtype=np.float64)
+    one = _one_row_neighbours(W, pool, own, n_items) if n == 1 else None
+    nbr = sp.csr_matrix(W @ pool, dtype=np.float64) if one is None else None
 
     # re-buy candidates: one row per distinct (customer, item) of the history
     key = ev.row * n_items + ev.item
@@ -247,17 +290,23 @@ def candidates(
     streak, next_rate, recent_share = _sequence_features(k, rank, start, cnt, last, nb)
 
     # explore candidates: the neighbours' strongest items the customer never bought
-    pattern = own.copy()
-    pattern.data[:] = 1.0
-    fresh = nbr - nbr.multiply(pattern)
-    fresh.eliminate_zeros()
-    fresh = row_topk_sparse(fresh, c.explore).tocoo() if c.explore > 0 else sp.coo_matrix((n, n_items))
-    m = fresh.nnz
+    if one is None:
+        pattern = own.copy()
+        pattern.data[:] = 1.0
+        fresh = nbr - nbr.multiply(pattern)
+        fresh.eliminate_zeros()
+        fresh = row_topk_sparse(fresh, c.explore).tocoo() if c.explore > 0 else sp.coo_matrix((n, n_items))
+        fresh_row, fresh_col = fresh.row, fresh.col
+    else:
+        fresh_col = one.explore(c.explore)
+        fresh_row = np.zeros(len(fresh_col), np.int64)
+    m = len(fresh_col)
     nan = np.full(m, np.nan)
-    row = np.r_[row, fresh.row].astype(np.int64)
-    item = np.r_[item, fresh.col].astype(np.int64)
-    tifu = np.r_[_lookup(own, row[: len(start)], item[: len(start)]), np.zeros(m)]
-    nscore = _lookup(nbr, row, item)
+    row = np.r_[row, fresh_row].astype(np.int64)
+    item = np.r_[item, fresh_col].astype(np.int64)
+    rebuy = item[: len(start)]
+    tifu = np.r_[_lookup(own, row[: len(start)], rebuy) if one is None else one.own[rebuy], np.zeros(m)]
+    nscore = _lookup(nbr, row, item) if one is None else one.nbr[item]
     with np.errstate(invalid="ignore", divide="ignore"):
         tifu_rel = tifu / _row_max(row, tifu, n)[row]
         nbr_rel = nscore / _row_max(row, nscore, n)[row]
