@@ -104,24 +104,43 @@ def test_nearest_rows_request_path_picks_the_same_neighbours_as_the_batch_path(m
 
 
 def test_served_next_basket_probabilities_are_scikit_learn_s_own_bits():
-    """TreeWalk (one Cython walk per tree, one thread) against predict_proba, NaNs included."""
+    """ForestWalk (every tree in one compiled loop) against predict_proba, NaNs included."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from training.models.next_basket import TreeWalk
+    from training.models.forest import ForestWalk
 
     rng = np.random.default_rng(0)
     X = rng.random((3_000, 6))
     X[rng.random(X.shape) < 0.1] = np.nan
     y = (np.nan_to_num(X[:, 0]) + np.nan_to_num(X[:, 3]) > 0.9) ^ (rng.random(3_000) < 0.2)
-    model = HistGradientBoostingClassifier(max_iter=40, random_state=0).fit(X, y)
-    walk = TreeWalk(model)
-    assert walk.fast is not None  # the fast walk, not the fallback
-    Q = X[:120].astype(np.float32)
+    for leaves in (3, 31, 127):
+        model = HistGradientBoostingClassifier(max_iter=40, max_leaf_nodes=leaves, random_state=0).fit(X, y)
+        walk = ForestWalk(model)
+        assert walk.fast is not None  # the compiled walk, not the fallback
+        Q = X[:300].astype(np.float32)
+        np.testing.assert_array_equal(walk(Q), model.predict_proba(Q)[:, 1])
+        # a wider candidate matrix (features added after the model was fitted) reads the columns it knew
+        wide = np.hstack([Q, np.ones((len(Q), 2), np.float32)])
+        np.testing.assert_array_equal(walk(wide), model.predict_proba(Q)[:, 1])
+        assert len(walk(Q[:0])) == 0
+    # missing values sent the way the split learned (a feature missing only at predict time included)
+    Q = X[:50].copy()
+    Q[:, 1] = np.nan
     np.testing.assert_array_equal(walk(Q), model.predict_proba(Q)[:, 1])
-    # a wider candidate matrix (features added after the model was fitted) reads the columns it knew
-    wide = np.hstack([Q, np.ones((len(Q), 2), np.float32)])
-    np.testing.assert_array_equal(walk(wide), model.predict_proba(Q)[:, 1])
-    assert len(walk(Q[:0])) == 0
+
+
+def test_forest_walk_falls_back_to_scikit_learn_for_categorical_splits():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from training.models.forest import ForestWalk
+
+    rng = np.random.default_rng(1)
+    X = np.column_stack([rng.integers(0, 5, 2_000), rng.random(2_000)])
+    y = (X[:, 0] % 2 == 0) ^ (rng.random(2_000) < 0.1)
+    model = HistGradientBoostingClassifier(max_iter=10, categorical_features=[0], random_state=0).fit(X, y)
+    walk = ForestWalk(model)
+    assert walk.fast is None
+    np.testing.assert_array_equal(walk(X[:40]), model.predict_proba(X[:40])[:, 1])
 
 
 def rhythm_data(n_users: int = 60, n_baskets: int = 12) -> TrainData:

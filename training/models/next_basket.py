@@ -34,6 +34,7 @@ import scipy.sparse as sp
 
 from training.base import History, ModelConfig, Recommender, TrainData
 from training.models.bought_together import row_topk_sparse
+from training.models.forest import ForestWalk
 from training.models.tifu import BasketEvents, history_events, nearest_rows, tifu_weights
 from training.space import Param
 
@@ -352,49 +353,6 @@ def candidates(
     return Candidates(row, item, X)
 
 
-class TreeWalk:
-    """P(in the next basket) from the fitted HistGradientBoostingClassifier for one request's ~100
-    candidates: scikit-learn's own Cython walk (`_predict_from_raw_data`) called per tree with one
-    thread, leaf values added to the baseline in scikit-learn's order, so the probabilities are the
-    same bits as `predict_proba` (tests/test_nbr.py). `predict_proba` spends more on its per-tree
-    Python and an OpenMP fork per tree than on the walk (~25% of its time on the demo shop's requests,
-    and a second thread spinning beside the server's own work). Falls back to `predict_proba` where
-    scikit-learn's internals are not the ones this was written for."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.n_features = int(model.n_features_in_)
-        self.fast: Any = None
-        try:
-            from sklearn.ensemble._hist_gradient_boosting._predictor import _predict_from_raw_data
-
-            known, f_idx = model._bin_mapper.make_known_categories_bitsets()
-            trees = [(p[0].nodes, p[0].raw_left_cat_bitsets) for p in model._predictors]
-            baseline = float(np.asarray(model._baseline_prediction, np.float64).ravel()[0])
-            if any(len(p) != 1 for p in model._predictors):
-                raise TypeError("not a binary classifier")
-            self.fast = (_predict_from_raw_data, known, f_idx, trees, baseline)
-        except (ImportError, AttributeError, TypeError, IndexError, ValueError):
-            self.fast = None
-
-    def __call__(self, X: np.ndarray) -> np.ndarray:
-        X = X[:, : self.n_features]
-        if not len(X):
-            return np.zeros(0, np.float64)
-        if self.fast is None:
-            return self.model.predict_proba(X)[:, 1]
-        from scipy.special import expit
-
-        walk, known, f_idx, trees, baseline = self.fast
-        Xd = np.ascontiguousarray(X, dtype=np.float64)
-        raw = np.full(len(Xd), baseline)
-        out = np.empty(len(Xd), np.float64)
-        for nodes, left_cat in trees:
-            walk(nodes, Xd, left_cat, known, f_idx, 1, out)
-            raw += out
-        return expit(raw)
-
-
 class NextBasket(Recommender):
     name = "next-basket"
     Config = NextBasketConfig
@@ -467,6 +425,7 @@ class NextBasket(Recommender):
             early_stopping=len(y) >= 10_000,
             random_state=c.seed,
         ).fit(np.concatenate(parts_X), y, sample_weight=np.concatenate(parts_w))
+        self.walk_ = ForestWalk(self.ranker_)
 
     def score(self, users: np.ndarray, history: History) -> np.ndarray:
         n = history.user_items.shape[0]
@@ -486,7 +445,7 @@ class NextBasket(Recommender):
             if self.ranker_ is not None:
                 # a ranker saved before the newer features (appended last) reads the columns it knew
                 if getattr(self, "walk_", None) is None or self.walk_.model is not self.ranker_:
-                    self.walk_ = TreeWalk(self.ranker_)
+                    self.walk_ = ForestWalk(self.ranker_)
                 p = self.walk_(cand.X)
             else:
                 # no ranker learned (nobody had two baskets): TIFU-KNN's own blend
@@ -517,3 +476,4 @@ class NextBasket(Recommender):
         self.tiebreak_ = np.load(path / "tiebreak.npy")
         with open(path / "ranker.pkl", "rb") as f:
             self.ranker_ = pickle.load(f)  # noqa: S301 - our own bundle, written by _save_state
+        self.walk_ = ForestWalk(self.ranker_) if self.ranker_ is not None else None
