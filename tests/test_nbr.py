@@ -11,7 +11,14 @@ import scipy.sparse as sp
 
 from training.base import History, TrainData
 from training.models import get_model_class
-from training.models.tifu import TIFUKNN, TIFUConfig, basket_events, history_vectors, nearest_rows
+from training.models.tifu import (
+    TIFUKNN,
+    TIFUConfig,
+    basket_events,
+    history_vectors,
+    nearest_one,
+    nearest_rows,
+)
 
 
 def frames(n_users: int, n_items: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -101,6 +108,14 @@ def test_nearest_rows_request_path_picks_the_same_neighbours_as_the_batch_path(m
         assert (fast != slow).nnz == 0, k
         np.testing.assert_array_equal(fast.indices, slow.indices)
         assert not fast[:, 17].nnz and not fast[0, 0] and not fast[3, 3]
+        # one query row without sparse matrices (nearest_one): the same rows, order and weight bits
+        for r in range(len(Q.indptr) - 1):
+            cols = Q.indices[Q.indptr[r] : Q.indptr[r + 1]]
+            near, weight = nearest_one(cols, Q.data[Q.indptr[r] : Q.indptr[r + 1]], P, norm2, k, exclude[r])
+            np.testing.assert_array_equal(near, slow.indices[slow.indptr[r] : slow.indptr[r + 1]])
+            assert (slow.data[slow.indptr[r] : slow.indptr[r + 1]] == weight).all()
+    empty = nearest_one(np.zeros(0, np.int64), np.zeros(0, np.float32), P, norm2, 5, -1)
+    assert len(empty[0]) == 0  # an empty history has no neighbours
 
 
 def test_served_next_basket_probabilities_are_scikit_learn_s_own_bits():

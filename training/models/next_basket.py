@@ -35,7 +35,7 @@ import scipy.sparse as sp
 from training.base import History, ModelConfig, Recommender, TrainData
 from training.models.bought_together import row_topk_sparse
 from training.models.forest import ForestWalk
-from training.models.tifu import BasketEvents, history_events, nearest_rows, tifu_weights
+from training.models.tifu import BasketEvents, history_events, nearest_one, nearest_rows, tifu_weights
 from training.space import Param
 
 DECAYS = (0.5, 0.8, 0.95)  # per-basket decay of the three decayed-share features
@@ -202,23 +202,26 @@ class OneRow:
             return np.zeros(0, np.int64)
         fresh = np.where(self.bought, 0.0, self.nbr)
         nz = np.flatnonzero(fresh)
+        if len(nz) > k:  # the k-th weight by partition, then a stable sort of those at or above it
+            nz = nz[fresh[nz] >= -np.partition(-fresh[nz], k - 1)[k - 1]]
         top = nz[np.argsort(-fresh[nz], kind="stable")[:k]]
         return np.sort(top).astype(np.int64)
 
 
-def _one_row_neighbours(W: sp.csr_matrix, pool: sp.csr_matrix, own: sp.csr_matrix, n_items: int) -> OneRow:
-    """`W @ pool` for a one-row W as scipy's CSR product computes it: for each neighbour in W's
-    stored order, weight x pool value in float32, added to each item's float32 sum in that order."""
-    W = sp.csr_matrix(W)
-    pool = sp.csr_matrix(pool)
-    acc = np.zeros(n_items, np.result_type(W.dtype, pool.dtype))
-    rows = W.indices[W.indptr[0] : W.indptr[1]]
-    if len(rows):
-        block = pool[rows]
-        weights = np.repeat(W.data[W.indptr[0] : W.indptr[1]], np.diff(block.indptr)).astype(acc.dtype)
-        np.add.at(acc, block.indices, weights * block.data.astype(acc.dtype))
-    own = sp.csr_matrix(own)
-    own.sum_duplicates()
+def _one_row_neighbours(
+    near: np.ndarray, weight: np.float32, pool: sp.csr_matrix, own: sp.csr_matrix, n_items: int
+) -> OneRow:
+    """`W @ pool` for one customer whose nearest pool rows are `near` (ascending, each weighing
+    `weight`; `nearest_one`), as scipy's CSR product computes it: for each neighbour in that order,
+    weight x pool value in float32, added to each item's float32 sum in that order."""
+    acc = np.zeros(n_items, np.float32)
+    if len(near):
+        starts, ends = pool.indptr[near], pool.indptr[near + 1]
+        lens = ends - starts
+        # the pool's stored entries of the neighbours' rows, row after row (pool[near] without a copy
+        # of the matrix)
+        pos = np.repeat(starts - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(lens.sum())
+        np.add.at(acc, pool.indices[pos], weight * pool.data[pos].astype(np.float32))
     cols = own.indices[own.indptr[0] : own.indptr[1]]
     mine = np.zeros(n_items, np.float64)
     mine[cols] = own.data[own.indptr[0] : own.indptr[1]]
@@ -262,11 +265,18 @@ def candidates(
     c = config
     n = ev.n_rows
     w = tifu_weights(ev, c.group_size, c.within_decay, c.group_decay)
-    own = sp.csr_matrix((w, (ev.row, ev.item)), shape=(n, n_items), dtype=np.float64)
+    if n == 1:  # one row: its CSR straight from the events in their order, as the COO route lays it
+        own = sp.csr_matrix((w.astype(np.float64), ev.item, np.array([0, len(w)])), shape=(1, n_items))
+    else:
+        own = sp.csr_matrix((w, (ev.row, ev.item)), shape=(n, n_items), dtype=np.float64)
     own.sum_duplicates()
-    W = nearest_rows(sp.csr_matrix(own, dtype=np.float32), pool, pool_norm2, c.neighbours, self_rows)
-    one = _one_row_neighbours(W, pool, own, n_items) if n == 1 else None
-    nbr = sp.csr_matrix(W @ pool, dtype=np.float64) if one is None else None
+    if n == 1:  # a served request: one customer's arrays, no sparse matrices built for them
+        q = own.data[own.indptr[0] : own.indptr[1]].astype(np.float32)
+        near, weight = nearest_one(own.indices, q, pool, pool_norm2, c.neighbours, int(self_rows[0]))
+        one, nbr = _one_row_neighbours(near, weight, pool, own, n_items), None
+    else:
+        W = nearest_rows(sp.csr_matrix(own, dtype=np.float32), pool, pool_norm2, c.neighbours, self_rows)
+        one, nbr = None, sp.csr_matrix(W @ pool, dtype=np.float64)
 
     # re-buy candidates: one row per distinct (customer, item) of the history
     key = ev.row * n_items + ev.item

@@ -194,6 +194,42 @@ def nearest_rows(
     return sp.csr_matrix((vals.astype(np.float32), (rows[fin], cols[fin])), shape=(n, n_pool))
 
 
+def nearest_one(
+    q_items: np.ndarray, q_values: np.ndarray, P: sp.csr_matrix, p_norm2: np.ndarray, k: int, exclude: int
+) -> tuple[np.ndarray, np.float32]:
+    """`nearest_rows` for one query row (a served request) without building sparse matrices: the
+    query's items and float32 values (sorted by item, as a CSR row stores them) -> its nearest pool
+    rows in ascending order (the order `nearest_rows`' CSR row stores them) and their weight 1/k as
+    float32. The same arithmetic: the query's squared norm is summed in float32 in item order (as
+    scipy's row sum), each dot product is scipy's sparse-times-dense product."""
+    n_pool = P.shape[0]
+    k = min(k, n_pool)
+    empty = (np.zeros(0, np.int64), np.float32(0.0))
+    if k <= 0:
+        return empty
+    q = np.asarray(q_values, np.float32)
+    q2 = np.cumsum(q * q, dtype=np.float32)[-1] if len(q) else np.float32(0.0)
+    if q2 <= 0:
+        return empty  # an empty history says nothing about who is near: no neighbours
+    dense = np.zeros(P.shape[1], np.float32)
+    dense[q_items] = q
+    d = np.float64(q2) + p_norm2 - 2.0 * np.asarray(P @ dense, np.float64)
+    d[p_norm2 <= 0] = np.inf
+    if 0 <= exclude < n_pool:
+        d[exclude] = np.inf
+    k = min(k, int(np.isfinite(d).sum()))
+    if k == 0:
+        return empty
+    if k < n_pool:
+        kth = np.partition(d, k - 1)[k - 1]
+        near = np.flatnonzero(d <= kth)
+        idx = near[np.argsort(d[near], kind="stable")[:k]]
+    else:
+        idx = np.argsort(d, kind="stable")[:k]
+    idx = np.sort(idx[np.isfinite(d[idx])])
+    return idx.astype(np.int64), np.float32(1.0 / max(len(idx), 1))
+
+
 class TIFUKNN(Recommender):
     name = "tifu"
     Config = TIFUConfig
