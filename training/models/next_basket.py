@@ -312,7 +312,6 @@ def candidates(
         fresh_col = one.explore(c.explore)
         fresh_row = np.zeros(len(fresh_col), np.int64)
     m = len(fresh_col)
-    nan = np.full(m, np.nan)
     row = np.r_[row, fresh_row].astype(np.int64)
     item = np.r_[item, fresh_col].astype(np.int64)
     rebuy = item[: len(start)]
@@ -329,37 +328,46 @@ def candidates(
         user_repeat = (user_events - user_distinct) / user_events
         now_rel = now_days / user_gap_days
         now_overdue = now_days_since / gap_days
-    X = np.column_stack(
-        [
-            np.r_[cnt, np.zeros(m)],
-            np.r_[cnt / nb, np.zeros(m)],
-            *(np.r_[d, np.zeros(m)] for d in decayed),
-            np.r_[last, nan],
-            np.r_[gap, nan],
-            np.r_[overdue, nan],
-            tifu,
-            tifu_rel,
-            nscore,
-            nbr_rel,
-            items[item, 0],
-            items[item, 1],
-            items[item, 2],
-            user_nb[row],
-            user_size[row],
-            user_repeat[row],
-            np.r_[days_since, nan],
-            np.r_[gap_days, nan],
-            np.r_[overdue_days, nan],
-            user_gap_days[row],
-            np.r_[streak, np.zeros(m)],
-            np.r_[next_rate, nan],
-            np.r_[recent_share, np.zeros(m)],
-            now_days[row],
-            now_rel[row],
-            np.r_[now_days_since, nan],
-            np.r_[now_overdue, nan],
-        ]
-    ).astype(np.float32)
+    # re-buy candidates' rows first, then the explore candidates', which have no purchases of the
+    # item: 0 for its counts and shares, NaN for what needs a purchase (a gap, a last time)
+    of_purchases: dict[str, tuple[np.ndarray, float]] = {
+        "n_baskets_with": (cnt, 0.0),
+        "share": (cnt / nb, 0.0),
+        **{f"decayed_share_{d}": (v, 0.0) for d, v in zip(DECAYS, decayed, strict=True)},
+        "baskets_since": (last, np.nan),
+        "mean_gap": (gap, np.nan),
+        "overdue": (overdue, np.nan),
+        "days_since": (days_since, np.nan),
+        "gap_days": (gap_days, np.nan),
+        "overdue_days": (overdue_days, np.nan),
+        "streak": (streak, 0.0),
+        "next_rate": (next_rate, np.nan),
+        "recent_share": (recent_share, 0.0),
+        "now_days_since": (now_days_since, np.nan),
+        "now_overdue": (now_overdue, np.nan),
+    }
+    every_row = {
+        "tifu": tifu,
+        "tifu_rel": tifu_rel,
+        "neighbours": nscore,
+        "neighbours_rel": nbr_rel,
+        "item_buyers": items[item, 0],
+        "item_repeat_rate": items[item, 1],
+        "item_mean_share": items[item, 2],
+        "user_baskets": user_nb[row],
+        "user_basket_size": user_size[row],
+        "user_repeat_share": user_repeat[row],
+        "user_gap_days": user_gap_days[row],
+        "now_days": now_days[row],
+        "now_days_rel": now_rel[row],
+    }
+    n_rebuy = len(start)
+    X = np.empty((len(row), len(FEATURES)), np.float32)  # float64 values rounded to float32
+    for j, name in enumerate(FEATURES):
+        if name in every_row:
+            X[:, j] = every_row[name]
+        else:
+            X[:n_rebuy, j], X[n_rebuy:, j] = of_purchases[name]
     return Candidates(row, item, X)
 
 
