@@ -32,14 +32,22 @@ def report_cmd(
             help="The configured split for the sample-ratio check (default: SHOPREC_AB_SHARES, else champion=1)."
         ),
     ] = None,
+    channel: Annotated[
+        str,
+        typer.Option(
+            help="Which blocks count: all, site (the service's routes) or email (the e-mail feed and "
+            "the campaign feeds). The report lists the blocks per channel either way."
+        ),
+    ] = "all",
 ) -> None:
     """Per variant: customers, impressions, clicks, purchases, revenue, click-through and conversion
     with 95% intervals, revenue per customer; the uplift of each variant against control with its
     p-value; a sample-ratio-mismatch check against the configured shares. Clicks and purchases are
     attributed through recommendation_id, and a purchase without one to a block that showed the item
     to the customer within --window-hours. The salt of the impression log's user hashes is
-    SHOPREC_AB_SALT, as for the service. Writes the report and its plot (read by /ui/ab), prints a
-    table on stderr and the report as one JSON line last."""
+    SHOPREC_AB_SALT, as for the service. --channel email reports the e-mails alone (a customer counts
+    from the first mail sent, opened or not), --channel site the web shop alone. Writes the report
+    and its plot (read by /ui/ab), prints a table on stderr and the report as one JSON line last."""
     import json
     import os
 
@@ -59,11 +67,16 @@ def report_cmd(
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    config = ReportConfig(
-        shares=split,
-        salt=os.environ.get("SHOPREC_AB_SALT", "").strip() or "shoprec",
-        window_hours=window_hours,
-    )
+    try:
+        config = ReportConfig(
+            shares=split,
+            salt=os.environ.get("SHOPREC_AB_SALT", "").strip() or "shoprec",
+            window_hours=window_hours,
+            channel=channel,
+        )
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     report = ab_report(ws, config, out)
     show(*report_table(report))
     from serving.ab_report import plain_json

@@ -117,12 +117,17 @@ def report_table(report: Mapping[str, Any]) -> tuple[str, Any, list[str]]:
         f"sample ratio: {'MISMATCH' if srm['flagged'] else 'ok'} (observed {srm['observed']}; configured "
         f"{srm['expected']}; p {_p(srm['p_value'])}){' - ' + srm['note'] if srm['note'] else ''}"
     )
+    channels = report.get("channels") or {}
+    which = report.get("channel", "all")
+    if channels:
+        shown = " · ".join(f"{c} {sum(v.values()):,}" for c, v in channels.items())
+        lines.append(f"blocks by channel: {shown}; {'all' if which == 'all' else 'only ' + which} counted")
     a = report["attribution"]
     lines.append(
         f"purchases: {a['purchases']:,} ({a['by_id']:,} by recommendation id, {a['by_window']:,} within "
         f"{a['window_hours']:g} h of a block that showed the item, {a['not_attributed']:,} not attributed)"
     )
-    return "A/B report", table, lines
+    return ("A/B report" if which == "all" else f"A/B report, {which} only"), table, lines
 
 
 def _p(p: float | None) -> str:

@@ -44,6 +44,24 @@ CLICK_TYPES = frozenset({"click", "view", "add_to_cart"})  # quoting an answer's
 PURCHASE = "purchase"
 REPORT_JSON = Path("reports") / "ab_report.json"  # serving.views.AB_REPORT reads these two
 REPORT_PNG = "ab_report.png"
+# Where a block was shown, from the impression log's `endpoint`: `email` for the e-mail feed
+# (`shoprec recommend`, "feed") and the campaign feeds ("campaign/NAME"), `site` for the service's
+# routes; `unknown` for lines written before the log carried the endpoint (counted in "all" only).
+CHANNELS = ("all", "site", "email")
+
+
+def channel_of(endpoints: pd.Series) -> pd.Series:
+    """Each impression's channel (`CHANNELS` above) from its endpoint."""
+    e = endpoints.astype(object).where(endpoints.notna(), None)
+    return e.map(
+        lambda v: (
+            "unknown"
+            if v is None or str(v) == ""
+            else "email"
+            if str(v) == "feed" or str(v).startswith("campaign/")
+            else "site"
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,11 @@ class ReportConfig:
     control: str = CONTROL
     confidence: float = 0.95
     srm_alpha: float = 0.001
+    channel: str = "all"  # "all", or only the blocks of one channel (CHANNELS)
+
+    def __post_init__(self) -> None:
+        if self.channel not in CHANNELS:
+            raise ValueError(f"channel must be one of {', '.join(CHANNELS)}, got {self.channel!r}")
 
 
 # -- attribution ----------------------------------------------------------------------------------
@@ -265,8 +288,27 @@ def _catalog_prices(ws: Any) -> pd.Series:
     return pd.Series(dtype=float)
 
 
+def channel_counts(impressions: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Blocks shown per channel and variant (known customers' blocks): where the exposures came from."""
+    imp = impressions.dropna(subset=["recommendation_id", "user"])
+    if imp.empty:
+        return {}
+    ch = channel_of(imp["endpoint"] if "endpoint" in imp else pd.Series(None, index=imp.index))
+    table = imp.groupby([ch.rename("channel"), imp["variant"]]).size()
+    return {c: {str(v): int(n) for v, n in table[c].items()} for c in sorted(set(ch))}
+
+
 def build_report(impressions: pd.DataFrame, events: pd.DataFrame, config: ReportConfig) -> dict[str, Any]:
-    """attribute + summarise, with the attribution counts and the settings in the object."""
+    """attribute + summarise, with the attribution counts and the settings in the object. With
+    `config.channel` other than "all", only that channel's blocks count: its customers are those it
+    showed a block, and a purchase without an id goes to that channel's latest block of the item
+    (last touch within the channel)."""
+    channels = channel_counts(impressions)
+    if config.channel != "all":
+        ends = (
+            impressions["endpoint"] if "endpoint" in impressions else pd.Series(None, index=impressions.index)
+        )
+        impressions = impressions[channel_of(ends) == config.channel]
     per_impression, counts = attribute(
         impressions, events, salt=config.salt, window_hours=config.window_hours
     )
@@ -279,6 +321,8 @@ def build_report(impressions: pd.DataFrame, events: pd.DataFrame, config: Report
     }
     report["control"] = config.control
     report["confidence"] = config.confidence
+    report["channel"] = config.channel
+    report["channels"] = channels
     return report
 
 

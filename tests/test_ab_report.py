@@ -218,3 +218,80 @@ def test_report_reads_the_impression_log_file(tmp_path: Path) -> None:
     )
     assert rep["variants"][0]["users"] == 1 and rep["variants"][0]["purchases"] == 1
     assert rep["attribution"]["anonymous_impressions"] == 1
+
+
+def test_channel_counts_only_that_channels_blocks_and_attributes_within_it() -> None:
+    """A customer mailed by a campaign and shown the same item on the site later: with every block
+    the purchase goes to the site's (last touch); the e-mail report counts only mailed customers
+    and gives it to the mail; the site report leaves out the customer who was only mailed."""
+    t0 = 1_000_000.0
+    imp = _impressions(
+        [("m1", "champion", "u1", ["a"], t0), ("s1", "champion", "u1", ["a"], t0 + HOUR),
+         ("m2", "control", "u2", ["b"], t0), ("s3", "control", "u3", ["c"], t0),
+         ("f4", "champion", "u4", ["d"], t0), ("x5", "control", "u5", ["e"], t0)]
+    )  # fmt: skip
+    imp["endpoint"] = [
+        "campaign/reactivation",
+        "recommend",
+        "campaign/reactivation",
+        "bought_together",
+        "feed",
+        None,
+    ]
+    ev = _events(
+        [("u1", "a", "purchase", t0 + 2 * HOUR, None, 5.0), ("u2", "b", "purchase", t0 + HOUR, None, 3.0)]
+    )
+    every = build_report(imp, ev, ReportConfig(salt=SALT))
+    email = build_report(imp, ev, ReportConfig(salt=SALT, channel="email"))
+    site = build_report(imp, ev, ReportConfig(salt=SALT, channel="site"))
+    users = {name: {r["variant"]: r["users"] for r in rep["variants"]} for name, rep in
+             (("all", every), ("email", email), ("site", site))}  # fmt: skip
+    assert users == {
+        "all": {"champion": 2, "control": 3},  # u1, u4 / u2, u3, u5 (no endpoint: counted in "all")
+        "email": {"champion": 2, "control": 1},  # u1 (m1), u4 (the feed) / u2 (m2)
+        "site": {"champion": 1, "control": 1},  # u1 (s1) / u3
+    }
+    per_all, _ = attribute(imp, ev, salt=SALT)
+    assert per_all.set_index("recommendation_id").loc[["m1", "s1"], "purchases"].tolist() == [0, 1]
+    em = {r["variant"]: r for r in email["variants"]}
+    assert em["champion"]["purchases"] == 1 and em["control"]["purchases"] == 1  # u1's a goes to m1
+    assert {r["variant"]: r["purchases"] for r in site["variants"]} == {"champion": 1, "control": 0}
+    assert (
+        every["channels"]
+        == email["channels"]
+        == {
+            "email": {"champion": 2, "control": 1},
+            "site": {"champion": 1, "control": 1},
+            "unknown": {"control": 1},
+        }
+    )
+    assert (every["channel"], email["channel"]) == ("all", "email")
+    with pytest.raises(ValueError, match="channel"):
+        ReportConfig(channel="sms")
+
+
+def test_ab_report_command_channel_option(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from features.workspace import Workspace
+    from serving.cli import app
+
+    ws = Workspace.at(tmp_path / "shop")
+    ws.root.mkdir()
+    now = pd.Timestamp.now(tz="UTC").timestamp()
+    with ImpressionLog(ws.serving_dir / "impressions.jsonl", salt=SALT) as log:
+        for n in range(12):  # customers 0-5 mailed by a campaign, 6-11 shown a block on the site
+            variant = "champion" if n % 2 else "control"
+            endpoint = "campaign/replenishment" if n < 6 else "recommend"
+            log.log(f"r{n}", variant, "3", f"u{n}", ["a"], timestamp=now + n, endpoint=endpoint)
+    env = {"SHOPREC_AB_SALT": SALT}
+    runner = CliRunner()
+    args = ["ab", "report", "--data", str(ws.root), "--shares", "champion=0.5,control=0.5"]
+    res = runner.invoke(app, [*args, "--channel", "email"], env=env)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout.strip().splitlines()[-1])
+    assert sum(r["users"] for r in rep["variants"]) == 6 and rep["channel"] == "email"
+    assert rep["channels"] == {"email": {"champion": 3, "control": 3}, "site": {"champion": 3, "control": 3}}
+    assert "A/B report, email only" in res.stderr and "blocks by channel: email 6 · site 6" in res.stderr
+    res = runner.invoke(app, [*args, "--channel", "sms"], env=env)
+    assert res.exit_code == 2 and "channel must be one of all, site, email" in res.stderr
