@@ -161,3 +161,107 @@ def test_a_tie_goes_to_the_simpler_model_and_never_dethrones_the_champion(
     client.log_metric(als.run_id, tracking.to_mlflow_key("ndcg@10"), pop.metrics["ndcg@10"] + 0.01)
     better = promote(w)
     assert better.promoted and better.champion == als.version, better.reason
+
+
+def test_a_version_over_the_serving_budget_takes_no_alias_and_a_slow_champion_gives_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`shoprec train` logs the bundled model's time to score one customer; promote holds the median
+    to --max-score-ms. Here ALS (the better model) is made to look slow by its logged score_ms."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from features.build import FeatureConfig, build_features
+    from features.synthetic import generate
+    from serving.cli import app
+    from training.promote import PromoteConfig, PromotionError, promote
+    from training.train import TrainConfig, train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    generate(tmp_path, customers=120, items=60, days=40, seed=3)
+    w = Workspace.at(tmp_path)
+    build_features(w, FeatureConfig())
+    cfg = {"register": True, "plots": False, "refit": False}
+    pop = train(w, TrainConfig(model="popular", **cfg))
+    als = train(w, TrainConfig(model="als", params={"factors": "8", "iterations": "3"}, **cfg))
+    assert als.metrics["ndcg@10"] > pop.metrics["ndcg@10"]
+    client = MlflowClient(tracking_uri=w.mlflow_uri)
+    for r in (pop, als):  # measured and logged with the run
+        assert 0 < r.latency["score_ms"] <= r.latency["score_ms_p99"]
+        assert client.get_run(r.run_id).data.metrics["score_ms"] == pytest.approx(r.latency["score_ms"])
+    assert "latency" in als.to_json()
+
+    client.log_metric(als.run_id, "score_ms", 50.0)
+    slow = promote(w)  # the default budget, 10 ms
+    assert slow.champion == pop.version and slow.over_budget == {als.version: 50.0}
+    assert slow.challenger is None and _alias(w, "challenger") is None  # not even the runner-up
+    assert {r.version: r.role for r in slow.board}[als.version] == "over budget"
+
+    free = promote(w, PromoteConfig(max_score_ms=None))  # no budget: the better model wins
+    assert free.promoted and free.champion == als.version
+
+    gives_way = promote(w, PromoteConfig(max_score_ms=20.0))  # the champion is over this budget
+    assert gives_way.promoted and gives_way.champion == pop.version and _alias(w, "champion") == pop.version
+    assert "over the 20 ms budget" in gives_way.reason
+
+    client.log_metric(pop.run_id, "score_ms", 30.0)
+    with pytest.raises(PromotionError, match="max-score-ms"):
+        promote(w, PromoteConfig(max_score_ms=20.0))
+    with pytest.raises(ValueError, match="max_score_ms"):
+        PromoteConfig(max_score_ms=0.0)
+
+    res = CliRunner().invoke(app, ["promote", "--data", str(w.root), "--max-score-ms", "0"])  # 0: no budget
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["champion"] == als.version
+    res = CliRunner().invoke(app, ["promote", "--data", str(w.root)])
+    assert res.exit_code == 2 and "max-score-ms" in res.output
+
+
+def test_score_latency_times_one_customer_a_call() -> None:
+    import time
+
+    import numpy as np
+
+    from training.base import History, ModelConfig, Recommender, TrainData
+    from training.evaluate import score_latency
+
+    calls: list[int] = []
+
+    class Slow(Recommender):
+        name = "slow"
+        Config = ModelConfig
+
+        def _fit(self, data: TrainData, *, callback: object = None) -> None:
+            pass
+
+        def score(self, users: np.ndarray, history: History) -> np.ndarray:
+            calls.append(len(users))
+            time.sleep(0.003)
+            return np.zeros((len(users), self.n_items), np.float32)
+
+    import pandas as pd
+    import scipy.sparse as sp
+
+    def data_of(ui: sp.csr_matrix) -> TrainData:
+        users = pd.DataFrame(
+            {"user_idx": range(ui.shape[0]), "user_id": [f"u{i}" for i in range(ui.shape[0])]}
+        )
+        items = pd.DataFrame(
+            {"item_idx": range(ui.shape[1]), "item_id": [f"i{i}" for i in range(ui.shape[1])]}
+        )
+        return TrainData(ui, users, items)
+
+    data = data_of(sp.csr_matrix(np.array([[1, 0, 0], [0, 0, 0], [0, 1, 1]], np.float32)))
+    model = Slow(ModelConfig()).fit(data)
+    out = score_latency(model, data, requests=20, warmup=3)
+    assert calls == [1] * 23  # one customer a call, the warm-up calls untimed
+    assert out["score_ms"] >= 3.0 and out["score_ms_p99"] >= out["score_ms"]
+    assert (
+        score_latency(
+            model,
+            TrainData(
+                sp.csr_matrix((2, 3), dtype=np.float32), np.array(["a", "b"]), np.array(["x", "y", "z"])
+            ),
+        )
+        == {}
+    )

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from training.base import History, Recommender
+from training.base import History, Recommender, TrainData
 from training.data import Split
 from training.policy import RebuyPolicy
 
@@ -299,3 +299,28 @@ def evaluate_baskets(
         out[f"basket_hit@{k}"] = float(hit_at_k(hits, k).mean())
         out[f"basket_ndcg@{k}"] = float(ndcg_at_k(hits, ones, k).mean())
     return out
+
+
+def score_latency(
+    model: Recommender, data: TrainData, *, requests: int = 200, warmup: int = 10, seed: int = 0
+) -> dict[str, float]:
+    """How long the model takes to score one customer, as a served request asks it (one row, the
+    customer's history, the whole catalogue): `score_ms` the median and `score_ms_p99` the 99th
+    percentile of `requests` calls for customers drawn from those with a history, after `warmup`
+    calls that are not timed (caches, a compiled loop). Wall time on this machine, so noisy on a
+    shared one; `shoprec promote` compares the median with its budget."""
+    import time
+
+    has_history = np.flatnonzero(np.diff(sp.csr_matrix(data.user_items).indptr) > 0)
+    if not len(has_history) or requests <= 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    users = rng.choice(has_history, size=warmup + requests, replace=True)
+    took = np.empty(requests)
+    for i, u in enumerate(users):
+        one = np.array([u], dtype=np.int64)
+        start = time.perf_counter()
+        model.score(one, History.of(data, one))
+        if i >= warmup:
+            took[i - warmup] = time.perf_counter() - start
+    return {"score_ms": float(np.median(took) * 1e3), "score_ms_p99": float(np.percentile(took, 99) * 1e3)}

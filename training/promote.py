@@ -42,6 +42,18 @@ class PromoteConfig(StrictConfig):
     # A candidate must beat the champion by more than this (absolute) to take the alias: ties and
     # noise-level differences keep the serving model stable.
     min_delta: float = 0.0
+    # Serving budget: a version whose median time to score one customer (`score_ms`, measured by
+    # `shoprec train`, training.evaluate.score_latency) is above this many milliseconds takes neither
+    # alias, and a champion above it gives `champion` up. 10 ms is about the most a model's score
+    # may take for a request to keep the service's 25 ms p99 under some load; one worker at ~200
+    # requests a second has 5 ms a request for everything (a shop there sets 5 or adds workers).
+    # None: no budget. Versions trained before the measurement existed have no `score_ms` and are
+    # not held to it.
+    max_score_ms: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_score_ms is not None and self.max_score_ms <= 0:
+            raise ValueError(f"max_score_ms must be > 0 or None, got {self.max_score_ms}")
 
 
 @dataclass
@@ -70,6 +82,9 @@ class Decision:
     challenger: str | None
     reason: str
     reevaluated: list[str] = field(default_factory=list)
+    # Versions left out for their serving cost: version -> its median ms to score one customer.
+    over_budget: dict[str, float] = field(default_factory=dict)
+    max_score_ms: float | None = None
     # Every version that competed, with its score and alias after the decision (for the table and
     # the card; not part of the JSON line, which a scheduler parses).
     board: tuple[Rival, ...] = ()
@@ -194,14 +209,29 @@ def promote(ws: Workspace, config: PromoteConfig | None = None) -> Decision:
             reevaluated.append(v)
         return s.score
 
-    fresh = [s for s in scored.values() if s.fresh]
+    over_budget = over_serving_budget(scored.values(), config.max_score_ms)
+    eligible = [s for s in scored.values() if s.version not in over_budget]
+    if not eligible:
+        raise PromotionError(
+            f"every registered version takes longer than --max-score-ms {config.max_score_ms:g} to score "
+            f"one customer (medians {_ms_list(over_budget)}): train a cheaper model or raise the budget"
+        )
+    slow_champion = previous if previous in over_budget else None
+    fresh = [s for s in eligible if s.fresh]
     # Nothing evaluated on this snapshot: the newest version competes after re-evaluation.
-    newest = max(scored.values(), key=lambda s: int(s.version))
+    newest = max(eligible, key=lambda s: int(s.version))
     candidate = max(fresh, key=preference) if fresh else newest
     cand_score = score_of(candidate.version)
     champ_score = score_of(previous) if previous is not None else None
 
-    if previous is None:
+    if slow_champion is not None:
+        promoted, winner = True, candidate.version
+        reason = (
+            f"champion {previous} ({scored[previous].model}) takes {over_budget[previous]:.1f} ms to score "
+            f"one customer, over the {config.max_score_ms:g} ms budget: version {candidate.version} "
+            f"({candidate.model}) takes it"
+        )
+    elif previous is None:
         promoted, winner = True, candidate.version
         reason = f"no champion yet: version {candidate.version} ({candidate.model}) takes it"
     elif candidate.version == previous:
@@ -223,7 +253,7 @@ def promote(ws: Workspace, config: PromoteConfig | None = None) -> Decision:
     if promoted:
         client.set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION, winner)
     # Runner-up among the versions scored on this evaluation (never the champion itself).
-    others = [s for s in scored.values() if s.version != winner and s.score is not None]
+    others = [s for s in eligible if s.version != winner and s.score is not None]
     challenger = max(others, key=preference).version if others else None
     if challenger is not None:
         client.set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHALLENGER, challenger)
@@ -244,8 +274,15 @@ def promote(ws: Workspace, config: PromoteConfig | None = None) -> Decision:
         challenger=challenger,
         reason=reason,
         reevaluated=reevaluated,
+        over_budget=over_budget,
+        max_score_ms=config.max_score_ms,
         board=tuple(
-            Rival(s.version, s.model, s.score, _role(s.version, winner, challenger))
+            Rival(
+                s.version,
+                s.model,
+                s.score,
+                "over budget" if s.version in over_budget else _role(s.version, winner, challenger),
+            )
             for s in sorted(scored.values(), key=preference, reverse=True)
         ),
     )
@@ -269,6 +306,7 @@ def promote(ws: Workspace, config: PromoteConfig | None = None) -> Decision:
                 "split": config.split,
                 "exclude_seen": config.exclude_seen,
                 "min_delta": config.min_delta,
+                "max_score_ms": config.max_score_ms,
             }
         )
         mlflow.log_metric("candidate_score", cand_score)
@@ -277,6 +315,23 @@ def promote(ws: Workspace, config: PromoteConfig | None = None) -> Decision:
         mlflow.log_text(json.dumps(decision.to_json(), indent=2), "decision.json")
         tracking.log_card(client, run.info.run_id, promote_card(decision.to_json(), decision.board))
     return decision
+
+
+def over_serving_budget(versions: Any, max_score_ms: float | None) -> dict[str, float]:
+    """The versions whose logged median `score_ms` is above `max_score_ms`: version -> that median.
+    A version without the measurement (trained before it existed, or re-evaluated from another
+    snapshot) is not held to the budget."""
+    if max_score_ms is None:
+        return {}
+    return {
+        s.version: s.metrics["score_ms"]
+        for s in versions
+        if s.metrics.get("score_ms") is not None and s.metrics["score_ms"] > max_score_ms
+    }
+
+
+def _ms_list(over: dict[str, float]) -> str:
+    return ", ".join(f"v{v} {ms:.1f} ms" for v, ms in sorted(over.items(), key=lambda kv: int(kv[0])))
 
 
 def _role(version: str, champion: str, challenger: str | None) -> str:

@@ -60,6 +60,11 @@ def train_report(r: TrainResult) -> tuple[str, Table, list[str]]:
     reg = f"registered shoprec version {r.version}" if r.version else "not registered (--no-register)"
     took = f" · fit + evaluation {r.fit_seconds:.1f} s" if r.fit_seconds is not None else ""
     lines.append(f"{reg} · MLflow run {r.run_id}{took}")
+    if r.latency:
+        lines.append(
+            f"scores one customer in {r.latency['score_ms']:.2f} ms (median; p99 "
+            f"{r.latency['score_ms_p99']:.2f} ms), as a served request asks it"
+        )
     if r.comparison is not None:
         lines.append("decision: " + r.comparison.verdict(r.metrics.get(r.comparison.metric)))
     else:
@@ -91,6 +96,13 @@ def promote_report(d: Decision) -> tuple[str, Table, list[str]]:
     lines = [("[bold green]PROMOTED[/]: " if d.promoted else "[bold]KEPT[/]: ") + d.reason]
     if d.challenger:
         lines.append(f"challenger (runner-up, for A/B tests): version {d.challenger}")
+    if d.over_budget:
+        lines.append(
+            f"over the serving budget of {d.max_score_ms:g} ms to score one customer, not competing: "
+            + ", ".join(
+                f"v{v} {ms:.1f} ms" for v, ms in sorted(d.over_budget.items(), key=lambda kv: int(kv[0]))
+            )
+        )
     if d.reevaluated:
         lines.append("re-evaluated on the current data: " + ", ".join(f"v{v}" for v in d.reevaluated))
     if skipped:

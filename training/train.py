@@ -78,9 +78,14 @@ class TrainResult:
     card: str = ""
     # How the model was fitted when not as configured (EASE on the top items of a big catalogue, ...)
     warnings: tuple[str, ...] = ()
+    # The served model's time to score one customer (training.evaluate.score_latency): score_ms
+    # (median), score_ms_p99; `shoprec promote` holds score_ms to its serving budget.
+    latency: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out = {"run_id": self.run_id, "model": self.model, "version": self.version, "metrics": self.metrics}
+        if self.latency:
+            out["latency"] = {k: round(v, 3) for k, v in self.latency.items()}
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
@@ -189,6 +194,7 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
 
     import mlflow
 
+    from training import evaluate as ev
     from training import tracking
     from training.bundle import write_bundle
     from training.data import load_train_data
@@ -218,6 +224,8 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         serving_model = model
 
     fit_warnings = tuple(dict.fromkeys([*model.fit_warnings, *serving_model.fit_warnings]))
+    # what a served request costs: the model that goes into the bundle, one customer at a time
+    latency = ev.score_latency(serving_model, full)
     task = "complements" if config.model in COMPLEMENT_MODELS else "recommend"
     tags = {
         "model": config.model,
@@ -241,6 +249,7 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
             mlflow.set_tag("fit_warnings", _param(" | ".join(fit_warnings)))
         mlflow.log_params({k: _param(v) for k, v in model.config.to_dict().items()})
         tracking.log_metrics(metrics)
+        tracking.log_metrics(latency)
         mlflow.log_metric("fit_seconds", fit_seconds)
         _log_history(model)
         if (epochs := chosen_epochs(model)) is not None:
@@ -284,6 +293,7 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         fit_seconds=fit_seconds,
         card=card,
         warnings=fit_warnings,
+        latency=latency,
     )
 
 
