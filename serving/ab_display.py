@@ -125,7 +125,8 @@ def report_table(report: Mapping[str, Any]) -> tuple[str, Any, list[str]]:
     a = report["attribution"]
     lines.append(
         f"purchases: {a['purchases']:,} ({a['by_id']:,} by recommendation id, {a['by_window']:,} within "
-        f"{a['window_hours']:g} h of a block that showed the item, {a['not_attributed']:,} not attributed)"
+        f"{a['window_hours']:g} h of a block that showed the item, {a['not_attributed']:,} not attributed"
+        + (f", {a['other_channels']:,} of other channels' blocks)" if "other_channels" in a else ")")
     )
     return ("A/B report" if which == "all" else f"A/B report, {which} only"), table, lines
 

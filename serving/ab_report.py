@@ -301,17 +301,30 @@ def channel_counts(impressions: pd.DataFrame) -> dict[str, dict[str, int]]:
 def build_report(impressions: pd.DataFrame, events: pd.DataFrame, config: ReportConfig) -> dict[str, Any]:
     """attribute + summarise, with the attribution counts and the settings in the object. With
     `config.channel` other than "all", only that channel's blocks count: its customers are those it
-    showed a block, and a purchase without an id goes to that channel's latest block of the item
-    (last touch within the channel)."""
+    showed a block, a purchase without an id goes to that channel's latest block of the item (last
+    touch within the channel), and an event quoting another channel's block is left out (its
+    purchases counted as `other_channels`)."""
     channels = channel_counts(impressions)
+    elsewhere = 0
     if config.channel != "all":
         ends = (
             impressions["endpoint"] if "endpoint" in impressions else pd.Series(None, index=impressions.index)
         )
-        impressions = impressions[channel_of(ends) == config.channel]
+        mine = channel_of(ends) == config.channel
+        # an event that quotes another channel's block belongs to that block: never to this channel's
+        # by the window
+        theirs = set(impressions.loc[~mine, "recommendation_id"].dropna().astype(str))
+        if theirs and "recommendation_id" in events:
+            quoted = _ids(events["recommendation_id"]).isin(theirs)
+            elsewhere = int((quoted & (events["event_type"] == PURCHASE)).sum())
+            events = events[~quoted]
+        impressions = impressions[mine]
     per_impression, counts = attribute(
         impressions, events, salt=config.salt, window_hours=config.window_hours
     )
+    if config.channel != "all":  # every purchase is in the total, those of other channels apart
+        counts["purchases"] += elsewhere
+        counts["other_channels"] = elsewhere
     report = summarise(per_impression, config)
     anonymous = int(impressions["user"].isna().sum()) if "user" in impressions else 0
     report["attribution"] = {

@@ -266,6 +266,15 @@ def test_channel_counts_only_that_channels_blocks_and_attributes_within_it() -> 
         }
     )
     assert (every["channel"], email["channel"]) == ("all", "email")
+    # a purchase quoting the mail's id belongs to the mail: the site report does not take it by window
+    quoting = _events([("u1", "a", "purchase", t0 + 2 * HOUR, "m1", 5.0)])
+    site_q = build_report(imp, quoting, ReportConfig(salt=SALT, channel="site"))
+    assert sum(r["purchases"] for r in site_q["variants"]) == 0
+    assert site_q["attribution"]["other_channels"] == 1 and site_q["attribution"]["purchases"] == 1
+    assert (
+        build_report(imp, quoting, ReportConfig(salt=SALT, channel="email"))["variants"][0]["purchases"] == 1
+    )
+    assert "other_channels" not in every["attribution"]
     with pytest.raises(ValueError, match="channel"):
         ReportConfig(channel="sms")
 
