@@ -114,6 +114,7 @@ def test_train_and_promote_tables(shop: Path) -> None:
     assert set(decision) == {
         "promoted", "metric", "split", "champion", "previous_champion", "candidate", "candidate_model",
         "candidate_score", "champion_score", "challenger", "reason", "reevaluated",
+        "over_budget", "max_score_ms",  # the serving budget and the versions it left out
     }  # fmt: skip
     assert (decision["promoted"], decision["champion"]) == (
         (True, second["version"]) if s["ndcg@10"] > m["ndcg@10"] else (False, first["version"])

@@ -189,7 +189,7 @@ def test_a_version_over_the_serving_budget_takes_no_alias_and_a_slow_champion_gi
     for r in (pop, als):  # measured and logged with the run
         assert 0 < r.latency["score_ms"] <= r.latency["score_ms_p99"]
         assert client.get_run(r.run_id).data.metrics["score_ms"] == pytest.approx(r.latency["score_ms"])
-    assert "latency" in als.to_json()
+    assert "serving cost" in als.card and "latency" not in als.to_json()  # the card; the JSON line as before
 
     client.log_metric(als.run_id, "score_ms", 50.0)
     slow = promote(w)  # the default budget, 10 ms

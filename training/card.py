@@ -112,6 +112,7 @@ class RunFacts:
     code_version: str = ""
     fit_seconds: float | None = None
     chosen_epochs: int | None = None
+    latency: dict[str, float] = field(default_factory=dict)  # training.evaluate.score_latency
     comparison: Comparison | None = None
     plots: tuple[str, ...] = ()
 
@@ -170,6 +171,12 @@ def train_card(f: RunFacts) -> str:
         if f.refit
         else "- served model: the one fitted on the split's training part (no refit)"
     )
+    if f.latency:
+        lines.append(
+            f"- serving cost: {f.latency['score_ms']:.2f} ms to score one customer (median of the served "
+            f"model's calls one customer at a time; p99 {f.latency['score_ms_p99']:.2f} ms); `shoprec "
+            "promote` holds the median to its budget (`--max-score-ms`)"
+        )
     lines += ["", "## Split and evaluation", ""]
     lines.append(f"- `{f.split}`: {SPLITS.get(f.split, 'a split written by `shoprec features build`')}")
     if counts:
