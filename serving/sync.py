@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TABLES: tuple[str, ...] = ("events", *LIVE_TABLES)
+# On the Redis stream only: the purchases a replica was told about, for every other replica's social
+# proof ("N customers bought this this week"). The events themselves go into the shared online
+# store, which is read per customer and so never tells a replica that someone else bought an item.
+PURCHASES_SEEN = "purchases-seen"
 
 
 class StateSync:
@@ -88,6 +92,8 @@ class StateSync:
         if table == "events":
             if not self.events_from_log or self.ws is None:
                 self._store_events(rows)
+            if self._bus is not None and (seen := _purchases(rows)):
+                self._bus.publish(PURCHASES_SEEN, seen)  # Redis away: sent later, from the outbox
         elif self._bus is not None:
             if not self._bus.publish(table, rows):  # Redis is away: in effect here now, sent later
                 self._apply(table, rows)
@@ -128,6 +134,10 @@ class StateSync:
         return applied
 
     def _apply(self, table: str, rows: list[dict[str, Any]]) -> int:
+        if table == PURCHASES_SEEN:  # counted again where they were posted: a pair counts once
+            n = self.state.observe(_parse_all(rows))
+            self.applied[table] = self.applied.get(table, 0) + n
+            return n
         try:
             n = self._store_events(rows) if table == "events" else self.state.apply(table, rows)
         except ValueError as e:  # a row the service would have refused: skip it, say so
@@ -138,23 +148,9 @@ class StateSync:
         return n
 
     def _store_events(self, rows: list[dict[str, Any]]) -> int:
-        events: list[Event] = []
-        parsed: list[Event] = []
-        for raw in rows:
-            fields = {
-                k: raw[k]
-                for k in ("user_id", "item_id", "event_type", "timestamp", "size")
-                if raw.get(k) is not None
-            }
-            if isinstance(fields.get("timestamp"), datetime):
-                fields["timestamp"] = fields["timestamp"].timestamp()
-            try:
-                e = parse_event(fields)
-            except ValueError:
-                continue  # a type the online store does not keep (features build weighs it)
-            parsed.append(e)
-            if self.state.may_personalise(e.user_id):
-                events.append(e)
+        # a row of a type the online store does not keep is skipped (features build weighs it)
+        parsed = _parse_all(rows)
+        events = [e for e in parsed if self.state.may_personalise(e.user_id)]
         self.state.observe(parsed)  # the social proof counts every customer's purchases
         return self.store.add(events) if events else 0
 
@@ -210,8 +206,36 @@ def _rows(table: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _parse_all(rows: list[dict[str, Any]]) -> list[Event]:
+    """The rows that parse as events (a row the online store does not keep is skipped)."""
+    out = []
+    for raw in rows:
+        fields = {
+            k: raw[k]
+            for k in ("user_id", "item_id", "event_type", "timestamp", "size")
+            if raw.get(k) is not None
+        }
+        if isinstance(fields.get("timestamp"), datetime):
+            fields["timestamp"] = fields["timestamp"].timestamp()
+        try:
+            out.append(parse_event(fields))
+        except ValueError:
+            continue
+    return out
+
+
+def _purchases(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The purchases among event rows as {user_id, item_id, event_type, timestamp} (epoch s, now
+    where the row had none), what another replica needs to count them."""
+    return [
+        {"user_id": e.user_id, "item_id": e.item_id, "event_type": "purchase", "timestamp": e.timestamp}
+        for e in _parse_all(rows)
+        if e.event_type == "purchase"
+    ]
+
+
 class _RedisBus:
-    """Catalogue, stock and customer rows on a Redis stream every replica reads from its own
+    """Catalogue, stock and customer rows (and the purchases seen, PURCHASES_SEEN) on a Redis stream every replica reads from its own
     position (starting at the stream's end: what came before is in the replica's workspace)."""
 
     def __init__(self, url: str, prefix: str, *, maxlen: int = 100_000) -> None:

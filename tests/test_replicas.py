@@ -141,3 +141,40 @@ def test_two_replicas_sharing_redis_give_the_same_answer_and_see_a_purchase_with
         client = redis.Redis.from_url(REDIS_URL)
         for key in client.scan_iter(f"{prefix}:*"):
             client.delete(key)
+
+
+def test_social_proof_counts_a_purchase_posted_to_the_other_replica(als_shop, tmp_path: Path) -> None:
+    """ "N customers bought this this week" is the same on every replica: six customers buy the most
+    popular item through replica a; replica b's answer shows 6 within a second (a count under 5 is
+    never shown)."""
+    _redis_or_skip()
+    prefix = f"shoprec-test-{uuid.uuid4().hex[:10]}"
+    try:
+        with two_replicas(als_shop, tmp_path, prefix) as (a, b), httpx.Client(timeout=30) as c:
+
+            def proof(url: str, item: str) -> dict | None:
+                r = c.post(f"{url}/popular", json={"k": 20})
+                assert r.status_code == 200, r.text
+                return next(i.get("social_proof") for i in r.json()["items"] if i["item_id"] == item)
+
+            r = c.post(f"{b}/popular", json={"k": 20})
+            item = r.json()["items"][0]["item_id"]
+            before = (proof(b, item) or {}).get("purchases_7d", 0)
+            buyers = als_shop.user_ids[:6]
+            posted = {"events": [{"user_id": u, "item_id": item, "event_type": "purchase"} for u in buyers]}
+            start = time.monotonic()
+            r = c.post(f"{a}/events", json=posted, headers={"Authorization": f"Bearer {API_KEY}"})
+            assert r.status_code == 200, r.text
+            want = {"purchases_7d": before + 6}
+            assert proof(a, item) == want  # where it was posted, at once
+            while proof(b, item) != want and time.monotonic() - start < 5:
+                time.sleep(0.02)
+            waited = time.monotonic() - start
+            assert proof(b, item) == want, f"replica b shows {proof(b, item)}, replica a {want}"
+            assert waited < 1.0, f"replica b counted the purchases on replica a after {waited:.2f} s"
+    finally:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
