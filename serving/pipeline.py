@@ -98,6 +98,9 @@ class EngineConfig:
     # own scores rarely point to them (on the synthetic shop they sit far below the block's
     # candidates), while a weak complement (score 1/50 of the best) gains a mere 0.06.
     durable_complement_boost: float = 3.0
+    # ... for a durable bought this many days ago at most, from the online store or the history the
+    # model was built from (a laptop bought the day before a rebuild still wants its bag)
+    durable_complement_days: float = 30.0
     rebuy_boost: float = 0.3  # boost for purchased items whose re-buy window has passed
     neighbours: int = 30  # neighbours fetched per item for boosts and bought-together
     cache_items: int = 50_000  # per-item neighbour lists kept in memory
@@ -540,7 +543,7 @@ class Engine:
             [(cat.index[e.item_id], e.timestamp) for e in fresh if e.event_type == "purchase"], now,
         )  # fmt: skip
         if context.exclude_seen == "never":
-            return bought._replace(keep_out=bought.keep_out[:0], durable=[])
+            return bought._replace(keep_out=bought.keep_out[:0], durable=[], durable_items=())
         if context.exclude_seen == "always":
             seen = self._history_row(customer, fresh, cat).indices.astype(np.int64)
             return bought._replace(keep_out=np.union1d(bought.keep_out, seen), due=bought.due[:0])
@@ -592,12 +595,10 @@ class Engine:
             + [cat.index[e.item_id] for e in fresh if e.event_type == "purchase"]
         )
         comp_of_current = self._add_complement_boost(snap, anchors, boost, reasons)
-        if bought.durable and cfg.durable_complement_boost:
-            durable = set(bought.durable)
-            fresh_durables = [
-                i for i in anchors[len(cart) + (cur is not None) :] if cat.categories[i] in durable
-            ]
-            self._add_complement_boost(snap, fresh_durables, boost, reasons, cfg.durable_complement_boost)
+        if bought.durable_items and cfg.durable_complement_boost:
+            since = now - cfg.durable_complement_days * 86_400.0
+            recent = [i for i, t in sorted(bought.durable_items, key=lambda it: -it[1]) if t >= since]
+            self._add_complement_boost(snap, recent, boost, reasons, cfg.durable_complement_boost)
         self._add_session_boost(snap, fresh, boost, reasons)
         self._add_context_boost(snap, context, boost, reasons)
         due = bought.due[allowed[bought.due]] if len(bought.due) else bought.due

@@ -63,6 +63,9 @@ class Purchased(NamedTuple):
     keep_out: np.ndarray  # bought, and not yet (or never) allowed back
     due: np.ndarray  # bought before, window passed: "buy it again"
     durable: list[str]  # categories whose other items stay out (a durable bought recently)
+    # the durables themselves (history and the online store), inside their window: (item, bought at
+    # epoch s), for the accessory boost ("a laptop bought: its bag")
+    durable_items: tuple[tuple[int, float], ...] = ()
 
 
 class PurchaseRules:
@@ -86,6 +89,7 @@ class PurchaseRules:
         bought: list[int] = []
         excluded: set[int] = set()
         durable: list[str] = []
+        durable_items: list[tuple[int, float]] = []
         if row >= 0:
             at = self.histories.purchases(row)
             if at.stop > at.start:
@@ -97,6 +101,8 @@ class PurchaseRules:
                 excluded = set(items[now < back].tolist())
                 until = self.durable_until[at][inside]
                 durable = [cat.categories[i] for i in items[now < until].tolist()]
+                ts = self.histories.p_ts[at][inside]
+                durable_items = list(zip(items[now < until].tolist(), ts[now < until].tolist(), strict=True))
         if fresh:
             f_items = np.asarray([i for i, _ in fresh], dtype=np.int64)
             f_ts = np.asarray([t for _, t in fresh], dtype=np.float64)
@@ -110,10 +116,15 @@ class PurchaseRules:
             excluded |= set(f_items[now < back].tolist())
             until = self.policy.durable_until(users, f_cats, f_ts)
             durable += [c for c, u in zip(f_cats.tolist(), until.tolist(), strict=True) if now < u]
+            durable_items += [
+                (i, t)
+                for i, t, u in zip(f_items.tolist(), f_ts.tolist(), until.tolist(), strict=True)
+                if now < u
+            ]
         keep_out, due = F.rebuy_split(
             np.asarray(bought, dtype=np.int64), np.asarray(sorted(excluded), dtype=np.int64)
         )
-        return Purchased(keep_out, due, list(dict.fromkeys(c for c in durable if c)))
+        return Purchased(keep_out, due, list(dict.fromkeys(c for c in durable if c)), tuple(durable_items))
 
 
 def durable_block(cat: F.Catalog, categories: list[str]) -> np.ndarray:
