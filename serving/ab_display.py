@@ -103,6 +103,13 @@ def report_table(report: Mapping[str, Any]) -> tuple[str, Any, list[str]]:
             )
         else:
             pct = [None if u[k] is None else 100 * u[k] for k in ("uplift", "uplift_low", "uplift_high")]
+            if pct[0] is None:  # a relative change from a rate of 0 (or of nothing) has no value
+                rates = [("-" if r is None else f"{100 * r:.1f}%") for r in (u["value"], u["control"])]
+                lines.append(
+                    f"{head} {u['metric']} {rates[0]} against {rates[1]}: the relative uplift is "
+                    f"undefined (a rate of 0), p {_p(u['p_value'])}"
+                )
+                continue
             lines.append(
                 f"{head} {u['metric']} {signed(pct[0], '+.1f')}% [{signed(pct[1], '+.1f')}%, "
                 f"{signed(pct[2], '+.1f')}%], p {_p(u['p_value'])}"

@@ -304,3 +304,17 @@ def test_ab_report_command_channel_option(tmp_path: Path) -> None:
     assert "A/B report, email only" in res.stderr and "blocks by channel: email 6 · site 6" in res.stderr
     res = runner.invoke(app, [*args, "--channel", "sms"], env=env)
     assert res.exit_code == 2 and "channel must be one of all, site, email" in res.stderr
+
+
+def test_the_table_says_an_uplift_from_a_control_rate_of_0_is_undefined() -> None:
+    from serving.ab_display import report_table
+
+    rows = [(f"c{n}", "champion", f"uc{n}", ["a"], 0.0) for n in range(4)]
+    rows += [(f"k{n}", "control", f"uk{n}", ["b"], 0.0) for n in range(4)]
+    events = [("uc0", "a", "purchase", 10.0, "c0", 10.0), ("uc1", "a", "purchase", 10.0, "c1", 20.0)]
+    rep = build_report(_impressions(rows), _events(events), ReportConfig(salt=SALT))
+    conv = next(u for u in rep["uplift"] if u["metric"] == "conversion")
+    assert conv["uplift"] is None and conv["p_value"] is not None  # 2 of 4 against 0 of 4
+    _, _, lines = report_table(rep)
+    line = next(x for x in lines if "conversion" in x)
+    assert "conversion 50.0% against 0.0%: the relative uplift is undefined" in line and "-%" not in line
