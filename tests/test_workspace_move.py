@@ -112,3 +112,25 @@ def test_relocate_is_a_no_op_for_a_workspace_in_place_and_for_a_copy_without_art
     assert all(
         loc.startswith(ws.mlflow_artifacts.as_uri()) for loc in _locations(ws_bare) if "mlartifacts" in loc
     )
+
+
+def test_a_store_whose_first_run_stopped_before_any_artifact_moves_in_without_a_false_alarm(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A first `shoprec train` that failed in the fit leaves a store with only MLflow's Default
+    experiment (under the cwd's ./mlruns) and no mlartifacts/: the next run moves it in quietly
+    instead of asking whether the workspace was copied without its artifacts."""
+    from mlflow import MlflowClient
+
+    from training import tracking
+
+    ws = Workspace.at(tmp_path / "shop")
+    ws.root.mkdir(parents=True)
+    MlflowClient(tracking_uri=ws.mlflow_uri).search_experiments()  # MLflow creates Default only
+    assert not ws.mlflow_artifacts.exists()
+    assert not any(loc.startswith(ws.mlflow_artifacts.as_uri()) for loc in _locations(ws))
+    with caplog.at_level("WARNING", logger="training.tracking"):
+        assert tracking.relocate_store(ws) == {"experiments": 1}
+    assert not [r for r in caplog.records if "does not exist" in r.getMessage()]
+    assert all(loc.startswith(ws.mlflow_artifacts.as_uri()) for loc in _locations(ws))
+    assert tracking.relocate_store(ws) == {}

@@ -126,6 +126,10 @@ def relocate_store(ws: Workspace) -> dict[str, int]:
         ]
         if not old and not default:
             return {}
+        if not old and not ws.mlflow_artifacts.is_dir():
+            # only MLflow's Default experiment to move (a first run that stopped before it logged an
+            # artifact): nothing lies anywhere else, so the workspace's own directory can start now
+            ws.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
         if not ws.mlflow_artifacts.is_dir():
             log.warning(
                 "%s records artifacts under %s but %s does not exist: was the workspace copied "
