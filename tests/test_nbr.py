@@ -18,6 +18,8 @@ from training.models.tifu import (
     history_vectors,
     nearest_one,
     nearest_rows,
+    pool_members,
+    pool_rows,
 )
 
 
@@ -116,6 +118,122 @@ def test_nearest_rows_request_path_picks_the_same_neighbours_as_the_batch_path(m
             assert (slow.data[slow.indptr[r] : slow.indptr[r + 1]] == weight).all()
     empty = nearest_one(np.zeros(0, np.int64), np.zeros(0, np.float32), P, norm2, 5, -1)
     assert len(empty[0]) == 0  # an empty history has no neighbours
+
+
+def brute_force_neighbours(Q: np.ndarray, P: np.ndarray, k: int, exclude: np.ndarray) -> list[list[int]]:
+    """Each query row's k nearest non-empty pool rows, itself and nothing for an empty row left out,
+    by a full stable sort of float64 distances: the definition, written out."""
+    out = []
+    for r, q in enumerate(Q):
+        if not q.any():
+            out.append([])
+            continue
+        d = ((P.astype(np.float64) - q.astype(np.float64)) ** 2).sum(axis=1)
+        d[~P.any(axis=1)] = np.inf
+        if 0 <= exclude[r] < len(P):
+            d[exclude[r]] = np.inf
+        order = np.argsort(d, kind="stable")[:k]
+        out.append(sorted(int(i) for i in order if np.isfinite(d[i])))
+    return out
+
+
+def test_a_big_shop_s_neighbours_are_searched_in_blocks_with_the_same_answer(monkeypatch):
+    """A fit over a big shop's customers holds at most MAX_DISTANCES distances at once: the query
+    rows in blocks (here 32 rows against 60 pool rows, four blocks of a 110-row query), with the
+    neighbours of the definition and weights 1 / (neighbours found)."""
+    import training.models.tifu as tifu
+
+    rng = np.random.default_rng(3)
+    P = (rng.integers(0, 3, (60, 12)) * (rng.random((60, 12)) < 0.3)).astype(np.float32)  # many ties
+    P[[4, 9]] = 0
+    Q = (rng.integers(0, 3, (110, 12)) * (rng.random((110, 12)) < 0.3)).astype(np.float32)
+    Q[[0, 50, 51]] = 0  # empty histories: no neighbours
+    Q[60:70] = P[:10]  # some queries are pool customers themselves, left out below
+    exclude = np.full(110, -1)
+    exclude[60:70] = np.arange(10)
+    norm2 = (P.astype(np.float64) ** 2).sum(axis=1)
+    Ps, Qs = sp.csr_matrix(P), sp.csr_matrix(Q)
+    for k in (1, 5, 58, 100):
+        whole = nearest_rows(Qs, Ps, norm2, k, exclude)
+        monkeypatch.setattr(tifu, "MAX_DISTANCES", 32 * 60)
+        blocks = nearest_rows(Qs, Ps, norm2, k, exclude)
+        monkeypatch.undo()
+        assert (whole != blocks).nnz == 0 and whole.nnz > 0
+        want = brute_force_neighbours(Q, P, k, exclude)
+        for r in range(110):
+            got = blocks.indices[blocks.indptr[r] : blocks.indptr[r + 1]]
+            assert sorted(got.tolist()) == want[r], (k, r)
+            assert (
+                blocks.data[blocks.indptr[r] : blocks.indptr[r + 1]] == np.float32(1 / max(len(got), 1))
+            ).all()
+
+
+def test_the_neighbour_pool_is_a_seeded_sample_of_customers_with_a_history():
+    has = np.zeros(1000, bool)
+    has[::3] = True  # 334 customers with a history
+    assert pool_members(has, 0) is None and pool_members(has, 1000) is None  # every row, as it is
+    sample = pool_members(has, 100, seed=7)
+    assert len(sample) == 100 and has[sample].all() and (np.diff(sample) > 0).all()
+    np.testing.assert_array_equal(sample, pool_members(has, 100, seed=7))
+    assert not np.array_equal(sample, pool_members(has, 100, seed=8))
+    np.testing.assert_array_equal(pool_members(has, 500), np.flatnonzero(has))  # fewer than asked: all
+    rows = pool_rows(np.array([sample[0], sample[99], 1, -1, 5000]), sample)
+    assert rows.tolist() == [0, 99, -1, -1, -1]
+    assert pool_rows(np.array([3, -1]), None).tolist() == [3, -1]
+
+
+def test_a_sampled_pool_gives_neighbours_from_the_pool_only_and_survives_save_and_forget(tmp_path):
+    """TIFU-KNN with pool_size 8 of 30 customers: every customer's neighbour part is the mean of its
+    nearest pool customers by the definition (a pool customer never its own neighbour); the pool's
+    customers survive a save and load; a forgotten pool customer leaves the pool."""
+    rng = np.random.default_rng(11)
+    baskets = [[list(rng.choice(10, size=int(rng.integers(1, 4)), replace=False))] for _ in range(30)]
+    data = data_of(baskets, 10)
+    cfg = TIFUConfig(neighbours=3, alpha=0.0, pool_size=8)
+    model = TIFUKNN(cfg).fit(data)
+    members = model.pool_users_
+    assert len(members) == 8 and model.pool_.shape[0] == 8
+    users = np.arange(30)
+    V = history_vectors(History.of(data, users), 10, cfg).toarray()
+    exclude = pool_rows(users, members)
+    want = brute_force_neighbours(V, V[members], 3, exclude)
+    s = model.score(users, History.of(data, users)) - model.tiebreak_
+    for u in users:
+        np.testing.assert_allclose(s[u], V[members][want[u]].mean(axis=0), atol=1e-6)
+        assert u not in members[want[u]]
+
+    model.save(tmp_path / "m")
+    loaded = TIFUKNN.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.pool_users_, members)
+    np.testing.assert_array_equal(
+        loaded.score(users, History.of(data, users)), model.score(users, History.of(data, users))
+    )
+
+    gone = int(members[0])
+    loaded.forget_users([f"u{gone}"])
+    assert loaded.pool_[0].nnz == 0 and loaded.pool_[1:].nnz == model.pool_[1:].nnz
+
+
+def test_next_basket_on_a_big_shop_learns_from_a_sample_in_blocks(monkeypatch):
+    """A shop past `train_customers` and FIT_BLOCK (here 60 and 16 of 200 customers, and a pool of
+    50): the ranker learns the rhythm from the sampled customers, block by block, and serves every
+    customer, a request exactly as the batch."""
+    import training.models.next_basket as next_basket
+
+    monkeypatch.setattr(next_basket, "FIT_BLOCK", 16)
+    data = rhythm_data(200)
+    users = np.arange(data.n_users)
+    last = np.array([data.sequences[u][-2] for u in users])
+    other = np.where(last % 2 == 0, last + 1, last - 1)
+    nb = get_model_class("next-basket")
+    cfg = nb.Config(neighbours=5, explore=5, train_targets=4, iterations=50, train_customers=60, pool_size=50)
+    model = nb(cfg).fit(data)
+    assert len(model.pool_users_) == 50
+    ids, _ = model.recommend(users, History.of(data, users), 1)
+    assert (ids[:, 0] == other).mean() >= 0.95
+    batch = model.score(users[:20], History.of(data, users[:20]))
+    one = np.vstack([model.score(np.array([u]), History.of(data, np.array([u]))) for u in users[:20]])
+    np.testing.assert_array_equal(one, batch)
 
 
 def test_served_next_basket_probabilities_are_scikit_learn_s_own_bits():
@@ -413,3 +531,21 @@ def test_a_ranker_saved_before_the_as_of_now_features_still_scores():
     )
     ids, _ = model.recommend(users, History.of(data, users), 3)
     assert (ids >= 0).all()
+
+
+def test_the_compiled_top_k_of_each_row_keeps_exactly_the_vectorised_entries(monkeypatch):
+    """row_topk_sparse on a big matrix (a fit's neighbour items) runs compiled; the entries it keeps
+    are the vectorised lexsort's, ties by position in the row included."""
+    import training.models.bought_together as bt
+
+    M = sp.random(300, 500, density=0.1, format="csr", random_state=3, dtype=np.float64)
+    M.data = np.round(M.data * 4) / 4 + 0.25  # four values: ties everywhere
+    M[7] = 0  # an empty row
+    M.eliminate_zeros()
+    for k in (0, 1, 30, 60, 600):
+        monkeypatch.setattr(bt, "TOPK_COMPILED_FROM", 10**12)
+        numpy_path = bt.row_topk_sparse(M, k)
+        monkeypatch.setattr(bt, "TOPK_COMPILED_FROM", 0)
+        compiled = bt.row_topk_sparse(M, k)
+        assert (numpy_path != compiled).nnz == 0, k
+        np.testing.assert_array_equal(np.diff(compiled.indptr), np.minimum(np.diff(M.indptr), k))

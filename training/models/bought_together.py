@@ -21,6 +21,11 @@ from threadpoolctl import threadpool_limits
 from training.base import History, ModelConfig, Recommender, TrainData, sparse_neighbours
 from training.space import Param
 
+try:  # numba is a dependency (pyproject.toml); without it row_topk_sparse stays vectorised numpy
+    from numba import njit
+except ImportError:  # pragma: no cover - exercised only where numba cannot be installed
+    njit = None
+
 
 @dataclass(frozen=True)
 class BoughtTogetherConfig(ModelConfig):
@@ -41,10 +46,44 @@ class BoughtTogetherConfig(ModelConfig):
             raise ValueError(f"bought-together metric must be confidence or lift, got {self.metric!r}")
 
 
+def _topk_keep(indptr: np.ndarray, data: np.ndarray, k: int) -> np.ndarray:
+    """Which entries of a CSR are among their row's k largest, ties by position in the row."""
+    keep = np.zeros(len(data), np.bool_)
+    for r in range(len(indptr) - 1):
+        s, e = indptr[r], indptr[r + 1]
+        if e - s <= k:
+            keep[s:e] = True
+        else:
+            order = np.argsort(-data[s:e], kind="mergesort")  # stable: ties keep their order
+            for j in range(k):
+                keep[s + order[j]] = True
+    return keep
+
+
+def _compile_topk() -> Any:
+    """`_topk_keep` compiled (cached on disk where writable), or None without numba: a big shop's
+    next-basket fit keeps the 30 strongest of ~5,000 neighbour items for every customer, where the
+    vectorised lexsort below took ~40% of the fit."""
+    if njit is None:
+        return None
+    try:
+        return njit(cache=True, nogil=True)(_topk_keep)
+    except RuntimeError:  # no writable cache location: compile in each process
+        return njit(nogil=True)(_topk_keep)
+
+
+_topk_compiled = _compile_topk()
+TOPK_COMPILED_FROM = 100_000  # entries: below this the vectorised path is as fast (no compile wait)
+
+
 def row_topk_sparse(M: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep the k largest entries of every row of a CSR matrix (vectorised, no Python row loop)."""
+    """Keep the k largest entries of every row of a CSR matrix, ties by position in the row."""
     M = sp.csr_matrix(M)
     M.eliminate_zeros()
+    if _topk_compiled is not None and M.nnz >= TOPK_COMPILED_FROM:
+        keep = _topk_compiled(M.indptr.astype(np.int64), M.data, int(k))
+        rows = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
+        return sp.csr_matrix((M.data[keep], (rows[keep], M.indices[keep])), shape=M.shape, dtype=np.float32)
     rows = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
     order = np.lexsort((-M.data, rows))
     rank = np.arange(len(order)) - M.indptr[rows[order]]

@@ -35,7 +35,15 @@ import scipy.sparse as sp
 from training.base import History, ModelConfig, Recommender, TrainData
 from training.models.bought_together import row_topk_sparse
 from training.models.forest import ForestWalk
-from training.models.tifu import BasketEvents, history_events, nearest_one, nearest_rows, tifu_weights
+from training.models.tifu import (
+    BasketEvents,
+    history_events,
+    nearest_one,
+    nearest_rows,
+    pool_members,
+    pool_rows,
+    tifu_weights,
+)
 from training.space import Param
 
 DECAYS = (0.5, 0.8, 0.95)  # per-basket decay of the three decayed-share features
@@ -69,6 +77,9 @@ FEATURES = (
     "now_overdue",
 )
 RECENT = 5  # baskets counted by `recent_share`
+# A fit builds the candidates of at most this many customers at once (a big shop's in blocks: the
+# neighbours' vectors of a block are held in memory together).
+FIT_BLOCK = 8_192
 DAY_S = 86_400.0
 
 
@@ -79,10 +90,17 @@ class NextBasketConfig(ModelConfig):
     within_decay: float = 0.9
     group_decay: float = 0.5
     neighbours: int = 100
+    # The neighbour pool: at most this many training customers (a seeded random sample; 0 = all).
+    # A request computes a distance to each, so it bounds the serving cost on a big shop (tifu.py).
+    pool_size: int = 20_000
     explore: int = 30  # candidates per customer from the neighbours, among items never bought
     # Each customer's last N training baskets are the ranker's targets (8 was best of 3, 8 and 12 on
     # the Instacart sample's validation baskets, benchmarks/bench_nbr.py).
     train_targets: int = 8
+    # The ranker learns from the target baskets of at most this many customers (a seeded random
+    # sample of those with 2+ baskets; 0 = all): a big shop's fit stays within memory and minutes,
+    # and the ranker still learns its ~30 features from millions of candidate rows (docs/nbr.md).
+    train_customers: int = 20_000
     # Share of the non-bought candidates the ranker learns from (a uniform sample shifts every
     # score's odds by one factor, so the ranking keeps; it cuts the fit time by about as much).
     negatives: float = 0.3
@@ -98,6 +116,11 @@ class NextBasketConfig(ModelConfig):
             raise ValueError(f"next-basket negatives must lie in (0, 1], got {self.negatives}")
         if self.explore < 0:
             raise ValueError(f"next-basket explore must be >= 0, got {self.explore}")
+        for name in ("pool_size", "train_customers"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"next-basket {name} must be >= 0 (0 = every customer), got {getattr(self, name)}"
+                )
 
 
 def _lookup(M: sp.csr_matrix, row: np.ndarray, col: np.ndarray) -> np.ndarray:
@@ -388,12 +411,15 @@ class NextBasket(Recommender):
     )
     config: NextBasketConfig
 
-    def _pool(self, ev: BasketEvents, n_items: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    def _pool(
+        self, ev: BasketEvents, n_items: int, members: np.ndarray | None
+    ) -> tuple[sp.csr_matrix, np.ndarray]:
+        """The neighbour pool: the TIFU vectors of the customers in `members` (None: every row)."""
         c = self.config
         w = tifu_weights(ev, c.group_size, c.within_decay, c.group_decay)
         P = sp.csr_matrix((w, (ev.row, ev.item)), shape=(ev.n_rows, n_items), dtype=np.float64)
         P.sum_duplicates()
-        P = sp.csr_matrix(P, dtype=np.float32)
+        P = sp.csr_matrix(P if members is None else P[members], dtype=np.float32)
         return P, np.asarray(P.multiply(P).sum(axis=1)).ravel().astype(np.float64)
 
     def _fit(self, data: TrainData, *, callback: Any = None) -> None:
@@ -402,30 +428,45 @@ class NextBasket(Recommender):
         c = self.config
         n_items = data.n_items
         ev = history_events(History.of(data, np.arange(data.n_users)))
-        self_rows = np.arange(data.n_users, dtype=np.int64)
+        self.pool_users_ = pool_members(ev.n_baskets > 0, c.pool_size, c.seed)
+        self_rows = pool_rows(np.arange(data.n_users), self.pool_users_)
+        learners = pool_members(ev.n_baskets > 1, c.train_customers, c.seed + 1)
+        learns = np.ones(data.n_users, bool)
+        if learners is not None:
+            learns[:] = False
+            learns[learners] = True
         rng = np.random.default_rng(c.seed)
         parts_X, parts_y, parts_w = [], [], []
         for t in range(c.train_targets):
             before = ev.rank > t
             hist = ev.select(before, shift=t + 1)
-            at = (ev.rank == t) & (ev.n_baskets[ev.row] > t + 1)
+            at = (ev.rank == t) & (ev.n_baskets[ev.row] > t + 1) & learns[ev.row]
             if not at.any():
                 break
-            pool, norm2 = self._pool(hist, n_items)
+            pool, norm2 = self._pool(hist, n_items, self.pool_users_)
             # "now" of each target basket: its own time (only the time, never its contents)
             now = np.full(data.n_users, np.nan)
             if ev.ts is not None:
                 now[ev.row[at]] = ev.ts[at]
-            cand = candidates(hist, n_items, c, pool, norm2, self_rows, item_statistics(hist, n_items), now)
-            target = np.unique(ev.row[at] * n_items + ev.item[at])
-            has_target = np.isin(cand.row, np.unique(ev.row[at]))
-            y = np.isin(cand.row * n_items + cand.item, target)
-            keep = has_target & (y | (rng.random(len(y)) < c.negatives))
+            stats = item_statistics(hist, n_items)
             size = np.bincount(ev.row[at], minlength=data.n_users).astype(np.float64)
-            parts_X.append(cand.X[keep])
-            parts_y.append(y[keep])
-            parts_w.append(1.0 / np.maximum(size[cand.row[keep]], 1.0))
-        self.pool_, self.pool_norm2_ = self._pool(ev, n_items)
+            targets = np.unique(ev.row[at])
+            # a small shop's customers in one block, as they are; a big shop's targets a block at a time
+            whole = ev.n_rows <= FIT_BLOCK and learners is None
+            blocks = [None] if whole else np.array_split(targets, -(-len(targets) // FIT_BLOCK))
+            learning = hist if whole else hist.select(np.isin(hist.row, targets))
+            for block in blocks:
+                part = hist if block is None else learning.select(np.isin(learning.row, block))
+                cand = candidates(part, n_items, c, pool, norm2, self_rows, stats, now)
+                in_block = at if block is None else at & np.isin(ev.row, block)
+                target = np.unique(ev.row[in_block] * n_items + ev.item[in_block])
+                has_target = np.isin(cand.row, targets)
+                y = np.isin(cand.row * n_items + cand.item, target)
+                keep = has_target & (y | (rng.random(len(y)) < c.negatives))
+                parts_X.append(cand.X[keep])
+                parts_y.append(y[keep])
+                parts_w.append(1.0 / np.maximum(size[cand.row[keep]], 1.0))
+        self.pool_, self.pool_norm2_ = self._pool(ev, n_items, self.pool_users_)
         self.item_stats_ = item_statistics(ev, n_items)
         pop = self.item_stats_[:, 0]
         self.tiebreak_ = (1e-6 * pop / max(pop.max(), 1.0) - 1.0).astype(np.float32)
@@ -454,7 +495,7 @@ class NextBasket(Recommender):
             self.config,
             self.pool_,
             self.pool_norm2_,
-            np.asarray(users, np.int64),
+            pool_rows(users, getattr(self, "pool_users_", None)),
             self.item_stats_,
             history.now,
         )
@@ -475,7 +516,8 @@ class NextBasket(Recommender):
     def _forget_rows(self, users: np.ndarray) -> None:
         """A forgotten customer leaves the neighbour pool: their vector is emptied."""
         keep = np.ones(self.pool_.shape[0], np.float32)
-        keep[users[users < len(keep)]] = 0.0
+        rows = pool_rows(users, getattr(self, "pool_users_", None))
+        keep[rows[(rows >= 0) & (rows < len(keep))]] = 0.0
         self.pool_ = sp.csr_matrix(sp.diags(keep) @ self.pool_, dtype=np.float32)
         self.pool_.eliminate_zeros()
         self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
@@ -484,6 +526,8 @@ class NextBasket(Recommender):
         sp.save_npz(path / "pool.npz", self.pool_)
         np.save(path / "item_stats.npy", self.item_stats_)
         np.save(path / "tiebreak.npy", self.tiebreak_)
+        if self.pool_users_ is not None:
+            np.save(path / "pool_users.npy", self.pool_users_)
         with open(path / "ranker.pkl", "wb") as f:
             pickle.dump(self.ranker_, f)
 
@@ -492,6 +536,8 @@ class NextBasket(Recommender):
         self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
         self.item_stats_ = np.load(path / "item_stats.npy")
         self.tiebreak_ = np.load(path / "tiebreak.npy")
+        members = path / "pool_users.npy"  # absent: every training customer (and older bundles)
+        self.pool_users_ = np.load(members) if members.exists() else None
         with open(path / "ranker.pkl", "rb") as f:
             self.ranker_ = pickle.load(f)  # noqa: S301 - our own bundle, written by _save_state
         self.walk_ = ForestWalk(self.ranker_) if self.ranker_ is not None else None

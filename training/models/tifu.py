@@ -35,12 +35,18 @@ class TIFUConfig(ModelConfig):
     group_decay: float = 0.7  # r_g: weight of each older group
     neighbours: int = 300  # k nearest customers whose vectors are averaged
     alpha: float = 0.7  # share of the customer's own vector; 1 = no neighbours
+    # Neighbours come from at most this many training customers (a seeded random sample of those
+    # with a history; 0 = every one): a request computes a distance to each of them, so the pool
+    # bounds its cost on a big shop (pool_members).
+    pool_size: int = 20_000
 
     def __post_init__(self) -> None:
         if self.group_size < 1:
             raise ValueError(f"tifu group_size must be >= 1, got {self.group_size}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"tifu alpha must lie in [0, 1], got {self.alpha}")
+        if self.pool_size < 0:
+            raise ValueError(f"tifu pool_size must be >= 0 (0 = every customer), got {self.pool_size}")
         for name in ("within_decay", "group_decay"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"tifu {name} must lie in (0, 1], got {getattr(self, name)}")
@@ -149,19 +155,44 @@ def history_vectors(history: History, n_items: int, config: TIFUConfig) -> sp.cs
 
 
 DENSE_QUERIES = 32  # nearest_rows takes up to this many query rows as dense columns
+# nearest_rows holds at most this many distances at once (128 MB of float64): a big shop's customers
+# are searched in blocks of query rows, each block's neighbours exactly what one pass would find.
+MAX_DISTANCES = 1 << 24
 
 
-def nearest_rows(
-    Q: sp.csr_matrix, P: sp.csr_matrix, p_norm2: np.ndarray, k: int, exclude: np.ndarray
-) -> sp.csr_matrix:
-    """(len(Q), len(P)) CSR with 1/k at each query row's k nearest pool rows (Euclidean), a pool row
-    equal to `exclude[r]` (the customer themself) and empty pool rows left out, none for an empty
-    query row; ties by lower index."""
+def pool_members(has_history: np.ndarray, pool_size: int, seed: int = 0) -> np.ndarray | None:
+    """The training customers whose vectors form the neighbour pool: None (every row, as they are)
+    when `pool_size` is 0 or at least the number of customers, else a seeded random sample of
+    `pool_size` customers among those with a history, sorted. The pool bounds a served request's
+    cost (a distance to every pool customer) and a fit's: a big shop's neighbours come from a sample
+    of its customers."""
+    n = len(has_history)
+    if pool_size <= 0 or pool_size >= n:
+        return None
+    live = np.flatnonzero(has_history)
+    if len(live) <= pool_size:
+        return live.astype(np.int64)
+    return np.sort(np.random.default_rng(seed).choice(live, pool_size, replace=False)).astype(np.int64)
+
+
+def pool_rows(users: np.ndarray, members: np.ndarray | None) -> np.ndarray:
+    """Each customer's row in the neighbour pool (`pool_members`), -1 where they are not in it (an
+    unknown customer, or one left out of a sampled pool)."""
+    users = np.asarray(users, np.int64)
+    if members is None:
+        return users
+    if not len(members):
+        return np.full(len(users), -1, np.int64)
+    pos = np.clip(np.searchsorted(members, users), 0, len(members) - 1)
+    return np.where(members[pos] == users, pos, -1).astype(np.int64)
+
+
+def _nearest_block(
+    Q: sp.csr_matrix, q2: np.ndarray, P: sp.csr_matrix, p_norm2: np.ndarray, k: int, exclude: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row, pool row) of each query row's k nearest non-empty pool rows other than `exclude`, ties
+    by lower index (a stable sort of the distances); every query row non-empty."""
     n, n_pool = Q.shape[0], P.shape[0]
-    k = min(k, n_pool)
-    if k <= 0 or n == 0:
-        return sp.csr_matrix((n, n_pool), dtype=np.float32)
-    q2 = np.asarray(Q.multiply(Q).sum(axis=1)).ravel()
     # P @ Q.T, not Q @ P.T: the latter transposes the whole pool into CSR on every call (1.4 ms of a
     # served request on the demo shop); each dot product adds the same terms in the same order. For
     # a few queries (a served request) against dense query columns: the same sums, plus zeros.
@@ -170,28 +201,46 @@ def nearest_rows(
     dots = dots if isinstance(dots, np.ndarray) else dots.toarray()
     d = q2[:, None] + p_norm2[None, :] - 2.0 * np.asarray(dots.T, np.float64)
     d[:, p_norm2 <= 0] = np.inf
-    d[q2 <= 0, :] = np.inf  # an empty history says nothing about who is near: no neighbours
     ok = (exclude >= 0) & (exclude < n_pool)
     d[np.flatnonzero(ok), exclude[ok]] = np.inf
-    k = min(k, max(int(np.isfinite(d).sum(axis=1).max()), 0))
-    if k == 0:
+    near = np.isfinite(d)
+    if k < n_pool:
+        # the k-th distance by partition, then a sort of the rows at or below it only
+        near &= d <= np.partition(d, k - 1, axis=1)[:, k - 1 : k]
+    r, c = np.nonzero(near)
+    dist = d[r, c]
+    order = np.lexsort((c, dist, r))  # by query row, distance, then the lower pool row
+    r, c = r[order], c[order]
+    within = np.arange(len(r)) - np.searchsorted(r, r)  # place in its query row's order
+    keep = within < k
+    return r[keep], c[keep]
+
+
+def nearest_rows(
+    Q: sp.csr_matrix, P: sp.csr_matrix, p_norm2: np.ndarray, k: int, exclude: np.ndarray
+) -> sp.csr_matrix:
+    """(len(Q), len(P)) CSR with 1/k at each query row's k nearest pool rows (Euclidean), a pool row
+    equal to `exclude[r]` (the customer themself) and empty pool rows left out, none for an empty
+    query row; ties by lower index. Query rows in blocks of at most MAX_DISTANCES distances."""
+    n, n_pool = Q.shape[0], P.shape[0]
+    k = min(k, n_pool)
+    if k <= 0 or n == 0:
         return sp.csr_matrix((n, n_pool), dtype=np.float32)
-    if n <= DENSE_QUERIES and k < n_pool:
-        # a served request: the k-th distance by partition, then a stable sort of the rows at or
-        # below it, which are in index order, so ties fall to the lower index as in the full sort
-        idx = np.empty((n, k), np.int64)
-        kth = np.partition(d, k - 1, axis=1)[:, k - 1]
-        for r in range(n):
-            near = np.flatnonzero(d[r] <= kth[r])
-            idx[r] = near[np.argsort(d[r, near], kind="stable")[:k]]
-    else:
-        idx = np.argsort(d, axis=1, kind="stable")[:, :k]
-    rows = np.repeat(np.arange(n), k)
-    cols = idx.ravel()
-    fin = np.isfinite(d[rows, cols])
-    counts = np.bincount(rows[fin], minlength=n).astype(np.float64)
-    vals = 1.0 / np.maximum(counts[rows[fin]], 1.0)
-    return sp.csr_matrix((vals.astype(np.float32), (rows[fin], cols[fin])), shape=(n, n_pool))
+    Q = sp.csr_matrix(Q)
+    q2 = np.asarray(Q.multiply(Q).sum(axis=1)).ravel()
+    live = np.flatnonzero(q2 > 0)  # an empty history says nothing about who is near: no neighbours
+    exclude = np.asarray(exclude, np.int64)
+    block = max(DENSE_QUERIES, MAX_DISTANCES // max(n_pool, 1))
+    rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for s in range(0, len(live), block):
+        q = live[s : s + block]
+        r, c = _nearest_block(Q[q] if len(q) < n else Q, q2[q], P, p_norm2, k, exclude[q])
+        rows.append(q[r])
+        cols.append(c)
+    row, col = np.concatenate(rows), np.concatenate(cols)
+    counts = np.bincount(row, minlength=n).astype(np.float64)
+    vals = 1.0 / np.maximum(counts[row], 1.0)
+    return sp.csr_matrix((vals.astype(np.float32), (row, col)), shape=(n, n_pool))
 
 
 def nearest_one(
@@ -246,7 +295,9 @@ class TIFUKNN(Recommender):
 
     def _fit(self, data: TrainData, *, callback: Any = None) -> None:
         hist = History.of(data, np.arange(data.n_users))
-        self.pool_ = history_vectors(hist, data.n_items, self.config)
+        V = history_vectors(hist, data.n_items, self.config)
+        self.pool_users_ = pool_members(np.diff(V.indptr) > 0, self.config.pool_size)
+        self.pool_ = V if self.pool_users_ is None else sp.csr_matrix(V[self.pool_users_])
         self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
         pop = np.bincount(sp.csr_matrix(data.user_items).indices, minlength=data.n_items).astype(np.float64)
         # Popularity only orders the items nothing else scores (far below any real weight).
@@ -257,9 +308,8 @@ class TIFUKNN(Recommender):
     ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """The customers' own TIFU vectors and their neighbours' mean vectors, both (n, n_items)."""
         own = history_vectors(history, self.n_items, self.config)
-        W = nearest_rows(
-            own, self.pool_, self.pool_norm2_, self.config.neighbours, np.asarray(users, np.int64)
-        )
+        exclude = pool_rows(users, getattr(self, "pool_users_", None))
+        W = nearest_rows(own, self.pool_, self.pool_norm2_, self.config.neighbours, exclude)
         return own, sp.csr_matrix(W @ self.pool_)
 
     def score(self, users: np.ndarray, history: History) -> np.ndarray:
@@ -271,7 +321,8 @@ class TIFUKNN(Recommender):
     def _forget_rows(self, users: np.ndarray) -> None:
         """A forgotten customer leaves the neighbour pool: their vector is emptied."""
         keep = np.ones(self.pool_.shape[0], np.float32)
-        keep[users[users < len(keep)]] = 0.0
+        rows = pool_rows(users, getattr(self, "pool_users_", None))
+        keep[rows[(rows >= 0) & (rows < len(keep))]] = 0.0
         self.pool_ = sp.csr_matrix(sp.diags(keep) @ self.pool_, dtype=np.float32)
         self.pool_.eliminate_zeros()
         self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
@@ -279,8 +330,12 @@ class TIFUKNN(Recommender):
     def _save_state(self, path: Path) -> None:
         sp.save_npz(path / "tifu_pool.npz", self.pool_)
         np.save(path / "tiebreak.npy", self.tiebreak_)
+        if self.pool_users_ is not None:
+            np.save(path / "pool_users.npy", self.pool_users_)
 
     def _load_state(self, path: Path) -> None:
         self.pool_ = sp.load_npz(path / "tifu_pool.npz").tocsr()
         self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
         self.tiebreak_ = np.load(path / "tiebreak.npy")
+        members = path / "pool_users.npy"  # absent: every training customer (and older bundles)
+        self.pool_users_ = np.load(members) if members.exists() else None
