@@ -14,6 +14,9 @@ whole process tree (the Spark JVM included) sampled every 0.2 s:
    plain numpy matmul + argpartition over the same factors in one process (benchmarks/bench_feed.py
    `--workspace`; target <= 2x), and `shoprec serve --data` loaded with it: seconds until it
    answers, its memory, /recommend under wrk (paced ~200 req/s and saturation) and a /stock update.
+   Then `train --model next-basket` on the same shop (after the ALS stages, so the feed and the
+   service stay ALS's): its neighbour pool and its learners are samples of at most 20,000 customers
+   (docs/nbr.md); wall time, peak RSS and what a served score costs (`score_ms`, measured at training).
 
 Shops are generated under --work (default /tmp/shoprec-scale) and deleted as soon as they are no
 longer needed (disk is shared). Results: benchmarks/results/scale.json, written after every stage,
@@ -259,6 +262,25 @@ def end_to_end(path: Path, out: dict[str, Any], stage_timeout: float, save: Any)
     except Exception as e:  # noqa: BLE001 - what breaks is part of the answer
         out["serve"] = {"error": f"{type(e).__name__}: {e}"}
     save()
+    out["next_basket"] = next_basket_stage(path, env, stage_timeout)
+    save()
+
+
+def next_basket_stage(path: Path, env: dict[str, str], stage_timeout: float) -> dict[str, Any]:
+    """`train --model next-basket` on the shop: the stage's wall time and peak RSS, its metrics, and
+    the served score's median and p99 that `train` measured and logged to MLflow (`score_ms`)."""
+    r = run_stage(
+        [SHOPREC, "train", "--data", str(path), "--model", "next-basket"], timeout=stage_timeout * 2, env=env
+    )
+    output = r.pop("output", None) or {}
+    metrics = output.get("metrics", {})
+    r["metrics"] = {k: metrics[k] for k in ("ndcg@10", "recall@20", "n_users") if k in metrics}
+    if output.get("run_id"):
+        from mlflow import MlflowClient
+
+        logged = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).get_run(output["run_id"]).data.metrics
+        r.update({k: round(logged[k], 2) for k in ("score_ms", "score_ms_p99") if k in logged})
+    return r
 
 
 def spark_vs_duckdb(path: Path, millions: float, stage_timeout: float, results: dict[str, Any]) -> None:
@@ -304,6 +326,7 @@ def markdown(results: dict[str, Any]) -> str:
             ("als", "`train --model als`"),
             ("promote", "`promote`"),
             ("feed", "e-mail feed + baseline"),
+            ("next_basket", "`train --model next-basket`"),
         ):
             if key in e2e:
                 lines.append(row(f"{name} ({e2e['customers']:,} customers)", e2e[key]))

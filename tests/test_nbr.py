@@ -234,6 +234,9 @@ def test_next_basket_on_a_big_shop_learns_from_a_sample_in_blocks(monkeypatch):
     batch = model.score(users[:20], History.of(data, users[:20]))
     one = np.vstack([model.score(np.array([u]), History.of(data, np.array([u]))) for u in users[:20]])
     np.testing.assert_array_equal(one, batch)
+    member = int(model.pool_users_[3])  # a forgotten pool customer leaves the sampled pool
+    model.forget_users([f"u{member}"])
+    assert model.pool_[3].nnz == 0 and model.pool_norm2_[3] == 0 and model.pool_.nnz > 0
 
 
 def test_served_next_basket_probabilities_are_scikit_learn_s_own_bits():
