@@ -37,10 +37,12 @@ from training.models.bought_together import row_topk_sparse
 from training.models.forest import ForestWalk
 from training.models.tifu import (
     BasketEvents,
+    forget_in_pool,
     history_events,
     nearest_one,
     nearest_rows,
     pool_members,
+    pool_norm2,
     pool_rows,
     tifu_weights,
 )
@@ -420,7 +422,7 @@ class NextBasket(Recommender):
         P = sp.csr_matrix((w, (ev.row, ev.item)), shape=(ev.n_rows, n_items), dtype=np.float64)
         P.sum_duplicates()
         P = sp.csr_matrix(P if members is None else P[members], dtype=np.float32)
-        return P, np.asarray(P.multiply(P).sum(axis=1)).ravel().astype(np.float64)
+        return P, pool_norm2(P)
 
     def _fit(self, data: TrainData, *, callback: Any = None) -> None:
         from sklearn.ensemble import HistGradientBoostingClassifier
@@ -515,12 +517,8 @@ class NextBasket(Recommender):
 
     def _forget_rows(self, users: np.ndarray) -> None:
         """A forgotten customer leaves the neighbour pool: their vector is emptied."""
-        keep = np.ones(self.pool_.shape[0], np.float32)
-        rows = pool_rows(users, getattr(self, "pool_users_", None))
-        keep[rows[(rows >= 0) & (rows < len(keep))]] = 0.0
-        self.pool_ = sp.csr_matrix(sp.diags(keep) @ self.pool_, dtype=np.float32)
-        self.pool_.eliminate_zeros()
-        self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
+        self.pool_ = forget_in_pool(self.pool_, getattr(self, "pool_users_", None), users)
+        self.pool_norm2_ = pool_norm2(self.pool_)
 
     def _save_state(self, path: Path) -> None:
         sp.save_npz(path / "pool.npz", self.pool_)
@@ -533,7 +531,7 @@ class NextBasket(Recommender):
 
     def _load_state(self, path: Path) -> None:
         self.pool_ = sp.load_npz(path / "pool.npz").tocsr()
-        self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
+        self.pool_norm2_ = pool_norm2(self.pool_)
         self.item_stats_ = np.load(path / "item_stats.npy")
         self.tiebreak_ = np.load(path / "tiebreak.npy")
         members = path / "pool_users.npy"  # absent: every training customer (and older bundles)

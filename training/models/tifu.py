@@ -187,6 +187,21 @@ def pool_rows(users: np.ndarray, members: np.ndarray | None) -> np.ndarray:
     return np.where(members[pos] == users, pos, -1).astype(np.int64)
 
 
+def pool_norm2(P: sp.csr_matrix) -> np.ndarray:
+    """Each pool row's squared norm (float32 sums, as float64), the distances' constant part."""
+    return np.asarray(P.multiply(P).sum(axis=1)).ravel().astype(np.float64)
+
+
+def forget_in_pool(P: sp.csr_matrix, members: np.ndarray | None, users: np.ndarray) -> sp.csr_matrix:
+    """The pool with the rows of forgotten customers `users` emptied (those not in it change nothing)."""
+    keep = np.ones(P.shape[0], np.float32)
+    rows = pool_rows(users, members)
+    keep[rows[(rows >= 0) & (rows < len(keep))]] = 0.0
+    out = sp.csr_matrix(sp.diags(keep) @ P, dtype=np.float32)
+    out.eliminate_zeros()
+    return out
+
+
 def _nearest_block(
     Q: sp.csr_matrix, q2: np.ndarray, P: sp.csr_matrix, p_norm2: np.ndarray, k: int, exclude: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -298,7 +313,7 @@ class TIFUKNN(Recommender):
         V = history_vectors(hist, data.n_items, self.config)
         self.pool_users_ = pool_members(np.diff(V.indptr) > 0, self.config.pool_size)
         self.pool_ = V if self.pool_users_ is None else sp.csr_matrix(V[self.pool_users_])
-        self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
+        self.pool_norm2_ = pool_norm2(self.pool_)
         pop = np.bincount(sp.csr_matrix(data.user_items).indices, minlength=data.n_items).astype(np.float64)
         # Popularity only orders the items nothing else scores (far below any real weight).
         self.tiebreak_ = (1e-9 * pop / max(pop.max(), 1.0)).astype(np.float32)
@@ -320,12 +335,8 @@ class TIFUKNN(Recommender):
 
     def _forget_rows(self, users: np.ndarray) -> None:
         """A forgotten customer leaves the neighbour pool: their vector is emptied."""
-        keep = np.ones(self.pool_.shape[0], np.float32)
-        rows = pool_rows(users, getattr(self, "pool_users_", None))
-        keep[rows[(rows >= 0) & (rows < len(keep))]] = 0.0
-        self.pool_ = sp.csr_matrix(sp.diags(keep) @ self.pool_, dtype=np.float32)
-        self.pool_.eliminate_zeros()
-        self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
+        self.pool_ = forget_in_pool(self.pool_, getattr(self, "pool_users_", None), users)
+        self.pool_norm2_ = pool_norm2(self.pool_)
 
     def _save_state(self, path: Path) -> None:
         sp.save_npz(path / "tifu_pool.npz", self.pool_)
@@ -335,7 +346,7 @@ class TIFUKNN(Recommender):
 
     def _load_state(self, path: Path) -> None:
         self.pool_ = sp.load_npz(path / "tifu_pool.npz").tocsr()
-        self.pool_norm2_ = np.asarray(self.pool_.multiply(self.pool_).sum(axis=1)).ravel().astype(np.float64)
+        self.pool_norm2_ = pool_norm2(self.pool_)
         self.tiebreak_ = np.load(path / "tiebreak.npy")
         members = path / "pool_users.npy"  # absent: every training customer (and older bundles)
         self.pool_users_ = np.load(members) if members.exists() else None
