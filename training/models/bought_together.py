@@ -19,12 +19,8 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from training.base import History, ModelConfig, Recommender, TrainData, sparse_neighbours
+from training.models.forest import compiled
 from training.space import Param
-
-try:  # numba is a dependency (pyproject.toml); without it row_topk_sparse stays vectorised numpy
-    from numba import njit
-except ImportError:  # pragma: no cover - exercised only where numba cannot be installed
-    njit = None
 
 
 @dataclass(frozen=True)
@@ -60,19 +56,9 @@ def _topk_keep(indptr: np.ndarray, data: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
-def _compile_topk() -> Any:
-    """`_topk_keep` compiled (cached on disk where writable), or None without numba: a big shop's
-    next-basket fit keeps the 30 strongest of ~5,000 neighbour items for every customer, where the
-    vectorised lexsort below took ~40% of the fit."""
-    if njit is None:
-        return None
-    try:
-        return njit(cache=True, nogil=True)(_topk_keep)
-    except RuntimeError:  # no writable cache location: compile in each process
-        return njit(nogil=True)(_topk_keep)
-
-
-_topk_compiled = _compile_topk()
+# `_topk_keep` compiled, or None without numba: a big shop's next-basket fit keeps the 30 strongest
+# of ~5,000 neighbour items for every customer, where the vectorised lexsort below took ~40% of it.
+_topk_compiled = compiled(_topk_keep)
 TOPK_COMPILED_FROM = 100_000  # entries: below this the vectorised path is as fast (no compile wait)
 
 
