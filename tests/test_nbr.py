@@ -552,3 +552,28 @@ def test_the_compiled_top_k_of_each_row_keeps_exactly_the_vectorised_entries(mon
         compiled = bt.row_topk_sparse(M, k)
         assert (numpy_path != compiled).nnz == 0, k
         np.testing.assert_array_equal(np.diff(compiled.indptr), np.minimum(np.diff(M.indptr), k))
+
+
+def test_a_big_unsorted_product_is_read_without_sorting_and_gives_the_same_values(monkeypatch):
+    """_lookup reads a sparse product's unsorted rows through a compiled scratch row; every pair
+    (stored, missing, on an empty row, asked twice, in any order) gets the sorted path's value."""
+    import training.models.next_basket as nb
+
+    rng = np.random.default_rng(5)
+    W = sp.random(200, 80, density=0.05, format="csr", random_state=1, dtype=np.float32)
+    W[3] = 0  # a customer without neighbours: an empty row
+    P = sp.random(80, 400, density=0.05, format="csr", random_state=2, dtype=np.float32)
+    M = sp.csr_matrix(W @ P, dtype=np.float64)
+    row = rng.integers(0, 200, 5000)
+    col = rng.integers(0, 400, 5000)
+    stored = M.tocoo()
+    row = np.r_[row, stored.row, stored.row[:50]]  # every stored entry too, some twice
+    col = np.r_[col, stored.col, stored.col[:50]]
+    monkeypatch.setattr(nb, "GATHER_COMPILED_FROM", 10**12)
+    sorted_path = nb._lookup(M.copy(), row, col)
+    monkeypatch.setattr(nb, "GATHER_COMPILED_FROM", 0)
+    unsorted = M.copy()
+    unsorted.has_sorted_indices = False  # as a product can come out
+    gathered = nb._lookup(unsorted, row, col)
+    np.testing.assert_array_equal(gathered, sorted_path)
+    assert (gathered != 0).sum() >= stored.nnz  # the stored entries were found, not zeros everywhere

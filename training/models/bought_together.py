@@ -43,16 +43,30 @@ class BoughtTogetherConfig(ModelConfig):
 
 
 def _topk_keep(indptr: np.ndarray, data: np.ndarray, k: int) -> np.ndarray:
-    """Which entries of a CSR are among their row's k largest, ties by position in the row."""
+    """Which entries of a CSR are among their row's k largest, ties by position in the row.
+
+    A selection, not a sort: the row's k-th largest value t (a partition), every entry above t, then
+    the first entries equal to t until k are kept (what a stable sort's first k would keep)."""
     keep = np.zeros(len(data), np.bool_)
     for r in range(len(indptr) - 1):
         s, e = indptr[r], indptr[r + 1]
-        if e - s <= k:
+        n = e - s
+        if n <= k:
             keep[s:e] = True
-        else:
-            order = np.argsort(-data[s:e], kind="mergesort")  # stable: ties keep their order
-            for j in range(k):
-                keep[s + order[j]] = True
+        elif k > 0:
+            row = data[s:e]
+            t = np.partition(row, n - k)[n - k]
+            room = k
+            for j in range(n):
+                if row[j] > t:
+                    keep[s + j] = True
+                    room -= 1
+            for j in range(n):
+                if room == 0:
+                    break
+                if row[j] == t:
+                    keep[s + j] = True
+                    room -= 1
     return keep
 
 
