@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from tqdm import tqdm
 
 from training.base import History, Recommender, TrainData
 from training.data import Split
@@ -202,6 +203,9 @@ def evaluate(
     # once (ALS evaluation on the 1M-customer shop was killed at 22 GB). Each customer's answer
     # depends on their own row only, so the result is the same.
     step = max(batch_size, EXCLUSION_SLICE // batch_size * batch_size)
+    bar = tqdm(  # shown on a terminal only: a million customers take minutes
+        total=len(users), desc=f"evaluating on {on}", unit="customer", disable=None, leave=False
+    )
     for start in range(0, len(users), step):
         rows = slice(start, start + step)
         # "Now" is the time the recommendation is asked for: the held-out basket's time (its first
@@ -212,6 +216,8 @@ def evaluate(
         part_extra = extra[extra["user_idx"].isin(users[rows])] if not extra.empty else extra
         exclude = exclusion_matrix(split, users[rows], part, part_extra, now[rows], exclude_seen, policy)
         ids[rows], _ = model.recommend(users[rows], part, kmax, exclude=exclude, batch_size=batch_size)
+        bar.update(len(users[rows]))
+    bar.close()
     hits = hit_matrix(ids, T)
 
     pop = _item_popularity(tr.user_items)
