@@ -136,6 +136,49 @@ def test_evaluate_hands_out_each_customer_s_metric_for_paired_intervals():
     assert r["hit@1"] == pytest.approx(per_user["hit@1"].mean())
 
 
+def test_a_big_evaluation_takes_a_seeded_sample_the_same_for_every_model():
+    """Above max_users held-out customers, a seeded sample is evaluated: its figures are the full
+    evaluation's figures of exactly those customers, and another model gets the same customers."""
+    split = _split(pd.DataFrame())
+    model = _Fixed().fit(split.train)
+    full: dict = {}
+    evaluate(model, split, ks=(1, 3), exclude_seen="never", per_user_out=full)
+    sampled: dict = {}
+    r = evaluate(model, split, ks=(1, 3), exclude_seen="never", per_user_out=sampled, max_users=2)
+    assert r["n_users"] == 2 and r["n_users_heldout"] == 3
+    picked = np.isin(full["users"], sampled["users"])
+    assert picked.sum() == 2
+    assert r["hit@1"] == pytest.approx(full["hit@1"][picked].mean())
+    assert r["ndcg@3"] == pytest.approx(full["ndcg@3"][picked].mean())
+
+    class Reversed(_Fixed):
+        def score(self, users, history):
+            return -super().score(users, history)
+
+    for _ in range(5):  # the same customers every time (an unseeded draw would differ by chance)
+        again: dict = {}
+        evaluate(
+            Reversed().fit(split.train), split, ks=(1,), exclude_seen="never", per_user_out=again, max_users=2
+        )
+        np.testing.assert_array_equal(again["users"], sampled["users"])
+    # at or under the cap every customer is evaluated and nothing says otherwise
+    whole = evaluate(model, split, ks=(1,), exclude_seen="never", max_users=3)
+    assert whole["n_users"] == 3 and "n_users_heldout" not in whole
+    with pytest.raises(ValueError, match="max_users"):
+        evaluate(model, split, max_users=0)
+
+
+def test_promote_compares_runs_evaluated_on_the_same_customers_only(monkeypatch):
+    import training.evaluate as ev
+    from training.promote import same_customers
+
+    monkeypatch.setattr(ev, "EVAL_CUSTOMERS", 100)
+    assert same_customers({"eval_customers": "100"}, {"n_users": 100.0})
+    assert not same_customers({"eval_customers": "50"}, {"n_users": 50.0})  # another cap: re-evaluate
+    assert same_customers({}, {"n_users": 80.0})  # before the cap, on fewer customers: all, as now
+    assert not same_customers({}, {"n_users": 700.0})  # before the cap, on more: not the same customers
+
+
 def test_ratio_interval_covers_a_planted_ratio_and_says_how_often_it_clears_the_target():
     from benchmarks.bench_nbr import ratio_interval
 

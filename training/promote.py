@@ -133,6 +133,7 @@ def scored_versions(
             and tags.get("split") == split
             and tags.get("exclude_seen", exclude_seen) == exclude_seen
             and key in run.data.metrics
+            and same_customers(tags, run.data.metrics)
         )
         score = float(run.data.metrics[key]) if fresh else None
         metrics = tracking.run_metrics_of(run) if fresh else {}
@@ -140,6 +141,17 @@ def scored_versions(
             str(mv.version), tags.get("model", "?"), mv.run_id, score, fresh, metrics
         )
     return scored
+
+
+def same_customers(tags: dict[str, str], metrics: dict[str, float]) -> bool:
+    """Whether a run was evaluated on the customers an evaluation now takes: with today's cap on the
+    held-out customers (`training.evaluate.EVAL_CUSTOMERS`), or before the cap existed on no more
+    customers than it (then it evaluated every one of them, as now)."""
+    from training.evaluate import EVAL_CUSTOMERS
+
+    if "eval_customers" in tags:
+        return tags["eval_customers"] == str(EVAL_CUSTOMERS)
+    return metrics.get("n_users", 0.0) <= EVAL_CUSTOMERS
 
 
 def champion_version(client: MlflowClient, alias: str = "champion") -> str | None:

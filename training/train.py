@@ -234,6 +234,9 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         "task": task,
         "refit": str(config.refit).lower(),
         "exclude_seen": config.exclude_seen,
+        # at most this many held-out customers evaluated (a seeded sample above it): promote compares
+        # versions evaluated on the same customers only
+        "eval_customers": str(ev.EVAL_CUSTOMERS),
     }
     compared = _comparison(client, snapshot, config, task)
     exp_id = tracking.experiment_id(client, tracking.EXPERIMENT, ws)
@@ -379,6 +382,7 @@ def _plots(
 ) -> dict[str, float]:
     """The run's plots into `out`: the Recall@K curve, the per-segment bars, the learning curve
     (models that record per-epoch history) and the popularity plot; returns the popularity medians."""
+    from training import evaluate as ev
     from training import plots
     from training.base import History
 
@@ -398,7 +402,8 @@ def _plots(
     if test is None or len(test) == 0:
         return {}
     users = np.unique(np.asarray(test["user_idx"], dtype=np.int64))
-    users = users[users < train_data.n_users]
+    users = ev.evaluated_users(users[users < train_data.n_users])  # the evaluation's sample on a big shop
+    test = test[np.isin(np.asarray(test["user_idx"], dtype=np.int64), users)]
     if users.size == 0:
         return {}
     history = History.of(train_data, users)
