@@ -80,6 +80,31 @@ def test_features_build_table_matches_the_json(shop: Path) -> None:
     assert "segments: " + " · ".join(f"{k} {v:,}" for k, v in f["segments"].items()) in table
 
 
+def test_a_sampled_evaluation_says_so_and_promote_re_evaluates_it_under_another_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shop with more held-out customers than the cap is evaluated on a seeded sample: the table
+    says of how many, the JSON carries both counts, and a version evaluated under another cap is
+    not compared by its logged numbers (promote evaluates it again)."""
+    import training.evaluate as ev
+    from features.synthetic import generate
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the workspace's own store
+    root = tmp_path / "shop"
+    generate(root, customers=120, items=60, days=60, seed=2, progress=False)
+    invoke("features", "build", "--data", str(root))
+    monkeypatch.setattr(ev, "EVAL_CUSTOMERS", 40)
+    run, table = invoke("train", "--data", str(root), "--model", "popular")
+    m = run["metrics"]
+    assert m["n_users"] == 40 and m["n_users_heldout"] > 40
+    assert f"test part (a sample of 40 of {int(m['n_users_heldout']):,} customers)" in table
+    decision, _ = invoke("promote", "--data", str(root))
+    assert decision["promoted"] and decision["reevaluated"] == []  # the same cap: its numbers stand
+    monkeypatch.setattr(ev, "EVAL_CUSTOMERS", 100_000)
+    decision, _ = invoke("promote", "--data", str(root))
+    assert decision["reevaluated"] == [run["version"]]  # evaluated on other customers: again, on all
+
+
 def test_train_and_promote_tables(shop: Path) -> None:
     if not (shop / "features").exists():
         invoke("features", "build", "--data", str(shop))

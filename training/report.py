@@ -33,7 +33,9 @@ def train_report(r: TrainResult) -> tuple[str, Table, list[str]]:
     n = int(r.metrics.get("n_users", r.metrics.get("n_baskets", 0)))
     what = "baskets" if "n_baskets" in r.metrics else "customers"
     table = Table()
-    table.add_column(f"test part ({n:,} {what})" if n else "test part")
+    heldout = int(r.metrics.get("n_users_heldout", 0))  # a big shop's evaluation is a sample
+    sample = f"a sample of {n:,} of {heldout:,} {what}" if heldout > n else f"{n:,} {what}"
+    table.add_column(f"test part ({sample})" if n else "test part")
     table.add_column(r.model, justify="right")
     champ = r.comparison.champion if r.comparison else None
     show_champ = champ is not None and champ.score is not None

@@ -124,7 +124,11 @@ def evaluate_model(model: Recommender, split: Any, config: TrainConfig, on: str 
             # complements; the model is still useful to serving, so it is logged unevaluated.
             log.warning("%s not evaluated: %s", model.name, e)
             return {}
-    return dict(ev.evaluate(model, split, on=on, ks=config.ks, exclude_seen=config.exclude_seen))
+    return dict(
+        ev.evaluate(
+            model, split, on=on, ks=config.ks, exclude_seen=config.exclude_seen, max_users=ev.EVAL_CUSTOMERS
+        )
+    )
 
 
 def fit_and_evaluate(
@@ -402,7 +406,7 @@ def _plots(
     if test is None or len(test) == 0:
         return {}
     users = np.unique(np.asarray(test["user_idx"], dtype=np.int64))
-    users = ev.evaluated_users(users[users < train_data.n_users])  # the evaluation's sample on a big shop
+    users = ev.evaluated_users(users[users < train_data.n_users], ev.EVAL_CUSTOMERS)  # a big shop's sample
     test = test[np.isin(np.asarray(test["user_idx"], dtype=np.int64), users)]
     if users.size == 0:
         return {}
