@@ -48,6 +48,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "scale.json"
 SHOPREC = str(Path(sys.executable).with_name("shoprec"))
+# what each train stage records (n_users_heldout: the held-out customers when n_users is a sample)
+HEADLINE = ("ndcg@10", "recall@20", "n_users", "n_users_heldout")
 EVENTS_PER_CUSTOMER = 60.0  # the default synthetic shop over 180 days (60M events at 1M customers)
 ITEMS = 100_000
 # Spark local[2]'s JVM heap for the scale run (the engine's default, 2g, is for tests; at 10M events
@@ -238,7 +240,7 @@ def end_to_end(path: Path, out: dict[str, Any], stage_timeout: float, save: Any)
         [SHOPREC, "train", "--data", str(path), "--model", "als"], timeout=stage_timeout * 2, env=env
     )
     metrics = (als.pop("output", None) or {}).get("metrics", {})
-    als["metrics"] = {k: metrics[k] for k in ("ndcg@10", "recall@20", "n_users") if k in metrics}
+    als["metrics"] = {k: metrics[k] for k in HEADLINE if k in metrics}
     out["als"] = als
     save()
     if als["status"] != 0:
@@ -274,7 +276,7 @@ def next_basket_stage(path: Path, env: dict[str, str], stage_timeout: float) -> 
     )
     output = r.pop("output", None) or {}
     metrics = output.get("metrics", {})
-    r["metrics"] = {k: metrics[k] for k in ("ndcg@10", "recall@20", "n_users") if k in metrics}
+    r["metrics"] = {k: metrics[k] for k in HEADLINE if k in metrics}
     if output.get("run_id"):
         from mlflow import MlflowClient
 
