@@ -18,6 +18,7 @@ from training.models.tifu import (
     history_vectors,
     nearest_one,
     nearest_rows,
+    pool_columns,
     pool_members,
     pool_rows,
 )
@@ -110,12 +111,17 @@ def test_nearest_rows_request_path_picks_the_same_neighbours_as_the_batch_path(m
         assert (fast != slow).nnz == 0, k
         np.testing.assert_array_equal(fast.indices, slow.indices)
         assert not fast[:, 17].nnz and not fast[0, 0] and not fast[3, 3]
-        # one query row without sparse matrices (nearest_one): the same rows, order and weight bits
+        # one query row without sparse matrices (nearest_one): the same rows, order and weight bits,
+        # with the dot products over every pool row and through the pool's columns (a big catalogue)
         for r in range(len(Q.indptr) - 1):
             cols = Q.indices[Q.indptr[r] : Q.indptr[r + 1]]
-            near, weight = nearest_one(cols, Q.data[Q.indptr[r] : Q.indptr[r + 1]], P, norm2, k, exclude[r])
-            np.testing.assert_array_equal(near, slow.indices[slow.indptr[r] : slow.indptr[r + 1]])
-            assert (slow.data[slow.indptr[r] : slow.indptr[r + 1]] == weight).all()
+            values = Q.data[Q.indptr[r] : Q.indptr[r + 1]]
+            monkeypatch.setattr(tifu, "BY_COLUMN", 2.0)  # whatever the share of entries read
+            by_column = nearest_one(cols, values, P, norm2, k, exclude[r], pool_columns(P))
+            monkeypatch.undo()
+            for near, weight in (nearest_one(cols, values, P, norm2, k, exclude[r]), by_column):
+                np.testing.assert_array_equal(near, slow.indices[slow.indptr[r] : slow.indptr[r + 1]])
+                assert (slow.data[slow.indptr[r] : slow.indptr[r + 1]] == weight).all()
     empty = nearest_one(np.zeros(0, np.int64), np.zeros(0, np.float32), P, norm2, 5, -1)
     assert len(empty[0]) == 0  # an empty history has no neighbours
 
@@ -307,10 +313,17 @@ def test_next_basket_learns_the_rhythm_tifu_decay_misses():
     assert (ids[:, 0] == last).mean() >= 0.95
 
 
-def test_a_request_scores_each_customer_exactly_as_the_batch_does():
-    """One customer at a time (a served request: dense neighbour vector, partitioned neighbour
-    search, the trees walked one by one) gives the batch path's scores to the bit, for customers
-    with many, few and no baskets."""
+@pytest.mark.parametrize("path", ["compiled", "numpy"])
+def test_a_request_scores_each_customer_exactly_as_the_batch_does(monkeypatch, path):
+    """One customer at a time (a served request: the neighbour search through the pool's columns,
+    the neighbours' sum compiled or in numpy, the explore top-k by a partition, the trees walked one
+    by one) gives the batch path's scores to the bit, for customers with many, few and no baskets."""
+    import training.models.next_basket as nbm
+    import training.models.tifu as tifu
+
+    monkeypatch.setattr(tifu, "BY_COLUMN", 2.0)  # the column path for every request of this tiny shop
+    if path == "numpy":
+        monkeypatch.setattr(nbm, "_sum_neighbours_compiled", None)
     rng = np.random.default_rng(1)
     baskets = [
         [list(rng.choice(40, size=int(rng.integers(1, 6)), replace=False)) for _ in range(int(n))]
@@ -323,9 +336,66 @@ def test_a_request_scores_each_customer_exactly_as_the_batch_does():
     batch = model.score(users, History.of(data, users))
     one = np.vstack([model.score(np.array([u]), History.of(data, np.array([u]))) for u in users])
     np.testing.assert_array_equal(one, batch)
-    tifu = TIFUKNN(TIFUConfig(neighbours=7)).fit(data)
-    one = np.vstack([tifu.score(np.array([u]), History.of(data, np.array([u]))) for u in users])
-    np.testing.assert_array_equal(one, tifu.score(users, History.of(data, users)))
+    assert model.pool_cols_ is not None
+    knn = TIFUKNN(TIFUConfig(neighbours=7)).fit(data)
+    one = np.vstack([knn.score(np.array([u]), History.of(data, np.array([u]))) for u in users])
+    np.testing.assert_array_equal(one, knn.score(users, History.of(data, users)))
+
+
+def test_dot_products_through_the_pool_s_columns_have_scipy_s_bits():
+    """The column path adds each pool row's products in ascending item order into a float32 zero,
+    as scipy's row-wise product does: the same bits, where another order of the same float32 terms
+    would round differently."""
+    from training.models.tifu import _dots_by_column
+
+    rng = np.random.default_rng(3)
+    P = sp.random(300, 500, density=0.3, format="csr", dtype=np.float32, random_state=rng)
+    P.data = (rng.random(P.nnz) * 10.0 ** rng.integers(-3, 3, P.nnz)).astype(np.float32)
+    assert P.dtype == np.float32 and P.has_sorted_indices
+    items = np.sort(rng.choice(500, 200, replace=False)).astype(np.int64)
+    q = rng.random(200).astype(np.float32)
+    dense = np.zeros(500, np.float32)
+    dense[items] = q
+    want = P @ dense
+    np.testing.assert_array_equal(_dots_by_column(items, q, pool_columns(P)), want)
+    # the check can fail: the same terms summed in reverse item order differ in some rows
+    assert (_dots_by_column(items[::-1], q[::-1], pool_columns(P)) != want).any()
+
+
+def test_a_request_s_explore_items_are_the_batch_top_k_ties_by_lower_index():
+    """The request's explore candidates (a partition of the items the neighbours touched, in any
+    order) are the batch path's top-k of the neighbours' vector without the customer's own items,
+    equal weights going to the lower item index."""
+    from training.models.bought_together import row_topk_sparse
+    from training.models.next_basket import _one_row_neighbours
+
+    rng = np.random.default_rng(4)
+    # weights from a few levels: many equal sums, so the tie-break decides
+    pool = sp.csr_matrix(rng.integers(0, 3, (30, 60)) * (rng.random((30, 60)) < 0.3), dtype=np.float32)
+    near = np.sort(rng.choice(30, 6, replace=False))
+    own = sp.csr_matrix((np.ones(8), (np.zeros(8, int), rng.choice(60, 8, replace=False))), shape=(1, 60))
+    own.sum_duplicates()
+    one = _one_row_neighbours(near, np.float32(1 / 6), pool, own, 60)
+    W = sp.csr_matrix((np.full(6, 1 / 6, np.float32), (np.zeros(6, int), near)), shape=(1, 30))
+    nbr = sp.csr_matrix(W @ pool, dtype=np.float64)
+    np.testing.assert_array_equal(one.nbr(np.arange(60)), nbr.toarray()[0])
+    pattern = own.copy()
+    pattern.data[:] = 1.0
+    fresh = nbr - nbr.multiply(pattern)
+    fresh.eliminate_zeros()
+    for k in (1, 3, 5, 10, 100):
+        want = np.sort(row_topk_sparse(fresh, k, by_index=True).tocoo().col)
+        np.testing.assert_array_equal(one.explore(k), want, err_msg=f"k={k}")
+
+
+def test_the_pool_is_read_by_column_only_where_its_rows_are_in_item_order():
+    """The column path adds each row's products in item order, which is scipy's order only for a
+    pool whose rows store their items ascending; any other pool keeps the product over every row."""
+    P = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 0]], np.float32))
+    cols = pool_columns(P)
+    assert cols is not None and (cols.toarray() == P.toarray()).all()
+    unsorted = sp.csr_matrix((np.array([2, 1], np.float32), np.array([2, 0]), np.array([0, 2])), shape=(1, 3))
+    assert not unsorted.has_sorted_indices and pool_columns(unsorted) is None
 
 
 def test_next_basket_without_two_baskets_falls_back_to_the_tifu_blend():
@@ -538,20 +608,35 @@ def test_a_ranker_saved_before_the_as_of_now_features_still_scores():
 
 def test_the_compiled_top_k_of_each_row_keeps_exactly_the_vectorised_entries(monkeypatch):
     """row_topk_sparse on a big matrix (a fit's neighbour items) runs compiled; the entries it keeps
-    are the vectorised lexsort's, ties by position in the row included."""
+    are the vectorised lexsort's, ties by position in the row or by column index included."""
     import training.models.bought_together as bt
 
     M = sp.random(300, 500, density=0.1, format="csr", random_state=3, dtype=np.float64)
     M.data = np.round(M.data * 4) / 4 + 0.25  # four values: ties everywhere
     M[7] = 0  # an empty row
     M.eliminate_zeros()
+    # a sparse product's rows: columns stored out of order, so the two tie rules keep different entries
+    shuffled = M.copy()
+    rng = np.random.default_rng(0)
+    for r in range(shuffled.shape[0]):
+        s, e = shuffled.indptr[r], shuffled.indptr[r + 1]
+        p = s + rng.permutation(e - s)
+        shuffled.indices[s:e], shuffled.data[s:e] = shuffled.indices[p], shuffled.data[p]
+    shuffled.has_sorted_indices = False
+    differ = 0
     for k in (0, 1, 30, 60, 600):
-        monkeypatch.setattr(bt, "TOPK_COMPILED_FROM", 10**12)
-        numpy_path = bt.row_topk_sparse(M, k)
-        monkeypatch.setattr(bt, "TOPK_COMPILED_FROM", 0)
-        compiled = bt.row_topk_sparse(M, k)
-        assert (numpy_path != compiled).nnz == 0, k
-        np.testing.assert_array_equal(np.diff(compiled.indptr), np.minimum(np.diff(M.indptr), k))
+        for by_index in (False, True):
+            monkeypatch.setattr(bt, "TOPK_COMPILED_FROM", 10**12)
+            numpy_path = bt.row_topk_sparse(shuffled, k, by_index=by_index)
+            monkeypatch.setattr(bt, "TOPK_COMPILED_FROM", 0)
+            compiled = bt.row_topk_sparse(shuffled, k, by_index=by_index)
+            assert (numpy_path != compiled).nnz == 0, (k, by_index)
+            np.testing.assert_array_equal(np.diff(compiled.indptr), np.minimum(np.diff(M.indptr), k))
+        # ties by index keep what the sorted matrix keeps by position, whatever the stored order
+        by_index = bt.row_topk_sparse(shuffled, k, by_index=True)
+        assert (by_index != bt.row_topk_sparse(M, k)).nnz == 0, k
+        differ += (bt.row_topk_sparse(shuffled, k) != by_index).nnz > 0
+    assert differ  # the stored order decides ties by position: the check can fail
 
 
 def test_a_big_unsorted_product_is_read_without_sorting_and_gives_the_same_values(monkeypatch):

@@ -42,11 +42,15 @@ class BoughtTogetherConfig(ModelConfig):
             raise ValueError(f"bought-together metric must be confidence or lift, got {self.metric!r}")
 
 
-def _topk_keep(indptr: np.ndarray, data: np.ndarray, k: int) -> np.ndarray:
-    """Which entries of a CSR are among their row's k largest, ties by position in the row.
+def _topk_keep(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, k: int, by_index: bool
+) -> np.ndarray:
+    """Which entries of a CSR are among their row's k largest, ties by position in the row or, with
+    `by_index`, by lower column index.
 
     A selection, not a sort: the row's k-th largest value t (a partition), every entry above t, then
-    the first entries equal to t until k are kept (what a stable sort's first k would keep)."""
+    of the entries equal to t the first (or lowest-indexed) until k are kept (what a stable sort's
+    first k would keep)."""
     keep = np.zeros(len(data), np.bool_)
     for r in range(len(indptr) - 1):
         s, e = indptr[r], indptr[r + 1]
@@ -61,6 +65,15 @@ def _topk_keep(indptr: np.ndarray, data: np.ndarray, k: int) -> np.ndarray:
                 if row[j] > t:
                     keep[s + j] = True
                     room -= 1
+            if by_index:  # the `room` lowest column indices among the ties (a row's are distinct)
+                tied = np.flatnonzero(row == t)
+                cols = indices[s:e][tied]
+                if len(tied) > room:
+                    last = np.partition(cols, room - 1)[room - 1]
+                    tied = tied[cols <= last]
+                for j in tied:
+                    keep[s + j] = True
+                continue
             for j in range(n):
                 if room == 0:
                     break
@@ -76,16 +89,19 @@ _topk_compiled = compiled(_topk_keep)
 TOPK_COMPILED_FROM = 100_000  # entries: below this the vectorised path is as fast (no compile wait)
 
 
-def row_topk_sparse(M: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep the k largest entries of every row of a CSR matrix, ties by position in the row."""
+def row_topk_sparse(M: sp.csr_matrix, k: int, *, by_index: bool = False) -> sp.csr_matrix:
+    """Keep the k largest entries of every row of a CSR matrix, ties by position in the row or, with
+    `by_index`, by lower column index (the same for a canonical matrix; for a sparse product's
+    unsorted rows, a rule that does not depend on how scipy laid the row out). A row's column
+    indices are distinct (a product's, a sum's, a canonical matrix's)."""
     M = sp.csr_matrix(M)
     M.eliminate_zeros()
     if _topk_compiled is not None and M.nnz >= TOPK_COMPILED_FROM:
-        keep = _topk_compiled(M.indptr.astype(np.int64), M.data, int(k))
+        keep = _topk_compiled(M.indptr.astype(np.int64), M.indices, M.data, int(k), by_index)
         rows = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
         return sp.csr_matrix((M.data[keep], (rows[keep], M.indices[keep])), shape=M.shape, dtype=np.float32)
     rows = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
-    order = np.lexsort((-M.data, rows))
+    order = np.lexsort((M.indices, -M.data, rows) if by_index else (-M.data, rows))
     rank = np.arange(len(order)) - M.indptr[rows[order]]
     keep = order[rank < k]
     return sp.csr_matrix((M.data[keep], (rows[keep], M.indices[keep])), shape=M.shape, dtype=np.float32)

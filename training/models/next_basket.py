@@ -42,6 +42,7 @@ from training.models.tifu import (
     history_events,
     nearest_one,
     nearest_rows,
+    pool_columns,
     pool_members,
     pool_norm2,
     pool_rows,
@@ -252,25 +253,80 @@ def _time_features(
 
 @dataclass
 class OneRow:
-    """One customer's neighbour vector as a dense array (a served request): the same numbers as the
-    sparse product `W @ pool` and the same explore candidates as `row_topk_sparse`, without building
-    sparse matrices for one row (~1 ms of a request on the demo shop)."""
+    """One customer's neighbour vector (a served request): the same numbers as the sparse product
+    `W @ pool` and the same explore candidates as `row_topk_sparse`, without building sparse
+    matrices for one row and without passing over the whole catalogue (on a 100,000-item shop such
+    passes were most of a request)."""
 
-    nbr: np.ndarray  # (n_items,) float64, the neighbours' mean vector
-    own: np.ndarray  # (n_items,) float64, the customer's own TIFU vector
-    bought: np.ndarray  # (n_items,) bool, in the customer's own vector
+    acc: np.ndarray  # (n_items,) float32, the neighbours' mean vector
+    fresh: np.ndarray  # the items it weighs (not zero) that the customer never bought, any order
+    own_items: np.ndarray  # ascending items of the customer's own TIFU vector
+    own_values: np.ndarray  # their float64 weights
+
+    def nbr(self, items: np.ndarray) -> np.ndarray:
+        return self.acc[items].astype(np.float64)
+
+    def own(self, items: np.ndarray) -> np.ndarray:
+        """The customer's own TIFU weight of each of `items` (all of them in the vector)."""
+        return self.own_values[np.searchsorted(self.own_items, items)]
 
     def explore(self, k: int) -> np.ndarray:
         """The k items the neighbours weigh most that the customer never bought, ties by lower index,
-        in index order (as `row_topk_sparse(...).tocoo()` gives them)."""
+        in index order (as `row_topk_sparse(..., by_index=True).tocoo()` gives them)."""
         if k <= 0:
             return np.zeros(0, np.int64)
-        fresh = np.where(self.bought, 0.0, self.nbr)
-        nz = np.flatnonzero(fresh)
-        if len(nz) > k:  # the k-th weight by partition, then a stable sort of those at or above it
-            nz = nz[fresh[nz] >= -np.partition(-fresh[nz], k - 1)[k - 1]]
-        top = nz[np.argsort(-fresh[nz], kind="stable")[:k]]
+        idx = self.fresh
+        vals = self.acc[idx]
+        if len(idx) > k:  # the k-th weight by partition, then those at or above it in order
+            up = vals >= -np.partition(-vals, k - 1)[k - 1]
+            idx, vals = idx[up], vals[up]
+        top = idx[np.lexsort((idx, -vals))[:k]]  # by weight, ties by lower index (a stable sort's)
         return np.sort(top).astype(np.int64)
+
+
+def _sum_neighbours(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    near: np.ndarray,
+    weight: np.float32,
+    acc: np.ndarray,
+    seen: np.ndarray,
+    touched: np.ndarray,
+) -> int:
+    """acc[item] += weight x value (float32) over the pool rows `near` in order, each row's entries in
+    stored order: scipy's CSR product's additions, one by one. The items touched go to `touched` in
+    first-touch order; returns how many."""
+    n = 0
+    for r in near:
+        for j in range(indptr[r], indptr[r + 1]):
+            i = indices[j]
+            acc[i] += weight * data[j]
+            if not seen[i]:
+                seen[i] = True
+                touched[n] = i
+                n += 1
+    return n
+
+
+_sum_neighbours_compiled = compiled(_sum_neighbours)
+
+
+def _compile_for(pool: sp.csr_matrix) -> None:
+    """Compile the request's neighbour sum for this pool's array types now (a loaded model), not in
+    the first request (from numba's disk cache: a fraction of a second)."""
+    if _sum_neighbours_compiled is not None:
+        none = np.zeros(0, np.int64)
+        _sum_neighbours_compiled(
+            pool.indptr,
+            pool.indices,
+            pool.data,
+            none,
+            np.float32(1),
+            np.zeros(1, np.float32),
+            np.zeros(1, np.bool_),
+            none,
+        )
 
 
 def _one_row_neighbours(
@@ -280,19 +336,38 @@ def _one_row_neighbours(
     `weight`; `nearest_one`), as scipy's CSR product computes it: for each neighbour in that order,
     weight x pool value in float32, added to each item's float32 sum in that order."""
     acc = np.zeros(n_items, np.float32)
-    if len(near):
+    touched = np.zeros(0, np.int64)
+    if len(near) and _sum_neighbours_compiled is not None:
+        seen = np.zeros(n_items, np.bool_)
+        touched = np.empty(int((pool.indptr[near + 1] - pool.indptr[near]).sum()), np.int64)
+        n = _sum_neighbours_compiled(
+            pool.indptr,
+            pool.indices,
+            pool.data,
+            near.astype(np.int64),
+            np.float32(weight),
+            acc,
+            seen,
+            touched,
+        )
+        touched = touched[:n]
+    elif len(near):
         starts, ends = pool.indptr[near], pool.indptr[near + 1]
         lens = ends - starts
         # the pool's stored entries of the neighbours' rows, row after row (pool[near] without a copy
         # of the matrix)
         pos = np.repeat(starts - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(lens.sum())
-        np.add.at(acc, pool.indices[pos], weight * pool.data[pos].astype(np.float32))
-    cols = own.indices[own.indptr[0] : own.indptr[1]]
-    mine = np.zeros(n_items, np.float64)
-    mine[cols] = own.data[own.indptr[0] : own.indptr[1]]
-    bought = np.zeros(n_items, bool)
-    bought[cols] = True
-    return OneRow(acc.astype(np.float64), mine, bought)
+        items = pool.indices[pos]
+        np.add.at(acc, items, weight * pool.data[pos].astype(np.float32))
+        touched = np.sort(items)
+        touched = touched[np.r_[True, touched[1:] != touched[:-1]]]
+    lo, hi = own.indptr[0], own.indptr[1]  # `own` is canonical: items ascending, no duplicates
+    own_items = own.indices[lo:hi]
+    bought = np.zeros(n_items, np.bool_)
+    bought[own_items] = True
+    # a product that rounds to zero is no weight
+    fresh = touched[(acc[touched] != 0) & ~bought[touched]]
+    return OneRow(acc, fresh, own_items, own.data[lo:hi].astype(np.float64))
 
 
 @dataclass
@@ -325,8 +400,11 @@ def candidates(
     self_rows: np.ndarray,
     items: np.ndarray,
     now: np.ndarray | None = None,
+    pool_cols: sp.csc_matrix | None = None,
 ) -> Candidates:
-    """Every row's re-buy and explore candidates with their FEATURES (module docstring)."""
+    """Every row's re-buy and explore candidates with their FEATURES (module docstring). `pool_cols`,
+    the pool by item (`pool_columns`), makes one customer's neighbour search read only their items'
+    entries of the pool."""
     c = config
     n = ev.n_rows
     w = tifu_weights(ev, c.group_size, c.within_decay, c.group_decay)
@@ -337,7 +415,9 @@ def candidates(
     own.sum_duplicates()
     if n == 1:  # a served request: one customer's arrays, no sparse matrices built for them
         q = own.data[own.indptr[0] : own.indptr[1]].astype(np.float32)
-        near, weight = nearest_one(own.indices, q, pool, pool_norm2, c.neighbours, int(self_rows[0]))
+        near, weight = nearest_one(
+            own.indices, q, pool, pool_norm2, c.neighbours, int(self_rows[0]), pool_cols
+        )
         one, nbr = _one_row_neighbours(near, weight, pool, own, n_items), None
     else:
         W = nearest_rows(sp.csr_matrix(own, dtype=np.float32), pool, pool_norm2, c.neighbours, self_rows)
@@ -371,7 +451,12 @@ def candidates(
         pattern.data[:] = 1.0
         fresh = nbr - nbr.multiply(pattern)
         fresh.eliminate_zeros()
-        fresh = row_topk_sparse(fresh, c.explore).tocoo() if c.explore > 0 else sp.coo_matrix((n, n_items))
+        # ties by lower item index, as a served request's `OneRow.explore` breaks them
+        fresh = (
+            row_topk_sparse(fresh, c.explore, by_index=True).tocoo()
+            if c.explore > 0
+            else sp.coo_matrix((n, n_items))
+        )
         fresh_row, fresh_col = fresh.row, fresh.col
     else:
         fresh_col = one.explore(c.explore)
@@ -380,8 +465,8 @@ def candidates(
     row = np.r_[row, fresh_row].astype(np.int64)
     item = np.r_[item, fresh_col].astype(np.int64)
     rebuy = item[: len(start)]
-    tifu = np.r_[_lookup(own, row[: len(start)], rebuy) if one is None else one.own[rebuy], np.zeros(m)]
-    nscore = _lookup(nbr, row, item) if one is None else one.nbr[item]
+    tifu = np.r_[_lookup(own, row[: len(start)], rebuy) if one is None else one.own(rebuy), np.zeros(m)]
+    nscore = _lookup(nbr, row, item) if one is None else one.nbr(item)
     with np.errstate(invalid="ignore", divide="ignore"):
         tifu_rel = tifu / _row_max(row, tifu, n)[row]
         nbr_rel = nscore / _row_max(row, nscore, n)[row]
@@ -513,6 +598,7 @@ class NextBasket(Recommender):
             bar.update()
         bar.close()
         self.pool_, self.pool_norm2_ = self._pool(ev, n_items, self.pool_users_)
+        self.pool_cols_ = pool_columns(self.pool_)
         self.item_stats_ = item_statistics(ev, n_items)
         pop = self.item_stats_[:, 0]
         self.tiebreak_ = (1e-6 * pop / max(pop.max(), 1.0) - 1.0).astype(np.float32)
@@ -544,6 +630,7 @@ class NextBasket(Recommender):
             pool_rows(users, getattr(self, "pool_users_", None)),
             self.item_stats_,
             history.now,
+            getattr(self, "pool_cols_", None),
         )
         out = np.tile(self.tiebreak_, (n, 1))
         if len(cand.row):
@@ -563,6 +650,7 @@ class NextBasket(Recommender):
         """A forgotten customer leaves the neighbour pool: their vector is emptied."""
         self.pool_ = forget_in_pool(self.pool_, getattr(self, "pool_users_", None), users)
         self.pool_norm2_ = pool_norm2(self.pool_)
+        self.pool_cols_ = pool_columns(self.pool_)
 
     def _save_state(self, path: Path) -> None:
         sp.save_npz(path / "pool.npz", self.pool_)
@@ -576,6 +664,8 @@ class NextBasket(Recommender):
     def _load_state(self, path: Path) -> None:
         self.pool_ = sp.load_npz(path / "pool.npz").tocsr()
         self.pool_norm2_ = pool_norm2(self.pool_)
+        self.pool_cols_ = pool_columns(self.pool_)
+        _compile_for(self.pool_)
         self.item_stats_ = np.load(path / "item_stats.npy")
         self.tiebreak_ = np.load(path / "tiebreak.npy")
         members = path / "pool_users.npy"  # absent: every training customer (and older bundles)
