@@ -15,6 +15,7 @@ from training.models.tifu import (
     TIFUKNN,
     TIFUConfig,
     basket_events,
+    history_events,
     history_vectors,
     nearest_one,
     nearest_rows,
@@ -218,6 +219,35 @@ def test_a_sampled_pool_gives_neighbours_from_the_pool_only_and_survives_save_an
     gone = int(members[0])
     loaded.forget_users([f"u{gone}"])
     assert loaded.pool_[0].nnz == 0 and loaded.pool_[1:].nnz == model.pool_[1:].nnz
+
+
+def test_next_basket_s_sampled_pool_is_the_whole_pool_s_member_rows_to_the_bit():
+    """The pool is built from its members' events only; it must be the matrix of every customer's
+    TIFU vector sliced to the members: the same rows, entries and float32 bits."""
+    from training.models.tifu import tifu_weights
+
+    rng = np.random.default_rng(12)
+    baskets = [
+        [list(rng.choice(30, size=int(rng.integers(1, 6)), replace=True)) for _ in range(int(n))]
+        for n in rng.integers(0, 7, 60)
+    ]  # repeats within a basket and customers without baskets included
+    data = data_of(baskets, 30)
+    nb = get_model_class("next-basket")
+    model = nb(nb.Config(group_size=3, within_decay=0.7, group_decay=0.6))
+    ev = history_events(History.of(data, np.arange(data.n_users)))
+    members = pool_members(ev.n_baskets > 0, 17, seed=3)
+    P, norm2 = model._pool(ev, 30, members)
+    w = tifu_weights(ev, 3, 0.7, 0.6)
+    full = sp.csr_matrix((w, (ev.row, ev.item)), shape=(ev.n_rows, 30), dtype=np.float64)
+    full.sum_duplicates()
+    want = sp.csr_matrix(full[members], dtype=np.float32)
+    assert P.shape == want.shape == (17, 30)
+    np.testing.assert_array_equal(P.indptr, want.indptr)
+    np.testing.assert_array_equal(P.indices, want.indices)
+    np.testing.assert_array_equal(P.data, want.data)
+    np.testing.assert_array_equal(norm2, np.asarray(want.multiply(want).sum(axis=1)).ravel())
+    everyone, _ = model._pool(ev, 30, None)
+    assert (everyone != sp.csr_matrix(full, dtype=np.float32)).nnz == 0
 
 
 def test_next_basket_on_a_big_shop_learns_from_a_sample_in_blocks(monkeypatch):
