@@ -353,7 +353,7 @@ def test_a_request_scores_each_customer_exactly_as_the_batch_does(monkeypatch, p
 
     monkeypatch.setattr(tifu, "BY_COLUMN", 2.0)  # the column path for every request of this tiny shop
     if path == "numpy":
-        monkeypatch.setattr(nbm, "_sum_neighbours_compiled", None)
+        monkeypatch.setattr(tifu, "_sum_neighbours_compiled", None)
     rng = np.random.default_rng(1)
     baskets = [
         [list(rng.choice(40, size=int(rng.integers(1, 6)), replace=False)) for _ in range(int(n))]
@@ -367,9 +367,12 @@ def test_a_request_scores_each_customer_exactly_as_the_batch_does(monkeypatch, p
     one = np.vstack([model.score(np.array([u]), History.of(data, np.array([u]))) for u in users])
     np.testing.assert_array_equal(one, batch)
     assert model.pool_cols_ is not None
-    knn = TIFUKNN(TIFUConfig(neighbours=7)).fit(data)
-    one = np.vstack([knn.score(np.array([u]), History.of(data, np.array([u]))) for u in users])
-    np.testing.assert_array_equal(one, knn.score(users, History.of(data, users)))
+    # TIFU-KNN's request path (`_score_one`): the same blend's bits, its pool whole or a sample
+    for cfg in (TIFUConfig(neighbours=7), TIFUConfig(neighbours=5, alpha=0.13, pool_size=30)):
+        knn = TIFUKNN(cfg).fit(data)
+        assert knn.pool_cols_ is not None
+        one = np.vstack([knn.score(np.array([u]), History.of(data, np.array([u]))) for u in users])
+        np.testing.assert_array_equal(one, knn.score(users, History.of(data, users)))
 
 
 def test_dot_products_through_the_pool_s_columns_have_scipy_s_bits():

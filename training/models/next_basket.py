@@ -38,10 +38,12 @@ from training.models.bought_together import row_topk_sparse
 from training.models.forest import ForestWalk, compiled
 from training.models.tifu import (
     BasketEvents,
+    compile_neighbour_sum,
     forget_in_pool,
     history_events,
     nearest_one,
     nearest_rows,
+    neighbour_sum,
     pool_columns,
     pool_members,
     pool_norm2,
@@ -284,83 +286,12 @@ class OneRow:
         return np.sort(top).astype(np.int64)
 
 
-def _sum_neighbours(
-    indptr: np.ndarray,
-    indices: np.ndarray,
-    data: np.ndarray,
-    near: np.ndarray,
-    weight: np.float32,
-    acc: np.ndarray,
-    seen: np.ndarray,
-    touched: np.ndarray,
-) -> int:
-    """acc[item] += weight x value (float32) over the pool rows `near` in order, each row's entries in
-    stored order: scipy's CSR product's additions, one by one. The items touched go to `touched` in
-    first-touch order; returns how many."""
-    n = 0
-    for r in near:
-        for j in range(indptr[r], indptr[r + 1]):
-            i = indices[j]
-            acc[i] += weight * data[j]
-            if not seen[i]:
-                seen[i] = True
-                touched[n] = i
-                n += 1
-    return n
-
-
-_sum_neighbours_compiled = compiled(_sum_neighbours)
-
-
-def _compile_for(pool: sp.csr_matrix) -> None:
-    """Compile the request's neighbour sum for this pool's array types now (a loaded model), not in
-    the first request (from numba's disk cache: a fraction of a second)."""
-    if _sum_neighbours_compiled is not None:
-        none = np.zeros(0, np.int64)
-        _sum_neighbours_compiled(
-            pool.indptr,
-            pool.indices,
-            pool.data,
-            none,
-            np.float32(1),
-            np.zeros(1, np.float32),
-            np.zeros(1, np.bool_),
-            none,
-        )
-
-
 def _one_row_neighbours(
     near: np.ndarray, weight: np.float32, pool: sp.csr_matrix, own: sp.csr_matrix, n_items: int
 ) -> OneRow:
-    """`W @ pool` for one customer whose nearest pool rows are `near` (ascending, each weighing
-    `weight`; `nearest_one`), as scipy's CSR product computes it: for each neighbour in that order,
-    weight x pool value in float32, added to each item's float32 sum in that order."""
-    acc = np.zeros(n_items, np.float32)
-    touched = np.zeros(0, np.int64)
-    if len(near) and _sum_neighbours_compiled is not None:
-        seen = np.zeros(n_items, np.bool_)
-        touched = np.empty(int((pool.indptr[near + 1] - pool.indptr[near]).sum()), np.int64)
-        n = _sum_neighbours_compiled(
-            pool.indptr,
-            pool.indices,
-            pool.data,
-            near.astype(np.int64),
-            np.float32(weight),
-            acc,
-            seen,
-            touched,
-        )
-        touched = touched[:n]
-    elif len(near):
-        starts, ends = pool.indptr[near], pool.indptr[near + 1]
-        lens = ends - starts
-        # the pool's stored entries of the neighbours' rows, row after row (pool[near] without a copy
-        # of the matrix)
-        pos = np.repeat(starts - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(lens.sum())
-        items = pool.indices[pos]
-        np.add.at(acc, items, weight * pool.data[pos].astype(np.float32))
-        touched = np.sort(items)
-        touched = touched[np.r_[True, touched[1:] != touched[:-1]]]
+    """One customer's neighbour vector (`neighbour_sum`) with their own TIFU vector `own` (a canonical
+    one-row CSR) beside it."""
+    acc, touched = neighbour_sum(near, weight, pool, n_items)
     lo, hi = own.indptr[0], own.indptr[1]  # `own` is canonical: items ascending, no duplicates
     own_items = own.indices[lo:hi]
     bought = np.zeros(n_items, np.bool_)
@@ -676,7 +607,7 @@ class NextBasket(Recommender):
         self.pool_ = sp.load_npz(path / "pool.npz").tocsr()
         self.pool_norm2_ = pool_norm2(self.pool_)
         self.pool_cols_ = pool_columns(self.pool_)
-        _compile_for(self.pool_)
+        compile_neighbour_sum(self.pool_)
         self.item_stats_ = np.load(path / "item_stats.npy")
         self.tiebreak_ = np.load(path / "tiebreak.npy")
         members = path / "pool_users.npy"  # absent: every training customer (and older bundles)

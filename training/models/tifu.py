@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from training.base import History, ModelConfig, Recommender, TrainData
+from training.models.forest import compiled
 from training.space import Param
 
 
@@ -332,6 +333,87 @@ def nearest_one(
     return idx.astype(np.int64), np.float32(1.0 / max(len(idx), 1))
 
 
+def _sum_neighbours(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    near: np.ndarray,
+    weight: np.float32,
+    acc: np.ndarray,
+    seen: np.ndarray,
+    touched: np.ndarray,
+) -> int:
+    """acc[item] += weight x value (float32) over the pool rows `near` in order, each row's entries in
+    stored order: scipy's CSR product's additions, one by one. The items touched go to `touched` in
+    first-touch order; returns how many."""
+    n = 0
+    for r in near:
+        for j in range(indptr[r], indptr[r + 1]):
+            i = indices[j]
+            acc[i] += weight * data[j]
+            if not seen[i]:
+                seen[i] = True
+                touched[n] = i
+                n += 1
+    return n
+
+
+_sum_neighbours_compiled = compiled(_sum_neighbours)
+
+
+def compile_neighbour_sum(pool: sp.csr_matrix) -> None:
+    """Compile a request's neighbour sum for this pool's array types now (a loaded model), not in
+    the first request (from numba's disk cache: a fraction of a second)."""
+    if _sum_neighbours_compiled is not None:
+        none = np.zeros(0, np.int64)
+        _sum_neighbours_compiled(
+            pool.indptr,
+            pool.indices,
+            pool.data,
+            none,
+            np.float32(1),
+            np.zeros(1, np.float32),
+            np.zeros(1, np.bool_),
+            none,
+        )
+
+
+def neighbour_sum(
+    near: np.ndarray, weight: np.float32, pool: sp.csr_matrix, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`W @ pool` for one customer whose nearest pool rows are `near` (ascending, each weighing
+    `weight`; `nearest_one`), as scipy's CSR product computes it: for each neighbour in that order,
+    weight x pool value in float32, added to each item's float32 sum in that order. Returns the dense
+    (n_items,) float32 sums and the items touched (no repeats), without passing over the catalogue."""
+    acc = np.zeros(n_items, np.float32)
+    touched = np.zeros(0, np.int64)
+    if len(near) and _sum_neighbours_compiled is not None:
+        seen = np.zeros(n_items, np.bool_)
+        touched = np.empty(int((pool.indptr[near + 1] - pool.indptr[near]).sum()), np.int64)
+        n = _sum_neighbours_compiled(
+            pool.indptr,
+            pool.indices,
+            pool.data,
+            near.astype(np.int64),
+            np.float32(weight),
+            acc,
+            seen,
+            touched,
+        )
+        touched = touched[:n]
+    elif len(near):
+        starts, ends = pool.indptr[near], pool.indptr[near + 1]
+        lens = ends - starts
+        # the pool's stored entries of the neighbours' rows, row after row (pool[near] without a copy
+        # of the matrix)
+        pos = np.repeat(starts - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(lens.sum())
+        items = pool.indices[pos]
+        np.add.at(acc, items, weight * pool.data[pos].astype(np.float32))
+        touched = np.sort(items)
+        touched = touched[np.r_[True, touched[1:] != touched[:-1]]]
+    return acc, touched
+
+
 class TIFUKNN(Recommender):
     name = "tifu"
     Config = TIFUConfig
@@ -352,6 +434,7 @@ class TIFUKNN(Recommender):
         self.pool_users_ = pool_members(np.diff(V.indptr) > 0, self.config.pool_size)
         self.pool_ = V if self.pool_users_ is None else sp.csr_matrix(V[self.pool_users_])
         self.pool_norm2_ = pool_norm2(self.pool_)
+        self.pool_cols_ = pool_columns(self.pool_)
         pop = np.bincount(sp.csr_matrix(data.user_items).indices, minlength=data.n_items).astype(np.float64)
         # Popularity only orders the items nothing else scores (far below any real weight).
         self.tiebreak_ = (1e-9 * pop / max(pop.max(), 1.0)).astype(np.float32)
@@ -367,14 +450,35 @@ class TIFUKNN(Recommender):
 
     def score(self, users: np.ndarray, history: History) -> np.ndarray:
         a = self.config.alpha
+        if history.user_items.shape[0] == 1:
+            return self._score_one(users, history)[None, :]
         own, nbr = self.personal_and_neighbours(users, history)
         s = (a * own + (1.0 - a) * nbr).toarray().astype(np.float32)
         return s + self.tiebreak_[None, :]
+
+    def _score_one(self, users: np.ndarray, history: History) -> np.ndarray:
+        """`score` for one customer (a served request) with the batch path's bits, without a pass
+        over every pool entry or sparse products: the neighbour search reads the pool's columns of the
+        customer's items (`pool_columns`) and the neighbours' sum touches only their entries."""
+        a = np.float32(self.config.alpha)
+        own = history_vectors(history, self.n_items, self.config)  # canonical one-row float32 CSR
+        items, values = own.indices[own.indptr[0] : own.indptr[1]], own.data[own.indptr[0] : own.indptr[1]]
+        exclude = int(pool_rows(users, getattr(self, "pool_users_", None))[0])
+        cols = getattr(self, "pool_cols_", None)
+        near, weight = nearest_one(
+            items, values, self.pool_, self.pool_norm2_, self.config.neighbours, exclude, cols
+        )
+        # float32 as the sparse blend: a x own + (1 - a) x neighbours, each entry's sum of the two
+        s, _ = neighbour_sum(near, weight, self.pool_, self.n_items)
+        s *= np.float32(1.0 - self.config.alpha)
+        s[items] += a * values
+        return s + self.tiebreak_
 
     def _forget_rows(self, users: np.ndarray) -> None:
         """A forgotten customer leaves the neighbour pool: their vector is emptied."""
         self.pool_ = forget_in_pool(self.pool_, getattr(self, "pool_users_", None), users)
         self.pool_norm2_ = pool_norm2(self.pool_)
+        self.pool_cols_ = pool_columns(self.pool_)
 
     def _save_state(self, path: Path) -> None:
         sp.save_npz(path / "tifu_pool.npz", self.pool_)
@@ -385,6 +489,8 @@ class TIFUKNN(Recommender):
     def _load_state(self, path: Path) -> None:
         self.pool_ = sp.load_npz(path / "tifu_pool.npz").tocsr()
         self.pool_norm2_ = pool_norm2(self.pool_)
+        self.pool_cols_ = pool_columns(self.pool_)
+        compile_neighbour_sum(self.pool_)
         self.tiebreak_ = np.load(path / "tiebreak.npy")
         members = path / "pool_users.npy"  # absent: every training customer (and older bundles)
         self.pool_users_ = np.load(members) if members.exists() else None
