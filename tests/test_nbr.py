@@ -348,7 +348,6 @@ def test_a_request_scores_each_customer_exactly_as_the_batch_does(monkeypatch, p
     """One customer at a time (a served request: the neighbour search through the pool's columns,
     the neighbours' sum compiled or in numpy, the explore top-k by a partition, the trees walked one
     by one) gives the batch path's scores to the bit, for customers with many, few and no baskets."""
-    import training.models.next_basket as nbm
     import training.models.tifu as tifu
 
     monkeypatch.setattr(tifu, "BY_COLUMN", 2.0)  # the column path for every request of this tiny shop
@@ -699,3 +698,62 @@ def test_a_big_unsorted_product_is_read_without_sorting_and_gives_the_same_value
     assert len(calls) == (nb._gather_compiled is not None)  # the compiled path ran, where numba is
     np.testing.assert_array_equal(gathered, sorted_path)
     assert (gathered != 0).sum() >= stored.nnz  # the stored entries were found, not zeros everywhere
+
+
+@pytest.mark.parametrize("path", ["compiled", "python"])
+def test_a_fit_s_explore_top_k_without_matrix_copies_keeps_the_same_items(path):
+    """The fit's explore candidates taken row by row (`_explore_topk`: skipping the customer's own
+    items and zero weights, ties by lower item) are what the sparse route keeps: the neighbours'
+    vectors minus the own items, zeros dropped, `row_topk_sparse(..., by_index=True)`."""
+    from training.models.bought_together import row_topk_sparse
+    from training.models.next_basket import _explore_compiled, _explore_topk
+
+    fn = _explore_compiled if path == "compiled" else _explore_topk
+    if fn is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(7)
+    n, n_items = 40, 50
+    # few levels of weight (many ties), explicit zeros, rows emptier than k, an empty row
+    dense = rng.integers(0, 4, (n, n_items)) * (rng.random((n, n_items)) < 0.4)
+    dense[3] = 0
+    nbr = sp.csr_matrix(dense, dtype=np.float32)
+    nbr.data[rng.random(nbr.nnz) < 0.05] = 0.0  # stored zeros, as a product's underflow leaves
+    for r in range(n):  # a product's rows are not sorted by item
+        s, e = nbr.indptr[r], nbr.indptr[r + 1]
+        p = s + rng.permutation(e - s)
+        nbr.indices[s:e], nbr.data[s:e] = nbr.indices[p].copy(), nbr.data[p].copy()
+    nbr.has_sorted_indices = False
+    assert (nbr.data == 0).any()
+    own = sp.csr_matrix((rng.random((n, n_items)) < 0.3).astype(np.float64))
+    pattern = own.copy()
+    pattern.data[:] = 1.0
+    fresh = nbr - nbr.multiply(pattern)
+    fresh.eliminate_zeros()
+    for k in (1, 2, 5, 12, 60):
+        want = row_topk_sparse(fresh, k, by_index=True).tocoo()
+        got_row, got_col = fn(nbr.indptr, nbr.indices, nbr.data, own.indptr, own.indices, n_items, k)
+        np.testing.assert_array_equal(got_row, want.row, err_msg=f"k={k}")
+        np.testing.assert_array_equal(got_col, want.col, err_msg=f"k={k}")
+
+
+def test_a_fit_s_candidates_are_the_same_by_either_explore_route(monkeypatch):
+    """Every candidate and feature of a fit's batch is the same whether the explore items come from
+    the compiled row-by-row selection or the sparse route."""
+    import training.models.next_basket as nbm
+
+    if nbm._explore_compiled is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(3)
+    baskets = [
+        [list(rng.choice(60, size=int(rng.integers(1, 7)), replace=False)) for _ in range(int(n))]
+        for n in rng.integers(0, 9, 120)
+    ]
+    data = data_of(baskets, 60)
+    nb = get_model_class("next-basket")
+    users = np.arange(data.n_users)
+    out = {}
+    for route, at in (("compiled", 0), ("sparse", 10**12)):
+        monkeypatch.setattr(nbm, "GATHER_COMPILED_FROM", at)
+        model = nb(nb.Config(neighbours=9, explore=5, train_targets=3, iterations=30)).fit(data)
+        out[route] = model.score(users, History.of(data, users))
+    np.testing.assert_array_equal(out["compiled"], out["sparse"])

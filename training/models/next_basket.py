@@ -159,6 +159,62 @@ _gather_compiled = compiled(_gather_unsorted)
 GATHER_COMPILED_FROM = 100_000  # stored entries: below this, sorting the matrix costs next to nothing
 
 
+def _explore_topk(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    own_indptr: np.ndarray,
+    own_indices: np.ndarray,
+    n_cols: int,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of each row's k largest non-zero entries of a CSR (the neighbours' vectors) whose
+    column the row of `own` (the customers' own vectors) does not hold, ties by lower column, in row
+    then column order: `row_topk_sparse(nbr - nbr.multiply(pattern), k, by_index=True).tocoo()`
+    without the two matrix copies and the per-entry row array (~3 GB a block on a big shop)."""
+    n_rows = len(indptr) - 1
+    out_row = np.empty(n_rows * k, np.int64)
+    out_col = np.empty(n_rows * k, np.int64)
+    bought = np.zeros(n_cols, np.bool_)
+    vals = np.empty(n_cols, data.dtype)
+    cols = np.empty(n_cols, np.int64)
+    n_out = 0
+    for r in range(n_rows):
+        for j in range(own_indptr[r], own_indptr[r + 1]):
+            bought[own_indices[j]] = True
+        n = 0
+        for j in range(indptr[r], indptr[r + 1]):
+            c = indices[j]
+            if data[j] != 0 and not bought[c]:
+                vals[n] = data[j]
+                cols[n] = c
+                n += 1
+        for j in range(own_indptr[r], own_indptr[r + 1]):
+            bought[own_indices[j]] = False
+        if n == 0 or k <= 0:
+            continue
+        v, cs = vals[:n], cols[:n]
+        if n <= k:
+            take = cs.copy()
+        else:  # the k-th largest by a partition; every entry above it, then the lowest-indexed ties
+            t = np.partition(v, n - k)[n - k]
+            above = cs[v > t]
+            tied = cs[v == t]
+            room = k - len(above)
+            if len(tied) > room:
+                tied = np.sort(tied)[:room]
+            take = np.concatenate((above, tied))
+        take = np.sort(take)
+        m = len(take)
+        out_row[n_out : n_out + m] = r
+        out_col[n_out : n_out + m] = take
+        n_out += m
+    return out_row[:n_out], out_col[:n_out]
+
+
+_explore_compiled = compiled(_explore_topk)
+
+
 def _lookup(M: sp.csr_matrix, row: np.ndarray, col: np.ndarray) -> np.ndarray:
     """M[row, col] for many pairs at once (0 where nothing is stored).
 
@@ -352,7 +408,8 @@ def candidates(
         one, nbr = _one_row_neighbours(near, weight, pool, own, n_items), None
     else:
         W = nearest_rows(sp.csr_matrix(own, dtype=np.float32), pool, pool_norm2, c.neighbours, self_rows)
-        one, nbr = None, sp.csr_matrix(W @ pool, dtype=np.float64)
+        # float32 as the product gives it (read as float64, exactly): a big shop's block holds ~10^8
+        one, nbr = None, sp.csr_matrix(W @ pool)
 
     # re-buy candidates: one row per distinct (customer, item) of the history
     key = ev.row * n_items + ev.item
@@ -377,7 +434,11 @@ def candidates(
     streak, next_rate, recent_share = _sequence_features(k, rank, start, cnt, last, nb)
 
     # explore candidates: the neighbours' strongest items the customer never bought
-    if one is None:
+    if one is None and c.explore > 0 and _explore_compiled is not None and nbr.nnz >= GATHER_COMPILED_FROM:
+        fresh_row, fresh_col = _explore_compiled(
+            nbr.indptr, nbr.indices, nbr.data, own.indptr, own.indices, n_items, c.explore
+        )
+    elif one is None:
         pattern = own.copy()
         pattern.data[:] = 1.0
         fresh = nbr - nbr.multiply(pattern)
