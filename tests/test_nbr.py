@@ -46,6 +46,16 @@ def data_of(baskets_per_user: list[list[list[int]]], n_items: int) -> TrainData:
     return TrainData(X, users, items, sequences=seqs, sequence_ts=times)
 
 
+def random_shop(seed: int, n_customers: int, n_items: int, max_size: int) -> TrainData:
+    """Customers with 0-8 baskets of 1 to max_size - 1 distinct random items each."""
+    rng = np.random.default_rng(seed)
+    baskets = [
+        [list(rng.choice(n_items, size=int(rng.integers(1, max_size)), replace=False)) for _ in range(int(n))]
+        for n in rng.integers(0, 9, n_customers)
+    ]
+    return data_of(baskets, n_items)
+
+
 def test_baskets_are_events_at_one_time_newest_first_and_deduplicated():
     ev = basket_events(
         [np.array([4, 1, 1, 2, 3]), np.array([5, 6])],
@@ -353,12 +363,7 @@ def test_a_request_scores_each_customer_exactly_as_the_batch_does(monkeypatch, p
     monkeypatch.setattr(tifu, "BY_COLUMN", 2.0)  # the column path for every request of this tiny shop
     if path == "numpy":
         monkeypatch.setattr(tifu, "_sum_neighbours_compiled", None)
-    rng = np.random.default_rng(1)
-    baskets = [
-        [list(rng.choice(40, size=int(rng.integers(1, 6)), replace=False)) for _ in range(int(n))]
-        for n in rng.integers(0, 9, 80)
-    ]
-    data = data_of(baskets, 40)
+    data = random_shop(1, 80, 40, 6)
     nb = get_model_class("next-basket")
     model = nb(nb.Config(neighbours=7, explore=6, train_targets=3, iterations=30)).fit(data)
     users = np.arange(data.n_users)
@@ -743,12 +748,7 @@ def test_a_fit_s_candidates_are_the_same_by_either_explore_route(monkeypatch):
 
     if nbm._explore_compiled is None:
         pytest.skip("numba is not installed")
-    rng = np.random.default_rng(3)
-    baskets = [
-        [list(rng.choice(60, size=int(rng.integers(1, 7)), replace=False)) for _ in range(int(n))]
-        for n in rng.integers(0, 9, 120)
-    ]
-    data = data_of(baskets, 60)
+    data = random_shop(3, 120, 60, 7)
     nb = get_model_class("next-basket")
     users = np.arange(data.n_users)
     out = {}
