@@ -152,3 +152,44 @@ def test_evaluation_in_slices_of_customers_gives_the_same_metrics(
         assert sliced == whole[on]
     assert len(calls) >= 2 * (int(whole["test"]["n_users"]) // 16)
     assert whole["test"]["n_users"] > 48 and whole["test"]["recall@20"] > 0
+
+
+def test_the_split_is_freed_before_the_refit_and_the_plots_still_come(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a million-customer shop the split's arrays are gigabytes; the refit on all data loads the
+    whole shop beside them. `train` draws the plots first and lets the split go: while the refit
+    fits, no `Split` is alive (before: the plots were drawn after the refit and kept it)."""
+    import gc
+
+    import mlflow
+
+    from training import train as train_module
+    from training.data import Split
+
+    alive_at_refit: list[int] = []
+    real_build = train_module.build_model
+    calls = {"n": 0}
+
+    def build(name: str, params: dict) -> object:
+        model = real_build(name, params)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second model built is the refit's
+            fit = model.fit
+
+            def counting_fit(data: object, **kw: object) -> object:
+                gc.collect()
+                alive_at_refit.append(sum(isinstance(o, Split) for o in gc.get_objects()))
+                return fit(data, **kw)
+
+            model.fit = counting_fit  # type: ignore[method-assign]
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = train_module.train(ws, TrainConfig(model="popular", split="loo", register=False))
+    assert alive_at_refit == [0]
+    artifacts = mlflow.MlflowClient(ws.mlflow_uri).list_artifacts(result.run_id, "plots")
+    assert {Path(a.path).name for a in artifacts} >= {"recall_at_k.png", "segments.png", "popularity.png"}
+    logged = mlflow.MlflowClient(ws.mlflow_uri).get_run(result.run_id).data.metrics
+    assert logged["popularity_median_recommended"] > 0  # the plot's medians, drawn before the refit

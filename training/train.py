@@ -208,6 +208,14 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     model, metrics, train_data, split = fit_and_evaluate(ws, config)
     fit_seconds = time.perf_counter() - started
+    # plots now, the bundle later; removed when the run is logged (or by its finaliser on an error)
+    tmp = tempfile.TemporaryDirectory(prefix="shoprec-train-")
+    # The plots read the split; drawn now, its arrays are freed before the refit loads all data
+    # (on a million-customer shop they are gigabytes that the refit's peak would otherwise carry).
+    plots_dir = Path(tmp.name) / "plots"
+    extra = _plots(model, metrics, train_data, split, plots_dir, config) if config.plots else {}
+    split_meta = getattr(split, "meta", {}) or {}
+    del train_data, split
 
     full = load_train_data(ws)
     if config.refit:
@@ -247,7 +255,7 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
     exp_id = tracking.experiment_id(client, tracking.EXPERIMENT, ws)
     plot_files: list[str] = []
     with (
-        tempfile.TemporaryDirectory(prefix="shoprec-train-") as tmp,
+        tmp,
         mlflow.start_run(experiment_id=exp_id, run_name=f"{config.model}-{config.split}") as run,
     ):
         run_id = run.info.run_id
@@ -262,14 +270,12 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         if (epochs := chosen_epochs(model)) is not None:
             mlflow.log_metric("chosen_epochs", epochs)
             mlflow.set_tag("early_stopping", "valid ndcg@10")
-        extra: dict[str, float] = {}
         if config.plots:
-            extra = _plots(model, metrics, train_data, split, Path(tmp) / "plots", config)
             tracking.log_metrics(extra)
-            mlflow.log_artifacts(str(Path(tmp) / "plots"), "plots")
-            plot_files = sorted(f"plots/{p.name}" for p in (Path(tmp) / "plots").glob("*.png"))
+            mlflow.log_artifacts(str(plots_dir), "plots")
+            plot_files = sorted(f"plots/{p.name}" for p in plots_dir.glob("*.png"))
         bundle_dir = write_bundle(
-            serving_model, ws, Path(tmp) / "bundle", data=full, metrics=metrics, data_hash=snapshot
+            serving_model, ws, Path(tmp.name) / "bundle", data=full, metrics=metrics, data_hash=snapshot
         )
         mlflow.log_artifacts(str(bundle_dir), "bundle")
 
@@ -287,7 +293,18 @@ def train(ws: Workspace, config: TrainConfig) -> TrainResult:
         log.info("registered %s version %s (run %s)", tracking.REGISTERED_MODEL, version, run_id)
     # The card is written last: it names the registered version.
     card = _card(
-        config, model, metrics, full, split, tags, run_id, version, fit_seconds, compared, plot_files, latency
+        config,
+        model,
+        metrics,
+        full,
+        split_meta,
+        tags,
+        run_id,
+        version,
+        fit_seconds,
+        compared,
+        plot_files,
+        latency,
     )
     tracking.log_card(client, run_id, card)
     return TrainResult(
@@ -309,7 +326,7 @@ def _card(
     model: Recommender,
     metrics: dict[str, float],
     full: TrainData,
-    split: Any,
+    split_meta: dict[str, Any],
     tags: dict[str, str],
     run_id: str,
     version: str | None,
@@ -331,7 +348,7 @@ def _card(
             n_users=full.n_users,
             n_items=full.n_items,
             n_interactions=int(full.user_items.nnz),
-            split_meta=getattr(split, "meta", {}) or {},
+            split_meta=split_meta,
             exclude_seen=config.exclude_seen,
             refit=config.refit,
             task=tags["task"],
